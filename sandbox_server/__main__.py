@@ -1,0 +1,75 @@
+"""``sandbox-server`` entry point: load Settings, run the app. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from sandbox_server.app import App
+from sandbox_server.errors import SandboxFailure
+from sandbox_server.settings import Backend, CgroupFallback, load_settings
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help="The sandbox code-execution server.")
+
+
+@cli.callback()
+def _root() -> None:
+    """The sandbox code-execution server."""
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="address to bind [default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="port to bind [default: 50051]")] = None,
+    backend: Annotated[Backend | None, typer.Option(help="sandbox backend [default: nsjail]")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file (also SANDBOX_CONFIG_FILE)")] = None,
+    max_running: Annotated[int | None, typer.Option(help="sandboxes running at once")] = None,
+    max_queued: Annotated[int | None, typer.Option(help="requests waiting for a sandbox")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="where scratch mounts live")] = None,
+    cgroup_fallback: Annotated[CgroupFallback | None, typer.Option(help="when cgroups are unusable")] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ...")] = "INFO",
+) -> None:
+    """Serve the Sandbox API until SIGTERM/SIGINT, then drain in-flight requests."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(
+            host=host, port=port, backend=backend, config_file=config, max_running=max_running,
+            max_queued=max_queued, state_dir=state_dir, cgroup_fallback=cgroup_fallback,
+        )
+    except (ValidationError, ValueError) as exc:
+        typer.echo(f"invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    app = App(settings)
+    try:
+        asyncio.run(_run(app))
+    except SandboxFailure as exc:
+        typer.echo(f"sandbox-server cannot start: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+
+
+async def _run(app: App) -> None:
+    await app.serve_until_signalled(on_started=lambda: _banner(app))
+
+
+def _banner(app: App) -> None:
+    s = app.settings
+    lines = [f"sandbox-server listening on {s.host}:{app.port}"]
+    lines += [f"  {k}: {v}" for k, v in app.backend.describe().items()]
+    lines.append(f"  admission: {s.max_running} running, {s.max_queued} queued")
+    print("\n".join(lines), flush=True)
+
+
+def main() -> None:
+    if sys.platform != "linux":
+        sys.exit("sandbox-server runs on Linux only")
+    cli()
+
+
+if __name__ == "__main__":
+    main()

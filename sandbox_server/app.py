@@ -1,0 +1,80 @@
+"""Composition root: builds the backend, admission, servicer and server from Settings; owns start/stop order.
+
+Start: backend (reaps leftovers of a crash, probes the host) -> server (port bound) -> health SERVING.
+Stop: health NOT_SERVING and admission closed -> server drains in-flight calls up to the grace period, then
+cancels the rest -> backend waits for every teardown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2
+
+from sandbox_server.backends.base import Backend
+from sandbox_server.backends.registry import build_backend
+from sandbox_server.execution.admission import Admission
+from sandbox_server.execution.servicer import SandboxServicer
+from sandbox_server.server import SERVICE_NAME, build_server
+from sandbox_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class App:
+    def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
+        self.settings = settings
+        self.backend = backend if backend is not None else build_backend(settings)
+        self.admission = Admission(settings.max_running, settings.max_queued)
+        self.servicer = SandboxServicer(settings, self.backend, self.admission)
+        self.server: grpc.aio.Server | None = None
+        self.health: health.aio.HealthServicer | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        await self.backend.start()
+        try:
+            self.server, self.health = build_server(self.settings, self.servicer)
+            address = f"{_host(self.settings.host)}:{self.settings.port}"
+            self.port = self.server.add_insecure_port(address)
+            await self.server.start()
+        except BaseException:
+            await self.backend.aclose()
+            raise
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: refuse new work, let in-flight executions finish (up to the grace period), tear down."""
+        grace = self.settings.drain_timeout_s if grace_s is None else grace_s
+        self.admission.close()
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        try:
+            if self.server is not None:
+                await self.server.stop(grace)
+        finally:
+            await self.backend.aclose()
+
+    async def serve_until_signalled(self, on_started: Callable[[], None] | None = None) -> None:
+        """Run until SIGTERM or SIGINT, then drain and stop."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            if on_started is not None:
+                on_started()
+            await stop.wait()
+            log.info("signal received: draining (up to %.0f s)", self.settings.drain_timeout_s)
+        finally:
+            await self.stop()
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -1,0 +1,270 @@
+"""Per-execution cgroups on cgroup v1 or v2: limits in, counters out, everything killed and removed.
+
+The server makes one cgroup per execution under ``<hierarchy>/<parent>/<execution id>`` and keeps it until the
+execution is over, so the kernel's own counters (OOM kills, peak memory, CPU time) can be read after the
+program has died: that is how a time kill and an OOM kill, both exit 137, are told apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
+V2_CONTROLLERS = ("memory", "pids", "cpu")
+CFS_PERIOD_US = 100_000
+
+
+class CgroupVersion(Enum):
+    V1 = "v1"
+    V2 = "v2"
+
+
+class CgroupsUnavailable(Exception):
+    """Cgroups cannot be used on this host; the message says why."""
+
+
+@dataclass(frozen=True)
+class CgroupLimits:
+    memory_bytes: int
+    max_pids: int
+    cpu_cores: float
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """Where our cgroups live: one directory per v1 controller, or one unified directory on v2."""
+
+    version: CgroupVersion
+    parents: dict[str, Path]  # controller -> our parent dir (v2: every controller maps to the same dir)
+
+    def dirs(self) -> list[Path]:
+        return sorted(set(self.parents.values()))
+
+
+def detect(parent: str, mountinfo: Path = Path("/proc/self/mountinfo")) -> Hierarchy:
+    """Find a usable hierarchy (v2 preferred when it has the controllers, else v1); raise CgroupsUnavailable."""
+    v1: dict[str, Path] = {}
+    v2_mounts: list[Path] = []
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError as exc:
+        raise CgroupsUnavailable(f"cannot read {mountinfo}: {exc}") from exc
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(fields) < 5 or len(rfields) < 3:
+            continue
+        mount_point, fstype, super_opts = Path(fields[4]), rfields[0], rfields[2].split(",")
+        if fstype == "cgroup2":
+            v2_mounts.append(mount_point)
+        elif fstype == "cgroup":
+            for controller in V1_CONTROLLERS:
+                if controller in super_opts:
+                    v1.setdefault(controller, mount_point)
+    for mount in v2_mounts:
+        try:
+            available = set((mount / "cgroup.controllers").read_text().split())
+        except OSError:
+            continue
+        if set(V2_CONTROLLERS) <= available:
+            target = mount / parent
+            return Hierarchy(CgroupVersion.V2, dict.fromkeys(V2_CONTROLLERS, target))
+    missing = [c for c in V1_CONTROLLERS if c not in v1]
+    if not missing:
+        return Hierarchy(CgroupVersion.V1, {c: v1[c] / parent for c in V1_CONTROLLERS})
+    seen = "v2 at " + ", ".join(map(str, v2_mounts)) if v2_mounts else "no cgroup v2 mount"
+    raise CgroupsUnavailable(
+        f"no usable cgroup hierarchy: {seen} without the memory, pids and cpu controllers; "
+        f"cgroup v1 is missing {', '.join(missing)}"
+    )
+
+
+class CgroupManager:
+    """Creates, reaps and removes our cgroups under one parent."""
+
+    def __init__(self, hierarchy: Hierarchy) -> None:
+        self.hierarchy = hierarchy
+
+    @property
+    def version(self) -> CgroupVersion:
+        return self.hierarchy.version
+
+    def setup(self) -> None:
+        """Create the parent(s) and, on v2, delegate the controllers down to them; raise CgroupsUnavailable."""
+        try:
+            for d in self.hierarchy.dirs():
+                d.mkdir(parents=True, exist_ok=True)
+            if self.version is CgroupVersion.V2:
+                parent = self.hierarchy.dirs()[0]
+                chain = [p for p in reversed(parent.parents) if (p / "cgroup.subtree_control").exists()]
+                for d in [*chain, parent]:
+                    _enable_controllers(d)
+            probe = self.create("probe-" + os.urandom(4).hex(), CgroupLimits(64 << 20, 8, 1.0))
+            probe.kill_all()
+            if not probe.try_remove():
+                raise CgroupsUnavailable("could not remove a probe cgroup")
+        except OSError as exc:
+            raise CgroupsUnavailable(f"cannot manage cgroups under {self.hierarchy.dirs()}: {exc}") from exc
+
+    def create(self, name: str, limits: CgroupLimits) -> Cgroup:
+        """Make the cgroup for one execution with its limits set; raise OSError on failure (nothing left)."""
+        cg = Cgroup(self.version, {c: p / name for c, p in self.hierarchy.parents.items()})
+        try:
+            for d in cg.dirs():
+                d.mkdir(mode=0o755)
+            cg.apply(limits)
+        except OSError:
+            cg.kill_all()
+            cg.try_remove()
+            raise
+        return cg
+
+    def reap(self) -> int:
+        """Kill and remove every leftover execution cgroup (from a crash); return how many were removed."""
+        names: set[str] = set()
+        for d in self.hierarchy.dirs():
+            with contextlib.suppress(FileNotFoundError):
+                names.update(p.name for p in d.iterdir() if p.is_dir())
+        removed = 0
+        for name in sorted(names):
+            cg = Cgroup(self.version, {c: p / name for c, p in self.hierarchy.parents.items()})
+            cg.kill_all()
+            if cg.try_remove():
+                removed += 1
+            else:
+                log.error("could not remove leftover cgroup %s", name)
+        return removed
+
+    def remove_parents(self) -> None:
+        for d in self.hierarchy.dirs():
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+class Cgroup:
+    """One execution's cgroup. Files are our own kernel interface; nothing the sandbox writes is read here."""
+
+    def __init__(self, version: CgroupVersion, paths: dict[str, Path]) -> None:
+        self.version = version
+        self.paths = paths
+
+    def dirs(self) -> list[Path]:
+        return sorted(set(self.paths.values()))
+
+    def procs_files(self) -> list[Path]:
+        """The cgroup.procs files a process writes "0" into to join (one per hierarchy)."""
+        return [d / "cgroup.procs" for d in self.dirs()]
+
+    def apply(self, limits: CgroupLimits) -> None:
+        mem, pids, cpu = self.paths["memory"], self.paths["pids"], self.paths["cpu"]
+        quota = max(1000, int(limits.cpu_cores * CFS_PERIOD_US))
+        if self.version is CgroupVersion.V1:
+            _write(mem / "memory.limit_in_bytes", limits.memory_bytes)
+            memsw = mem / "memory.memsw.limit_in_bytes"
+            if memsw.exists():  # absent without swap accounting; then keep the kernel from swapping us
+                _write(memsw, limits.memory_bytes)
+            else:
+                _write(mem / "memory.swappiness", 0)
+            _write(pids / "pids.max", limits.max_pids)
+            _write(cpu / "cpu.cfs_period_us", CFS_PERIOD_US)
+            _write(cpu / "cpu.cfs_quota_us", quota)
+        else:
+            _write(mem / "memory.max", limits.memory_bytes)
+            if (mem / "memory.swap.max").exists():
+                _write(mem / "memory.swap.max", 0)
+            _write(pids / "pids.max", limits.max_pids)
+            _write(cpu / "cpu.max", f"{quota} {CFS_PERIOD_US}")
+
+    # ---- counters -------------------------------------------------------------------------------------
+    def oom_kills(self) -> int:
+        """Processes the kernel's OOM killer killed in this cgroup."""
+        name = "memory.oom_control" if self.version is CgroupVersion.V1 else "memory.events"
+        return _keyed(self.paths["memory"] / name).get("oom_kill", 0)
+
+    def peak_memory_bytes(self) -> int:
+        mem = self.paths["memory"]
+        if self.version is CgroupVersion.V1:
+            return _read_int(mem / "memory.max_usage_in_bytes")
+        peak = mem / "memory.peak"  # Linux >= 5.19; before that the current usage is the best we have
+        return _read_int(peak if peak.exists() else mem / "memory.current")
+
+    def cpu_time_ns(self) -> int:
+        if self.version is CgroupVersion.V1:
+            return _read_int(self.paths["cpuacct"] / "cpuacct.usage")
+        return _keyed(self.paths["cpu"] / "cpu.stat").get("usage_usec", 0) * 1000
+
+    def pids(self) -> set[int]:
+        out: set[int] = set()
+        for f in self.procs_files():
+            with contextlib.suppress(FileNotFoundError):
+                out.update(int(x) for x in f.read_text().split())
+        return out
+
+    # ---- teardown -------------------------------------------------------------------------------------
+    def kill_all(self) -> None:
+        """SIGKILL every process in the cgroup (v2: cgroup.kill; v1: by pid, repeated to catch forks)."""
+        if self.version is CgroupVersion.V2:
+            kill_file = self.dirs()[0] / "cgroup.kill"
+            if kill_file.exists():
+                with contextlib.suppress(FileNotFoundError):
+                    _write(kill_file, 1)
+                return
+        for _ in range(100):
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def try_remove(self) -> bool:
+        """Remove the cgroup; False while processes (or zombies) still hold it."""
+        done = True
+        for d in self.dirs():
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                done = False
+        return done
+
+
+def _enable_controllers(d: Path) -> None:
+    wanted = " ".join(f"+{c}" for c in V2_CONTROLLERS)
+    enabled = set((d / "cgroup.subtree_control").read_text().split())
+    if not set(V2_CONTROLLERS) <= enabled:
+        _write(d / "cgroup.subtree_control", wanted)
+
+
+def _write(path: Path, value: object) -> None:
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _keyed(path: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            with contextlib.suppress(ValueError):
+                out[key] = int(value)
+    return out

@@ -1,0 +1,171 @@
+"""The server's one error tree. Each class knows its gRPC status code and its google.rpc details.
+
+    SandboxError                      INTERNAL (only for our own faults)
+    ├── InvalidRequest                INVALID_ARGUMENT + BadRequest (field violations)
+    ├── Unauthenticated               UNAUTHENTICATED
+    ├── PermissionDenied              PERMISSION_DENIED + ErrorInfo
+    ├── ResourceExhausted             RESOURCE_EXHAUSTED + QuotaFailure + RetryInfo
+    │   └── QueueFull                 the admission queue is full
+    ├── BackendUnavailable            UNAVAILABLE + ErrorInfo + RetryInfo
+    └── SandboxFailure                INTERNAL + ErrorInfo: the sandbox could not be set up or torn down
+
+The errors interceptor turns any of these into a status with rich details; anything else that escapes a
+handler becomes INTERNAL with a generic message (the cause is logged, never sent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+ERROR_DOMAIN = "sandbox.v1"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+@dataclass(frozen=True)
+class QuotaViolation:
+    subject: str
+    description: str
+
+
+class SandboxError(Exception):
+    """Base of every error the server reports on purpose."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def details(self) -> list[any_pb2.Any]:
+        """google.rpc detail messages packed as Any; subclasses add theirs."""
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN)
+        return [_pack(info)]
+
+    def to_status(self) -> status_pb2.Status:
+        return status_pb2.Status(
+            code=_rpc_code(self.code), message=self.message, details=self.details()
+        )
+
+
+class InvalidRequest(SandboxError):
+    """The request is malformed; nothing was run or changed."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_REQUEST"
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        if not violations:
+            raise ValueError("InvalidRequest needs at least one violation")
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations[:5])
+        more = f" (and {len(violations) - 5} more)" if len(violations) > 5 else ""
+        super().__init__(f"invalid request: {summary}{more}")
+        self.violations = tuple(violations)
+
+    def details(self) -> list[any_pb2.Any]:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in self.violations
+            ]
+        )
+        return [_pack(bad), *super().details()]
+
+
+class Unauthenticated(SandboxError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(SandboxError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
+class ResourceExhausted(SandboxError):
+    """A quota, rate or capacity limit was hit; the client may retry after ``retry_after_s``."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self, message: str, *, violations: list[QuotaViolation], retry_after_s: float | None
+    ) -> None:
+        super().__init__(message)
+        self.violations = tuple(violations)
+        self.retry_after_s = retry_after_s
+
+    def details(self) -> list[any_pb2.Any]:
+        out = [
+            _pack(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(subject=v.subject, description=v.description)
+                        for v in self.violations
+                    ]
+                )
+            )
+        ]
+        if self.retry_after_s is not None:
+            out.append(_pack(_retry_info(self.retry_after_s)))
+        return [*out, *super().details()]
+
+
+class QueueFull(ResourceExhausted):
+    reason = "QUEUE_FULL"
+
+
+class BackendUnavailable(SandboxError):
+    """The sandbox backend cannot run anything right now (e.g. its daemon is down)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "BACKEND_UNAVAILABLE"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def details(self) -> list[any_pb2.Any]:
+        return [_pack(_retry_info(self.retry_after_s)), *super().details()]
+
+
+class SandboxFailure(SandboxError):
+    """The sandbox could not be set up or torn down: our fault, never the user's."""
+
+    code = grpc.StatusCode.INTERNAL
+    reason = "SANDBOX_FAILURE"
+
+    def __init__(self, message: str, *, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.metadata = dict(metadata or {})
+
+    def details(self) -> list[any_pb2.Any]:
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)
+        return [_pack(info)]
+
+
+def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
+    whole = int(seconds)
+    nanos = int(round((seconds - whole) * 1e9))
+    return error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=whole, nanos=nanos))
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def _rpc_code(code: grpc.StatusCode) -> int:
+    value: int = code.value[0]
+    assert code_pb2.Code.Name(value)  # every grpc.StatusCode has a google.rpc twin
+    return value

@@ -1,0 +1,1 @@
+"""Execution: the servicer, the frozen ExecutionSpec/ExecutionResult, runtimes and admission control."""

@@ -1,0 +1,57 @@
+"""The one table of runtimes: interpreter path, file name and arguments for each language."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Runtime:
+    language: str                # canonical name
+    aliases: tuple[str, ...]
+    interpreter: str             # absolute path inside the sandbox (the host's, bound read-only)
+    args: tuple[str, ...]        # before the file name
+    file_name: str               # the code's name in the working directory
+    version_args: tuple[str, ...]
+    # Host directories the interpreter needs besides /usr (bound read-only); most live under /usr.
+    extra_ro_dirs: tuple[str, ...] = ()
+
+    def argv(self) -> tuple[str, ...]:
+        return (self.interpreter, *self.args, self.file_name)
+
+
+RUNTIMES: tuple[Runtime, ...] = (
+    # -B: no .pyc files in the scratch dir; -s: no user site; the env has no PYTHON* vars to ignore.
+    Runtime("python", ("python3", "py"), "/usr/bin/python3", ("-B", "-s"), "main.py", ("--version",)),
+    Runtime("javascript", ("js", "node", "nodejs"), "/usr/bin/node", (), "main.js", ("--version",)),
+    Runtime("bash", ("sh", "shell"), "/bin/bash", ("--noprofile", "--norc"), "main.sh", ("--version",)),
+)
+
+_BY_NAME = {name: rt for rt in RUNTIMES for name in (rt.language, *rt.aliases)}
+
+
+def find_runtime(language: str) -> Runtime | None:
+    """The runtime for a language name or alias (case-insensitive), or None."""
+    return _BY_NAME.get(language.strip().lower())
+
+
+@cache
+def host_version(runtime: Runtime) -> str:
+    """The interpreter's own version string on this host, or "" when it is missing (asked once)."""
+    if not Path(runtime.interpreter).exists():
+        return ""
+    try:
+        out = subprocess.run(
+            [runtime.interpreter, *runtime.version_args],
+            capture_output=True,
+            timeout=10,
+            check=False,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    text = (out.stdout or out.stderr).decode(errors="replace").strip()
+    return text.splitlines()[0] if text else ""

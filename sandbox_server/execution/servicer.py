@@ -1,0 +1,103 @@
+"""The Sandbox service: validate -> admit -> run on the backend -> reply. Nothing else lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
+
+from sandbox_server.backends.base import Backend
+from sandbox_server.errors import FieldViolation, InvalidRequest
+from sandbox_server.execution.admission import Admission
+from sandbox_server.execution.convert import chunk_to_proto, result_to_proto
+from sandbox_server.execution.runtimes import RUNTIMES, host_version
+from sandbox_server.execution.spec import ExecutionResult, ExecutionSpec, StreamName
+from sandbox_server.settings import Settings
+from sandbox_server.validation.request import build_spec
+
+log = logging.getLogger(__name__)
+
+# Chunks buffered between a running sandbox and a slow streaming client; beyond it the sandbox waits.
+STREAM_BUFFER_CHUNKS = 16
+
+
+@dataclass(frozen=True)
+class MalformedRequest:
+    """What the server's deserializer yields for bytes that are not a valid request message."""
+
+    error: str
+
+
+def ensure_request(request: pb.ExecuteRequest | MalformedRequest) -> pb.ExecuteRequest:
+    if isinstance(request, MalformedRequest):
+        raise InvalidRequest([FieldViolation("request", request.error)])
+    return request
+
+
+class SandboxServicer:
+    def __init__(self, settings: Settings, backend: Backend, admission: Admission) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.admission = admission
+
+    def _spec(self, request: pb.ExecuteRequest | MalformedRequest) -> ExecutionSpec:
+        return build_spec(ensure_request(request), self.settings, uuid.uuid4().hex)
+
+    async def Execute(  # noqa: N802 - gRPC method name
+        self, request: pb.ExecuteRequest | MalformedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExecuteResult:
+        spec = self._spec(request)
+        async with self.admission.slot():
+            result = await self.backend.run(spec)
+        return result_to_proto(result)
+
+    async def ExecuteStream(  # noqa: N802
+        self, request: pb.ExecuteRequest | MalformedRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ExecuteEvent]:
+        spec = self._spec(request)
+        events: asyncio.Queue[pb.ExecuteEvent] = asyncio.Queue(maxsize=STREAM_BUFFER_CHUNKS)
+
+        async def on_output(stream: StreamName, data: bytes) -> None:
+            await events.put(chunk_to_proto(stream, data))
+
+        async def run() -> ExecutionResult:
+            async with self.admission.slot():
+                return await self.backend.run(spec, on_output)
+
+        task = asyncio.create_task(run())
+        try:
+            while not task.done():
+                getter = asyncio.ensure_future(events.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await getter
+                if getter.done() and not getter.cancelled():
+                    yield getter.result()
+            while not events.empty():
+                yield events.get_nowait()
+            yield pb.ExecuteEvent(result=result_to_proto(await task))
+        finally:
+            if not task.done():
+                task.cancel()  # the client went away: the backend tears the sandbox down
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def ListRuntimes(  # noqa: N802
+        self, request: pb.ListRuntimesRequest | MalformedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRuntimesResponse:
+        versions = await asyncio.gather(*(asyncio.to_thread(host_version, rt) for rt in RUNTIMES))
+        return pb.ListRuntimesResponse(
+            runtimes=[
+                pb.Runtime(language=rt.language, aliases=rt.aliases, version=v, file_name=rt.file_name)
+                for rt, v in zip(RUNTIMES, versions, strict=True)
+            ],
+            backend=self.backend.name,
+        )

@@ -1,0 +1,77 @@
+"""The grpc.aio server: ports, health, reflection, the Sandbox service's handlers, graceful drain."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
+
+from sandbox_server.execution.servicer import MalformedRequest, SandboxServicer
+from sandbox_server.interceptors import build_chain
+from sandbox_server.settings import MIB, Settings
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Sandbox"].full_name
+
+
+def _tolerant(message: type[Message]) -> Callable[[bytes], Message | MalformedRequest]:
+    """A deserializer that turns undecodable bytes into MalformedRequest (INVALID_ARGUMENT), not UNKNOWN."""
+
+    def parse(data: bytes) -> Message | MalformedRequest:
+        try:
+            return message.FromString(data)
+        except DecodeError:
+            return MalformedRequest(
+                f"not a valid {message.DESCRIPTOR.full_name} (string fields must be valid UTF-8)"
+            )
+
+    return parse
+
+
+def sandbox_handler(servicer: SandboxServicer) -> grpc.GenericRpcHandler:
+    handlers: dict[str, grpc.RpcMethodHandler] = {
+        "Execute": grpc.unary_unary_rpc_method_handler(
+            servicer.Execute,
+            request_deserializer=_tolerant(pb.ExecuteRequest),
+            response_serializer=pb.ExecuteResult.SerializeToString,
+        ),
+        "ExecuteStream": grpc.unary_stream_rpc_method_handler(
+            servicer.ExecuteStream,
+            request_deserializer=_tolerant(pb.ExecuteRequest),
+            response_serializer=pb.ExecuteEvent.SerializeToString,
+        ),
+        "ListRuntimes": grpc.unary_unary_rpc_method_handler(
+            servicer.ListRuntimes,
+            request_deserializer=_tolerant(pb.ListRuntimesRequest),
+            response_serializer=pb.ListRuntimesResponse.SerializeToString,
+        ),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+def message_caps(settings: Settings) -> list[tuple[str, Any]]:
+    """Message size caps derived from the request caps and output ceilings: no larger message is read."""
+    caps = settings.caps
+    receive = caps.code_bytes + caps.stdin_bytes + caps.input_file_bytes + caps.env_bytes + 1 * MIB
+    send = settings.ceilings.output_bytes + caps.output_file_bytes + 1 * MIB
+    return [("grpc.max_receive_message_length", receive), ("grpc.max_send_message_length", send)]
+
+
+def build_server(settings: Settings, servicer: SandboxServicer) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    server = grpc.aio.server(
+        interceptors=build_chain(),
+        options=[("grpc.so_reuseport", 0), *message_caps(settings)],
+        maximum_concurrent_rpcs=None,
+    )
+    server.add_generic_rpc_handlers((sandbox_handler(servicer),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    return server, health_servicer

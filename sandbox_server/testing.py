@@ -1,0 +1,99 @@
+"""Start a real server on 127.0.0.1:0 for tests, benchmarks and users' own test suites.
+
+    async with running_server(max_running=4) as srv:      # in an asyncio program
+        async with AsyncSandboxClient(srv.target) as sbx: ...
+
+    with server_in_thread(max_running=4) as srv:           # for sync code: the server runs its own loop
+        with SandboxClient(srv.target) as sbx: ...
+
+Each server gets its own state directory and cgroup parent, so several can run at once and none reaps
+another's sandboxes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandbox_server.app import App
+from sandbox_server.settings import Settings, load_settings
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    target: str
+    settings: Settings
+    app: App
+
+
+def private_settings(**overrides: Any) -> Settings:
+    """Settings for a private server: loopback, an ephemeral port, a private state dir and cgroup parent."""
+    unique = uuid.uuid4().hex[:8]
+    base: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "state_dir": Path(tempfile.gettempdir()) / f"sandbox-test-{unique}",
+        "cgroup_parent": f"sandbox-test-{unique}",
+        "drain_timeout_s": 5.0,
+    }
+    base.update(overrides)
+    return load_settings(**base)
+
+
+@contextlib.asynccontextmanager
+async def running_server(settings: Settings | None = None, **overrides: Any) -> AsyncIterator[RunningServer]:
+    """Run a server in the current event loop for the duration of the block."""
+    settings = settings if settings is not None else private_settings(**overrides)
+    app = App(settings)
+    await app.start()
+    try:
+        yield RunningServer(target=f"127.0.0.1:{app.port}", settings=settings, app=app)
+    finally:
+        await app.stop()
+
+
+@contextlib.contextmanager
+def server_in_thread(settings: Settings | None = None, **overrides: Any) -> Iterator[RunningServer]:
+    """Run a server on its own event loop in a background thread (for sync callers)."""
+    settings = settings if settings is not None else private_settings(**overrides)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        box["stop"] = stop
+        try:
+            async with running_server(settings) as srv:
+                box["server"] = srv
+                started.set()
+                await stop.wait()
+        except BaseException as exc:
+            box["error"] = exc
+            started.set()
+            raise
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(main())
+        loop.close()
+
+    thread = threading.Thread(target=run, name="sandbox-test-server", daemon=True)
+    thread.start()
+    started.wait()
+    if "error" in box:
+        thread.join()
+        raise RuntimeError("test server failed to start") from box["error"]
+    try:
+        yield box["server"]
+    finally:
+        loop.call_soon_threadsafe(box["stop"].set)
+        thread.join(timeout=60)

@@ -1,0 +1,1 @@
+"""Pure request checks; every check fails closed."""

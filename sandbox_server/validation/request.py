@@ -1,0 +1,178 @@
+"""Turn an ExecuteRequest into an ExecutionSpec, or raise InvalidRequest naming every bad field.
+
+Pure: no I/O, no clock. Limits: unset takes the default; a set value must lie within [floor, ceiling].
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import PurePosixPath
+
+from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
+
+from sandbox_server.errors import FieldViolation, InvalidRequest
+from sandbox_server.execution.runtimes import RUNTIMES, find_runtime
+from sandbox_server.execution.spec import ExecutionSpec, InputFile, Limits
+from sandbox_server.settings import LIMIT_FLOORS, Settings
+
+MAX_ID_CHARS = 128
+MAX_PATH_CHARS = 255
+MAX_PATH_DEPTH = 8
+_ID_RE = re.compile(r"^[\x21-\x7e]*$")  # printable ASCII, no spaces
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_PATH_PART_RE = re.compile(r"^[^\x00-\x1f/\\]+$")
+# Fixed by the sandbox; a request may not replace them (the rest of the env is the request's own business).
+RESERVED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "PWD", "LANG", "LC_ALL"})
+
+_Bad = Callable[[FieldViolation], None]
+
+
+def build_spec(request: pb.ExecuteRequest, settings: Settings, execution_id: str) -> ExecutionSpec:
+    """Validate ``request`` whole; raise InvalidRequest with every violation found."""
+    violations: list[FieldViolation] = []
+    bad = violations.append
+    caps = settings.caps
+
+    runtime = find_runtime(request.language)
+    if not request.language:
+        bad(FieldViolation("language", "required; one of " + _languages()))
+    elif runtime is None:
+        bad(FieldViolation("language", f"unknown language {request.language[:40]!r}; one of {_languages()}"))
+
+    if len(request.code) > caps.code_bytes:
+        bad(FieldViolation("code", f"{len(request.code)} bytes is over the {caps.code_bytes}-byte cap"))
+    else:
+        _utf8(request.code, "code", bad)
+        if b"\x00" in request.code:
+            bad(FieldViolation("code", "contains a NUL byte"))
+    if len(request.stdin) > caps.stdin_bytes:
+        bad(FieldViolation("stdin", f"{len(request.stdin)} bytes is over the {caps.stdin_bytes}-byte cap"))
+
+    files = _files(request, settings, runtime.file_name if runtime else None, bad)
+    env = _env(request, settings, bad)
+    limits = _limits(request, settings, bad)
+    for name in ("session_id", "idempotency_key"):
+        value = getattr(request, name)
+        if len(value) > MAX_ID_CHARS or not _ID_RE.match(value):
+            bad(FieldViolation(name, f"at most {MAX_ID_CHARS} printable ASCII characters, no spaces"))
+
+    if violations or runtime is None or limits is None:
+        raise InvalidRequest(violations)
+    return ExecutionSpec(
+        execution_id=execution_id,
+        runtime=runtime,
+        code=request.code,
+        stdin=request.stdin,
+        files=files,
+        env=env,
+        limits=limits,
+        cpu_cores=settings.cpu_cores,
+        max_output_files=caps.output_files,
+        max_output_file_bytes=caps.output_file_bytes,
+        session_id=request.session_id,
+    )
+
+
+def _languages() -> str:
+    return ", ".join(rt.language for rt in RUNTIMES)
+
+
+def _utf8(data: bytes, field: str, bad: _Bad) -> None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad(FieldViolation(field, f"not valid UTF-8 (byte offset {exc.start})"))
+
+
+def _files(
+    request: pb.ExecuteRequest, settings: Settings, code_name: str | None, bad: _Bad
+) -> tuple[InputFile, ...]:
+    caps = settings.caps
+    if len(request.files) > caps.input_files:
+        bad(FieldViolation("files", f"{len(request.files)} files is over the cap of {caps.input_files}"))
+        return ()
+    total = sum(len(f.content) for f in request.files)
+    if total > caps.input_file_bytes:
+        bad(FieldViolation("files", f"{total} bytes in all is over the {caps.input_file_bytes}-byte cap"))
+    out: list[InputFile] = []
+    seen: set[str] = set()
+    for i, f in enumerate(request.files):
+        field = f"files[{i}].path"
+        problem = _path_problem(f.path)
+        if problem is None and f.path == code_name:
+            problem = f"{f.path!r} is the name of the code file"
+        if problem is None and (f.path in seen or any(s.startswith(f.path + "/") for s in seen)
+                                or any(f.path.startswith(s + "/") for s in seen)):
+            problem = f"{f.path!r} clashes with another input file"
+        if problem is not None:
+            bad(FieldViolation(field, problem))
+            continue
+        seen.add(f.path)
+        out.append(InputFile(path=f.path, content=f.content))
+    return tuple(out)
+
+
+def _path_problem(path: str) -> str | None:
+    if not path:
+        return "required"
+    if len(path) > MAX_PATH_CHARS:
+        return f"longer than {MAX_PATH_CHARS} characters"
+    if path.startswith("/"):
+        return "must be relative to the working directory"
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return "must be normalised: no empty, '.' or '..' parts"
+    if len(parts) > MAX_PATH_DEPTH:
+        return f"deeper than {MAX_PATH_DEPTH} directories"
+    if not all(_PATH_PART_RE.match(p) for p in parts):
+        return "contains control characters or backslashes"
+    if str(PurePosixPath(path)) != path:
+        return "must be normalised"
+    return None
+
+
+def _env(request: pb.ExecuteRequest, settings: Settings, bad: _Bad) -> tuple[tuple[str, str], ...]:
+    caps = settings.caps
+    if len(request.env) > caps.env_vars:
+        bad(FieldViolation("env", f"{len(request.env)} variables is over the cap of {caps.env_vars}"))
+        return ()
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in request.env.items())
+    if size > caps.env_bytes:
+        bad(FieldViolation("env", f"{size} bytes is over the {caps.env_bytes}-byte cap"))
+    out: list[tuple[str, str]] = []
+    for name in sorted(request.env):
+        value = request.env[name]
+        if not _ENV_NAME_RE.match(name):
+            bad(FieldViolation(f"env[{name[:40]!r}]", "names are letters, digits and _, not starting with a digit"))
+        elif name in RESERVED_ENV:
+            bad(FieldViolation(f"env[{name!r}]", "is set by the sandbox and cannot be overridden"))
+        elif "\x00" in value:
+            bad(FieldViolation(f"env[{name!r}]", "value contains a NUL character"))
+        else:
+            out.append((name, value))
+    return tuple(out)
+
+
+def _limits(request: pb.ExecuteRequest, settings: Settings, bad: _Bad) -> Limits | None:
+    values: dict[str, int] = {}
+    ok = True
+    for name in Limits.__dataclass_fields__:
+        default = getattr(settings.defaults, name)
+        if not request.limits.HasField(name):  # type: ignore[arg-type]
+            values[name] = default
+            continue
+        value = getattr(request.limits, name)
+        floor, ceiling = getattr(LIMIT_FLOORS, name), getattr(settings.ceilings, name)
+        if value <= 0:
+            bad(FieldViolation(f"limits.{name}", f"must be positive (got {value}); leave unset for {default}"))
+            ok = False
+        elif value < floor:
+            bad(FieldViolation(f"limits.{name}", f"{value} is below the minimum of {floor}"))
+            ok = False
+        elif value > ceiling:
+            bad(FieldViolation(f"limits.{name}", f"{value} is above the server's ceiling of {ceiling}"))
+            ok = False
+        else:
+            values[name] = value
+    return Limits(**values) if ok else None
