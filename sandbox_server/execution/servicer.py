@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
-from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 
+from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.backends.base import Backend
 from sandbox_server.errors import FieldViolation, InvalidRequest
 from sandbox_server.execution.admission import Admission
@@ -49,7 +49,7 @@ class SandboxServicer:
     def _spec(self, request: pb.ExecuteRequest | MalformedRequest) -> ExecutionSpec:
         return build_spec(ensure_request(request), self.settings, uuid.uuid4().hex)
 
-    async def Execute(  # noqa: N802 - gRPC method name
+    async def Execute(
         self, request: pb.ExecuteRequest | MalformedRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExecuteResult:
         spec = self._spec(request)
@@ -57,7 +57,7 @@ class SandboxServicer:
             result = await self.backend.run(spec)
         return result_to_proto(result)
 
-    async def ExecuteStream(  # noqa: N802
+    async def ExecuteStream(
         self, request: pb.ExecuteRequest | MalformedRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ExecuteEvent]:
         spec = self._spec(request)
@@ -90,7 +90,7 @@ class SandboxServicer:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def ListRuntimes(  # noqa: N802
+    async def ListRuntimes(
         self, request: pb.ListRuntimesRequest | MalformedRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRuntimesResponse:
         versions = await asyncio.gather(*(asyncio.to_thread(host_version, rt) for rt in RUNTIMES))

@@ -64,4 +64,4 @@ class ErrorsInterceptor(grpc.aio.ServerInterceptor):
 
             return wrapped
 
-        return wrap_handler(handler, unary, stream)  # type: ignore[return-value]
+        return wrap_handler(handler, unary, stream)

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
-
 from sandbox_server.errors import FieldViolation, InvalidRequest
 from sandbox_server.execution.runtimes import RUNTIMES, find_runtime
 from sandbox_server.execution.spec import ExecutionSpec, InputFile, Limits
@@ -159,7 +158,7 @@ def _limits(request: pb.ExecuteRequest, settings: Settings, bad: _Bad) -> Limits
     ok = True
     for name in Limits.__dataclass_fields__:
         default = getattr(settings.defaults, name)
-        if not request.limits.HasField(name):  # type: ignore[arg-type]
+        if not request.limits.HasField(name):
             values[name] = default
             continue
         value = getattr(request.limits, name)
