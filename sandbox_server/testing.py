@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import tempfile
 import threading
 import uuid
@@ -50,6 +51,7 @@ def private_settings(**overrides: Any) -> Settings:
 @contextlib.asynccontextmanager
 async def running_server(settings: Settings | None = None, **overrides: Any) -> AsyncIterator[RunningServer]:
     """Run a server in the current event loop for the duration of the block."""
+    own_state = settings is None
     settings = settings if settings is not None else private_settings(**overrides)
     app = App(settings)
     await app.start()
@@ -57,12 +59,21 @@ async def running_server(settings: Settings | None = None, **overrides: Any) -> 
         yield RunningServer(target=f"127.0.0.1:{app.port}", settings=settings, app=app)
     finally:
         await app.stop()
+        if own_state:
+            _remove_state(settings.state_dir)
+
+
+def _remove_state(state_dir: Path) -> None:
+    """Remove a private state dir, unless a scratch dir is still there (a leak the tests must see)."""
+    scratch = state_dir / "scratch"
+    if scratch.exists() and any(scratch.iterdir()):
+        return
+    shutil.rmtree(state_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def server_in_thread(settings: Settings | None = None, **overrides: Any) -> Iterator[RunningServer]:
     """Run a server on its own event loop in a background thread (for sync callers)."""
-    settings = settings if settings is not None else private_settings(**overrides)
     loop = asyncio.new_event_loop()
     started = threading.Event()
     box: dict[str, Any] = {}
@@ -71,7 +82,7 @@ def server_in_thread(settings: Settings | None = None, **overrides: Any) -> Iter
         stop = asyncio.Event()
         box["stop"] = stop
         try:
-            async with running_server(settings) as srv:
+            async with running_server(settings, **overrides) as srv:
                 box["server"] = srv
                 started.set()
                 await stop.wait()

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sandbox_client import SandboxClient
 
+from sandbox_client import SandboxClient
 from sandbox_server.backends.cgroups import CgroupsUnavailable, detect
 from sandbox_server.testing import RunningServer, server_in_thread
 

@@ -27,7 +27,8 @@ async def test_runs_up_to_the_limit_then_queues_then_refuses() -> None:
     with pytest.raises(QueueFull) as info:
         async with adm.slot():
             pass
-    assert info.value.retry_after_s is not None and info.value.retry_after_s > 0
+    assert info.value.retry_after_s is not None
+    assert info.value.retry_after_s > 0
     release.set()
     await asyncio.gather(*tasks)
     assert started == [0, 1, 2]

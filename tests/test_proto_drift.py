@@ -12,7 +12,8 @@ COMMITTED = ROOT / "client" / "sandbox_client" / "_proto"
 
 def _generator():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location("gen_proto", ROOT / "scripts" / "gen_proto.py")
-    assert spec and spec.loader
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["gen_proto"] = module
     spec.loader.exec_module(module)
@@ -35,7 +36,6 @@ def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
 
 def test_every_service_is_served() -> None:
     from sandbox_client._proto.sandbox.v1 import sandbox_pb2
-
     from sandbox_server.server import SERVICE_NAME
 
     methods = {m.name for m in sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"].methods}

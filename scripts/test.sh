@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up (idempotent), lint, then run the test suite. Arguments go to pytest:
+#
+#   bash scripts/test.sh                  # everything
+#   bash scripts/test.sh tests/backends -x
+#
+# Exits with pytest's code, except that "no tests collected" (pytest's 5) is a failure (1): CI must never
+# pass on zero tests.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+bash scripts/setup.sh
+
+echo "test: ruff check ."
+.venv/bin/ruff check .
+
+echo "test: pytest -q $*"
+rc=0
+.venv/bin/pytest -q "$@" || rc=$?
+if ((rc == 5)); then
+    echo "test: error: pytest collected no tests; failing" >&2
+    exit 1
+fi
+exit "$rc"
