@@ -1,0 +1,250 @@
+"""Typed exceptions for every failed call, carrying the server's google.rpc details.
+
+    SandboxError               every failed call: .code, .message, .reason, .details
+    ├── InvalidRequestError    INVALID_ARGUMENT: .field_violations (BadRequest)
+    ├── AuthenticationError    UNAUTHENTICATED
+    ├── PermissionDeniedError  PERMISSION_DENIED
+    ├── ResourceExhaustedError RESOURCE_EXHAUSTED: .quota_violations (QuotaFailure), .retry_after (RetryInfo)
+    ├── UnavailableError       UNAVAILABLE: .retry_after (RetryInfo)
+    ├── DeadlineExceededError  DEADLINE_EXCEEDED: the call's deadline passed
+    ├── RequestCancelledError  CANCELLED
+    └── ServerError            INTERNAL, UNKNOWN and every other code; also a server breaking the protocol
+
+A gRPC error becomes one of these in one place, ``error_for_status``, through the ``_ERROR_CLASSES`` table
+(a test fails when a status code is missing from it). An execution that ran and failed (non-zero exit,
+timeout, ...) is not an exception: it is an ``ExecutionResult`` with its ``status``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+logger = logging.getLogger(__name__)
+
+# The trailing-metadata key that carries a serialized google.rpc.Status (grpc_status keeps its own private).
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request (google.rpc.BadRequest.FieldViolation)."""
+
+    field: str
+    """Path of the field, e.g. "limits.memory_bytes" or "files[0].path"."""
+    description: str
+
+
+@dataclass(frozen=True)
+class QuotaViolation:
+    """One quota, rate or capacity limit that was hit (google.rpc.QuotaFailure.Violation)."""
+
+    subject: str
+    description: str
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    """The google.rpc details of a failed call, decoded. Absent details are None or empty."""
+
+    reason: str | None = None
+    """ErrorInfo.reason: a stable machine-readable cause, e.g. "QUEUE_FULL"."""
+    domain: str | None = None
+    """ErrorInfo.domain, e.g. "sandbox.v1"."""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """ErrorInfo.metadata."""
+    field_violations: tuple[FieldViolation, ...] = ()
+    quota_violations: tuple[QuotaViolation, ...] = ()
+    retry_after: float | None = None
+    """RetryInfo.retry_delay in seconds: the server's advice on when to try again."""
+
+
+class SandboxError(Exception):
+    """A call failed. ``code`` is the gRPC status code; ``details`` the decoded google.rpc details."""
+
+    def __init__(self, message: str, *, code: grpc.StatusCode, details: ErrorDetails | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.details = details if details is not None else ErrorDetails()
+
+    @property
+    def reason(self) -> str | None:
+        """ErrorInfo.reason, or None when the server sent none."""
+        return self.details.reason
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only arguments: the default (cls, args) recipe cannot rebuild these; keep them picklable.
+        return (_rebuild, (type(self), self.message, self.code, self.details))
+
+
+def _rebuild(cls: type[SandboxError], message: str, code: grpc.StatusCode, details: ErrorDetails) -> SandboxError:
+    return cls(message, code=code, details=details)
+
+
+class InvalidRequestError(SandboxError):
+    """The request was malformed or broke a rule; nothing was run or changed. Fix it, do not retry."""
+
+    @property
+    def field_violations(self) -> tuple[FieldViolation, ...]:
+        return self.details.field_violations
+
+
+class AuthenticationError(SandboxError):
+    """The API key is missing, unknown or revoked."""
+
+
+class PermissionDeniedError(SandboxError):
+    """The caller is known but not allowed to do this (e.g. a language or limit outside its policy)."""
+
+
+class ResourceExhaustedError(SandboxError):
+    """A quota, rate, budget or capacity limit was hit; worth retrying after ``retry_after`` seconds."""
+
+    @property
+    def quota_violations(self) -> tuple[QuotaViolation, ...]:
+        return self.details.quota_violations
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds to wait before retrying, from RetryInfo; None when the server gave no advice."""
+        return self.details.retry_after
+
+
+class UnavailableError(SandboxError):
+    """The server or its sandbox backend cannot serve right now (or could not be reached)."""
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds to wait before retrying, from RetryInfo; None when the server gave no advice."""
+        return self.details.retry_after
+
+
+class DeadlineExceededError(SandboxError):
+    """The call's deadline (its ``timeout``) passed before the server answered."""
+
+
+class RequestCancelledError(SandboxError):
+    """The call was cancelled before it completed."""
+
+
+class ServerError(SandboxError):
+    """The server failed (INTERNAL, UNKNOWN, ...), or answered in a way that breaks the protocol."""
+
+
+_ERROR_CLASSES: Mapping[grpc.StatusCode, type[SandboxError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
+    grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.CANCELLED: RequestCancelledError,
+    grpc.StatusCode.UNKNOWN: ServerError,
+    grpc.StatusCode.INTERNAL: ServerError,
+    grpc.StatusCode.NOT_FOUND: ServerError,
+    grpc.StatusCode.ALREADY_EXISTS: ServerError,
+    grpc.StatusCode.FAILED_PRECONDITION: ServerError,
+    grpc.StatusCode.ABORTED: ServerError,
+    grpc.StatusCode.OUT_OF_RANGE: ServerError,
+    grpc.StatusCode.UNIMPLEMENTED: ServerError,
+    grpc.StatusCode.DATA_LOSS: ServerError,
+}
+
+
+def error_for_status(code: grpc.StatusCode, message: str, rich_status: status_pb2.Status | None = None) -> SandboxError:
+    """The typed exception for a failed call: the one place status codes become exception classes."""
+    cls = _ERROR_CLASSES.get(code, ServerError)
+    if rich_status is None:
+        return cls(message, code=code)
+    return cls(rich_status.message or message, code=code, details=details_from_status(rich_status))
+
+
+def details_from_status(rich_status: status_pb2.Status) -> ErrorDetails:
+    """Decode the google.rpc details we know; others are ignored. The first ErrorInfo/RetryInfo wins."""
+    info: error_details_pb2.ErrorInfo | None = None
+    retry_after: float | None = None
+    field_violations: list[FieldViolation] = []
+    quota_violations: list[QuotaViolation] = []
+    for packed in rich_status.details:
+        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) and info is None:
+            info = error_details_pb2.ErrorInfo()
+            packed.Unpack(info)
+        elif packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            packed.Unpack(bad)
+            field_violations.extend(FieldViolation(v.field, v.description) for v in bad.field_violations)
+        elif packed.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            quota = error_details_pb2.QuotaFailure()
+            packed.Unpack(quota)
+            quota_violations.extend(QuotaViolation(v.subject, v.description) for v in quota.violations)
+        elif packed.Is(error_details_pb2.RetryInfo.DESCRIPTOR) and retry_after is None:
+            retry = error_details_pb2.RetryInfo()
+            packed.Unpack(retry)
+            retry_after = max(0.0, retry.retry_delay.ToNanoseconds() / 1e9)
+    return ErrorDetails(
+        reason=info.reason if info is not None else None,
+        domain=info.domain if info is not None else None,
+        metadata=dict(info.metadata) if info is not None else {},
+        field_violations=tuple(field_violations),
+        quota_violations=tuple(quota_violations),
+        retry_after=retry_after,
+    )
+
+
+def from_rpc_error(error: grpc.RpcError) -> SandboxError:
+    """The typed exception for an error raised by a sync (``grpc.Channel``) call."""
+    if not isinstance(error, grpc.Call):
+        return ServerError(str(error), code=grpc.StatusCode.UNKNOWN)
+    try:
+        rich_status = rpc_status.from_call(error)
+    except (ValueError, DecodeError):
+        # Details that contradict the status line, or do not decode: keep the status line, drop the details.
+        logger.debug("ignoring inconsistent grpc-status-details-bin", exc_info=True)
+        rich_status = None
+    return error_for_status(error.code(), error.details() or "", rich_status)
+
+
+def from_aio_rpc_error(error: grpc.aio.AioRpcError) -> SandboxError:
+    """The typed exception for an error raised by a ``grpc.aio`` call.
+
+    grpc_status's aio helper wants a live ``aio.Call``; the raised ``AioRpcError`` carries the same
+    trailing metadata, so the details are decoded from it here, with the same consistency check.
+    """
+    code = error.code()
+    rich_status = _rich_status_from_trailers(code, error.trailing_metadata())
+    return error_for_status(code, error.details() or "", rich_status)
+
+
+def _rich_status_from_trailers(
+    code: grpc.StatusCode, trailers: Iterable[tuple[str, str | bytes]] | None
+) -> status_pb2.Status | None:
+    for key, value in trailers or ():
+        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            rich_status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            logger.debug("ignoring undecodable grpc-status-details-bin", exc_info=True)
+            return None
+        if rich_status.code != code.value[0]:
+            logger.debug("ignoring grpc-status-details-bin: code %s != %s", rich_status.code, code)
+            return None
+        return rich_status
+    return None
+
+
+def protocol_error(message: str) -> ServerError:
+    """The error for a server answer that breaks the API's contract (e.g. a stream without a result)."""
+    return ServerError(f"protocol error: {message}", code=grpc.StatusCode.UNKNOWN)

@@ -1,0 +1,50 @@
+"""Turns ExecuteStream's events into what ``execute_stream`` yields (shared by both clients)."""
+
+from __future__ import annotations
+
+from sandbox_client._convert import chunk_from_proto, result_from_proto
+from sandbox_client._errors import protocol_error
+from sandbox_client._models import ExecutionResult, OutputChunk
+from sandbox_client._proto.sandbox.v1 import sandbox_pb2
+
+
+class StreamAssembler:
+    """Feed it every event, in order; then ``finish()`` gives the final result.
+
+    The server leaves stdout/stderr empty in the streamed result (they were streamed): the assembler fills
+    them with the chunks it saw, joined, so the result equals what ``execute`` would have returned.
+    """
+
+    def __init__(self) -> None:
+        self._stdout: list[bytes] = []
+        self._stderr: list[bytes] = []
+        self._result: sandbox_pb2.ExecuteResult | None = None
+
+    def feed(self, event: sandbox_pb2.ExecuteEvent) -> OutputChunk | None:
+        """The chunk to hand to the caller, or None (the result, or an event kind this client does not know).
+
+        Raises:
+            ServerError: an event after the result, or a chunk of no known stream.
+        """
+        if self._result is not None:
+            raise protocol_error("event after the final result")
+        kind = event.WhichOneof("event")
+        if kind == "output":
+            chunk = chunk_from_proto(event.output)
+            (self._stdout if chunk.stream == "stdout" else self._stderr).append(chunk.data)
+            return chunk
+        if kind == "result":
+            self._result = event.result
+        # None: an event kind added after this client was written; skipping it keeps old clients working.
+        return None
+
+    def finish(self) -> ExecutionResult:
+        """Raises ServerError when the stream ended without a result."""
+        if self._result is None:
+            raise protocol_error("stream ended without a result")
+        result = self._result
+        return result_from_proto(
+            result,
+            stdout=result.stdout or b"".join(self._stdout),
+            stderr=result.stderr or b"".join(self._stderr),
+        )
