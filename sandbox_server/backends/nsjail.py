@@ -28,6 +28,7 @@ from pathlib import Path
 
 from sandbox_server.backends.base import Backend
 from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager, CgroupsUnavailable, detect
+from sandbox_server.backends.outcome import classify, watchdog
 from sandbox_server.backends.scratch import ScratchManager
 from sandbox_server.errors import SandboxFailure
 from sandbox_server.execution.output import OutputCapture
@@ -48,7 +49,6 @@ WORKDIR = "/work"
 HOSTNAME = "sandbox"
 READ_CHUNK = 64 * 1024
 NSJAIL_LOG_CAP = 64 * 1024
-CPU_POLL_S = 0.1
 # Fixed environment; the request's own variables are added after these (validation keeps these names).
 BASE_ENV = (
     ("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -331,20 +331,11 @@ class NsjailBackend(Backend):
             finally:
                 transport.close()
 
-        async def watchdog() -> None:
-            deadline = run.started + limits.wall_time_ms / 1000
-            cpu_limit_ns = limits.cpu_time_ms * 1_000_000
-            while proc.returncode is None:
-                now = time.monotonic()
-                if now >= deadline:
-                    self._kill(run, Status.TIMEOUT)
-                    return
-                if run.cgroup is not None and run.cgroup.cpu_time_ns() >= cpu_limit_ns:
-                    self._kill(run, Status.CPU_LIMIT)
-                    return
-                await asyncio.sleep(min(CPU_POLL_S, deadline - now))
-
-        watcher = asyncio.create_task(watchdog())
+        watcher = asyncio.create_task(watchdog(
+            run.started, limits, lambda: proc.returncode is None,
+            run.cgroup.cpu_time_ns if run.cgroup is not None else None,
+            lambda reason: self._kill(run, reason),
+        ))
         io = asyncio.gather(
             pump(stdout, StreamName.STDOUT), pump(stderr, StreamName.STDERR), feed_stdin(), read_log())
         try:
@@ -386,7 +377,7 @@ class NsjailBackend(Backend):
         oom_kills = cg.oom_kills() if cg else 0
         cpu_s = (cg.cpu_time_ns() / 1e9) if cg else 0.0
         peak = cg.peak_memory_bytes() if cg else 0
-        status, message = _classify(run.killed_for, exit_code, sig, oom_kills, cpu_s, limits)
+        status, message = classify(run.killed_for, exit_code, sig, oom_kills, cpu_s, limits)
         collected = self.scratch.collect(run.scratch / "work", spec) if run.scratch else None
         return ExecutionResult(
             execution_id=spec.execution_id,
@@ -451,32 +442,3 @@ def _program_outcome(nsjail_log: bytes) -> tuple[int | None, int | None]:
     if m := _EXITED_RE.search(nsjail_log):
         return int(m.group(1)), None
     return None, None
-
-
-def _classify(killed_for: Status | None, exit_code: int | None, sig: int | None, oom_kills: int,
-              cpu_s: float, limits: Limits) -> tuple[Status, str]:
-    """Why the program ended: our own kill reasons first, then the kernel's counters, then the exit."""
-    failed = sig is not None or (exit_code or 0) != 0
-    if killed_for is Status.OUTPUT_LIMIT:
-        return killed_for, f"stdout + stderr passed the output limit of {limits.output_bytes} bytes"
-    if killed_for is Status.TIMEOUT:
-        return killed_for, f"killed at the wall-time limit of {limits.wall_time_ms} ms"
-    if oom_kills and failed:
-        return Status.MEMORY_LIMIT, (f"the kernel's OOM killer ended {oom_kills} process(es) at the memory "
-                                     f"limit of {limits.memory_bytes} bytes")
-    if killed_for is Status.CPU_LIMIT or sig == signal.SIGXCPU:
-        return Status.CPU_LIMIT, f"killed at the CPU-time limit of {limits.cpu_time_ms} ms (used {cpu_s:.2f} s)"
-    if sig == signal.SIGXFSZ:
-        return Status.FILE_SIZE_LIMIT, f"wrote a file larger than the limit of {limits.file_size_bytes} bytes"
-    if sig is not None:
-        return Status.KILLED, f"ended by signal {sig} ({_signame(sig)})"
-    if exit_code:
-        return Status.NONZERO_EXIT, f"exited with code {exit_code}"
-    return Status.OK, ""
-
-
-def _signame(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return "unknown"

@@ -13,7 +13,7 @@ def limits_to_proto(limits: Limits) -> pb.Limits:
 def result_to_proto(result: ExecutionResult) -> pb.ExecuteResult:
     return pb.ExecuteResult(
         execution_id=result.execution_id,
-        status=pb.Status.Value("STATUS_" + result.status.name),
+        status="STATUS_" + result.status.name,
         exit_code=result.exit_code,
         signal=result.signal,
         stdout=result.stdout,
@@ -38,4 +38,4 @@ def result_to_proto(result: ExecutionResult) -> pb.ExecuteResult:
 
 
 def chunk_to_proto(stream: StreamName, data: bytes) -> pb.ExecuteEvent:
-    return pb.ExecuteEvent(output=pb.OutputChunk(stream=pb.Stream.Value("STREAM_" + stream.name), data=data))
+    return pb.ExecuteEvent(output=pb.OutputChunk(stream="STREAM_" + stream.name, data=data))
