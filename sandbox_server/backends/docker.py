@@ -1,0 +1,672 @@
+"""The Docker backend: each execution in a fresh container that is force-removed in every outcome.
+
+A container runs with network mode none, uid/gid 65534, a read-only root, size-capped tmpfs for /work and /tmp,
+every capability dropped, no-new-privileges, Docker's default seccomp profile, memory with swap equal to memory,
+a CPU quota, a pids limit, ulimits (nofile, fsize, cpu), no logging driver and labels that mark it as ours.
+
+Code and input files never come from a host path: the container starts a POSIX-sh bootstrap that reads a marker
+and a byte count, then exactly that many bytes of tar from stdin into /work, and runs the interpreter, whose
+stdin is the rest of the stream (the request's stdin). When the program ends, the bootstrap kills whatever it
+left running, writes the marker and the exit status to stdout, and then a tar of /work: that is how output files
+leave a container whose tmpfs dies with it. The server parses that tar in memory (never extracting it) and
+keeps only regular files. The program could forge such a trailer, but only about its own output.
+
+Because nothing request-specific is in the container's configuration but its limits, containers for the default
+limits are created and started ahead of time, each waiting on its stdin: the warm pool. A pooled container is
+used for exactly one request, then destroyed.
+
+Each container's cgroup is placed under a per-execution cgroup of ours (``--cgroup-parent``), so CPU time and
+peak memory can still be read after the container's own cgroup is gone, as on the nsjail backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import math
+import socket
+import struct
+import tarfile
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import LogConfig, Ulimit
+
+from sandbox_server.backends.base import Backend
+from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager, CgroupsUnavailable, detect
+from sandbox_server.backends.outcome import classify, watchdog
+from sandbox_server.errors import BackendUnavailable, SandboxFailure
+from sandbox_server.execution.output import OutputCapture
+from sandbox_server.execution.runtimes import RUNTIMES, Runtime
+from sandbox_server.execution.spec import (
+    ExecutionResult,
+    ExecutionSpec,
+    Limits,
+    OutputCallback,
+    OutputFile,
+    Status,
+    StreamName,
+    Usage,
+)
+from sandbox_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LABEL_MANAGED = "org.sandbox-server.managed"
+LABEL_OWNER = "org.sandbox-server.owner"
+LABEL_RUNTIME = "org.sandbox-server.runtime"
+WORKDIR = "/work"
+HOSTNAME = "sandbox"
+READ_CHUNK = 64 * 1024
+# Same fixed environment as the nsjail backend.
+BASE_ENV = (("PATH", "/usr/local/bin:/usr/bin:/bin"), ("HOME", WORKDIR), ("TMPDIR", "/tmp"), ("LANG", "C.UTF-8"))  # noqa: S108
+# Reads "<marker> <n>\n" then exactly n bytes of tar (dd never reads past n) into /work; then perl (perl-base is
+# essential on Debian) runs the program with the rest of stdin and reports its raw wait status: a POSIX shell's
+# $? cannot tell "exit 137" from "killed by signal 9". Then every other process is killed, and the marker, the
+# exit code, the signal and a tar of /work follow on stdout.
+REPORTER = (
+    'my $m = shift @ARGV; my $pid = fork(); exit 125 unless defined $pid;'
+    ' if ($pid == 0) { exec { $ARGV[0] } @ARGV; exit 127 }'
+    ' waitpid($pid, 0); my $st = $?; kill "KILL", -1; $| = 1;'
+    ' printf "\\n%s %d %d\\n", $m, ($st & 127) ? -1 : ($st >> 8), $st & 127;'
+    ' exec "tar", "-c", "-f", "-", "-C", "/work", ".";'
+)
+BOOTSTRAP = (
+    'read -r marker n || exit 125\n'
+    'dd bs=65536 count="$n" iflag=count_bytes,fullblock status=none'
+    ' | tar -x -C /work --no-same-owner --no-same-permissions -f - || exit 125\n'
+    'exec perl -e "$0" "$marker" "$@"\n'
+)
+TRAILER_OVERHEAD = 1024 * 1024  # tar headers and padding on top of the output-file budget
+
+def image_for(settings: Settings, runtime: Runtime) -> str:
+    return f"{settings.docker_image_prefix}{runtime.image}:{settings.docker_image_tag}"
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    """Everything a container is created with; translated to the Docker API in ``to_create_kwargs`` only."""
+
+    image: str
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    limits: Limits
+    cpu_cores: float
+    uid: int
+    gid: int
+    labels: tuple[tuple[str, str], ...]
+    cgroup_parent: str | None
+
+    def to_create_kwargs(self, api: docker.APIClient) -> dict[str, Any]:
+        lim = self.limits
+        cpu_s = math.ceil(lim.cpu_time_ms / 1000) + 1  # a backstop; the cgroup counter is polled
+        tmpfs_opts = f"rw,exec,nosuid,nodev,size={lim.scratch_bytes},uid={self.uid},gid={self.gid}"
+        host_config = api.create_host_config(
+            network_mode="none",
+            read_only=True,
+            tmpfs={WORKDIR: tmpfs_opts + ",mode=0755", "/tmp": tmpfs_opts + ",mode=1777"},  # noqa: S108
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            mem_limit=lim.memory_bytes,
+            memswap_limit=lim.memory_bytes,
+            nano_cpus=int(self.cpu_cores * 1e9),
+            pids_limit=lim.max_pids,
+            shm_size=min(lim.scratch_bytes, 64 * 1024 * 1024),
+            ulimits=[
+                Ulimit(name="nofile", soft=1024, hard=1024),
+                Ulimit(name="fsize", soft=lim.file_size_bytes, hard=lim.file_size_bytes),
+                Ulimit(name="cpu", soft=cpu_s, hard=cpu_s),
+                Ulimit(name="core", soft=0, hard=0),
+            ],
+            log_config=LogConfig(type=LogConfig.types.NONE),
+            cgroup_parent=self.cgroup_parent,
+            init=False,
+            privileged=False,
+        )
+        return {
+            "image": self.image,
+            "command": ["/bin/sh", "-c", BOOTSTRAP, REPORTER, *self.argv],
+            "user": f"{self.uid}:{self.gid}",
+            "working_dir": WORKDIR,
+            "hostname": HOSTNAME,
+            "environment": [f"{k}={v}" for k, v in self.env],
+            "labels": dict(self.labels),
+            "stdin_open": True,  # with detach=False this also sets StdinOnce: EOF on our side closes it
+            "tty": False,
+            "network_disabled": True,
+            "host_config": host_config,
+        }
+
+
+@dataclass
+class _Container:
+    """One created-and-started container, waiting on its stdin for exactly one request."""
+
+    id: str
+    cgroup: Cgroup | None
+    config: ContainerConfig
+    started: float = 0.0
+
+
+@dataclass
+class _Run:
+    spec: ExecutionSpec
+    container: _Container | None = None
+    killed_for: Status | None = None
+    started: float = 0.0
+    ended: float = 0.0
+    exited: bool = False
+    last_cpu_ns: int = 0
+    files: tuple[OutputFile, ...] = ()
+    files_truncated: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class DockerBackend(Backend):
+    name = "docker"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.owner = settings.cgroup_parent.replace("/", "-")
+        self._executor = ThreadPoolExecutor(max_workers=settings.max_running + 4, thread_name_prefix="docker")
+        self._api: docker.APIClient | None = None
+        self.problem = "not started"
+        self.missing_images: list[str] = []
+        self.cgroups: CgroupManager | None = None
+        self._pool: dict[str, deque[_Container]] = {}
+        self._live: set[str] = set()
+        self._teardowns: set[asyncio.Task[None]] = set()
+        self._maintainer: asyncio.Task[None] | None = None
+        self._fill_lock = asyncio.Lock()
+        self._closing = False
+
+    # ---- life cycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            hierarchy = detect(f"sandbox-docker-{self.owner}")
+            self.cgroups = CgroupManager(hierarchy)
+            self.cgroups.setup()
+        except CgroupsUnavailable as exc:
+            self.cgroups = None
+            log.warning("Docker backend without per-execution cgroups (%s): CPU time and peak memory are "
+                        "not measured; the container's own limits still hold", exc)
+        await self._connect()
+        self._maintainer = asyncio.create_task(self._maintain())
+
+    async def _connect(self) -> bool:
+        """(Re)connect to dockerd; on success reap strays and check images. Never raises."""
+        try:
+            api = await self._call(docker.APIClient, base_url=self.settings.docker_host, version="auto",
+                                   timeout=30)
+            await self._call(api.ping)
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+            if self._api is not None or self.problem == "not started":
+                log.error("Docker backend unavailable: cannot reach dockerd at %s: %s",
+                          self.settings.docker_host, exc)
+            self._api = None
+            self.problem = f"cannot reach dockerd at {self.settings.docker_host}: {_short(exc)}"
+            return False
+        self._api = api
+        self.problem = ""
+        await self._reap()
+        missing = []
+        for rt in RUNTIMES:
+            image = image_for(self.settings, rt)
+            try:
+                await self._call(api.inspect_image, image)
+            except docker.errors.ImageNotFound:
+                missing.append(image)
+        if missing and missing != self.missing_images:
+            log.error("runtime images missing: %s; build them with `sandbox-server images build`", ", ".join(missing))
+        self.missing_images = missing
+        return True
+
+    async def _maintain(self) -> None:
+        """Reconnect when dockerd comes back, refill the warm pool, reap strays periodically."""
+        last_reap = time.monotonic()
+        while not self._closing:
+            try:
+                if self._api is None:
+                    await self._connect()
+                else:
+                    if time.monotonic() - last_reap > self.settings.docker_reap_interval_s:
+                        await self._reap()
+                        last_reap = time.monotonic()
+                    await self._fill_pool()
+            except Exception:
+                log.exception("Docker backend maintenance failed")
+            await asyncio.sleep(0.2 if self._api is not None else 1.0)
+
+    def describe(self) -> dict[str, str]:
+        state = "available" if self._api is not None else f"UNAVAILABLE ({self.problem})"
+        return {
+            "backend": self.name,
+            "docker": f"{self.settings.docker_host}: {state}",
+            "images": "missing: " + ", ".join(self.missing_images) if self.missing_images else "all present",
+            "container": "network none, read-only root, cap-drop ALL, no-new-privileges, default seccomp, "
+                         f"user {self.settings.sandbox_uid}:{self.settings.sandbox_gid}",
+            "warm pool": f"{self.settings.docker_pool_size} per runtime (default limits)",
+            "cgroups": self.cgroups.version.value if self.cgroups else "container only (no usage counters)",
+        }
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintainer
+        if self._teardowns:
+            await asyncio.gather(*self._teardowns, return_exceptions=True)
+        pooled = [c for q in self._pool.values() for c in q]
+        self._pool.clear()
+        await asyncio.gather(*(self._destroy(c) for c in pooled), return_exceptions=True)
+        if self._api is not None:
+            with contextlib.suppress(Exception):
+                await self._reap()
+        if self.cgroups is not None:
+            self.cgroups.reap()
+            self.cgroups.remove_parents()
+        self._executor.shutdown(wait=True)
+
+    # ---- one execution ----------------------------------------------------------------------------------
+    async def run(self, spec: ExecutionSpec, on_output: OutputCallback | None = None) -> ExecutionResult:
+        if self._api is None:
+            raise BackendUnavailable(f"the Docker backend is unavailable: {self.problem}")
+        image = image_for(self.settings, spec.runtime)
+        if image in self.missing_images:
+            raise BackendUnavailable(
+                f"runtime image {image} is missing; build it with `sandbox-server images build`", retry_after_s=30
+            )
+        run = _Run(spec=spec)
+        try:
+            return await self._run(run, on_output)
+        except (docker.errors.DockerException, requests.exceptions.RequestException, ConnectionError) as exc:
+            if isinstance(exc, docker.errors.APIError) and exc.status_code is not None and exc.status_code < 500:
+                raise SandboxFailure(f"Docker refused the container: {_short(exc)}") from exc
+            self._api = None
+            self.problem = f"lost dockerd: {_short(exc)}"
+            raise BackendUnavailable(f"the Docker backend failed mid-run: {_short(exc)}") from exc
+        finally:
+            if run.container is not None:
+                task = asyncio.get_running_loop().create_task(self._destroy(run.container))
+                self._teardowns.add(task)
+                task.add_done_callback(self._teardowns.discard)
+                await asyncio.shield(task)
+
+    async def _run(self, run: _Run, on_output: OutputCallback | None) -> ExecutionResult:
+        spec = run.spec
+        config = self._config(spec.runtime, spec.limits, spec.env)
+        run.container = self._take(config)
+        if run.container is None:
+            run.container = await self._create(config)
+        api = self._api
+        if api is None:
+            raise BackendUnavailable(f"the Docker backend is unavailable: {self.problem}")
+        container = run.container
+        raw = await self._call(api.attach_socket, container.id,
+                               params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        sock: socket.socket = raw._sock  # the hijacked connection: stdin in, multiplexed stdout/stderr out
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        capture = OutputCapture(spec.limits.output_bytes, on_output)
+        marker = uuid.uuid4().hex
+        trailer = _Trailer(marker.encode(), spec.max_output_file_bytes + TRAILER_OVERHEAD)
+        try:
+            payload = _payload(spec, marker)
+            run.started = time.monotonic()
+
+            async def send() -> None:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    await loop.sock_sendall(sock, payload)
+                    sock.shutdown(socket.SHUT_WR)  # closes the program's stdin (StdinOnce)
+
+            async def receive() -> None:
+                buf = bytearray()
+                while chunk := await loop.sock_recv(sock, READ_CHUNK):
+                    buf += chunk
+                    while len(buf) >= 8:
+                        kind, size = buf[0], struct.unpack(">I", buf[4:8])[0]
+                        if len(buf) < 8 + size:
+                            break
+                        data = bytes(buf[8:8 + size])
+                        del buf[:8 + size]
+                        if kind == 2:
+                            ok = await capture.feed(StreamName.STDERR, data)
+                        else:
+                            program_out = trailer.feed(data)
+                            ok = await capture.feed(StreamName.STDOUT, program_out) if program_out else True
+                            if trailer.overflow:
+                                self._kill(run, None)  # enough of the files; the program had ended
+                                return
+                        if not ok:
+                            self._kill(run, Status.OUTPUT_LIMIT)
+                            return
+                rest = trailer.flush()
+                if rest and not await capture.feed(StreamName.STDOUT, rest):
+                    self._kill(run, Status.OUTPUT_LIMIT)
+
+            def cpu_ns() -> int:
+                if container.cgroup is not None:
+                    run.last_cpu_ns = container.cgroup.cpu_time_ns()
+                return run.last_cpu_ns
+
+            watcher = asyncio.create_task(watchdog(
+                run.started, spec.limits, lambda: not run.exited,
+                cpu_ns if container.cgroup is not None else None, lambda reason: self._kill(run, reason)))
+            try:
+                await asyncio.gather(send(), receive())
+                # Close before waiting: dockerd does not finish a container whose output nobody reads.
+                sock.close()
+                raw.close()
+                state = await self._wait_exit(container.id)
+            finally:
+                run.exited = True
+                run.ended = time.monotonic()
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+        finally:
+            sock.close()
+            raw.close()
+        return self._result(run, state, capture, trailer)
+
+    def _kill(self, run: _Run, reason: Status | None) -> None:
+        if run.killed_for is None:
+            run.killed_for = reason
+        api, container = self._api, run.container
+        if api is not None and container is not None:
+            # Fire and forget: the kill ends the output stream, which ends the run.
+            self._executor.submit(_quiet, api.kill, container.id, "SIGKILL")
+
+    async def _wait_exit(self, container_id: str) -> dict[str, Any]:
+        """The container's State once it has stopped (the output stream has already ended)."""
+        api = self._api
+        if api is None:
+            raise BackendUnavailable("lost dockerd")
+        for _ in range(200):
+            info = await self._call(api.inspect_container, container_id)
+            state: dict[str, Any] = info["State"]
+            if not state.get("Running"):
+                return state
+            await asyncio.sleep(0.01)
+        await self._call(api.kill, container_id, "SIGKILL")
+        info = await self._call(api.wait, container_id, timeout=10)
+        return {"ExitCode": info.get("StatusCode", 137), "OOMKilled": False}
+
+    def _result(
+        self, run: _Run, state: dict[str, Any], capture: OutputCapture, trailer: _Trailer
+    ) -> ExecutionResult:
+        spec, container = run.spec, run.container
+        if trailer.reported:
+            exit_code, sig = trailer.exit_code, trailer.signal
+        else:
+            # Killed before the reporter could speak (by us, or the OOM killer): Docker says 128 + signal.
+            code = int(state.get("ExitCode", -1))
+            exit_code, sig = (None, code - 128) if 128 < code < 160 else (code, None)
+        cg = container.cgroup if container else None
+        cpu_s = (cg.cpu_time_ns() if cg else run.last_cpu_ns) / 1e9
+        peak = cg.peak_memory_bytes() if cg else 0
+        oom = 1 if state.get("OOMKilled") else 0
+        status, message = classify(run.killed_for, exit_code, sig, oom, cpu_s, spec.limits)
+        files, truncated = trailer.files(spec)
+        return ExecutionResult(
+            execution_id=spec.execution_id,
+            status=status,
+            exit_code=exit_code if exit_code is not None else -1,
+            signal=sig or 0,
+            stdout=capture.data(StreamName.STDOUT),
+            stdout_truncated=capture.truncated(StreamName.STDOUT),
+            stderr=capture.data(StreamName.STDERR),
+            stderr_truncated=capture.truncated(StreamName.STDERR),
+            files=files,
+            files_truncated=truncated,
+            usage=Usage(wall_time_s=run.ended - run.started, cpu_time_s=cpu_s, peak_memory_bytes=peak),
+            message=message,
+            limits=spec.limits,
+            language=spec.runtime.language,
+            backend=self.name,
+        )
+
+    # ---- containers ------------------------------------------------------------------------------------
+    def _config(self, runtime: Runtime, limits: Limits, env: tuple[tuple[str, str], ...]) -> ContainerConfig:
+        return ContainerConfig(
+            image=image_for(self.settings, runtime),
+            argv=runtime.argv(),
+            env=(*BASE_ENV, *env),
+            limits=limits,
+            cpu_cores=self.settings.cpu_cores,
+            uid=self.settings.sandbox_uid,
+            gid=self.settings.sandbox_gid,
+            labels=((LABEL_MANAGED, "true"), (LABEL_OWNER, self.owner), (LABEL_RUNTIME, runtime.language)),
+            cgroup_parent=None,
+        )
+
+    async def _create(self, config: ContainerConfig) -> _Container:
+        """Create and start one container (waiting on stdin), under a fresh per-execution cgroup of ours."""
+        api = self._api
+        if api is None:
+            raise BackendUnavailable(f"the Docker backend is unavailable: {self.problem}")
+        name = uuid.uuid4().hex
+        cgroup: Cgroup | None = None
+        if self.cgroups is not None:
+            lim = config.limits
+            cgroup = self.cgroups.create(name, CgroupLimits(lim.memory_bytes + (8 << 20), lim.max_pids + 4,
+                                                            config.cpu_cores))
+            config = ContainerConfig(**{**config.__dict__,
+                                        "cgroup_parent": f"/sandbox-docker-{self.owner}/{name}"})
+        container = _Container(id="", cgroup=cgroup, config=config)
+        self._live.add(name)
+        try:
+            created = await self._call(api.create_container, name=f"sandbox-{name}",
+                                       **config.to_create_kwargs(api))
+            container.id = created["Id"]
+            self._live.add(container.id)
+            await self._call(api.start, container.id)
+            container.started = time.monotonic()
+        except BaseException:
+            await self._destroy(container)
+            raise
+        finally:
+            self._live.discard(name)
+        return container
+
+    def _take(self, config: ContainerConfig) -> _Container | None:
+        queue = self._pool.get(_pool_key(config))
+        return queue.popleft() if queue else None
+
+    async def _fill_pool(self) -> None:
+        size = self.settings.docker_pool_size
+        if size <= 0 or self._api is None:
+            return
+        async with self._fill_lock:
+            for runtime in RUNTIMES:
+                if image_for(self.settings, runtime) in self.missing_images:
+                    continue
+                config = self._config(runtime, _default_limits(self.settings), ())
+                queue = self._pool.setdefault(_pool_key(config), deque())
+                while len(queue) < size and self._api is not None and not self._closing:
+                    queue.append(await self._create(config))
+
+    async def _destroy(self, container: _Container) -> None:
+        """Force-remove the container and its per-execution cgroup. Raises SandboxFailure if it stays."""
+        api = self._api
+        problems: list[str] = []
+        if container.id and api is not None:
+            try:
+                await self._call(api.remove_container, container.id, force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                problems.append(f"container {container.id[:12]}: {_short(exc)}")
+        self._live.discard(container.id)
+        if container.cgroup is not None:
+            for _ in range(200):
+                container.cgroup.kill_all()
+                if container.cgroup.try_remove():
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                problems.append("per-execution cgroup still busy")
+        if problems:
+            log.error("teardown left: %s", "; ".join(problems))
+            raise SandboxFailure("container teardown failed: " + "; ".join(problems))
+
+    async def _reap(self) -> int:
+        """Remove containers with our labels that no live request or pool slot owns."""
+        api = self._api
+        if api is None:
+            return 0
+        owned = self._live | {c.id for q in self._pool.values() for c in q}
+        found = await self._call(api.containers, all=True, quiet=True,
+                                 filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_OWNER}={self.owner}"]})
+        strays = [c["Id"] for c in found if c["Id"] not in owned]
+        for cid in strays:
+            with contextlib.suppress(docker.errors.NotFound):
+                await self._call(api.remove_container, cid, force=True, v=True)
+        if strays:
+            log.warning("removed %d stray sandbox containers", len(strays))
+        return len(strays)
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+
+def _pool_key(config: ContainerConfig) -> str:
+    return repr((config.image, config.argv, config.env, config.limits, config.cpu_cores))
+
+
+def _default_limits(settings: Settings) -> Limits:
+    return Limits(**settings.defaults.model_dump())
+
+
+def _payload(spec: ExecutionSpec, marker: str) -> bytes:
+    """The bootstrap's input: "<marker> <n>\\n", n bytes of tar (code and input files), then the stdin."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        dirs: set[str] = set()
+        for path, content in ((spec.runtime.file_name, spec.code), *((f.path, f.content) for f in spec.files)):
+            parts = path.split("/")
+            for i in range(1, len(parts)):
+                d = "/".join(parts[:i])
+                if d not in dirs:
+                    dirs.add(d)
+                    info = tarfile.TarInfo(d)
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+            info = tarfile.TarInfo(path)
+            info.size, info.mode = len(content), 0o644
+            tar.addfile(info, io.BytesIO(content))
+    archive = buf.getvalue()
+    return f"{marker} {len(archive)}\n".encode() + archive + spec.stdin
+
+
+class _Trailer:
+    """Splits the container's stdout into the program's output and the bootstrap's trailer (exit status and
+    a tar of /work), holding back only the few bytes that could be the start of the marker."""
+
+    def __init__(self, marker: bytes, budget: int) -> None:
+        self.marker = b"\n" + marker + b" "
+        self.budget = budget
+        self.held = bytearray()
+        self.found = False
+        self.header = bytearray()
+        self.exit_code: int | None = None
+        self.signal: int | None = None
+        self.reported = False
+        self.tar = bytearray()
+        self.overflow = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Take stdout bytes; return those that are the program's own output."""
+        if self.found:
+            self._trailer(data)
+            return b""
+        buf = self.held + data
+        idx = buf.find(self.marker)
+        if idx >= 0:
+            self.found = True
+            self.held = bytearray()
+            self._trailer(bytes(buf[idx + len(self.marker):]))
+            return bytes(buf[:idx])
+        keep = min(len(buf), len(self.marker) - 1)
+        self.held = buf[len(buf) - keep:]
+        return bytes(buf[: len(buf) - keep])
+
+    def flush(self) -> bytes:
+        """At end of stream: bytes held back that turned out to be program output."""
+        rest, self.held = bytes(self.held), bytearray()
+        return rest
+
+    def _trailer(self, data: bytes) -> None:
+        if not self.reported:
+            self.header += data
+            line, sep, rest = bytes(self.header).partition(b"\n")
+            if not sep:
+                if len(self.header) > 32:
+                    self.overflow = True
+                return
+            try:
+                code, sig = (int(x) for x in line.split())
+            except ValueError:
+                self.overflow = True
+                return
+            self.exit_code, self.signal = (None, sig) if sig else (code, None)
+            self.reported = True
+            data = rest
+        room = self.budget - len(self.tar)
+        if len(data) > room:
+            self.overflow = True
+        self.tar += data[: max(0, room)]
+
+    def files(self, spec: ExecutionSpec) -> tuple[tuple[OutputFile, ...], bool]:
+        """Regular files from the tar of /work, skipping unchanged inputs, within the output-file caps."""
+        unchanged = {f.path: f.content for f in spec.files}
+        unchanged[spec.runtime.file_name] = spec.code
+        out: list[OutputFile] = []
+        truncated = self.overflow
+        budget = spec.max_output_file_bytes
+        if not self.tar:
+            return (), truncated
+        try:
+            with tarfile.open(fileobj=io.BytesIO(bytes(self.tar)), mode="r|") as tar:
+                for member in tar:
+                    if not member.isreg():
+                        continue  # links, FIFOs, devices: never content
+                    path = member.name.removeprefix("./")
+                    if not path or path.startswith("/") or ".." in path.split("/"):
+                        continue
+                    if len(out) >= spec.max_output_files:
+                        truncated = True
+                        break
+                    reader = tar.extractfile(member)
+                    content = reader.read(max(0, min(member.size, budget))) if reader else b""
+                    if unchanged.get(path) == content and member.size == len(content):
+                        continue
+                    budget -= len(content)
+                    cut = len(content) < member.size
+                    truncated = truncated or cut
+                    out.append(OutputFile(path=path, content=content, size=member.size, truncated=cut))
+        except (tarfile.TarError, EOFError, OSError):
+            truncated = True
+        out.sort(key=lambda f: f.path)
+        return tuple(out), truncated
+
+
+def _quiet(fn: Any, *args: Any) -> None:
+    with contextlib.suppress(Exception):
+        fn(*args)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
