@@ -162,7 +162,8 @@ def write_etc(etc_dir: Path, uid: int, gid: int) -> None:
     images do) and loopback, nothing of the host's."""
     etc_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
     files = {
-        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:{uid}:{gid}:nobody:/nonexistent:/usr/sbin/nologin\n",
+        "passwd": (f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+                   f"nobody:x:{uid}:{gid}:nobody:/nonexistent:/usr/sbin/nologin\n"),
         "group": f"root:x:0:\nnogroup:x:{gid}:\n",
         "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{HOSTNAME}\n",
     }
