@@ -7,13 +7,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
+from docker_daemon import Dockerd, build_images, running_dockerd
 
 from sandbox_client import SandboxClient
 from sandbox_server.backends.cgroups import CgroupsUnavailable, detect
+from sandbox_server.backends.docker import LABEL_OWNER, DockerBackend
 from sandbox_server.testing import RunningServer, server_in_thread
 
-BACKENDS = ["nsjail"]
+BACKENDS = ["nsjail", "docker"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -21,11 +24,34 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("the test suite runs real jails and must run as root")
 
 
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[Dockerd]:
+    """The tests' own dockerd (--bridge=none), with the runtime images built offline (cached)."""
+    with running_dockerd() as daemon:
+        build_images(daemon.host)
+        yield daemon
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     """One real server per backend for the session (its own state dir and cgroup parent)."""
-    with server_in_thread(backend=request.param, max_running=4, max_queued=32) as srv:
+    extra: dict[str, object] = {}
+    if request.param == "docker":
+        extra["docker_host"] = request.getfixturevalue("dockerd").host
+    with server_in_thread(backend=request.param, max_running=4, max_queued=32, **extra) as srv:
+        if request.param == "docker":
+            wait_for_pool(srv)
         yield srv
+
+
+def wait_for_pool(srv: RunningServer, timeout_s: float = 60.0) -> None:
+    """Let the warm pool fill once, so the first tests do not race its creation for CPU."""
+    backend = srv.app.backend
+    assert isinstance(backend, DockerBackend)
+    deadline = time.monotonic() + timeout_s
+    want = srv.settings.docker_pool_size * 3
+    while sum(len(q) for q in backend._pool.values()) < want and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -35,8 +61,12 @@ def sbx(server: RunningServer) -> Iterator[SandboxClient]:
 
 
 def leftovers(server: RunningServer) -> list[str]:
-    """Scratch mounts, cgroups and jailed processes of this server that still exist."""
+    """Scratch mounts, cgroups, containers and jailed processes of this server that still exist
+    (warm-pool containers, never used, excepted)."""
     found: list[str] = []
+    backend = server.app.backend
+    if isinstance(backend, DockerBackend):
+        return _docker_leftovers(server, backend)
     scratch = server.settings.state_dir / "scratch"
     if scratch.exists():
         found += [f"scratch {p.name}" for p in scratch.iterdir()]
@@ -65,3 +95,19 @@ def assert_no_leftovers(server: RunningServer, wait_s: float = 5.0) -> None:
 def no_leftovers(server: RunningServer) -> Iterator[None]:
     yield
     assert_no_leftovers(server)
+
+
+def _docker_leftovers(server: RunningServer, backend: DockerBackend) -> list[str]:
+    pooled = {c.id for q in backend._pool.values() for c in q}
+    cgroups = {c.cgroup.dirs()[0].name for q in backend._pool.values() for c in q if c.cgroup}
+    client = docker.APIClient(base_url=server.settings.docker_host, timeout=30)
+    try:
+        found = client.containers(all=True, filters={"label": f"{LABEL_OWNER}={backend.owner}"})
+    finally:
+        client.close()
+    out = [f"container {c['Id'][:12]} {c['State']}" for c in found if c["Id"] not in pooled]
+    if backend.cgroups is not None:
+        for d in backend.cgroups.hierarchy.dirs():
+            if d.exists():
+                out += [f"cgroup {p}" for p in d.iterdir() if p.is_dir() and p.name not in cgroups]
+    return out

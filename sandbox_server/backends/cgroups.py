@@ -203,10 +203,12 @@ class Cgroup:
         return _keyed(self.paths["cpu"] / "cpu.stat").get("usage_usec", 0) * 1000
 
     def pids(self) -> set[int]:
+        """Every process in this cgroup and in any cgroup below it (a container runtime nests its own)."""
         out: set[int] = set()
-        for f in self.procs_files():
-            with contextlib.suppress(FileNotFoundError):
-                out.update(int(x) for x in f.read_text().split())
+        for d in self.dirs():
+            for sub in _tree(d):
+                with contextlib.suppress(FileNotFoundError):
+                    out.update(int(x) for x in (sub / "cgroup.procs").read_text().split())
         return out
 
     # ---- teardown -------------------------------------------------------------------------------------
@@ -227,18 +229,33 @@ class Cgroup:
                     os.kill(pid, signal.SIGKILL)
 
     def try_remove(self) -> bool:
-        """Remove the cgroup; False while processes (or zombies) still hold it."""
+        """Remove the cgroup and any below it, deepest first; False while processes (or zombies) hold one."""
         done = True
         for d in self.dirs():
-            try:
-                d.rmdir()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                if exc.errno != errno.EBUSY:
-                    raise
-                done = False
+            for sub in reversed(_tree(d)):
+                try:
+                    sub.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY:
+                        raise
+                    done = False
         return done
+
+
+def _tree(root: Path) -> list[Path]:
+    """``root`` and every cgroup directory below it, parents before children (kernel files only)."""
+    out: list[Path] = []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        if not d.is_dir():
+            continue
+        out.append(d)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            stack.extend(p for p in d.iterdir() if p.is_dir() and not p.is_symlink())
+    return out
 
 
 def _enable_controllers(d: Path) -> None:

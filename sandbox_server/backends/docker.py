@@ -86,6 +86,8 @@ BOOTSTRAP = (
     ' | tar -x -C /work --no-same-owner --no-same-permissions -f - || exit 125\n'
     'exec perl -e "$0" "$marker" "$@"\n'
 )
+ATTACH_PARAMS = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+_DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, ConnectionError)
 TRAILER_OVERHEAD = 1024 * 1024  # tar headers and padding on top of the output-file budget
 
 def image_for(settings: Settings, runtime: Runtime) -> str:
@@ -140,6 +142,7 @@ class ContainerConfig:
             "hostname": HOSTNAME,
             "environment": [f"{k}={v}" for k, v in self.env],
             "labels": dict(self.labels),
+            "stop_signal": "SIGKILL",  # a daemon shutdown must not wait on a program that ignores SIGTERM
             "stdin_open": True,  # with detach=False this also sets StdinOnce: EOF on our side closes it
             "tty": False,
             "network_disabled": True,
@@ -242,6 +245,8 @@ class DockerBackend(Backend):
                         await self._reap()
                         last_reap = time.monotonic()
                     await self._fill_pool()
+            except _DOCKER_ERRORS as exc:
+                self._lost(exc)
             except Exception:
                 log.exception("Docker backend maintenance failed")
             await asyncio.sleep(0.2 if self._api is not None else 1.0)
@@ -289,11 +294,10 @@ class DockerBackend(Backend):
         run = _Run(spec=spec)
         try:
             return await self._run(run, on_output)
-        except (docker.errors.DockerException, requests.exceptions.RequestException, ConnectionError) as exc:
+        except _DOCKER_ERRORS as exc:
             if isinstance(exc, docker.errors.APIError) and exc.status_code is not None and exc.status_code < 500:
                 raise SandboxFailure(f"Docker refused the container: {_short(exc)}") from exc
-            self._api = None
-            self.problem = f"lost dockerd: {_short(exc)}"
+            self._lost(exc)
             raise BackendUnavailable(f"the Docker backend failed mid-run: {_short(exc)}") from exc
         finally:
             if run.container is not None:
@@ -305,15 +309,23 @@ class DockerBackend(Backend):
     async def _run(self, run: _Run, on_output: OutputCallback | None) -> ExecutionResult:
         spec = run.spec
         config = self._config(spec.runtime, spec.limits, spec.env)
-        run.container = self._take(config)
-        if run.container is None:
-            run.container = await self._create(config)
         api = self._api
         if api is None:
             raise BackendUnavailable(f"the Docker backend is unavailable: {self.problem}")
+        raw = None
+        pooled = self._take(config)
+        if pooled is not None:
+            run.container = pooled
+            try:
+                raw = await self._call(api.attach_socket, pooled.id, params=ATTACH_PARAMS)
+            except docker.errors.APIError:  # it died in the pool (e.g. dockerd restarted): use a fresh one
+                await self._destroy(pooled)
+                run.container = None
+        if run.container is None:
+            run.container = await self._create(config)
         container = run.container
-        raw = await self._call(api.attach_socket, container.id,
-                               params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        if raw is None:
+            raw = await self._call(api.attach_socket, container.id, params=ATTACH_PARAMS)
         sock: socket.socket = raw._sock  # the hijacked connection: stdin in, multiplexed stdout/stderr out
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
@@ -378,6 +390,20 @@ class DockerBackend(Backend):
             sock.close()
             raw.close()
         return self._result(run, state, capture, trailer)
+
+    def _lost(self, exc: BaseException) -> None:
+        """dockerd went away: stop using it until the maintainer reconnects; pooled containers are gone too
+        (the reaper removes whatever survived a restart)."""
+        if self._api is not None:
+            log.error("lost dockerd at %s: %s", self.settings.docker_host, _short(exc))
+        self._api = None
+        self.problem = f"lost dockerd: {_short(exc)}"
+        for queue in self._pool.values():
+            for container in queue:
+                if container.cgroup is not None:
+                    container.cgroup.kill_all()
+                    container.cgroup.try_remove()
+            queue.clear()
 
     def _kill(self, run: _Run, reason: Status | None) -> None:
         if run.killed_for is None:
@@ -505,8 +531,14 @@ class DockerBackend(Backend):
                 await self._call(api.remove_container, container.id, force=True, v=True)
             except docker.errors.NotFound:
                 pass
-            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            except docker.errors.APIError as exc:
                 problems.append(f"container {container.id[:12]}: {_short(exc)}")
+            except _DOCKER_ERRORS as exc:
+                # dockerd is gone: the container is handed to the reaper, which removes it when dockerd returns.
+                self._lost(exc)
+                log.warning("container %s left to the reaper: %s", container.id[:12], _short(exc))
+        elif container.id:
+            log.warning("container %s left to the reaper: dockerd unavailable", container.id[:12])
         self._live.discard(container.id)
         if container.cgroup is not None:
             for _ in range(200):

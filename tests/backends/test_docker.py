@@ -1,0 +1,152 @@
+"""Docker-specific behaviour: daemon down or restarted, the reaper, the warm pool, the container's own config."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import docker
+import pytest
+from docker_daemon import Dockerd
+
+from sandbox_client import SandboxClient, UnavailableError
+from sandbox_server.backends.docker import LABEL_MANAGED, LABEL_OWNER, DockerBackend
+from sandbox_server.testing import RunningServer, server_in_thread
+
+
+@pytest.fixture(scope="module")
+def docker_server(dockerd: Dockerd) -> Iterator[RunningServer]:
+    with server_in_thread(backend="docker", docker_host=dockerd.host, max_running=4, docker_pool_size=1) as srv:
+        yield srv
+
+
+def _api(host: str) -> docker.APIClient:
+    return docker.APIClient(base_url=host, timeout=30)
+
+
+def _wait(predicate: object, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_dockerd_not_running_server_starts_and_execute_is_unavailable() -> None:
+    missing = f"unix:///run/sandbox-test-docker/absent-{uuid.uuid4().hex[:6]}.sock"
+    with server_in_thread(backend="docker", docker_host=missing) as srv:
+        described = srv.app.backend.describe()
+        assert "UNAVAILABLE" in described["docker"]
+        assert "cannot reach dockerd" in described["docker"]
+        with SandboxClient(srv.target, timeout=30) as sbx, pytest.raises(UnavailableError) as info:
+            sbx.execute("print(1)", language="python")
+        assert "Docker backend is unavailable" in info.value.message
+        assert "cannot reach dockerd" in info.value.message
+        assert info.value.retry_after is not None
+
+
+def test_pooled_container_config_is_locked_down(docker_server: RunningServer) -> None:
+    backend = docker_server.app.backend
+    assert isinstance(backend, DockerBackend)
+    assert _wait(lambda: any(backend._pool.values()))
+    pooled = next(c for q in backend._pool.values() for c in q)
+    info = _api(docker_server.settings.docker_host).inspect_container(pooled.id)
+    host = info["HostConfig"]
+    limits = docker_server.settings.defaults
+    assert host["NetworkMode"] == "none"
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"]
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    assert host["Privileged"] is False
+    assert host["Memory"] == limits.memory_bytes
+    assert host["MemorySwap"] == limits.memory_bytes
+    assert host["PidsLimit"] == limits.max_pids
+    assert host["NanoCpus"] == int(docker_server.settings.cpu_cores * 1e9)
+    assert host["LogConfig"]["Type"] == "none"
+    assert host["Binds"] in (None, [])
+    assert set(host["Tmpfs"]) == {"/work", "/tmp"}
+    assert f"size={limits.scratch_bytes}" in host["Tmpfs"]["/work"]
+    ulimits = {u["Name"]: u["Hard"] for u in host["Ulimits"]}
+    assert ulimits["fsize"] == limits.file_size_bytes
+    assert ulimits["nofile"] == 1024
+    assert info["Config"]["User"] == "65534:65534"
+    assert info["Config"]["Labels"][LABEL_MANAGED] == "true"
+    assert info["Config"]["Labels"][LABEL_OWNER] == backend.owner
+    assert info["State"]["Running"] is True  # started, waiting on stdin, never used
+
+
+def test_pool_never_hands_out_a_used_container(docker_server: RunningServer) -> None:
+    seen: set[str] = set()
+    with SandboxClient(docker_server.target, timeout=30) as sbx:
+        for _ in range(4):
+            r = sbx.execute(
+                "import os\n"
+                "print(open('/proc/self/cgroup').read().strip().split('/')[-1])\n"
+                "print(sorted(os.listdir('/tmp')))\n"
+                "open('/tmp/mark', 'w').write('x')\n",
+                language="python",
+            )
+            assert r.status == "OK", r
+            container_id, tmp_listing = r.stdout.splitlines()
+            assert tmp_listing == "[]", "a container that ran something was handed out again"
+            assert container_id not in seen
+            seen.add(container_id)
+
+
+def test_reaper_removes_our_strays_and_only_ours(docker_server: RunningServer) -> None:
+    backend = docker_server.app.backend
+    assert isinstance(backend, DockerBackend)
+    api = _api(docker_server.settings.docker_host)
+    image = "sandbox-runtime-bash:bookworm"
+    stray = api.create_container(image, command=["true"], labels={LABEL_MANAGED: "true", LABEL_OWNER: backend.owner})
+    other = api.create_container(image, command=["true"], labels={LABEL_MANAGED: "true", LABEL_OWNER: "someone-else"})
+    try:
+        import asyncio
+
+        removed = asyncio.run_coroutine_threadsafe(backend._reap(), _loop_of(docker_server)).result(timeout=60)
+        assert removed >= 1
+        ids = {c["Id"] for c in api.containers(all=True)}
+        assert stray["Id"] not in ids
+        assert other["Id"] in ids
+    finally:
+        api.remove_container(other["Id"], force=True)
+
+
+def test_dockerd_restart_mid_run_fails_cleanly_then_recovers(dockerd: Dockerd) -> None:
+    with server_in_thread(backend="docker", docker_host=dockerd.host, docker_pool_size=1) as srv:
+        outcome: list[object] = []
+        with SandboxClient(srv.target, timeout=60) as sbx:
+            assert sbx.execute("echo up", language="bash").stdout == "up\n"
+
+            def long_run() -> None:
+                try:
+                    outcome.append(sbx.execute("sleep 20; echo late", language="bash"))
+                except Exception as exc:
+                    outcome.append(exc)
+
+            worker = threading.Thread(target=long_run)
+            worker.start()
+            time.sleep(1.5)
+            dockerd.restart()
+            worker.join(timeout=60)
+            assert len(outcome) == 1
+            assert isinstance(outcome[0], UnavailableError), outcome[0]
+            assert "Docker" in outcome[0].message
+
+            def works() -> bool:
+                try:
+                    return sbx.execute("echo again", language="bash").stdout == "again\n"
+                except UnavailableError:
+                    return False
+
+            assert _wait(works, timeout_s=60), "the backend never recovered after dockerd came back"
+
+
+def _loop_of(srv: RunningServer) -> object:
+    backend = srv.app.backend
+    assert isinstance(backend, DockerBackend)
+    assert backend._maintainer is not None
+    return backend._maintainer.get_loop()
