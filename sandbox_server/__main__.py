@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -51,6 +52,53 @@ def serve(
     except SandboxFailure as exc:
         typer.echo(f"sandbox-server cannot start: {exc.message}", err=True)
         raise typer.Exit(1) from exc
+
+
+images_cli = typer.Typer(no_args_is_help=True, help="Runtime images of the Docker backend.")
+cli.add_typer(images_cli, name="images")
+
+
+@images_cli.command("build")
+def images_build(
+    docker_host: Annotated[str | None, typer.Option(help="dockerd address [default: settings]")] = None,
+    script: Annotated[Path | None, typer.Option(help="the offline build script")] = None,
+) -> None:
+    """Build the runtime images offline (debootstrap + docker import; cached): images/build-offline.sh."""
+    settings = load_settings(docker_host=docker_host)
+    path = script or Path(__file__).resolve().parent.parent / "images" / "build-offline.sh"
+    if not path.is_file():
+        typer.echo(f"{path} not found: pass --script (it lives in the repository's images/ directory)", err=True)
+        raise typer.Exit(2)
+    code = subprocess.call(["bash", str(path), "--docker-host", settings.docker_host])
+    raise typer.Exit(code)
+
+
+@images_cli.command("list")
+def images_list(
+    docker_host: Annotated[str | None, typer.Option(help="dockerd address [default: settings]")] = None,
+) -> None:
+    """Show which runtime images are present and which are missing."""
+    import docker
+
+    from sandbox_server.backends.docker import image_for
+    from sandbox_server.execution.runtimes import RUNTIMES
+
+    settings = load_settings(docker_host=docker_host)
+    try:
+        api = docker.APIClient(base_url=settings.docker_host, version="auto", timeout=30)
+    except docker.errors.DockerException as exc:
+        typer.echo(f"cannot reach dockerd at {settings.docker_host}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    missing = 0
+    for rt in RUNTIMES:
+        image = image_for(settings, rt)
+        try:
+            api.inspect_image(image)
+            typer.echo(f"present  {image}  ({rt.language})")
+        except docker.errors.ImageNotFound:
+            missing += 1
+            typer.echo(f"MISSING  {image}  ({rt.language}): run `sandbox-server images build`")
+    raise typer.Exit(1 if missing else 0)
 
 
 async def _run(app: App) -> None:

@@ -20,7 +20,9 @@ log() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------------------------------------- host packages
-APT_PACKAGES=(python3 python3-venv python3-pip nodejs bash ca-certificates iproute2 procps)
+# docker.io and debootstrap serve the Docker backend and its offline image build; util-linux gives unshare.
+APT_PACKAGES=(python3 python3-venv python3-pip nodejs bash ca-certificates iproute2 procps util-linux perl
+    docker.io debootstrap tar)
 # Paths the jails (and this script) rely on, beyond "the package is installed".
 REQUIRED_PATHS=(/usr/bin/python3 /usr/bin/node /bin/bash)
 
@@ -50,7 +52,16 @@ if ((${#missing[@]} > 0)) || ((${#missing_paths[@]} > 0)); then
     apt-get update -qq
     reinstall=()
     ((${#missing_paths[@]} > 0)) && reinstall=(--reinstall)
-    apt-get install -y -qq --no-install-recommends "${reinstall[@]}" "${missing[@]}" >/dev/null
+    # Installing docker.io must not start a system dockerd (with its default bridge network): the tests and
+    # operators start dockerd themselves. policy-rc.d is Debian's switch for "do not start services now".
+    policy=/usr/sbin/policy-rc.d
+    added_policy=0
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && added_policy=1
+    fi
+    apt-get install -y -qq --no-install-recommends "${reinstall[@]}" "${missing[@]}" >/dev/null \
+        || { ((added_policy)) && rm -f "$policy"; die "apt-get install failed"; }
+    ((added_policy)) && rm -f "$policy"
     for path in "${REQUIRED_PATHS[@]}"; do
         [[ -x "$path" ]] || die "$path is still missing after installing packages"
     done
