@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from sandbox_client._common import DEFAULT_TIMEOUT, auth_metadata, call_timeout, check_timeout
+from sandbox_client._common import DEFAULT_TIMEOUT, auth_metadata, call_timeout, channel_options, check_timeout
 from sandbox_client._convert import build_request, result_from_proto, runtime_from_proto
 from sandbox_client._errors import from_aio_rpc_error
 from sandbox_client._models import ExecutionResult, Limits, OutputChunk, Runtime
@@ -41,7 +41,7 @@ class AsyncSandboxClient:
     ) -> None:
         self._target = target
         self._credentials = credentials
-        self._options = list(options)
+        self._options = channel_options(options)
         self._timeout = check_timeout(timeout)
         self._metadata = auth_metadata(api_key)
         self._channel: grpc.aio.Channel | None = None

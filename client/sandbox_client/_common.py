@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 DEFAULT_TIMEOUT = 60.0
 """Seconds: the deadline of every call that passes no ``timeout`` of its own."""
+
+
+# A result carries up to the server's output ceiling plus its output files (64 MiB + 8 MiB by default), well
+# past gRPC's 4 MiB default; the server caps what it sends, so the client need not cap it lower.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+def channel_options(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The caller's channel options, after our defaults (so a caller's own setting wins)."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        *options,
+    ]
 
 
 def check_timeout(timeout: float) -> float:

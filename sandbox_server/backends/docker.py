@@ -45,7 +45,7 @@ from sandbox_server.backends.base import Backend
 from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager, CgroupsUnavailable, detect
 from sandbox_server.backends.outcome import classify, watchdog
 from sandbox_server.errors import BackendUnavailable, SandboxFailure
-from sandbox_server.execution.output import OutputCapture
+from sandbox_server.execution.output import OutputCapture, printable_path
 from sandbox_server.execution.runtimes import RUNTIMES, Runtime
 from sandbox_server.execution.spec import (
     ExecutionResult,
@@ -674,7 +674,7 @@ class _Trailer:
                 for member in tar:
                     if not member.isreg():
                         continue  # links, FIFOs, devices: never content
-                    path = member.name.removeprefix("./")
+                    path = printable_path(member.name.removeprefix("./"))
                     if not path or path.startswith("/") or ".." in path.split("/"):
                         continue
                     if len(out) >= spec.max_output_files:

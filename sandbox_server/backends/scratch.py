@@ -20,6 +20,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox_server.execution.output import printable_path
 from sandbox_server.execution.spec import ExecutionSpec, OutputFile
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class ScratchManager:
                         budget -= len(content)
                         cut = len(content) < size
                         truncated = truncated or cut
-                        out.append(OutputFile(path=rel, content=content, size=size, truncated=cut))
+                        out.append(OutputFile(path=printable_path(rel), content=content, size=size, truncated=cut))
                 finally:
                     os.close(dir_fd)
             for fd, _, _ in stack:  # left by an early break

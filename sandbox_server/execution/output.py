@@ -43,3 +43,9 @@ class OutputCapture:
 
     def truncated(self, stream: StreamName) -> bool:
         return self._truncated[stream]
+
+
+def printable_path(name: str) -> str:
+    """A file name as valid UTF-8: bytes that are not UTF-8 (kept by Python as surrogate escapes) become
+    ``\\xNN``, so a program cannot break the reply with a name the protocol cannot carry."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
