@@ -1,14 +1,20 @@
 """Hello-world latency and throughput through the sandbox, against a bare interpreter timed in the same run.
 
     .venv/bin/python bench/hello.py [--n 200] [--concurrency 1 2 4] [--language python]
+                                    [--backends nsjail docker] [--docker-host URL]
                                     [--target HOST:PORT] [--json [PATH]]
 
 Without --target the benchmark starts its own server in this process (sandbox_server.testing.server_in_thread;
 needs what the server needs: root, cgroups). For every concurrency C it runs N executions of a hello-world
 program with C threads in two modes, each after a short unmeasured warm-up:
 
-  bare     subprocess.run([interpreter, "-c", code]) on the host: the floor any sandbox is compared against
-  sandbox  SandboxClient.execute(code, language=...) through gRPC, one fresh jail per execution
+  bare        subprocess.run([interpreter, "-c", code]) on the host: the floor any sandbox is compared against
+  nsjail      SandboxClient.execute(code, language=...) through gRPC, one fresh jail per execution
+  docker      the same through a server on the Docker backend (fresh container per execution, warm pool)
+  docker-run  a plain `docker run --rm --network none IMAGE interpreter -c code` of the same image
+
+(--target measures one running server instead, as mode "sandbox".) Without --docker-host, the Docker modes
+start the test suite's own dockerd (--bridge=none) and build the images offline (cached).
 
 and prints p50/p99 latency, executions per second, and the sandbox's ratios to bare at the same C.
 See bench/README.md for how to read the numbers.
@@ -28,10 +34,12 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from sandbox_client import SandboxClient
 
 EXPECTED_STDOUT = "hello\n"
+IMAGES = {"python": "python", "javascript": "node", "bash": "bash"}
 
 # language -> (code sent to the sandbox, the bare command that runs the same program on the host)
 PROGRAMS: dict[str, tuple[str, list[str]]] = {
@@ -114,7 +122,8 @@ def sandbox_runner(client: SandboxClient, code: str, language: str) -> Callable[
 
 
 @contextlib.contextmanager
-def server_target(args: argparse.Namespace, max_concurrency: int) -> Iterator[str]:
+def server_target(args: argparse.Namespace, max_concurrency: int, backend: str,
+                  docker_host: str | None) -> Iterator[str]:
     if args.target:
         yield args.target
         return
@@ -122,8 +131,44 @@ def server_target(args: argparse.Namespace, max_concurrency: int) -> Iterator[st
 
     max_running = args.max_running or max_concurrency
     max_queued = args.max_queued if args.max_queued is not None else max_concurrency
-    with server_in_thread(max_running=max_running, max_queued=max_queued) as srv:
+    extra: dict[str, object] = {}
+    if backend == "docker":
+        extra = {"docker_host": docker_host, "docker_pool_size": max(2, max_concurrency)}
+    with server_in_thread(backend=backend, max_running=max_running, max_queued=max_queued, **extra) as srv:
+        if backend == "docker":
+            _wait_for_pool(srv, max(2, max_concurrency))
         yield srv.target
+
+
+def _wait_for_pool(srv: object, size: int, timeout_s: float = 120.0) -> None:
+    backend = srv.app.backend  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout_s
+    while sum(len(q) for q in backend._pool.values()) < size * 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def docker_daemon(args: argparse.Namespace) -> Iterator[str | None]:
+    """The dockerd to use: --docker-host, or the test suite's own (started and stopped here)."""
+    if "docker" not in args.backends or args.target:
+        yield None
+        return
+    if args.docker_host:
+        yield args.docker_host
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from docker_daemon import build_images, running_dockerd
+
+    with running_dockerd() as daemon:
+        build_images(daemon.host)
+        yield daemon.host
+
+
+def docker_run_runner(docker_host: str, image: str, command: list[str]) -> Callable[[], None]:
+    """A plain `docker run` of the same image and program: the cold-container baseline."""
+    argv = ["docker", "--host", docker_host, "run", "--rm", "--network", "none", "--user", "65534:65534",
+            "--read-only", "--log-driver", "none", image, *command]
+    return bare_runner(argv)
 
 
 def with_ratios(sandbox: Row, bare: Row) -> Row:
@@ -138,7 +183,7 @@ def with_ratios(sandbox: Row, bare: Row) -> Row:
 
 def format_table(rows: list[Row]) -> str:
     header = (
-        f"{'mode':<8} {'conc':>4} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'exec/s':>8} "
+        f"{'mode':<10} {'conc':>4} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'exec/s':>8} "
         f"{'p50 vs bare':>12} {'exec/s vs bare':>15}"
     )
     lines = [header, "-" * len(header)]
@@ -146,7 +191,7 @@ def format_table(rows: list[Row]) -> str:
         p50_ratio = f"{r.p50_ratio:.2f}x" if r.p50_ratio is not None else "-"
         tput_ratio = f"{r.throughput_ratio:.3f}x" if r.throughput_ratio is not None else "-"
         lines.append(
-            f"{r.mode:<8} {r.concurrency:>4} {r.n:>5} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f} "
+            f"{r.mode:<10} {r.concurrency:>4} {r.n:>5} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f} "
             f"{r.executions_per_s:>8.1f} {p50_ratio:>12} {tput_ratio:>15}"
         )
     return "\n".join(lines)
@@ -158,6 +203,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4], help="thread counts to try")
     parser.add_argument("--language", choices=sorted(PROGRAMS), default="python")
     parser.add_argument("--target", help="HOST:PORT of a running server (default: start one in-process)")
+    parser.add_argument("--backends", nargs="+", choices=["nsjail", "docker"], default=["nsjail"],
+                        help="backends to measure with in-process servers (default: nsjail)")
+    parser.add_argument("--docker-host", help="dockerd for the Docker modes (default: start the tests' own)")
     parser.add_argument(
         "--warmup", type=int, default=None, help="unmeasured executions before each measurement (default 2*C)"
     )
@@ -186,19 +234,24 @@ def main(argv: list[str] | None = None) -> int:
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    with (
-        server_target(args, max(concurrencies)) as target,
-        SandboxClient(target) as client,
-    ):
-        sandbox_one = sandbox_runner(client, code, args.language)
+    with docker_daemon(args) as docker_host, contextlib.ExitStack() as stack:
+        modes: list[tuple[str, Callable[[], None]]] = []
+        for backend in ["sandbox"] if args.target else args.backends:
+            target = stack.enter_context(server_target(args, max(concurrencies), backend, docker_host))
+            client = stack.enter_context(SandboxClient(target))
+            modes.append((backend, sandbox_runner(client, code, args.language)))
+        if docker_host is not None:
+            image = f"sandbox-runtime-{IMAGES[args.language]}:bookworm"
+            modes.append(("docker-run", docker_run_runner(docker_host, image, bare_command)))
         bare_one = bare_runner(bare_command)
         for c in concurrencies:
             warmup = args.warmup if args.warmup is not None else 2 * c
             progress(f"bench: C={c}: bare x{args.n} ...")
             bare = measure("bare", bare_one, args.n, c, warmup)
-            progress(f"bench: C={c}: sandbox x{args.n} ...")
-            sandbox = measure("sandbox", sandbox_one, args.n, c, warmup)
-            rows += [bare, with_ratios(sandbox, bare)]
+            rows.append(bare)
+            for mode, one in modes:
+                progress(f"bench: C={c}: {mode} x{args.n} ...")
+                rows.append(with_ratios(measure(mode, one, args.n, c, warmup), bare))
 
     meta = {
         "language": args.language,

@@ -35,6 +35,22 @@ def _ping(host: str) -> bool:
         return False
 
 
+def _clear_stale_pidfile(pidfile: Path) -> None:
+    """A dockerd killed without cleanup (a crashed test run) leaves its pidfile, which blocks the next start."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        pidfile.unlink(missing_ok=True)
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        cmdline = []
+    if cmdline and cmdline[0].endswith(b"dockerd") and f"--pidfile={pidfile}".encode() in cmdline:
+        raise RuntimeError(f"another test run's dockerd (pid {pid}) is using {RUN_DIR}")
+    pidfile.unlink(missing_ok=True)
+
+
 class Dockerd:
     """One dockerd process of the tests' own (network: only --bridge=none)."""
 
@@ -47,6 +63,7 @@ class Dockerd:
             raise RuntimeError("dockerd is missing: scripts/setup.sh installs Debian's docker.io")
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         DATA_ROOT.mkdir(parents=True, exist_ok=True)
+        _clear_stale_pidfile(RUN_DIR / "dockerd.pid")
         with open(RUN_DIR / "dockerd.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [

@@ -168,6 +168,7 @@ class _Run:
     started: float = 0.0
     ended: float = 0.0
     exited: bool = False
+    stopped: bool = False  # dockerd reported the container not running: no process of it is left
     last_cpu_ns: int = 0
     files: tuple[OutputFile, ...] = ()
     files_truncated: bool = False
@@ -304,7 +305,11 @@ class DockerBackend(Backend):
                 task = asyncio.get_running_loop().create_task(self._destroy(run.container))
                 self._teardowns.add(task)
                 task.add_done_callback(self._teardowns.discard)
-                await asyncio.shield(task)
+                task.add_done_callback(_log_failure)
+                # A container seen stopped has no process left: removing it is bookkeeping the reply need not
+                # wait for (aclose waits for it, the reaper backs it up). Any other must be gone first.
+                if not run.stopped:
+                    await asyncio.shield(task)
 
     async def _run(self, run: _Run, on_output: OutputCallback | None) -> ExecutionResult:
         spec = run.spec
@@ -380,6 +385,7 @@ class DockerBackend(Backend):
                 sock.close()
                 raw.close()
                 state = await self._wait_exit(container.id)
+                run.stopped = not state.get("Running", False)
             finally:
                 run.exited = True
                 run.ended = time.monotonic()
@@ -692,6 +698,11 @@ class _Trailer:
             truncated = True
         out.sort(key=lambda f: f.path)
         return tuple(out), truncated
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("deferred container teardown failed: %s", task.exception())
 
 
 def _quiet(fn: Any, *args: Any) -> None:
