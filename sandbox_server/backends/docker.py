@@ -4,12 +4,11 @@ A container runs with network mode none, uid/gid 65534, a read-only root, size-c
 every capability dropped, no-new-privileges, Docker's default seccomp profile, memory with swap equal to memory,
 a CPU quota, a pids limit, ulimits (nofile, fsize, cpu), no logging driver and labels that mark it as ours.
 
-Code and input files never come from a host path: the container starts a POSIX-sh bootstrap that reads a marker
-and a byte count, then exactly that many bytes of tar from stdin into /work, and runs the interpreter, whose
-stdin is the rest of the stream (the request's stdin). When the program ends, the bootstrap kills whatever it
-left running, writes the marker and the exit status to stdout, and then a tar of /work: that is how output files
-leave a container whose tmpfs dies with it. The server parses that tar in memory (never extracting it) and
-keeps only regular files. The program could forge such a trailer, but only about its own output.
+Code and input files never come from a host path: the container starts a POSIX-sh bootstrap that reads a byte
+count, then exactly that many bytes of tar from stdin into /work, and becomes the sandbox init (see
+sandbox_init.py), which runs the program on the rest of stdin (the request's stdin), relays its stdout in
+frames, and at the end sends the program's wait status and a tar of /work (the tmpfs dies with the container).
+The server parses that tar in memory, never extracting it, and keeps only regular files.
 
 Because nothing request-specific is in the container's configuration but its limits, containers for the default
 limits are created and started ahead of time, each waiting on its stdin: the warm pool. A pooled container is
@@ -44,8 +43,9 @@ from docker.types import LogConfig, Ulimit
 from sandbox_server.backends.base import Backend
 from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager, CgroupsUnavailable, detect
 from sandbox_server.backends.outcome import classify, watchdog
+from sandbox_server.backends.sandbox_init import DOCKER_INIT, FRAME_DATA, FRAME_STATUS, INIT_PIDS, parse_status
 from sandbox_server.errors import BackendUnavailable, SandboxFailure
-from sandbox_server.execution.output import OutputCapture, printable_path
+from sandbox_server.execution.output import OutputCapture, select_outputs
 from sandbox_server.execution.runtimes import RUNTIMES, Runtime
 from sandbox_server.execution.spec import (
     ExecutionResult,
@@ -69,22 +69,12 @@ HOSTNAME = "sandbox"
 READ_CHUNK = 64 * 1024
 # Same fixed environment as the nsjail backend.
 BASE_ENV = (("PATH", "/usr/local/bin:/usr/bin:/bin"), ("HOME", WORKDIR), ("TMPDIR", "/tmp"), ("LANG", "C.UTF-8"))  # noqa: S108
-# Reads "<marker> <n>\n" then exactly n bytes of tar (dd never reads past n) into /work; then perl (perl-base is
-# essential on Debian) runs the program with the rest of stdin and reports its raw wait status: a POSIX shell's
-# $? cannot tell "exit 137" from "killed by signal 9". Then every other process is killed, and the marker, the
-# exit code, the signal and a tar of /work follow on stdout.
-REPORTER = (
-    'my $m = shift @ARGV; my $pid = fork(); exit 125 unless defined $pid;'
-    ' if ($pid == 0) { exec { $ARGV[0] } @ARGV; exit 127 }'
-    ' waitpid($pid, 0); my $st = $?; kill "KILL", -1; $| = 1;'
-    ' printf "\\n%s %d %d\\n", $m, ($st & 127) ? -1 : ($st >> 8), $st & 127;'
-    ' exec "tar", "-c", "-f", "-", "-C", "/work", ".";'
-)
+# Reads "<n>\n", then exactly n bytes of tar (dd never reads past n) into /work, then becomes the init.
 BOOTSTRAP = (
-    'read -r marker n || exit 125\n'
+    'read -r n || exit 125\n'
     'dd bs=65536 count="$n" iflag=count_bytes,fullblock status=none'
     ' | tar -x -C /work --no-same-owner --no-same-permissions -f - || exit 125\n'
-    'exec perl -e "$0" "$marker" "$@"\n'
+    'exec perl -e "$0" -- "$@"\n'
 )
 ATTACH_PARAMS = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
 _DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, ConnectionError)
@@ -121,7 +111,7 @@ class ContainerConfig:
             mem_limit=lim.memory_bytes,
             memswap_limit=lim.memory_bytes,
             nano_cpus=int(self.cpu_cores * 1e9),
-            pids_limit=lim.max_pids,
+            pids_limit=lim.max_pids + INIT_PIDS,
             shm_size=min(lim.scratch_bytes, 64 * 1024 * 1024),
             ulimits=[
                 Ulimit(name="nofile", soft=1024, hard=1024),
@@ -136,7 +126,7 @@ class ContainerConfig:
         )
         return {
             "image": self.image,
-            "command": ["/bin/sh", "-c", BOOTSTRAP, REPORTER, *self.argv],
+            "command": ["/bin/sh", "-c", BOOTSTRAP, DOCKER_INIT, *self.argv],
             "user": f"{self.uid}:{self.gid}",
             "working_dir": WORKDIR,
             "hostname": HOSTNAME,
@@ -335,10 +325,9 @@ class DockerBackend(Backend):
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
         capture = OutputCapture(spec.limits.output_bytes, on_output)
-        marker = uuid.uuid4().hex
-        trailer = _Trailer(marker.encode(), spec.max_output_file_bytes + TRAILER_OVERHEAD)
+        frames = _Frames(spec.max_output_file_bytes + TRAILER_OVERHEAD)
         try:
-            payload = _payload(spec, marker)
+            payload = _payload(spec)
             run.started = time.monotonic()
 
             async def send() -> None:
@@ -359,17 +348,15 @@ class DockerBackend(Backend):
                         if kind == 2:
                             ok = await capture.feed(StreamName.STDERR, data)
                         else:
-                            program_out = trailer.feed(data)
-                            ok = await capture.feed(StreamName.STDOUT, program_out) if program_out else True
-                            if trailer.overflow:
-                                self._kill(run, None)  # enough of the files; the program had ended
+                            ok = True
+                            for piece in frames.feed(data):
+                                ok = ok and await capture.feed(StreamName.STDOUT, piece)
+                            if frames.overflow:
+                                self._kill(run, None)  # enough of the files, or a broken stream: stop it
                                 return
                         if not ok:
                             self._kill(run, Status.OUTPUT_LIMIT)
                             return
-                rest = trailer.flush()
-                if rest and not await capture.feed(StreamName.STDOUT, rest):
-                    self._kill(run, Status.OUTPUT_LIMIT)
 
             def cpu_ns() -> int:
                 if container.cgroup is not None:
@@ -379,14 +366,21 @@ class DockerBackend(Backend):
             watcher = asyncio.create_task(watchdog(
                 run.started, spec.limits, lambda: not run.exited,
                 cpu_ns if container.cgroup is not None else None, lambda reason: self._kill(run, reason)))
+            sender = asyncio.create_task(send())
             try:
-                await asyncio.gather(send(), receive())
+                # The output ends when the program does; a program that never read its stdin must not leave
+                # the sender blocked on a full pipe.
+                await receive()
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
                 # Close before waiting: dockerd does not finish a container whose output nobody reads.
                 sock.close()
                 raw.close()
                 state = await self._wait_exit(container.id)
                 run.stopped = not state.get("Running", False)
             finally:
+                sender.cancel()
                 run.exited = True
                 run.ended = time.monotonic()
                 watcher.cancel()
@@ -395,7 +389,7 @@ class DockerBackend(Backend):
         finally:
             sock.close()
             raw.close()
-        return self._result(run, state, capture, trailer)
+        return self._result(run, state, capture, frames)
 
     def _lost(self, exc: BaseException) -> None:
         """dockerd went away: stop using it until the maintainer reconnects; pooled containers are gone too
@@ -435,11 +429,11 @@ class DockerBackend(Backend):
         return {"ExitCode": info.get("StatusCode", 137), "OOMKilled": False}
 
     def _result(
-        self, run: _Run, state: dict[str, Any], capture: OutputCapture, trailer: _Trailer
+        self, run: _Run, state: dict[str, Any], capture: OutputCapture, frames: _Frames
     ) -> ExecutionResult:
         spec, container = run.spec, run.container
-        if trailer.reported:
-            exit_code, sig = trailer.exit_code, trailer.signal
+        if frames.status is not None:
+            exit_code, sig = frames.status
         else:
             # Killed before the reporter could speak (by us, or the OOM killer): Docker says 128 + signal.
             code = int(state.get("ExitCode", -1))
@@ -449,7 +443,7 @@ class DockerBackend(Backend):
         peak = cg.peak_memory_bytes() if cg else 0
         oom = 1 if state.get("OOMKilled") else 0
         status, message = classify(run.killed_for, exit_code, sig, oom, cpu_s, spec.limits)
-        files, truncated = trailer.files(spec)
+        files, truncated = frames.files(spec)
         return ExecutionResult(
             execution_id=spec.execution_id,
             status=status,
@@ -491,7 +485,9 @@ class DockerBackend(Backend):
         cgroup: Cgroup | None = None
         if self.cgroups is not None:
             lim = config.limits
-            cgroup = self.cgroups.create(name, CgroupLimits(lim.memory_bytes + (8 << 20), lim.max_pids + 4,
+            # The same limits as the container's own: the container's cgroup, checked first, is the one that
+            # hits them (so Docker sees its OOM kills), and ours never reads more than the limit.
+            cgroup = self.cgroups.create(name, CgroupLimits(lim.memory_bytes, lim.max_pids + INIT_PIDS,
                                                             config.cpu_cores))
             config = ContainerConfig(**{**config.__dict__,
                                         "cgroup_parent": f"/sandbox-docker-{self.owner}/{name}"})
@@ -587,8 +583,8 @@ def _default_limits(settings: Settings) -> Limits:
     return Limits(**settings.defaults.model_dump())
 
 
-def _payload(spec: ExecutionSpec, marker: str) -> bytes:
-    """The bootstrap's input: "<marker> <n>\\n", n bytes of tar (code and input files), then the stdin."""
+def _payload(spec: ExecutionSpec) -> bytes:
+    """The bootstrap's input: "<n>\\n", n bytes of tar (the code and input files), then the stdin."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         dirs: set[str] = set()
@@ -605,99 +601,78 @@ def _payload(spec: ExecutionSpec, marker: str) -> bytes:
             info.size, info.mode = len(content), 0o644
             tar.addfile(info, io.BytesIO(content))
     archive = buf.getvalue()
-    return f"{marker} {len(archive)}\n".encode() + archive + spec.stdin
+    return f"{len(archive)}\n".encode() + archive + spec.stdin
 
 
-class _Trailer:
-    """Splits the container's stdout into the program's output and the bootstrap's trailer (exit status and
-    a tar of /work), holding back only the few bytes that could be the start of the marker."""
+class _Frames:
+    """Decodes the init's stdout: data frames (the program's stdout), then one status frame, then a tar of
+    /work, capped at ``budget`` bytes. Only the init writes there, so nothing in it is the program's forgery."""
 
-    def __init__(self, marker: bytes, budget: int) -> None:
-        self.marker = b"\n" + marker + b" "
+    def __init__(self, budget: int) -> None:
         self.budget = budget
-        self.held = bytearray()
-        self.found = False
-        self.header = bytearray()
-        self.exit_code: int | None = None
-        self.signal: int | None = None
-        self.reported = False
+        self.buf = bytearray()
+        self.status: tuple[int | None, int | None] | None = None
+        self.in_tar = False
         self.tar = bytearray()
         self.overflow = False
 
-    def feed(self, data: bytes) -> bytes:
-        """Take stdout bytes; return those that are the program's own output."""
-        if self.found:
-            self._trailer(data)
-            return b""
-        buf = self.held + data
-        idx = buf.find(self.marker)
-        if idx >= 0:
-            self.found = True
-            self.held = bytearray()
-            self._trailer(bytes(buf[idx + len(self.marker):]))
-            return bytes(buf[:idx])
-        keep = min(len(buf), len(self.marker) - 1)
-        self.held = buf[len(buf) - keep:]
-        return bytes(buf[: len(buf) - keep])
-
-    def flush(self) -> bytes:
-        """At end of stream: bytes held back that turned out to be program output."""
-        rest, self.held = bytes(self.held), bytearray()
-        return rest
-
-    def _trailer(self, data: bytes) -> None:
-        if not self.reported:
-            self.header += data
-            line, sep, rest = bytes(self.header).partition(b"\n")
-            if not sep:
-                if len(self.header) > 32:
-                    self.overflow = True
-                return
-            try:
-                code, sig = (int(x) for x in line.split())
-            except ValueError:
+    def feed(self, data: bytes) -> list[bytes]:
+        """Take stdout bytes; return the program's own output they complete."""
+        if self.in_tar:
+            self._tar(data)
+            return []
+        self.buf += data
+        out: list[bytes] = []
+        while self.buf and not self.in_tar and not self.overflow:
+            kind = self.buf[0]
+            if kind == FRAME_DATA:
+                if len(self.buf) < 5:
+                    break
+                size = struct.unpack(">I", self.buf[1:5])[0]
+                if len(self.buf) < 5 + size:
+                    break
+                out.append(bytes(self.buf[5:5 + size]))
+                del self.buf[:5 + size]
+            elif kind == FRAME_STATUS:
+                line, sep, rest = bytes(self.buf[1:]).partition(b"\n")
+                if not sep:
+                    self.overflow = len(self.buf) > 64
+                    break
+                self.status = parse_status(line)
+                self.overflow = self.status is None
+                self.in_tar = True
+                self.buf = bytearray()
+                self._tar(rest)
+            else:
                 self.overflow = True
-                return
-            self.exit_code, self.signal = (None, sig) if sig else (code, None)
-            self.reported = True
-            data = rest
+        return out
+
+    def _tar(self, data: bytes) -> None:
         room = self.budget - len(self.tar)
         if len(data) > room:
             self.overflow = True
         self.tar += data[: max(0, room)]
 
     def files(self, spec: ExecutionSpec) -> tuple[tuple[OutputFile, ...], bool]:
-        """Regular files from the tar of /work, skipping unchanged inputs, within the output-file caps."""
-        unchanged = {f.path: f.content for f in spec.files}
-        unchanged[spec.runtime.file_name] = spec.code
-        out: list[OutputFile] = []
-        truncated = self.overflow
-        budget = spec.max_output_file_bytes
-        if not self.tar:
-            return (), truncated
-        try:
-            with tarfile.open(fileobj=io.BytesIO(bytes(self.tar)), mode="r|") as tar:
-                for member in tar:
-                    if not member.isreg():
-                        continue  # links, FIFOs, devices: never content
-                    path = printable_path(member.name.removeprefix("./"))
-                    if not path or path.startswith("/") or ".." in path.split("/"):
-                        continue
-                    if len(out) >= spec.max_output_files:
-                        truncated = True
-                        break
-                    reader = tar.extractfile(member)
-                    content = reader.read(max(0, min(member.size, budget))) if reader else b""
-                    if unchanged.get(path) == content and member.size == len(content):
-                        continue
-                    budget -= len(content)
-                    cut = len(content) < member.size
-                    truncated = truncated or cut
-                    out.append(OutputFile(path=path, content=content, size=member.size, truncated=cut))
-        except (tarfile.TarError, EOFError, OSError):
-            truncated = True
-        out.sort(key=lambda f: f.path)
-        return tuple(out), truncated
+        """The output files from the tar of /work, chosen as on every backend (select_outputs)."""
+        contents: dict[str, bytes] = {}
+        sizes: dict[str, int] = {}
+        broken = self.overflow
+        if self.tar:
+            try:
+                with tarfile.open(fileobj=io.BytesIO(bytes(self.tar)), mode="r|") as tar:
+                    for member in tar:
+                        path = member.name.removeprefix("./")
+                        if not member.isreg() or not path or path.startswith("/") or ".." in path.split("/"):
+                            continue  # links, FIFOs, devices: never content
+                        reader = tar.extractfile(member)
+                        contents[path] = reader.read() if reader else b""
+                        sizes[path] = member.size
+            except (tarfile.TarError, EOFError, OSError):
+                broken = True
+        files, truncated = select_outputs(
+            ((p, sizes[p], lambda limit, p=p: contents[p][:limit]) for p in contents), spec)  # type: ignore[misc]
+        return files, truncated or broken
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -29,8 +30,9 @@ from pathlib import Path
 from sandbox_server.backends.base import Backend
 from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager, CgroupsUnavailable, detect
 from sandbox_server.backends.outcome import classify, watchdog
+from sandbox_server.backends.sandbox_init import INIT_PIDS, NSJAIL_INIT, parse_status
 from sandbox_server.backends.scratch import ScratchManager
-from sandbox_server.errors import SandboxFailure
+from sandbox_server.errors import FieldViolation, InvalidRequest, SandboxFailure
 from sandbox_server.execution.output import OutputCapture
 from sandbox_server.execution.spec import (
     ExecutionResult,
@@ -105,12 +107,12 @@ def applied_limits(limits: Limits) -> Limits:
 
 
 def build_command(spec: ExecutionSpec, layout: JailLayout, scratch: Path, cgroup: Cgroup | None,
-                  log_fd: int) -> list[str]:
+                  log_fd: int, status_fd: int) -> list[str]:
     """The one place an ExecutionSpec becomes nsjail arguments."""
     lim = spec.limits
     mib = 1024 * 1024
     args: list[str] = [
-        str(layout.nsjail), "--mode", "o", "--log_fd", str(log_fd),
+        str(layout.nsjail), "--mode", "o", "--log_fd", str(log_fd), "--pass_fd", str(status_fd),
         "--hostname", HOSTNAME, "--cwd", WORKDIR,
         "--user", f"{layout.uid}:{layout.uid}:1", "--group", f"{layout.gid}:{layout.gid}:1",
         "--time_limit", str(math.ceil(lim.wall_time_ms / 1000) + 5),  # backstop; the server kills first
@@ -123,7 +125,8 @@ def build_command(spec: ExecutionSpec, layout: JailLayout, scratch: Path, cgroup
     if layout.use_cgroups:
         args += ["--rlimit_as", "inf"]  # the cgroup limits memory precisely, counting every process
     else:
-        args += ["--rlimit_as", str(math.ceil(lim.memory_bytes / mib)), "--rlimit_nproc", str(lim.max_pids)]
+        args += ["--rlimit_as", str(math.ceil(lim.memory_bytes / mib)),
+                 "--rlimit_nproc", str(lim.max_pids + INIT_PIDS)]
     if layout.rootfs is not None:
         args += ["--chroot", str(layout.rootfs)]
     else:
@@ -142,13 +145,13 @@ def build_command(spec: ExecutionSpec, layout: JailLayout, scratch: Path, cgroup
         args += ["--bindmount", dev]
     shm = min(lim.scratch_bytes, 64 * mib)
     args += [
-        "--bindmount", f"{scratch / 'work'}:{WORKDIR}",
-        "--bindmount", f"{scratch / 'tmp'}:/tmp",
+        "--bindmount", f"{scratch}:{WORKDIR}",
+        "--mount", f"none:/tmp:tmpfs:size={lim.scratch_bytes},mode=1777",
         "--mount", f"none:/dev/shm:tmpfs:size={shm}",
     ]
     for key, value in (*BASE_ENV, *spec.env):
         args += ["--env", f"{key}={value}"]
-    args += ["--", *spec.runtime.argv()]
+    args += ["--", "/usr/bin/perl", "-e", NSJAIL_INIT, "--", str(status_fd), *spec.runtime.argv()]
 
     # The launcher: join the cgroups, set the byte-precise file-size limit, become nsjail.
     steps = [f"echo 0 > {p}" for p in (cgroup.procs_files() if cgroup else [])]
@@ -265,40 +268,42 @@ class NsjailBackend(Backend):
         name = spec.execution_id
         try:
             run.scratch = self.scratch.create(name, limits.scratch_bytes)
-            for sub in ("work", "tmp"):
-                d = run.scratch / sub
-                d.mkdir(mode=0o1777 if sub == "tmp" else 0o755)
-                os.chown(d, self.settings.sandbox_uid, self.settings.sandbox_gid)
-            self.scratch.populate(run.scratch / "work", spec)
+            self.scratch.populate(run.scratch, spec)
         except OSError as exc:
-            if exc.errno == 28:  # ENOSPC: the inputs do not fit the scratch size the request chose
-                raise SandboxFailure(f"input files do not fit in scratch_bytes={limits.scratch_bytes}") from exc
+            if exc.errno == errno.ENOSPC:  # validation checks the sizes; tmpfs adds a little per file
+                raise InvalidRequest([FieldViolation(
+                    "files", f"the code and input files do not fit in scratch_bytes={limits.scratch_bytes}",
+                )]) from exc
             raise SandboxFailure(f"could not prepare the scratch directory: {exc}") from exc
         if self.cgroups is not None:
             try:
                 run.cgroup = self.cgroups.create(
-                    name, CgroupLimits(limits.memory_bytes, limits.max_pids, spec.cpu_cores))
+                    name, CgroupLimits(limits.memory_bytes, limits.max_pids + INIT_PIDS, spec.cpu_cores))
             except OSError as exc:
                 raise SandboxFailure(f"could not create the execution's cgroup: {exc}") from exc
 
         log_r, log_w = os.pipe()
+        status_r, status_w = os.pipe()
+        os.set_blocking(status_r, False)
         try:
-            argv = build_command(spec, layout, run.scratch, run.cgroup, log_w)
+            argv = build_command(spec, layout, run.scratch, run.cgroup, log_w, status_w)
             run.proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                pass_fds=(log_w,),
+                pass_fds=(log_w, status_w),
                 env={},
                 start_new_session=True,
                 limit=READ_CHUNK,
             )
         except OSError as exc:
             os.close(log_r)
+            os.close(status_r)
             raise SandboxFailure(f"could not start nsjail: {exc}") from exc
         finally:
             os.close(log_w)
+            os.close(status_w)
         run.started = time.monotonic()
         capture = OutputCapture(limits.output_bytes, on_output)
         nsjail_log = bytearray()
@@ -343,16 +348,18 @@ class NsjailBackend(Backend):
         try:
             await io
             await proc.wait()
+            status_report = _read_report(status_r)
         finally:
             run.ended = time.monotonic()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            os.close(status_r)
             if not io.done():
                 io.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await io
-        return self._result(run, limits, capture, bytes(nsjail_log))
+        return self._result(run, limits, capture, bytes(nsjail_log), status_report)
 
     def _kill(self, run: _Run, reason: Status) -> None:
         """Stop the whole jail now; the first reason recorded is the one reported."""
@@ -364,11 +371,15 @@ class NsjailBackend(Backend):
         if run.cgroup is not None:
             run.cgroup.kill_all()
 
-    def _result(self, run: _Run, limits: Limits, capture: OutputCapture, nsjail_log: bytes) -> ExecutionResult:
+    def _result(self, run: _Run, limits: Limits, capture: OutputCapture, nsjail_log: bytes,
+                status_report: bytes) -> ExecutionResult:
         spec, proc = run.spec, run.proc
         if proc is None:
             raise SandboxFailure("no jail process to report on")
-        exit_code, sig = _program_outcome(nsjail_log)
+        reported = parse_status(status_report)
+        # The init reports the program's own status; without a report the init itself was killed (by us, or
+        # with the whole jail), and nsjail's log says how.
+        exit_code, sig = reported if reported is not None else _program_outcome(nsjail_log)
         if exit_code is None and sig is None:
             if run.killed_for is None:
                 tail = nsjail_log.decode(errors="replace").strip().splitlines()[-5:]
@@ -380,7 +391,7 @@ class NsjailBackend(Backend):
         cpu_s = (cg.cpu_time_ns() / 1e9) if cg else 0.0
         peak = cg.peak_memory_bytes() if cg else 0
         status, message = classify(run.killed_for, exit_code, sig, oom_kills, cpu_s, limits)
-        collected = self.scratch.collect(run.scratch / "work", spec) if run.scratch else None
+        collected = self.scratch.collect(run.scratch, spec) if run.scratch else None
         return ExecutionResult(
             execution_id=spec.execution_id,
             status=status,
@@ -431,6 +442,14 @@ class NsjailBackend(Backend):
         if self.cgroups is not None:
             self.cgroups.reap()
             self.cgroups.remove_parents()
+
+
+def _read_report(fd: int) -> bytes:
+    """What the init wrote on the status pipe (a short line), without blocking."""
+    try:
+        return os.read(fd, 256)
+    except BlockingIOError:
+        return b""
 
 
 def new_execution_id() -> str:

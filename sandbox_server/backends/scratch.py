@@ -17,10 +17,11 @@ import errno
 import logging
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox_server.execution.output import printable_path
+from sandbox_server.execution.output import select_outputs
 from sandbox_server.execution.spec import ExecutionSpec, OutputFile
 
 log = logging.getLogger(__name__)
@@ -105,59 +106,19 @@ class ScratchManager:
             os.close(fd)
 
     def collect(self, path: Path, spec: ExecutionSpec) -> CollectedFiles:
-        """Read back the regular files the program left, skipping inputs it did not change, within the caps."""
-        unchanged = {f.path: f.content for f in spec.files}
-        unchanged[spec.runtime.file_name] = spec.code
-        out: list[OutputFile] = []
-        budget = spec.max_output_file_bytes
-        truncated = False
-        scanned = 0
+        """Read back the regular files the program left (see select_outputs for which, and how many)."""
         root_fd = os.open(path, _DIR_FLAGS)
         try:
             dev = os.fstat(root_fd).st_dev
-            stack: list[tuple[int, str, int]] = [(os.dup(root_fd), "", 0)]
-            while stack:
-                dir_fd, prefix, depth = stack.pop()
-                try:
-                    with os.scandir(dir_fd) as it:
-                        entries = sorted(it, key=lambda e: e.name)
-                    for entry in entries:
-                        scanned += 1
-                        if scanned > MAX_SCAN_ENTRIES:
-                            truncated = True
-                            break
-                        rel = prefix + entry.name
-                        st = entry.stat(follow_symlinks=False)
-                        if stat.S_ISDIR(st.st_mode):
-                            if depth + 1 > MAX_SCAN_DEPTH:
-                                truncated = True
-                                continue
-                            with contextlib.suppress(OSError):
-                                stack.append((os.open(entry.name, _DIR_FLAGS, dir_fd=dir_fd), rel + "/", depth + 1))
-                            continue
-                        if not stat.S_ISREG(st.st_mode):
-                            continue  # symlinks, FIFOs, sockets, devices: never opened
-                        if len(out) >= spec.max_output_files:
-                            truncated = True
-                            continue
-                        got = _read_regular(entry.name, dir_fd, dev, budget)
-                        if got is None:
-                            continue
-                        content, size = got
-                        if unchanged.get(rel) == content and size == len(content):
-                            continue
-                        budget -= len(content)
-                        cut = len(content) < size
-                        truncated = truncated or cut
-                        out.append(OutputFile(path=printable_path(rel), content=content, size=size, truncated=cut))
-                finally:
-                    os.close(dir_fd)
-            for fd, _, _ in stack:  # left by an early break
-                os.close(fd)
+            found, scan_truncated = _scan(root_fd)
+
+            def reader(rel: str) -> Callable[[int], bytes | None]:
+                return lambda limit: _read_regular(root_fd, rel, dev, limit)
+
+            files, truncated = select_outputs(((rel, size, reader(rel)) for rel, size in found), spec)
         finally:
             os.close(root_fd)
-        out.sort(key=lambda f: f.path)
-        return CollectedFiles(files=tuple(out), truncated=truncated)
+        return CollectedFiles(files=files, truncated=truncated or scan_truncated)
 
     def destroy(self, path: Path) -> None:
         """Lazily unmount and remove one scratch dir; never walks its contents."""
@@ -178,24 +139,65 @@ class ScratchManager:
         return count
 
 
-def _read_regular(name: str, dir_fd: int, dev: int, budget: int) -> tuple[bytes, int] | None:
-    """(content up to budget, real size) of a regular single-link file on ``dev``, else None."""
+def _scan(root_fd: int) -> tuple[list[tuple[str, int]], bool]:
+    """(relative path, size) of every regular file under root_fd, never following links; bounded walk."""
+    found: list[tuple[str, int]] = []
+    truncated = False
+    scanned = 0
+    stack: list[tuple[int, str, int]] = [(os.dup(root_fd), "", 0)]
     try:
-        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-    except OSError:
-        return None
+        while stack:
+            dir_fd, prefix, depth = stack.pop()
+            try:
+                with os.scandir(dir_fd) as it:
+                    for entry in it:
+                        scanned += 1
+                        if scanned > MAX_SCAN_ENTRIES:
+                            return found, True
+                        st = entry.stat(follow_symlinks=False)
+                        if stat.S_ISDIR(st.st_mode):
+                            if depth + 1 > MAX_SCAN_DEPTH:
+                                truncated = True
+                                continue
+                            with contextlib.suppress(OSError):
+                                sub = os.open(entry.name, _DIR_FLAGS, dir_fd=dir_fd)
+                                stack.append((sub, prefix + entry.name + "/", depth + 1))
+                        elif stat.S_ISREG(st.st_mode):
+                            found.append((prefix + entry.name, st.st_size))
+            finally:
+                os.close(dir_fd)
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+    return found, truncated
+
+
+def _read_regular(root_fd: int, rel: str, dev: int, limit: int) -> bytes | None:
+    """Up to ``limit`` bytes of a regular, singly-linked file on ``dev``, opened one component at a time
+    with O_NOFOLLOW from ``root_fd``; None for anything else (link, FIFO, device, gone)."""
+    parts = rel.split("/")
+    fds: list[int] = []
     try:
+        dir_fd = root_fd
+        for part in parts[:-1]:
+            dir_fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+            fds.append(dir_fd)
+        fd = os.open(parts[-1], _READ_FLAGS, dir_fd=dir_fd)
+        fds.append(fd)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_dev != dev:
             return None
-        want = max(0, min(st.st_size, budget))
         chunks: list[bytes] = []
+        want = max(0, limit)
         while want > 0:
             chunk = os.read(fd, min(want, 1 << 20))
             if not chunk:
                 break
             chunks.append(chunk)
             want -= len(chunk)
-        return b"".join(chunks), st.st_size
+        return b"".join(chunks)
+    except OSError:
+        return None
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)

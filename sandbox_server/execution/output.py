@@ -6,7 +6,9 @@ stream is marked truncated, and the caller is told to stop the sandbox (OUTPUT_L
 
 from __future__ import annotations
 
-from sandbox_server.execution.spec import OutputCallback, StreamName
+from collections.abc import Callable, Iterable
+
+from sandbox_server.execution.spec import ExecutionSpec, OutputCallback, OutputFile, StreamName
 
 
 class OutputCapture:
@@ -49,3 +51,35 @@ def printable_path(name: str) -> str:
     """A file name as valid UTF-8: bytes that are not UTF-8 (kept by Python as surrogate escapes) become
     ``\\xNN``, so a program cannot break the reply with a name the protocol cannot carry."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def select_outputs(
+    candidates: Iterable[tuple[str, int, Callable[[int], bytes | None]]], spec: ExecutionSpec
+) -> tuple[tuple[OutputFile, ...], bool]:
+    """Choose the output files both backends return, the same way: by path order, skipping inputs (and the
+    code) the program left unchanged, then up to ``max_output_files`` files and ``max_output_file_bytes`` of
+    content in all. Each candidate is (path, size, read(limit) -> bytes, or None when it cannot be read safely).
+    Returns (files, truncated)."""
+    unchanged = {f.path: f.content for f in spec.files}
+    unchanged[spec.runtime.file_name] = spec.code
+    out: list[OutputFile] = []
+    budget = spec.max_output_file_bytes
+    truncated = False
+    for path, size, read in sorted(candidates, key=lambda c: c[0]):
+        content: bytes | None = None
+        original = unchanged.get(path)
+        if original is not None and size == len(original):
+            content = read(size)  # bounded by the input caps; read whole so the budget cannot fake a change
+            if content is None or content == original:
+                continue
+        if len(out) >= spec.max_output_files:
+            truncated = True
+            break
+        content = read(min(size, budget)) if content is None else content[:budget]
+        if content is None:
+            continue
+        budget -= len(content)
+        cut = len(content) < size
+        truncated = truncated or cut
+        out.append(OutputFile(path=printable_path(path), content=content, size=size, truncated=cut))
+    return tuple(out), truncated

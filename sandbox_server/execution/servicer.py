@@ -71,6 +71,7 @@ class SandboxServicer:
                 return await self.backend.run(spec, on_output)
 
         task = asyncio.create_task(run())
+        getter: asyncio.Future[pb.ExecuteEvent] | None = None
         try:
             while not task.done():
                 getter = asyncio.ensure_future(events.get())
@@ -85,6 +86,8 @@ class SandboxServicer:
                 yield events.get_nowait()
             yield pb.ExecuteEvent(result=result_to_proto(await task))
         finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
             if not task.done():
                 task.cancel()  # the client went away: the backend tears the sandbox down
                 with contextlib.suppress(asyncio.CancelledError, Exception):

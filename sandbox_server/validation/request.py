@@ -16,13 +16,16 @@ from sandbox_server.execution.spec import ExecutionSpec, InputFile, Limits
 from sandbox_server.settings import LIMIT_FLOORS, Settings
 
 MAX_ID_CHARS = 128
-MAX_PATH_CHARS = 255
+MAX_PATH_BYTES = 1024
+MAX_NAME_BYTES = 255  # NAME_MAX: one path component, in bytes
 MAX_PATH_DEPTH = 8
-_ID_RE = re.compile(r"^[\x21-\x7e]*$")  # printable ASCII, no spaces
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_PATH_PART_RE = re.compile(r"^[^\x00-\x1f/\\]+$")
+# Per-file overhead a tmpfs charges (a page each, roughly), so "does it fit" is decided before anything runs.
+TMPFS_FILE_OVERHEAD = 4096
+_ID_RE = re.compile(r"[\x21-\x7e]*")  # printable ASCII, no spaces (always matched whole)
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_PATH_PART_RE = re.compile(r"[^\x00-\x1f\x7f/\\]+")
 # Fixed by the sandbox; a request may not replace them (the rest of the env is the request's own business).
-RESERVED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "PWD", "LANG", "LC_ALL"})
+RESERVED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "PWD", "LANG", "LC_ALL", "HOSTNAME"})
 
 _Bad = Callable[[FieldViolation], None]
 
@@ -53,9 +56,14 @@ def build_spec(request: pb.ExecuteRequest, settings: Settings, execution_id: str
     limits = _limits(request, settings, bad)
     for name in ("session_id", "idempotency_key"):
         value = getattr(request, name)
-        if len(value) > MAX_ID_CHARS or not _ID_RE.match(value):
+        if len(value) > MAX_ID_CHARS or not _ID_RE.fullmatch(value):
             bad(FieldViolation(name, f"at most {MAX_ID_CHARS} printable ASCII characters, no spaces"))
 
+    if limits is not None:
+        needed = len(request.code) + sum(len(f.content) + TMPFS_FILE_OVERHEAD for f in files) + TMPFS_FILE_OVERHEAD
+        if needed > limits.scratch_bytes:
+            bad(FieldViolation("files", f"the code and input files need about {needed} bytes of scratch space; "
+                                        f"scratch_bytes is {limits.scratch_bytes}"))
     if violations or runtime is None or limits is None:
         raise InvalidRequest(violations)
     return ExecutionSpec(
@@ -99,8 +107,8 @@ def _files(
     for i, f in enumerate(request.files):
         field = f"files[{i}].path"
         problem = _path_problem(f.path)
-        if problem is None and f.path == code_name:
-            problem = f"{f.path!r} is the name of the code file"
+        if problem is None and code_name is not None and (f.path == code_name or f.path.startswith(code_name + "/")):
+            problem = f"{f.path!r} clashes with the code file {code_name!r}"
         if problem is None and (f.path in seen or any(s.startswith(f.path + "/") for s in seen)
                                 or any(f.path.startswith(s + "/") for s in seen)):
             problem = f"{f.path!r} clashes with another input file"
@@ -115,8 +123,8 @@ def _files(
 def _path_problem(path: str) -> str | None:
     if not path:
         return "required"
-    if len(path) > MAX_PATH_CHARS:
-        return f"longer than {MAX_PATH_CHARS} characters"
+    if len(path.encode()) > MAX_PATH_BYTES:
+        return f"longer than {MAX_PATH_BYTES} bytes"
     if path.startswith("/"):
         return "must be relative to the working directory"
     parts = path.split("/")
@@ -124,8 +132,10 @@ def _path_problem(path: str) -> str | None:
         return "must be normalised: no empty, '.' or '..' parts"
     if len(parts) > MAX_PATH_DEPTH:
         return f"deeper than {MAX_PATH_DEPTH} directories"
-    if not all(_PATH_PART_RE.match(p) for p in parts):
+    if not all(_PATH_PART_RE.fullmatch(p) for p in parts):
         return "contains control characters or backslashes"
+    if any(len(p.encode()) > MAX_NAME_BYTES for p in parts):
+        return f"has a name longer than {MAX_NAME_BYTES} bytes"
     if str(PurePosixPath(path)) != path:
         return "must be normalised"
     return None
@@ -142,7 +152,7 @@ def _env(request: pb.ExecuteRequest, settings: Settings, bad: _Bad) -> tuple[tup
     out: list[tuple[str, str]] = []
     for name in sorted(request.env):
         value = request.env[name]
-        if not _ENV_NAME_RE.match(name):
+        if not _ENV_NAME_RE.fullmatch(name):
             bad(FieldViolation(f"env[{name[:40]!r}]", "names are letters, digits and _, not starting with a digit"))
         elif name in RESERVED_ENV:
             bad(FieldViolation(f"env[{name!r}]", "is set by the sandbox and cannot be overridden"))
