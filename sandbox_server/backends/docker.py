@@ -31,6 +31,7 @@ import tarfile
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -655,23 +656,23 @@ class _Frames:
 
     def files(self, spec: ExecutionSpec) -> tuple[tuple[OutputFile, ...], bool]:
         """The output files from the tar of /work, chosen as on every backend (select_outputs)."""
-        contents: dict[str, bytes] = {}
-        sizes: dict[str, int] = {}
+        data = bytes(self.tar)
+        found: dict[str, tuple[int, int]] = {}  # path -> (data offset, real size)
         broken = self.overflow
-        if self.tar:
+        if data:
             try:
-                with tarfile.open(fileobj=io.BytesIO(bytes(self.tar)), mode="r|") as tar:
+                with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
                     for member in tar:
                         path = member.name.removeprefix("./")
-                        if not member.isreg() or not path or path.startswith("/") or ".." in path.split("/"):
-                            continue  # links, FIFOs, devices: never content
-                        reader = tar.extractfile(member)
-                        contents[path] = reader.read() if reader else b""
-                        sizes[path] = member.size
+                        if member.isreg() and path and not path.startswith("/") and ".." not in path.split("/"):
+                            found[path] = (member.offset_data, member.size)  # links, FIFOs, devices: skipped
             except (tarfile.TarError, EOFError, OSError):
-                broken = True
-        files, truncated = select_outputs(
-            ((p, sizes[p], lambda limit, p=p: contents[p][:limit]) for p in contents), spec)  # type: ignore[misc]
+                broken = True  # cut at the budget: the members read so far still count, the last one partly
+
+        def reader(offset: int, size: int) -> Callable[[int], bytes]:
+            return lambda limit: data[offset:offset + min(size, limit)]
+
+        files, truncated = select_outputs(((p, size, reader(off, size)) for p, (off, size) in found.items()), spec)
         return files, truncated or broken
 
 

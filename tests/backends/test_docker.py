@@ -13,6 +13,7 @@ from docker_daemon import Dockerd
 
 from sandbox_client import SandboxClient, UnavailableError
 from sandbox_server.backends.docker import LABEL_MANAGED, LABEL_OWNER, DockerBackend
+from sandbox_server.backends.sandbox_init import INIT_PIDS
 from sandbox_server.testing import RunningServer, server_in_thread
 
 
@@ -63,7 +64,7 @@ def test_pooled_container_config_is_locked_down(docker_server: RunningServer) ->
     assert host["Privileged"] is False
     assert host["Memory"] == limits.memory_bytes
     assert host["MemorySwap"] == limits.memory_bytes
-    assert host["PidsLimit"] == limits.max_pids
+    assert host["PidsLimit"] == limits.max_pids + INIT_PIDS  # the sandbox init is a process too
     assert host["NanoCpus"] == int(docker_server.settings.cpu_cores * 1e9)
     assert host["LogConfig"]["Type"] == "none"
     assert host["Binds"] in (None, [])
