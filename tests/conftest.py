@@ -16,7 +16,9 @@ from sandbox_server.backends.cgroups import CgroupsUnavailable, detect
 from sandbox_server.backends.docker import LABEL_OWNER, DockerBackend
 from sandbox_server.testing import RunningServer, server_in_thread
 
-BACKENDS = ["nsjail", "docker"]
+# "nsjail-rootfs": the nsjail backend chrooted into the very root filesystem the Docker images are made of.
+BACKENDS = ["nsjail", "docker", "nsjail-rootfs"]
+ROOTFS = Path("/var/lib/sandbox-server/rootfs/bookworm")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -36,10 +38,14 @@ def dockerd() -> Iterator[Dockerd]:
 def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     """One real server per backend for the session (its own state dir and cgroup parent)."""
     extra: dict[str, object] = {}
-    if request.param == "docker":
+    backend = request.param
+    if backend == "docker":
         extra["docker_host"] = request.getfixturevalue("dockerd").host
-    with server_in_thread(backend=request.param, max_running=4, max_queued=32, **extra) as srv:
-        if request.param == "docker":
+    if backend == "nsjail-rootfs":
+        request.getfixturevalue("dockerd")  # builds the images, and with them the root filesystem
+        backend, extra["rootfs"] = "nsjail", ROOTFS
+    with server_in_thread(backend=backend, max_running=4, max_queued=32, **extra) as srv:
+        if backend == "docker":
             wait_for_pool(srv)
         yield srv
 
