@@ -25,7 +25,8 @@ HIDDEN_ENV = ("HOSTNAME", "PWD")
 INIT_PIDS = 1  # the init's own process: added to the pids limit so the program gets the number it asked for
 
 _COMMON = (
-    "use strict; use POSIX (); use Fcntl;"
+    # No modules: loading POSIX alone costs about 6 ms per execution. Linux values: F_SETFD 2, FD_CLOEXEC 1,
+    # WNOHANG 1.
     " delete $ENV{$_} for qw(" + " ".join(HIDDEN_ENV) + ");"
     ' sub report_status { my ($st) = @_;'
     ' return sprintf("%d %d\\n", ($st & 127) ? -1 : ($st >> 8), $st & 127); }'
@@ -34,7 +35,7 @@ _COMMON = (
 # Args: the status pipe's fd number, then the program's argv.
 NSJAIL_INIT = _COMMON + (
     " my $fdn = shift @ARGV; open(my $rep, '>&=', $fdn) or exit 125;"
-    " fcntl($rep, F_SETFD, FD_CLOEXEC);"
+    " fcntl($rep, 2, 1) or exit 125;"
     " my $pid = fork(); exit 125 unless defined $pid;"
     " if ($pid == 0) { exec { $ARGV[0] } @ARGV; exit 127 }"
     " my $st;"
@@ -48,7 +49,7 @@ NSJAIL_INIT = _COMMON + (
 DOCKER_INIT = _COMMON + (
     " pipe(my $r, my $w) or exit 125;"
     " my $pid = fork(); exit 125 unless defined $pid;"
-    " if ($pid == 0) { close $r; POSIX::dup2(fileno($w), 1) or exit 125; close $w;"
+    " if ($pid == 0) { close $r; open(STDOUT, '>&', $w) or exit 125; close $w;"
     " exec { $ARGV[0] } @ARGV; exit 127 }"
     " close $w; binmode STDOUT; my ($buf, $st, $rin);"
     " while (1) {"
@@ -57,7 +58,7 @@ DOCKER_INIT = _COMMON + (
     "  if ($ready > 0) { my $n = sysread($r, $buf, 65536); last unless $n;"
     "   my $out = pack('CN', 1, $n) . $buf; while (length $out) {"
     "    my $k = syswrite(STDOUT, $out); exit 124 unless defined $k; substr($out, 0, $k) = '' } }"
-    "  if (!defined $st && waitpid($pid, POSIX::WNOHANG()) == $pid) { $st = $?; kill 'KILL', -1 }"
+    "  if (!defined $st && waitpid($pid, 1) == $pid) { $st = $?; kill 'KILL', -1 }"
     " }"
     " if (!defined $st) { waitpid($pid, 0); $st = $?; }"
     " kill 'KILL', -1;"
