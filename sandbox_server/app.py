@@ -19,7 +19,7 @@ from sandbox_server.backends.base import Backend
 from sandbox_server.backends.registry import build_backend
 from sandbox_server.execution.admission import Admission
 from sandbox_server.execution.servicer import SandboxServicer
-from sandbox_server.server import SERVICE_NAME, build_server
+from sandbox_server.server import SERVICE_NAME, build_server, server_credentials
 from sandbox_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,11 @@ class App:
         try:
             self.server, self.health = build_server(self.settings, self.servicer)
             address = f"{_host(self.settings.host)}:{self.settings.port}"
-            self.port = self.server.add_insecure_port(address)
+            credentials = server_credentials(self.settings)
+            if credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, credentials)
             await self.server.start()
         except BaseException:
             await self.backend.aclose()

@@ -87,8 +87,19 @@ class Unauthenticated(SandboxError):
 
 
 class PermissionDenied(SandboxError):
+    """The caller is known but its policy forbids this; ``metadata`` names the rule (and the limit)."""
+
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"
+
+    def __init__(self, message: str, *, reason: str = "PERMISSION_DENIED",
+                 metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+
+    def details(self) -> list[any_pb2.Any]:
+        return [_pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata))]
 
 
 class ResourceExhausted(SandboxError):

@@ -75,3 +75,13 @@ def build_server(settings: Settings, servicer: SandboxServicer) -> tuple[grpc.ai
         server,
     )
     return server, health_servicer
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS for the server port when a certificate is configured; mTLS when a client CA is too."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    chain = settings.tls_cert_file.read_bytes()
+    key = settings.tls_key_file.read_bytes()
+    ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=ca, require_client_auth=ca is not None)

@@ -6,6 +6,7 @@ the TOML config file (``--config`` or ``SANDBOX_CONFIG``) > the named defaults b
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -98,6 +99,15 @@ class Backend(StrEnum):
     DOCKER = "docker"
 
 
+class AuthMode(StrEnum):
+    """api-keys: every call needs a key. none: development mode, allowed only on a loopback address.
+    auto: none on loopback, api-keys anywhere else."""
+
+    AUTO = "auto"
+    API_KEYS = "api-keys"
+    NONE = "none"
+
+
 class CgroupFallback(StrEnum):
     """What to do when cgroups cannot be used: refuse to start, or run with rlimits only (and say so)."""
 
@@ -138,6 +148,13 @@ class Settings(BaseSettings):
     docker_pool_size: int = Field(default=2, ge=0, description="warm containers per runtime (default limits)")
     docker_reap_interval_s: float = Field(default=30.0, gt=0)
     config_file: Path | None = Field(default=None, description="TOML file read for every setting not given")
+    policies_dir: Path | None = Field(default=None, description="tenant policies (YAML); none: one built-in tenant")
+    policy_poll_interval_s: float = Field(default=1.0, gt=0)
+    data_dir: Path = Field(default=Path("/var/lib/sandbox-server"), description="durable stores (SQLite)")
+    auth: AuthMode = AuthMode.AUTO
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = Field(default=None, description="set: clients must present a cert (mTLS)")
 
     @field_validator("defaults", "ceilings", mode="before")
     @classmethod
@@ -154,6 +171,21 @@ class Settings(BaseSettings):
             if getattr(self.defaults, name) > getattr(self.ceilings, name):
                 raise ValueError(f"defaults.{name} is above ceilings.{name}")
         return self
+
+    @model_validator(mode="after")
+    def _auth_and_tls(self) -> Self:
+        if self.auth is AuthMode.NONE and not is_loopback(self.host):
+            raise ValueError(f"auth='none' (development mode) is allowed only on a loopback address, not {self.host}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        return self
+
+    @property
+    def dev_mode(self) -> bool:
+        """True when calls need no API key (loopback only)."""
+        return self.auth is AuthMode.NONE or (self.auth is AuthMode.AUTO and is_loopback(self.host))
 
     @classmethod
     def settings_customise_sources(
@@ -179,6 +211,15 @@ def _config_file(*layers: dict[str, Any]) -> Path | None:
         if value:
             return Path(value)
     return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -117,7 +117,7 @@ else
     log "installing the client and the server into .venv (editable, with dev extras)"
     rm -f "$STAMP"
     PIP_LOG="$VENV/setup-pip.log"
-    if ! "$VPY" -m pip install --disable-pip-version-check --config-settings editable_mode=compat -e ./client -e ".[dev]" >"$PIP_LOG" 2>&1; then
+    if ! "$VPY" -m pip install --disable-pip-version-check --config-settings editable_mode=compat -e "./client[cli]" -e ".[dev]" >"$PIP_LOG" 2>&1; then
         tail -n 60 "$PIP_LOG" >&2
         die "pip install failed (full log: $PIP_LOG)"
     fi

@@ -1,0 +1,104 @@
+"""Who is calling: an API key in ``authorization: Bearer <key>`` mapped to a tenant and role.
+
+Health checking and reflection stay open. The Admin service needs an admin key. In development mode (no keys;
+the settings allow it on loopback only) every call is the built-in ``default`` tenant with admin rights.
+The principal reaches the handler through a ContextVar, set inside the handler's own task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import grpc
+
+from sandbox_server.context import DEV_PRINCIPAL, Principal, current_principal
+from sandbox_server.errors import PermissionDenied, SandboxError, Unauthenticated
+from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
+
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+ADMIN_PREFIX = "/sandbox.v1.Admin/"
+
+
+class KeyRecordLike(Protocol):
+    @property
+    def key_id(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+
+
+class KeyVerifier(Protocol):
+    def verify(self, token: str) -> KeyRecordLike | None: ...
+
+
+def bearer_token(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            scheme, _, token = str(value).partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
+    return None
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, keys: KeyVerifier | None) -> None:
+        """``keys`` None means development mode."""
+        self.keys = keys
+
+    def authenticate(self, method: str, metadata: Any) -> Principal:
+        """The caller, or a SandboxError saying why not."""
+        if self.keys is None:
+            return DEV_PRINCIPAL
+        token = bearer_token(metadata)
+        if token is None:
+            raise Unauthenticated("missing API key: send the metadata 'authorization: Bearer <key>'")
+        record = self.keys.verify(token) if token else None
+        if record is None:
+            raise Unauthenticated("unknown or revoked API key")
+        principal = Principal(tenant=record.tenant, role="admin" if record.role == "admin" else "tenant",
+                              key_id=record.key_id)
+        if method.startswith(ADMIN_PREFIX) and principal.role != "admin":
+            raise PermissionDenied("the Admin API needs an admin key", reason="ADMIN_ONLY")
+        return principal
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if method.startswith(OPEN_PREFIXES):
+            return handler
+        try:
+            who: Principal | SandboxError = self.authenticate(method, handler_call_details.invocation_metadata)
+        except SandboxError as exc:
+            who = exc
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(who, SandboxError):
+                    raise who
+                token = current_principal.set(who)
+                try:
+                    return await behavior(request, context)
+                finally:
+                    current_principal.reset(token)
+
+            return wrapped
+
+        def stream(behavior: StreamBehavior) -> StreamBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                if isinstance(who, SandboxError):
+                    raise who
+                token = current_principal.set(who)
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                finally:
+                    current_principal.reset(token)
+
+            return wrapped
+
+        return wrap_handler(handler, unary, stream)

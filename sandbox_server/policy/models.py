@@ -1,0 +1,155 @@
+"""The policy schema. Every model is frozen and rejects unknown keys; a file that does not validate whole is
+rejected whole. Regexes are compiled at load time, so a bad pattern fails the load (fail closed), never a
+request. Units are in the field names."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Literal, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+NAME_RE = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _compiles(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
+    return pattern
+
+
+Pattern = Annotated[str, Field(min_length=1, max_length=1000), AfterValidator(_compiles)]
+
+
+class LimitSet(_Model):
+    """A set of limits; unset fields fall back to the next level (tenant defaults -> server defaults)."""
+
+    wall_time_ms: int | None = Field(default=None, gt=0)
+    cpu_time_ms: int | None = Field(default=None, gt=0)
+    memory_bytes: int | None = Field(default=None, gt=0)
+    max_pids: int | None = Field(default=None, gt=0)
+    output_bytes: int | None = Field(default=None, gt=0)
+    file_size_bytes: int | None = Field(default=None, gt=0)
+    scratch_bytes: int | None = Field(default=None, gt=0)
+
+
+class PythonRules(_Model):
+    """Checked on the parsed AST (never by regex)."""
+
+    denied_imports: tuple[str, ...] = Field(
+        default=("ctypes", "cffi", "importlib", "builtins", "socket", "ssl", "http.client", "http.server",
+                 "urllib.request", "ftplib", "smtplib", "telnetlib", "pty"),
+        description="modules (and their submodules) a program may not import",
+    )
+    allowed_imports: tuple[str, ...] | None = Field(
+        default=None, description="if set, only these modules (and submodules) may be imported"
+    )
+    denied_calls: tuple[str, ...] = Field(
+        default=("eval", "exec", "compile", "__import__", "breakpoint", "os.system", "os.popen", "os.exec*",
+                 "os.spawn*", "os.fork", "os.forkpty", "os.kill", "os.killpg", "getattr:module"),
+        description="dotted names; a trailing * matches a prefix; getattr:module denies getattr on modules",
+    )
+    open_modes: tuple[str, ...] = Field(
+        default=("r", "rb", "rt", "w", "wb", "wt", "a", "ab", "at", "x", "xb", "r+", "rb+", "w+", "wb+"),
+        description="modes open() may use (a mode that is not a literal is refused)",
+    )
+    max_nesting_depth: int = Field(default=64, gt=0, le=1000)
+
+
+class JavaScriptRules(_Model):
+    """Rule-based (patterns over the source): a first filter, not a proof; the sandbox contains the rest."""
+
+    denied_modules: tuple[str, ...] = Field(
+        default=("child_process", "cluster", "worker_threads", "net", "dgram", "dns", "http", "https", "http2",
+                 "tls", "inspector", "vm", "v8")
+    )
+    deny_eval: bool = True  # eval(...) and new Function(...)
+
+
+class BashRules(_Model):
+    denied_commands: tuple[str, ...] = Field(
+        default=("curl", "wget", "nc", "ncat", "netcat", "socat", "ssh", "scp", "telnet", "sudo", "su", "mount",
+                 "umount", "nsenter", "unshare", "chroot", "insmod", "modprobe", "dd", "mkfs", "iptables")
+    )
+
+
+class StaticValidation(_Model):
+    enabled: bool = True
+    max_code_bytes: int = Field(default=256 * 1024, gt=0)
+    python: PythonRules = PythonRules()
+    javascript: JavaScriptRules = JavaScriptRules()
+    bash: BashRules = BashRules()
+
+
+class SecretAction(StrEnum):
+    REDACT = "redact"
+    BLOCK = "block"
+    OFF = "off"
+
+
+class Guardrails(_Model):
+    """Content guardrails on the way in (code, stdin, files) and on the way out (stdout, stderr, files)."""
+
+    blocked_patterns: tuple[Pattern, ...] = Field(default=(), description="regexes refused in code and stdin")
+    prompt_injection: bool = Field(default=False, description="refuse inputs carrying prompt-injection markers")
+    max_input_files: int = Field(default=64, ge=0)
+    max_input_file_bytes: int = Field(default=16 * 1024 * 1024, ge=0, description="all input files together")
+    denied_file_names: tuple[Pattern, ...] = Field(default=(r"(^|/)\.ssh(/|$)", r"(^|/)\.env$"))
+    output_secrets: SecretAction = SecretAction.REDACT
+
+
+class RateSettings(_Model):
+    """Read by the rate-limit interceptor."""
+
+    requests_per_second: float | None = Field(default=None, gt=0)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    concurrent_executions: int | None = Field(default=None, gt=0)
+    session_requests_per_minute: float | None = Field(default=None, gt=0)
+
+
+class BudgetSettings(_Model):
+    """Read by the cost interceptor; amounts in the tenant's currency units."""
+
+    per_session: float | None = Field(default=None, gt=0)
+    per_day: float | None = Field(default=None, gt=0)
+    per_month: float | None = Field(default=None, gt=0)
+    warn_fraction: float = Field(default=0.8, gt=0, le=1)
+
+
+class TenantPolicy(_Model):
+    """Who may run what, with which limits, for one tenant."""
+
+    description: str = ""
+    languages: tuple[Literal["python", "javascript", "bash"], ...] = ("python", "javascript", "bash")
+    defaults: LimitSet = LimitSet()
+    ceilings: LimitSet = LimitSet()
+    allowed_env: tuple[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*\*?$")], ...] = Field(
+        default=(), description="env var names a request may set; a trailing * matches a prefix"
+    )
+    network: Literal["none"] = "none"
+    static_validation: StaticValidation = StaticValidation()
+    guardrails: Guardrails = Guardrails()
+    rate: RateSettings = RateSettings()
+    budget: BudgetSettings = BudgetSettings()
+
+    @model_validator(mode="after")
+    def _defaults_within_ceilings(self) -> Self:
+        for name in LimitSet.model_fields:
+            default, ceiling = getattr(self.defaults, name), getattr(self.ceilings, name)
+            if default is not None and ceiling is not None and default > ceiling:
+                raise ValueError(f"defaults.{name} ({default}) is above ceilings.{name} ({ceiling})")
+        return self
+
+
+class PolicyFile(_Model):
+    """One YAML file: any number of tenants. Tenant names are unique across the whole policy directory."""
+
+    version: Literal[1] = 1
+    tenants: dict[Annotated[str, Field(pattern=NAME_RE)], TenantPolicy]
