@@ -1,0 +1,107 @@
+"""The store protocols and the records they hold.
+
+Methods are synchronous and meant to be fast (an indexed lookup, one small transaction): ``KeyStore.verify`` is
+called by the auth interceptor on every request and answers from memory most of the time. Writes may wait for
+the disk (fsync); asyncio callers run them through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Literal, Protocol
+
+Role = Literal["tenant", "admin"]
+ROLES: tuple[Role, ...] = ("tenant", "admin")
+
+TOKEN_PREFIX = "sbx_"  # noqa: S105 (a prefix, not a password)
+"""Every API key reads ``sbx_<key_id>_<secret>``: the key id is public, the secret is 32 random bytes."""
+
+MAX_LABEL_CHARS = 200
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key as stored, without its secret or hash. Times are timezone-aware (UTC)."""
+
+    key_id: str
+    tenant: str
+    role: Role
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    """One recorded policy version: who made it, when, and the policy files recorded with it.
+
+    ``files`` holds the file names, sorted; ``texts`` maps each name to its text and is filled only by
+    ``PolicyVersionStore.get`` (``list`` leaves it empty).
+    """
+
+    version: int
+    actor: str
+    at: datetime
+    files: tuple[str, ...]
+    texts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+class KeyStore(Protocol):
+    """API keys. Only a peppered hash of each secret is stored; the secret is returned once, by ``create``."""
+
+    def create(self, tenant: str, role: Role, label: str) -> tuple[KeyRecord, str]:
+        """A new active key and its token ``sbx_<key_id>_<secret>``, the only time the secret is seen.
+
+        Raises:
+            ValueError: empty tenant, unknown role, or a label longer than MAX_LABEL_CHARS.
+        """
+        ...
+
+    def verify(self, token: str) -> KeyRecord | None:
+        """The active key the token belongs to; None for a malformed token, an unknown key id, a wrong secret
+        or a revoked key."""
+        ...
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        """The key (active or revoked), or None."""
+        ...
+
+    def revoke(self, key_id: str) -> bool:
+        """Revoke the key for good. True if it was active; False if unknown or already revoked."""
+        ...
+
+    def list(self, tenant: str | None = None) -> builtins.list[KeyRecord]:
+        """Every key (revoked ones too) of ``tenant``, or of every tenant for None, oldest first."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class PolicyVersionStore(Protocol):
+    """The history of policy versions, append-only."""
+
+    def record(self, version: int, changes: Mapping[str, str], actor: str) -> None:
+        """Record ``version`` with its files (file name -> text).
+
+        Raises:
+            ValueError: ``version`` is not positive or is already recorded.
+        """
+        ...
+
+    def list(self, limit: int = 50) -> builtins.list[PolicyVersion]:
+        """The latest ``limit`` versions, newest first, without texts."""
+        ...
+
+    def get(self, version: int) -> PolicyVersion | None:
+        """The version with its texts, or None."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,390 @@
+"""SQLite stores: the embedded default. One file may hold every store (each has its own tables).
+
+Each store owns one connection, guarded by a lock, in WAL mode with ``synchronous=FULL`` (a committed write
+survives a power cut). Calls are short; asyncio callers run writes through ``asyncio.to_thread``. Several
+processes may open the same file (SQLite's own locking, with a busy timeout). A new database file is created
+readable by its owner only.
+
+API key secrets are never stored. The store keeps ``sha256(pepper || secret)`` in hex, where the pepper is
+32 random bytes made once per database and kept in its ``meta`` table, and compares hashes in constant time.
+What that buys, and what it does not:
+
+- The secret is 32 random bytes (256 bits), so a stored hash can be neither reversed nor brute-forced: a copy
+  of the database yields no usable key, and knowing the key format (``sbx_<key_id>_<secret>``) does not help.
+- The pepper makes every hash specific to its database: a hash is worthless anywhere else, no table computed
+  in advance (or for another deployment) matches it, and the same secret never hashes alike in two stores.
+- It is not a second secret: it lives in the same file, so whoever holds that file holds it too. It need not be
+  one, since the secret's entropy already does the protecting.
+
+Verified keys are cached in memory for ``cache_ttl_s`` (5 s by default), so the auth path rarely reads the
+database. ``revoke`` drops the key from this store's cache at once; another process (a replica) sharing the
+file may still accept a revoked key until its own cache entry expires, ``cache_ttl_s`` at most.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any, Self, cast
+
+from sandbox_server.stores.base import MAX_LABEL_CHARS, ROLES, TOKEN_PREFIX, KeyRecord, PolicyVersion, Role
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_TTL_S = 5.0
+"""Seconds a verified key is answered from memory; also how long another process may accept a revoked key."""
+MAX_CACHED_KEYS = 10_000
+BUSY_TIMEOUT_MS = 5_000
+"""How long a write waits for another connection's transaction before failing."""
+KEY_ID_BYTES = 8
+"""A key id is 16 hex digits (never an underscore, so a token splits unambiguously)."""
+SECRET_BYTES = 32
+PEPPER_BYTES = 32
+MAX_TOKEN_CHARS = 256
+
+
+class _SqliteStore:
+    """One connection to ``path``, a lock around it, and the schema of one store."""
+
+    schema_name: str
+    schema_version = 1
+    schema: str
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._closed = False
+        _create_private(self.path)
+        # Autocommit mode (isolation_level=None): every write below opens its own explicit transaction.
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        try:
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            with self._write() as db:
+                db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+                db.executescript_in_tx(self.schema)
+                db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                    (f"{self.schema_name}.schema", self.schema_version),
+                )
+                found = db.execute("SELECT value FROM meta WHERE key = ?", (f"{self.schema_name}.schema",)).fetchone()
+            if found[0] != self.schema_version:
+                raise RuntimeError(
+                    f"{self.path}: {self.schema_name} schema version {found[0]} is not {self.schema_version}"
+                    " (written by another version of the server)"
+                )
+        except BaseException:
+            self._db.close()
+            raise
+
+    @contextmanager
+    def _write(self) -> Iterator[_Tx]:
+        """One write transaction, under the lock; BEGIN IMMEDIATE takes SQLite's write lock up front."""
+        with self._lock:
+            self._check_open()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Tx(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            self._check_open()
+            return self._db.execute(sql, params).fetchall()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+
+    def close(self) -> None:
+        """Close the connection. Idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class _Tx:
+    """The connection inside a write transaction (executescript would commit it, so statements run one by one)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        return self._db.execute(sql, params)
+
+    def executescript_in_tx(self, script: str) -> None:
+        for statement in script.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+
+
+@dataclass(frozen=True)
+class _Cached:
+    digest: str
+    record: KeyRecord
+    expires: float
+
+
+class SqliteKeyStore(_SqliteStore):
+    """API keys in SQLite (see the module docstring for how secrets are kept). Thread-safe.
+
+    Args:
+        path: the database file (created if missing).
+        cache_ttl_s: seconds a verified key is answered from memory; 0 disables the cache.
+        clock: monotonic seconds, for the cache (tests pass their own).
+    """
+
+    schema_name = "keys"
+    schema = """
+        CREATE TABLE IF NOT EXISTS api_keys (
+            key_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('tenant', 'admin')),
+            label TEXT NOT NULL,
+            secret_hash TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        );
+        CREATE INDEX IF NOT EXISTS api_keys_by_tenant ON api_keys (tenant, created_at)
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        cache_ttl_s: float = DEFAULT_CACHE_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if cache_ttl_s < 0:
+            raise ValueError(f"cache_ttl_s must be >= 0, got {cache_ttl_s}")
+        super().__init__(path)
+        self._cache_ttl_s = cache_ttl_s
+        self._clock = clock
+        self._cache: dict[str, _Cached] = {}
+        self._cache_lock = threading.Lock()
+        try:
+            with self._write() as db:
+                db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('keys.pepper', ?)",
+                    (secrets.token_bytes(PEPPER_BYTES),),
+                )
+                self._pepper = bytes(db.execute("SELECT value FROM meta WHERE key = 'keys.pepper'").fetchone()[0])
+        except BaseException:
+            self.close()
+            raise
+
+    def _digest(self, secret: str) -> str:
+        return hashlib.sha256(self._pepper + secret.encode()).hexdigest()
+
+    def create(self, tenant: str, role: Role, label: str = "") -> tuple[KeyRecord, str]:
+        if not tenant:
+            raise ValueError("tenant must not be empty")
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        if len(label) > MAX_LABEL_CHARS:
+            raise ValueError(f"label is longer than {MAX_LABEL_CHARS} characters")
+        secret = secrets.token_urlsafe(SECRET_BYTES)
+        created = time.time()
+        while True:
+            key_id = secrets.token_hex(KEY_ID_BYTES)
+            try:
+                with self._write() as db:
+                    db.execute(
+                        "INSERT INTO api_keys (key_id, tenant, role, label, secret_hash, created_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (key_id, tenant, role, label, self._digest(secret), created),
+                    )
+            except sqlite3.IntegrityError:  # a key id collision: 1 in 2**64 per pair; draw again
+                continue
+            record = KeyRecord(key_id, tenant, role, label, _datetime(created), None)
+            return record, f"{TOKEN_PREFIX}{key_id}_{secret}"
+
+    def verify(self, token: str) -> KeyRecord | None:
+        parsed = _parse_token(token)
+        if parsed is None:
+            return None
+        key_id, secret = parsed
+        digest = self._digest(secret)
+        now = self._clock()
+        with self._cache_lock:
+            cached = self._cache.get(key_id)
+        if cached is not None and cached.expires > now:
+            return cached.record if hmac.compare_digest(cached.digest, digest) else None
+        # The database lock is held until the record is cached, so a concurrent revoke (which takes the same
+        # lock, then evicts) cannot be overtaken by a stale entry.
+        with self._lock:
+            self._check_open()
+            row = self._db.execute(
+                "SELECT key_id, tenant, role, label, secret_hash, created_at, revoked_at FROM api_keys"
+                " WHERE key_id = ?",
+                (key_id,),
+            ).fetchone()
+            if row is None or not hmac.compare_digest(row[4], digest) or row[6] is not None:
+                return None
+            record = _key_record(row)
+            if self._cache_ttl_s > 0:
+                self._remember(key_id, _Cached(digest, record, now + self._cache_ttl_s), now)
+        return record
+
+    def _remember(self, key_id: str, entry: _Cached, now: float) -> None:
+        with self._cache_lock:
+            if len(self._cache) >= MAX_CACHED_KEYS:
+                self._cache = {k: v for k, v in self._cache.items() if v.expires > now}
+                if len(self._cache) >= MAX_CACHED_KEYS:
+                    self._cache.clear()
+            self._cache[key_id] = entry
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        rows = self._read(
+            "SELECT key_id, tenant, role, label, secret_hash, created_at, revoked_at FROM api_keys WHERE key_id = ?",
+            (key_id,),
+        )
+        return _key_record(rows[0]) if rows else None
+
+    def revoke(self, key_id: str) -> bool:
+        with self._write() as db:
+            changed = db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL", (time.time(), key_id)
+            ).rowcount
+            with self._cache_lock:
+                self._cache.pop(key_id, None)
+        return changed == 1
+
+    def list(self, tenant: str | None = None) -> builtins.list[KeyRecord]:
+        columns = "key_id, tenant, role, label, secret_hash, created_at, revoked_at"
+        if tenant is None:
+            rows = self._read(f"SELECT {columns} FROM api_keys ORDER BY created_at, key_id")  # noqa: S608
+        else:
+            rows = self._read(
+                f"SELECT {columns} FROM api_keys WHERE tenant = ? ORDER BY created_at, key_id",  # noqa: S608
+                (tenant,),
+            )
+        return [_key_record(row) for row in rows]
+
+
+class SqlitePolicyVersionStore(_SqliteStore):
+    """The policy version history in SQLite. Thread-safe."""
+
+    schema_name = "policy_versions"
+    schema = """
+        CREATE TABLE IF NOT EXISTS policy_versions (
+            version INTEGER PRIMARY KEY,
+            actor TEXT NOT NULL,
+            at REAL NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS policy_files (
+            version INTEGER NOT NULL REFERENCES policy_versions (version),
+            name TEXT NOT NULL,
+            text TEXT NOT NULL,
+            PRIMARY KEY (version, name)
+        )
+    """
+
+    def record(self, version: int, changes: Mapping[str, str], actor: str) -> None:
+        if version <= 0:
+            raise ValueError(f"a policy version is positive, not {version}")
+        try:
+            with self._write() as db:
+                db.execute(
+                    "INSERT INTO policy_versions (version, actor, at) VALUES (?, ?, ?)", (version, actor, time.time())
+                )
+                for name, text in changes.items():
+                    db.execute("INSERT INTO policy_files (version, name, text) VALUES (?, ?, ?)", (version, name, text))
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"policy version {version} is already recorded") from exc
+
+    def list(self, limit: int = 50) -> builtins.list[PolicyVersion]:
+        if limit <= 0:
+            raise ValueError(f"limit must be positive, got {limit}")
+        with self._lock:
+            self._check_open()
+            heads = self._db.execute(
+                "SELECT version, actor, at FROM policy_versions ORDER BY version DESC LIMIT ?", (limit,)
+            ).fetchall()
+            names: dict[int, builtins.list[str]] = {version: [] for version, _, _ in heads}
+            if heads:
+                for version, name in self._db.execute(
+                    "SELECT version, name FROM policy_files WHERE version >= ? ORDER BY name", (heads[-1][0],)
+                ):
+                    if version in names:
+                        names[version].append(name)
+        return [PolicyVersion(version, actor, _datetime(at), tuple(names[version])) for version, actor, at in heads]
+
+    def get(self, version: int) -> PolicyVersion | None:
+        with self._lock:
+            self._check_open()
+            head = self._db.execute("SELECT actor, at FROM policy_versions WHERE version = ?", (version,)).fetchone()
+            if head is None:
+                return None
+            files = self._db.execute(
+                "SELECT name, text FROM policy_files WHERE version = ? ORDER BY name", (version,)
+            ).fetchall()
+        texts = {name: text for name, text in files}
+        return PolicyVersion(version, head[0], _datetime(head[1]), tuple(texts), MappingProxyType(texts))
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only (SQLite gives its -wal and -shm files the same mode);
+    an existing file is left as it is."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def _parse_token(token: str) -> tuple[str, str] | None:
+    """(key_id, secret) of a well-formed token, else None."""
+    if len(token) > MAX_TOKEN_CHARS or not token.startswith(TOKEN_PREFIX):
+        return None
+    key_id, sep, secret = token[len(TOKEN_PREFIX) :].partition("_")
+    if not sep or not secret or len(key_id) != 2 * KEY_ID_BYTES:
+        return None
+    return key_id, secret
+
+
+def _key_record(row: tuple[Any, ...]) -> KeyRecord:
+    key_id, tenant, role, label, _hash, created_at, revoked_at = row
+    return KeyRecord(
+        key_id=str(key_id),
+        tenant=str(tenant),
+        role=cast(Role, role),
+        label=str(label),
+        created_at=_datetime(created_at),
+        revoked_at=None if revoked_at is None else _datetime(revoked_at),
+    )
+
+
+def _datetime(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, tz=UTC)
