@@ -101,6 +101,33 @@ def images_list(
     raise typer.Exit(1 if missing else 0)
 
 
+keys_cli = typer.Typer(no_args_is_help=True, help="API keys, straight in the server's store (bootstrap).")
+cli.add_typer(keys_cli, name="keys")
+
+
+@keys_cli.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="the tenant the key acts as")] = "default",
+    role: Annotated[str, typer.Option(help="tenant or admin")] = "tenant",
+    label: Annotated[str, typer.Option(help="a note for operators")] = "",
+    data_dir: Annotated[Path | None, typer.Option(help="where the store lives [default: settings]")] = None,
+) -> None:
+    """Create a key in the local store and print it once (the first admin key comes from here)."""
+    from sandbox_server.stores.sqlite import open_stores
+
+    if role not in ("tenant", "admin"):
+        typer.echo("--role is tenant or admin", err=True)
+        raise typer.Exit(2)
+    settings = load_settings(data_dir=data_dir)
+    stores = open_stores(settings.data_dir)
+    try:
+        record, secret = stores.keys.create(tenant, role, label)  # type: ignore[arg-type]
+    finally:
+        stores.close()
+    typer.echo(f"key_id {record.key_id} (tenant {record.tenant}, role {record.role}); shown once:", err=True)
+    typer.echo(secret)
+
+
 async def _run(app: App) -> None:
     await app.serve_until_signalled(on_started=lambda: _banner(app))
 
@@ -109,6 +136,16 @@ def _banner(app: App) -> None:
     s = app.settings
     lines = [f"sandbox-server listening on {s.host}:{app.port}"]
     lines += [f"  {k}: {v}" for k, v in app.backend.describe().items()]
+    if s.dev_mode:
+        lines.append("  auth: DEVELOPMENT MODE: no API keys (allowed on loopback only); calls run as tenant 'default'")
+    else:
+        lines.append(f"  auth: API keys (store: {s.data_dir / 'state.db'})")
+    tls = "off" if s.tls_cert_file is None else ("mTLS" if s.tls_client_ca_file else "on")
+    lines.append(f"  tls: {tls}")
+    if app.policies is not None:
+        current = app.policies.current()
+        lines.append(f"  policies: {app.policies.directory} (version {current.version}, "
+                     f"tenants: {', '.join(sorted(current.tenants))})")
     lines.append(f"  admission: {s.max_running} running, {s.max_queued} queued")
     print("\n".join(lines), flush=True)
 

@@ -11,8 +11,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
+from sandbox_server.admin.servicer import ADMIN_SERVICE_NAME, AdminServicer, admin_handler
 from sandbox_server.execution.servicer import MalformedRequest, SandboxServicer
-from sandbox_server.interceptors import build_chain
+from sandbox_server.interceptors import ChainDeps, build_chain
 from sandbox_server.settings import MIB, Settings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Sandbox"].full_name
@@ -61,17 +62,20 @@ def message_caps(settings: Settings) -> list[tuple[str, Any]]:
     return [("grpc.max_receive_message_length", receive), ("grpc.max_send_message_length", send)]
 
 
-def build_server(settings: Settings, servicer: SandboxServicer) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+def build_server(
+    settings: Settings, servicer: SandboxServicer, admin: AdminServicer, chain: ChainDeps
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     server = grpc.aio.server(
-        interceptors=build_chain(),
+        interceptors=build_chain(chain),
         options=[("grpc.so_reuseport", 0), *message_caps(settings)],
         maximum_concurrent_rpcs=None,
     )
-    server.add_generic_rpc_handlers((sandbox_handler(servicer),))
+    server.add_generic_rpc_handlers((sandbox_handler(servicer), admin_handler(admin)))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (SERVICE_NAME, ADMIN_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
         server,
     )
     return server, health_servicer

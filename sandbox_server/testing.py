@@ -37,10 +37,12 @@ class RunningServer:
 def private_settings(**overrides: Any) -> Settings:
     """Settings for a private server: loopback, an ephemeral port, a private state dir and cgroup parent."""
     unique = uuid.uuid4().hex[:8]
+    state_dir = Path(tempfile.gettempdir()) / f"sandbox-test-{unique}"
     base: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
-        "state_dir": Path(tempfile.gettempdir()) / f"sandbox-test-{unique}",
+        "state_dir": state_dir,
+        "data_dir": state_dir / "data",
         "cgroup_parent": f"sandbox-test-{unique}",
         "drain_timeout_s": 5.0,
     }

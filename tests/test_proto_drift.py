@@ -41,3 +41,8 @@ def test_every_service_is_served() -> None:
     methods = {m.name for m in sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"].methods}
     assert SERVICE_NAME == "sandbox.v1.Sandbox"
     assert methods == {"Execute", "ExecuteStream", "ListRuntimes"}
+    from sandbox_client._proto.sandbox.v1 import admin_pb2
+
+    admin = {m.name for m in admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods}
+    assert admin == {"ListPolicies", "GetPolicy", "ValidatePolicy", "ApplyPolicy", "ListPolicyVersions",
+                     "ListTenants", "CreateApiKey", "RevokeApiKey", "ListApiKeys"}

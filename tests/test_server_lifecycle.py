@@ -28,7 +28,8 @@ SERVER = Path(sys.executable).parent / "sandbox-server"
 
 class ServerProcess:
     def __init__(self, state_dir: Path, cgroup_parent: str, *extra: str) -> None:
-        env = {**os.environ, "SANDBOX_CGROUP_PARENT": cgroup_parent, "SANDBOX_DRAIN_TIMEOUT_S": "20"}
+        env = {**os.environ, "SANDBOX_CGROUP_PARENT": cgroup_parent, "SANDBOX_DRAIN_TIMEOUT_S": "20",
+               "SANDBOX_DATA_DIR": str(state_dir / "data")}
         self.proc = subprocess.Popen(
             [str(SERVER), "serve", "--port", "0", "--state-dir", str(state_dir), *extra],
             stdout=subprocess.PIPE,
@@ -174,6 +175,7 @@ def test_without_cgroups_the_server_refuses_by_default(private: tuple[Path, str]
     proc = subprocess.run(
         _without_cgroups(str(SERVER), "serve", "--port", "0", "--state-dir", str(state)),
         capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "SANDBOX_DATA_DIR": str(state / "data")},
     )
     assert proc.returncode == 1
     assert "cgroups are unusable" in proc.stderr
@@ -183,7 +185,7 @@ def test_without_cgroups_the_server_refuses_by_default(private: tuple[Path, str]
 def test_without_cgroups_rlimits_only_says_so_loudly_and_still_limits(private: tuple[Path, str]) -> None:
     state, parent = private
     srv = ServerProcess.__new__(ServerProcess)
-    env = {**os.environ, "SANDBOX_CGROUP_PARENT": parent}
+    env = {**os.environ, "SANDBOX_CGROUP_PARENT": parent, "SANDBOX_DATA_DIR": str(state / "data")}
     srv.proc = subprocess.Popen(
         _without_cgroups(str(SERVER), "serve", "--port", "0", "--state-dir", str(state),
                          "--cgroup-fallback", "rlimits-only"),
@@ -191,7 +193,9 @@ def test_without_cgroups_rlimits_only_says_so_loudly_and_still_limits(private: t
     )
     try:
         assert srv.proc.stdout is not None
-        banner = [srv.proc.stdout.readline().rstrip() for _ in range(9)]
+        banner = []
+        while not banner or not banner[-1].startswith("  admission:"):
+            banner.append(srv.proc.stdout.readline().rstrip())
         assert any("cgroups: UNAVAILABLE: rlimits only" in line for line in banner), banner
         target = re.search(r"listening on (\S+)", banner[0])
         assert target

@@ -7,14 +7,27 @@ Only the links that exist are listed; each later one slots in at its place here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 
+from sandbox_server.interceptors.auth import AuthInterceptor, KeyVerifier
 from sandbox_server.interceptors.errors import ErrorsInterceptor
 
-CHAIN_ORDER = ("errors",)
+CHAIN_ORDER = ("errors", "auth")
 
 
-def build_chain() -> list[grpc.aio.ServerInterceptor]:
+@dataclass(frozen=True)
+class ChainDeps:
+    """What the links need; one frozen input, so adding a link breaks no caller."""
+
+    keys: KeyVerifier | None  # None: development mode (no API keys)
+
+
+def build_chain(deps: ChainDeps) -> list[grpc.aio.ServerInterceptor]:
     """The server's interceptors, outermost first, in CHAIN_ORDER."""
-    links: dict[str, grpc.aio.ServerInterceptor] = {"errors": ErrorsInterceptor()}
+    links: dict[str, grpc.aio.ServerInterceptor] = {
+        "errors": ErrorsInterceptor(),
+        "auth": AuthInterceptor(deps.keys),
+    }
     return [links[name] for name in CHAIN_ORDER]

@@ -33,7 +33,7 @@ def enforce(
         ceiling = getattr(policy.ceilings, name)
         if request.limits.HasField(name):
             if ceiling is not None and server_value > ceiling:
-                reasons.append(f"limits.{name}={server_value} is above tenant {tenant!r}'s ceiling of {ceiling}")
+                reasons.append(f"limits.{name}={server_value} is above the ceiling of {ceiling} for tenant {tenant!r}")
                 meta[f"ceiling.{name}"] = str(ceiling)
             values[name] = server_value
         else:

@@ -65,7 +65,10 @@ class PolicyRegistry:
         *,
         on_change: Callable[[PolicySet], None] | None = None,
         poll_interval_s: float = 1.0,
+        first_version: int = 1,
     ) -> None:
+        """``first_version``: the version the initial load gets (one past the last recorded one, so version
+        numbers keep rising across restarts)."""
         if not poll_interval_s > 0:
             raise ValueError(f"poll_interval_s must be > 0, not {poll_interval_s}")
         self.directory = Path(directory)
@@ -74,11 +77,16 @@ class PolicyRegistry:
         self.last_error_at: float | None = None
         self.versions: list[tuple[int, float, str]] = []
         self._on_change = on_change
+        self._first_version = max(1, first_version)
         self._current: PolicySet | None = None
         self._lock = threading.RLock()
         self._seen: _Signature | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+
+    def set_on_change(self, on_change: Callable[[PolicySet], None] | None) -> None:
+        """Replace the change hook (before ``load()``, when the hook needs the registry itself)."""
+        self._on_change = on_change
 
     # -- reading ------------------------------------------------------------------------------------------------
 
@@ -121,7 +129,7 @@ class PolicyRegistry:
                 sources,
                 read_errors,
                 directory=str(self.directory),
-                version=1 if current is None else current.version + 1,
+                version=self._first_version if current is None else current.version + 1,
             )
         except PolicyLoadError as exc:
             self.last_errors, self.last_error_at = exc.errors, time.time()

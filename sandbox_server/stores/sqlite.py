@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any, Self, cast
+from typing import Any, Protocol, Self, cast
 
 from sandbox_server.stores.base import MAX_LABEL_CHARS, ROLES, TOKEN_PREFIX, KeyRecord, PolicyVersion, Role
 
@@ -388,3 +388,44 @@ def _key_record(row: tuple[Any, ...]) -> KeyRecord:
 
 def _datetime(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, tz=UTC)
+
+
+@dataclass
+class Stores:
+    """The server's durable stores, in one SQLite file under the data dir."""
+
+    keys: SqliteKeyStore
+    versions: SqlitePolicyVersionStore
+
+    def close(self) -> None:
+        self.keys.close()
+        self.versions.close()
+
+
+def open_stores(data_dir: Path) -> Stores:
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = data_dir / "state.db"
+    keys = SqliteKeyStore(path)
+    try:
+        return Stores(keys=keys, versions=SqlitePolicyVersionStore(path))
+    except BaseException:
+        keys.close()
+        raise
+
+
+class _RegistryLike(Protocol):
+    versions: builtins.list[tuple[int, float, str]]
+
+
+class _PolicySetLike(Protocol):
+    @property
+    def version(self) -> int: ...
+    @property
+    def sources(self) -> Mapping[str, str]: ...
+
+
+def record_version(store: SqlitePolicyVersionStore, registry: _RegistryLike, new: _PolicySetLike) -> None:
+    """The registry's change hook: every policy set that went live is recorded once, with who changed it."""
+    if store.get(new.version) is None:
+        actor = registry.versions[-1][2] if registry.versions else "file change"
+        store.record(new.version, dict(new.sources), actor)
