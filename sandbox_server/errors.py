@@ -28,6 +28,7 @@ ERROR_DOMAIN = "sandbox.v1"
 class FieldViolation:
     field: str
     description: str
+    reason: str = ""  # a machine-readable rule name, when there is one
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class InvalidRequest(SandboxError):
     def details(self) -> list[any_pb2.Any]:
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description, reason=v.reason)
                 for v in self.violations
             ]
         )

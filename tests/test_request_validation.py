@@ -134,10 +134,16 @@ def test_empty_language(sbx: SandboxClient, backend_runs: list[object]) -> None:
 
 
 def test_oversized_code(sbx: SandboxClient, server: RunningServer, backend_runs: list[object]) -> None:
+    """Over the server's cap and the tenant's static-validation cap: the tighter one (the policy's) is named."""
     cap = server.settings.caps.code_bytes
+    policies = server.app.policies
+    assert policies is not None
+    tenant = policies.tenant("default")
+    assert tenant is not None
+    policy_cap = tenant.static_validation.max_code_bytes
     got = client_rejected(sbx, code="#" * (cap + 1))
     assert list(got) == ["code"]
-    assert str(cap) in got["code"]
+    assert str(min(cap, policy_cap)) in got["code"]
     assert backend_runs == []
 
 

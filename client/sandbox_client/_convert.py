@@ -126,6 +126,7 @@ def result_from_proto(
         limits=limits_from_proto(message.limits),
         language=message.language,
         backend=message.backend,
+        redactions=message.redactions,
     )
 
 

@@ -41,6 +41,8 @@ class FieldViolation:
     field: str
     """Path of the field, e.g. "limits.memory_bytes" or "files[0].path"."""
     description: str
+    reason: str = ""
+    """The rule that refused it, when the server names one (e.g. "denied_import", "prompt_injection")."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ def details_from_status(rich_status: status_pb2.Status) -> ErrorDetails:
         elif packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             packed.Unpack(bad)
-            field_violations.extend(FieldViolation(v.field, v.description) for v in bad.field_violations)
+            field_violations.extend(FieldViolation(v.field, v.description, v.reason) for v in bad.field_violations)
         elif packed.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
             quota = error_details_pb2.QuotaFailure()
             packed.Unpack(quota)

@@ -157,6 +157,8 @@ class ExecutionResult:
     """Canonical language name."""
     backend: str
     """The sandbox backend that ran it ("nsjail" or "docker")."""
+    redactions: int = 0
+    """Secrets the server's output guardrail replaced in stdout, stderr and files."""
 
     @cached_property
     def stdout(self) -> str:

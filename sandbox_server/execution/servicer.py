@@ -8,20 +8,18 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
 
 import grpc
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.backends.base import Backend
-from sandbox_server.context import principal
-from sandbox_server.errors import FieldViolation, InvalidRequest, PermissionDenied, Unauthenticated
+from sandbox_server.errors import FieldViolation, InvalidRequest
 from sandbox_server.execution.admission import Admission
 from sandbox_server.execution.convert import chunk_to_proto, result_to_proto
 from sandbox_server.execution.runtimes import RUNTIMES, host_version
 from sandbox_server.execution.spec import ExecutionResult, ExecutionSpec, StreamName
+from sandbox_server.policy.caller import TenantPolicies, caller_policy
 from sandbox_server.policy.enforce import enforce
-from sandbox_server.policy.models import TenantPolicy
 from sandbox_server.settings import Settings
 from sandbox_server.validation.request import build_spec
 
@@ -44,10 +42,6 @@ def ensure_request(request: pb.ExecuteRequest | MalformedRequest) -> pb.ExecuteR
     return request
 
 
-class TenantPolicies(Protocol):
-    def tenant(self, name: str) -> TenantPolicy | None: ...
-
-
 class SandboxServicer:
     def __init__(self, settings: Settings, backend: Backend, admission: Admission, policies: TenantPolicies) -> None:
         self.settings = settings
@@ -59,14 +53,8 @@ class SandboxServicer:
         """Validate the request, then apply the caller's tenant policy (fails closed without a caller)."""
         checked = ensure_request(request)
         spec = build_spec(checked, self.settings, uuid.uuid4().hex)
-        who = principal()
-        if who is None:
-            raise Unauthenticated("no caller identity for this request")
-        policy = self.policies.tenant(who.tenant)
-        if policy is None:
-            raise PermissionDenied(f"tenant {who.tenant!r} has no policy", reason="UNKNOWN_TENANT",
-                                   metadata={"tenant": who.tenant})
-        return enforce(checked, spec, who.tenant, policy, self.settings.ceilings)
+        tenant, policy = caller_policy(self.policies)
+        return enforce(checked, spec, tenant, policy, self.settings.ceilings)
 
     async def Execute(
         self, request: pb.ExecuteRequest | MalformedRequest, context: grpc.aio.ServicerContext

@@ -13,8 +13,10 @@ import grpc
 
 from sandbox_server.interceptors.auth import AuthInterceptor, KeyVerifier
 from sandbox_server.interceptors.errors import ErrorsInterceptor
+from sandbox_server.interceptors.guardrails import GuardrailsInterceptor
+from sandbox_server.policy.caller import TenantPolicies
 
-CHAIN_ORDER = ("errors", "auth")
+CHAIN_ORDER = ("errors", "auth", "guardrails")
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,7 @@ class ChainDeps:
     """What the links need; one frozen input, so adding a link breaks no caller."""
 
     keys: KeyVerifier | None  # None: development mode (no API keys)
+    policies: TenantPolicies
 
 
 def build_chain(deps: ChainDeps) -> list[grpc.aio.ServerInterceptor]:
@@ -29,5 +32,6 @@ def build_chain(deps: ChainDeps) -> list[grpc.aio.ServerInterceptor]:
     links: dict[str, grpc.aio.ServerInterceptor] = {
         "errors": ErrorsInterceptor(),
         "auth": AuthInterceptor(deps.keys),
+        "guardrails": GuardrailsInterceptor(deps.policies),
     }
     return [links[name] for name in CHAIN_ORDER]

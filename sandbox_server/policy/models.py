@@ -82,7 +82,7 @@ class BashRules(_Model):
 
 class StaticValidation(_Model):
     enabled: bool = True
-    max_code_bytes: int = Field(default=256 * 1024, gt=0)
+    max_code_bytes: int = Field(default=1024 * 1024, gt=0, description="tenants may tighten the server's cap")
     python: PythonRules = PythonRules()
     javascript: JavaScriptRules = JavaScriptRules()
     bash: BashRules = BashRules()

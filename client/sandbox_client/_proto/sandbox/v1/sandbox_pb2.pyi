@@ -115,7 +115,7 @@ class OutputFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., content: _Optional[bytes] = ..., size: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class ExecuteResult(_message.Message):
-    __slots__ = ("execution_id", "status", "exit_code", "signal", "stdout", "stdout_truncated", "stderr", "stderr_truncated", "files", "files_truncated", "usage", "message", "limits", "language", "backend")
+    __slots__ = ("execution_id", "status", "exit_code", "signal", "stdout", "stdout_truncated", "stderr", "stderr_truncated", "files", "files_truncated", "usage", "message", "limits", "language", "backend", "redactions")
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,7 @@ class ExecuteResult(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    REDACTIONS_FIELD_NUMBER: _ClassVar[int]
     execution_id: str
     status: Status
     exit_code: int
@@ -146,7 +147,8 @@ class ExecuteResult(_message.Message):
     limits: Limits
     language: str
     backend: str
-    def __init__(self, execution_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., stdout: _Optional[bytes] = ..., stdout_truncated: _Optional[bool] = ..., stderr: _Optional[bytes] = ..., stderr_truncated: _Optional[bool] = ..., files: _Optional[_Iterable[_Union[OutputFile, _Mapping]]] = ..., files_truncated: _Optional[bool] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ..., message: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., language: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+    redactions: int
+    def __init__(self, execution_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., stdout: _Optional[bytes] = ..., stdout_truncated: _Optional[bool] = ..., stderr: _Optional[bytes] = ..., stderr_truncated: _Optional[bool] = ..., files: _Optional[_Iterable[_Union[OutputFile, _Mapping]]] = ..., files_truncated: _Optional[bool] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ..., message: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., language: _Optional[str] = ..., backend: _Optional[str] = ..., redactions: _Optional[int] = ...) -> None: ...
 
 class OutputChunk(_message.Message):
     __slots__ = ("stream", "data")

@@ -1,0 +1,185 @@
+"""Content guardrails around Execute and ExecuteStream, per the caller's tenant policy.
+
+In: static validation of the code (validation/static) and input guardrails (blocked patterns, prompt-injection
+markers, file names and sizes) before any sandbox starts; a violation is INVALID_ARGUMENT with BadRequest field
+violations naming the rule (and line and column for code). Out: secrets in stdout, stderr and output files are
+redacted (counted in ``redactions``) or, when the policy says block, the result becomes REJECTED with the output
+withheld. Streams are redacted line by line; in block mode a stream's output is held back until the end.
+Everything fails closed: without a caller or a policy nothing runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+
+from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
+from sandbox_server.errors import FieldViolation, InvalidRequest
+from sandbox_server.execution.runtimes import find_runtime
+from sandbox_server.guardrails.inputs import check_inputs
+from sandbox_server.guardrails.secrets import redact
+from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
+from sandbox_server.policy.caller import TenantPolicies, caller_policy
+from sandbox_server.policy.models import SecretAction, TenantPolicy
+from sandbox_server.validation.static import check_code
+
+GUARDED = frozenset({"/sandbox.v1.Sandbox/Execute", "/sandbox.v1.Sandbox/ExecuteStream"})
+# A stream line longer than this is redacted as it stands rather than held back for its newline.
+MAX_HELD_LINE = 64 * 1024
+
+
+def check_request(request: pb.ExecuteRequest, policy: TenantPolicy) -> None:
+    """Raise InvalidRequest with every static-validation and input-guardrail violation. Requests the
+    servicer will reject anyway (unknown language, code that is not UTF-8) are left to it."""
+    runtime = find_runtime(request.language)
+    try:
+        code = request.code.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    violations = [
+        FieldViolation("code", f"line {v.line}, column {v.column}: {v.message}", reason=v.rule)
+        for v in (check_code(runtime.language, code, policy.static_validation) if runtime else [])
+    ]
+    files = [(f.path, f.content) for f in request.files]
+    violations += [
+        FieldViolation(v.field, v.message, reason=v.rule)
+        for v in check_inputs(code, request.stdin, files, policy.guardrails)
+    ]
+    if violations:
+        raise InvalidRequest(violations)
+
+
+def guard_result(result: pb.ExecuteResult, action: SecretAction) -> pb.ExecuteResult:
+    """Redact (or block) secrets in the result's stdout, stderr and files, in place; count them."""
+    if action is SecretAction.OFF:
+        return result
+    parts = [redact(result.stdout, action), redact(result.stderr, action)]
+    file_parts = [redact(f.content, action) for f in result.files]
+    found = sum(p.redactions for p in (*parts, *file_parts))
+    kinds = sorted({k for p in (*parts, *file_parts) for k in p.kinds})
+    if any(p.blocked for p in (*parts, *file_parts)):
+        return block(result, found, kinds)
+    result.stdout, result.stderr = parts[0].data, parts[1].data
+    for f, p in zip(result.files, file_parts, strict=True):
+        f.content = p.data
+    result.redactions += found
+    return result
+
+
+def block(result: pb.ExecuteResult, found: int, kinds: list[str]) -> pb.ExecuteResult:
+    result.stdout, result.stderr = b"", b""
+    del result.files[:]
+    result.status = pb.STATUS_REJECTED
+    result.redactions += found
+    result.message = ("output withheld by the tenant's guardrail: it contained secrets ("
+                      + ", ".join(kinds) + ")")
+    return result
+
+
+class StreamGuard:
+    """Line-by-line redaction of streamed output; in block mode, everything is held until the result."""
+
+    def __init__(self, action: SecretAction) -> None:
+        self.action = action
+        self.held: dict[int, bytearray] = {pb.STREAM_STDOUT: bytearray(), pb.STREAM_STDERR: bytearray()}
+        self.redactions = 0
+        self.kinds: set[str] = set()
+        self.blocked = False
+
+    def feed(self, event: pb.ExecuteEvent) -> Iterator[pb.ExecuteEvent]:
+        if self.action is SecretAction.OFF:
+            yield event
+            return
+        buf = self.held[event.output.stream]
+        buf += event.output.data
+        if self.action is SecretAction.BLOCK:
+            return
+        cut = buf.rfind(b"\n") + 1
+        # A key block arrives over many lines: hold from its BEGIN line until its END line is in, so it is
+        # redacted whole (bounded: past MAX_HELD_LINE it goes out redacted as it stands).
+        begin = buf.rfind(b"-----BEGIN", 0, cut)
+        if begin >= 0 and buf.find(b"-----END", begin, cut) < 0 and len(buf) <= MAX_HELD_LINE:
+            cut = buf.rfind(b"\n", 0, begin) + 1
+        if cut == 0 and len(buf) > MAX_HELD_LINE:
+            cut = len(buf)
+        if cut:
+            ready = bytes(buf[:cut])
+            del buf[:cut]
+            yield from self._emit(event.output.stream, ready)
+
+    def finish(self, event: pb.ExecuteEvent) -> Iterator[pb.ExecuteEvent]:
+        """Release what was held, then the result (with the count, or REJECTED)."""
+        if self.action is SecretAction.BLOCK:
+            scans = {stream: redact(bytes(buf), self.action) for stream, buf in self.held.items()}
+            self.redactions += sum(s.redactions for s in scans.values())
+            self.kinds.update(k for s in scans.values() for k in s.kinds)
+            self.blocked = any(s.blocked for s in scans.values())
+            if not self.blocked:
+                for stream, buf in self.held.items():
+                    if buf:
+                        yield _chunk(stream, bytes(buf))
+        else:
+            for stream, buf in self.held.items():
+                if buf:
+                    yield from self._emit(stream, bytes(buf))
+        result = guard_result(event.result, self.action)
+        if self.blocked and result.status != pb.STATUS_REJECTED:
+            result = block(result, 0, [])
+        result.redactions += self.redactions
+        if self.blocked:
+            result.message = ("output withheld by the tenant's guardrail: it contained secrets ("
+                              + ", ".join(sorted(self.kinds)) + ")")
+        yield pb.ExecuteEvent(result=result)
+
+    def _emit(self, stream: int, data: bytes) -> Iterator[pb.ExecuteEvent]:
+        scanned = redact(data, self.action)
+        self.redactions += scanned.redactions
+        self.kinds.update(scanned.kinds)
+        if scanned.data:
+            yield _chunk(stream, scanned.data)
+
+
+def _chunk(stream: int, data: bytes) -> pb.ExecuteEvent:
+    return pb.ExecuteEvent(output=pb.OutputChunk(stream=stream, data=data))  # type: ignore[arg-type]
+
+
+class GuardrailsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, policies: TenantPolicies) -> None:
+        self.policies = policies
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler_call_details.method not in GUARDED:
+            return handler
+        policies = self.policies
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                _, policy = caller_policy(policies)
+                if isinstance(request, pb.ExecuteRequest):
+                    check_request(request, policy)
+                result = await behavior(request, context)
+                return guard_result(result, policy.guardrails.output_secrets)
+
+            return wrapped
+
+        def stream(behavior: StreamBehavior) -> StreamBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                _, policy = caller_policy(policies)
+                if isinstance(request, pb.ExecuteRequest):
+                    check_request(request, policy)
+                guard = StreamGuard(policy.guardrails.output_secrets)
+                async for event in behavior(request, context):
+                    events = guard.feed(event) if event.HasField("output") else guard.finish(event)
+                    for out in events:
+                        yield out
+
+            return wrapped
+
+        return wrap_handler(handler, unary, stream)
