@@ -1,0 +1,52 @@
+"""TLS and mTLS on the server port, with certificates the test makes itself (openssl)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import grpc
+import pytest
+
+from sandbox_client import SandboxClient, UnavailableError
+from sandbox_server.testing import server_in_thread
+
+
+def _run(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    _run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
+         "-subj", "/CN=test-ca", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        _run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+             "-subj", f"/CN={name}", cwd=d)
+        _run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", f"{name}.crt", "-days", "1", "-extfile", "san.ext", cwd=d)
+    return d
+
+
+def test_tls_server(pki: Path) -> None:
+    with server_in_thread(tls_cert_file=pki / "server.crt", tls_key_file=pki / "server.key") as srv:
+        creds = grpc.ssl_channel_credentials(root_certificates=(pki / "ca.crt").read_bytes())
+        with SandboxClient(srv.target, credentials=creds) as sbx:
+            assert sbx.execute("print('over tls')").stdout == "over tls\n"
+        with SandboxClient(srv.target, timeout=3) as plain, pytest.raises(UnavailableError):
+            plain.execute("print(1)")
+
+
+def test_mtls_requires_a_client_certificate(pki: Path) -> None:
+    with server_in_thread(tls_cert_file=pki / "server.crt", tls_key_file=pki / "server.key",
+                          tls_client_ca_file=pki / "ca.crt") as srv:
+        ca = (pki / "ca.crt").read_bytes()
+        with_cert = grpc.ssl_channel_credentials(ca, (pki / "client.key").read_bytes(),
+                                                 (pki / "client.crt").read_bytes())
+        with SandboxClient(srv.target, credentials=with_cert) as sbx:
+            assert sbx.execute("print('mtls')").stdout == "mtls\n"
+        without = grpc.ssl_channel_credentials(ca)
+        with SandboxClient(srv.target, credentials=without, timeout=3) as sbx, pytest.raises(UnavailableError):
+            sbx.execute("print(1)")
