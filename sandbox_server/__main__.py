@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from sandbox_server.app import App
 from sandbox_server.errors import SandboxFailure
+from sandbox_server.policy.loader import PolicyLoadError
 from sandbox_server.settings import Backend, CgroupFallback, load_settings
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="The sandbox code-execution server.")
@@ -34,6 +35,9 @@ def serve(
     max_queued: Annotated[int | None, typer.Option(help="requests waiting for a sandbox")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="where scratch mounts live")] = None,
     cgroup_fallback: Annotated[CgroupFallback | None, typer.Option(help="when cgroups are unusable")] = None,
+    policies_dir: Annotated[Path | None, typer.Option("--policies-dir", "--policies", help="tenant policies (YAML)")]
+    = None,
+    data_dir: Annotated[Path | None, typer.Option(help="durable stores (SQLite)")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ...")] = "INFO",
 ) -> None:
     """Serve the Sandbox API until SIGTERM/SIGINT, then drain in-flight requests."""
@@ -42,6 +46,7 @@ def serve(
         settings = load_settings(
             host=host, port=port, backend=backend, config_file=config, max_running=max_running,
             max_queued=max_queued, state_dir=state_dir, cgroup_fallback=cgroup_fallback,
+            policies_dir=policies_dir, data_dir=data_dir,
         )
     except (ValidationError, ValueError) as exc:
         typer.echo(f"invalid settings: {exc}", err=True)
@@ -51,6 +56,11 @@ def serve(
         asyncio.run(_run(app))
     except SandboxFailure as exc:
         typer.echo(f"sandbox-server cannot start: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    except PolicyLoadError as exc:
+        typer.echo("sandbox-server cannot start: the policies do not validate:", err=True)
+        for error in exc.errors:
+            typer.echo(f"  {error}", err=True)
         raise typer.Exit(1) from exc
 
 
@@ -146,6 +156,9 @@ def _banner(app: App) -> None:
         current = app.policies.current()
         lines.append(f"  policies: {app.policies.directory} (version {current.version}, "
                      f"tenants: {', '.join(sorted(current.tenants))})")
+        if s.dev_mode and "default" not in current.tenants:
+            lines.append("  WARNING: development mode runs calls as tenant 'default', which these policies do not "
+                         "define: every call will be refused")
     lines.append(f"  admission: {s.max_running} running, {s.max_queued} queued")
     print("\n".join(lines), flush=True)
 
