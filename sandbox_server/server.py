@@ -2,52 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.admin.servicer import ADMIN_SERVICE_NAME, AdminServicer, admin_handler
-from sandbox_server.execution.servicer import MalformedRequest, SandboxServicer
+from sandbox_server.execution.servicer import SandboxServicer, tolerant
 from sandbox_server.interceptors import ChainDeps, build_chain
 from sandbox_server.settings import MIB, Settings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Sandbox"].full_name
 
 
-def _tolerant(message: type[Message]) -> Callable[[bytes], Message | MalformedRequest]:
-    """A deserializer that turns undecodable bytes into MalformedRequest (INVALID_ARGUMENT), not UNKNOWN."""
-
-    def parse(data: bytes) -> Message | MalformedRequest:
-        try:
-            return message.FromString(data)
-        except DecodeError:
-            return MalformedRequest(
-                f"not a valid {message.DESCRIPTOR.full_name} (string fields must be valid UTF-8)"
-            )
-
-    return parse
-
-
 def sandbox_handler(servicer: SandboxServicer) -> grpc.GenericRpcHandler:
     handlers: dict[str, grpc.RpcMethodHandler] = {
         "Execute": grpc.unary_unary_rpc_method_handler(
             servicer.Execute,
-            request_deserializer=_tolerant(pb.ExecuteRequest),
+            request_deserializer=tolerant(pb.ExecuteRequest),
             response_serializer=pb.ExecuteResult.SerializeToString,
         ),
         "ExecuteStream": grpc.unary_stream_rpc_method_handler(
             servicer.ExecuteStream,
-            request_deserializer=_tolerant(pb.ExecuteRequest),
+            request_deserializer=tolerant(pb.ExecuteRequest),
             response_serializer=pb.ExecuteEvent.SerializeToString,
         ),
         "ListRuntimes": grpc.unary_unary_rpc_method_handler(
             servicer.ListRuntimes,
-            request_deserializer=_tolerant(pb.ListRuntimesRequest),
+            request_deserializer=tolerant(pb.ListRuntimesRequest),
             response_serializer=pb.ListRuntimesResponse.SerializeToString,
         ),
     }

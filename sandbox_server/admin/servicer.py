@@ -18,12 +18,12 @@ from typing import Any, Protocol, TypeVar
 import grpc
 import yaml
 from google.protobuf import timestamp_pb2
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from sandbox_client._proto.sandbox.v1 import admin_pb2 as pb
 from sandbox_server.context import Principal, principal
 from sandbox_server.errors import FieldViolation, InvalidRequest, PermissionDenied, SandboxError, Unauthenticated
-from sandbox_server.execution.servicer import MalformedRequest
+from sandbox_server.execution.servicer import MalformedRequest, tolerant
 from sandbox_server.policy.loader import PolicyLoadError
 from sandbox_server.policy.models import TenantPolicy
 from sandbox_server.stores.base import MAX_LABEL_CHARS, KeyRecord, KeyStore, PolicyVersionStore, Role
@@ -270,22 +270,12 @@ def admin_handler(servicer: AdminServicer) -> grpc.GenericRpcHandler:
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             _refuse_malformed(method),
-            request_deserializer=_tolerant(request_type),
+            request_deserializer=tolerant(request_type),
             response_serializer=response_type.SerializeToString,
         )
         for name, (method, request_type, response_type) in methods.items()
     }
     return grpc.method_handlers_generic_handler(ADMIN_SERVICE_NAME, handlers)
-
-
-def _tolerant(message: type[Message]) -> Callable[[bytes], Message | MalformedRequest]:
-    def parse(data: bytes) -> Message | MalformedRequest:
-        try:
-            return message.FromString(data)
-        except DecodeError:
-            return MalformedRequest(f"not a valid {message.DESCRIPTOR.full_name} (string fields must be valid UTF-8)")
-
-    return parse
 
 
 def _refuse_malformed(

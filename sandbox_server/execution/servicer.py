@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.backends.base import Backend
@@ -34,6 +35,21 @@ class MalformedRequest:
     """What the server's deserializer yields for bytes that are not a valid request message."""
 
     error: str
+
+
+def tolerant(message: type[Message]) -> Callable[[bytes], Message | MalformedRequest]:
+    """A request deserializer that turns undecodable bytes into MalformedRequest (INVALID_ARGUMENT), not
+    grpc's UNKNOWN."""
+
+    def parse(data: bytes) -> Message | MalformedRequest:
+        try:
+            return message.FromString(data)
+        except DecodeError:
+            return MalformedRequest(
+                f"not a valid {message.DESCRIPTOR.full_name} (string fields must be valid UTF-8)"
+            )
+
+    return parse
 
 
 def ensure_request(request: pb.ExecuteRequest | MalformedRequest) -> pb.ExecuteRequest:
