@@ -10,6 +10,7 @@ Everything fails closed: without a caller or a policy nothing runs.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -26,6 +27,8 @@ from sandbox_server.policy.models import SecretAction, TenantPolicy
 from sandbox_server.validation.static import check_code
 
 GUARDED = frozenset({"/sandbox.v1.Sandbox/Execute", "/sandbox.v1.Sandbox/ExecuteStream"})
+# Inputs up to this size are checked on the event loop (microseconds); larger ones in a worker thread.
+INLINE_CHECK_BYTES = 32 * 1024
 # A stream line longer than this is redacted as it stands rather than held back for its newline.
 MAX_HELD_LINE = 64 * 1024
 
@@ -49,6 +52,15 @@ def check_request(request: pb.ExecuteRequest, policy: TenantPolicy) -> None:
     ]
     if violations:
         raise InvalidRequest(violations)
+
+
+async def checked(request: pb.ExecuteRequest, policy: TenantPolicy) -> None:
+    """check_request, off the event loop when the input is big enough for the checks to take milliseconds."""
+    size = len(request.code) + len(request.stdin) + sum(len(f.content) for f in request.files)
+    if size > INLINE_CHECK_BYTES:
+        await asyncio.to_thread(check_request, request, policy)
+    else:
+        check_request(request, policy)
 
 
 def guard_result(result: pb.ExecuteResult, action: SecretAction) -> pb.ExecuteResult:
@@ -163,7 +175,7 @@ class GuardrailsInterceptor(grpc.aio.ServerInterceptor):
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 _, policy = caller_policy(policies)
                 if isinstance(request, pb.ExecuteRequest):
-                    check_request(request, policy)
+                    await checked(request, policy)
                 result = await behavior(request, context)
                 return guard_result(result, policy.guardrails.output_secrets)
 
@@ -173,7 +185,7 @@ class GuardrailsInterceptor(grpc.aio.ServerInterceptor):
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 _, policy = caller_policy(policies)
                 if isinstance(request, pb.ExecuteRequest):
-                    check_request(request, policy)
+                    await checked(request, policy)
                 guard = StreamGuard(policy.guardrails.output_secrets)
                 async for event in behavior(request, context):
                     events = guard.feed(event) if event.HasField("output") else guard.finish(event)

@@ -53,7 +53,8 @@ class PythonRules(_Model):
     )
     denied_calls: tuple[str, ...] = Field(
         default=("eval", "exec", "compile", "__import__", "breakpoint", "os.system", "os.popen", "os.exec*",
-                 "os.spawn*", "os.fork", "os.forkpty", "os.kill", "os.killpg", "getattr:module"),
+                 "os.spawn*", "os.posix_spawn*", "os.fork", "os.forkpty", "os.kill", "os.killpg",
+                 "getattr:module"),
         description="dotted names; a trailing * matches a prefix; getattr:module denies getattr on modules",
     )
     open_modes: tuple[str, ...] = Field(

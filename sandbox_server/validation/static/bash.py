@@ -12,10 +12,10 @@ Rules:
   ``(``, ``{``, ``then``/``do``/..., inside ``$(...)``, backticks and ``<(...)``), after assignments and
   redirections, and the command run by a wrapper: ``exec``, ``xargs``, ``env``, ``sudo``, ``command``,
   ``builtin``, ``nohup``, ``nice``, ``time``, ``timeout``, ``find -exec`` and similar (``WRAPPERS``). Also:
-  a glob command word that may expand to a denied name (``/usr/bin/cur?``); a command word that is a variable
-  (``$c``) any literal assignment of which names a denied command (``c=curl``); and the scripts given to
-  ``bash -c``/``sh -c``, ``eval``, ``alias``, ``env -S``, here-strings and here-documents fed to a shell, which
-  are checked as scripts themselves (their positions are those of the string that holds them).
+  a glob command word that may expand to a denied name (``/usr/bin/cur?``); a command word that is a
+  variable (``$c``) any literal assignment of which names a denied command (``c=curl``); and the scripts given to
+  ``bash -c``/``sh -c``, ``eval``, ``trap``, ``alias``, ``env -S``, ``watch``, here-strings and here-documents
+  fed to a shell, which are checked as scripts themselves (positions: those of the string that holds them).
 - ``network``: ``/dev/tcp/`` or ``/dev/udp/`` anywhere outside a comment (bash's built-in sockets).
 """
 
@@ -37,6 +37,9 @@ from sandbox_server.validation.static._base import (
 )
 
 MAX_JOBS = 10_000  # nested scripts (bash -c, eval, here-documents) analysed for one program
+MAX_GLOB_COMMANDS = 1000  # command words with glob characters (each matched against every denied name)
+MAX_GLOB_CHARS = 256  # a longer glob command word is refused rather than matched
+MAX_NESTING = 1000  # quotes and substitutions inside each other ($( "${ `...` }" ))
 _NEWLINE = re.compile(r"\n")
 _NETWORK = re.compile(r"/dev/(?:tcp|udp)/")
 _BLANKS = re.compile(r"[ \t]+")
@@ -54,6 +57,7 @@ _ANSI_SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "e": "\x1
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\[[^\]]*\])?\+?=")
 _REDIRECTIONS = frozenset({"<", ">", ">>", "<>", ">|", ">&", "<&", "&>", "&>>", "<<", "<<-", "<<<"})
 _GLOB_CHARS = frozenset("*?[")
+_STARS = re.compile(r"\*+")
 # Reserved words after which the next word is still a command word.
 _KEEP_COMMAND_POSITION = frozenset({"if", "then", "else", "elif", "while", "until", "do", "!", "{", "coproc"})
 _END_WORDS = frozenset({"}", "fi", "done", "esac"})
@@ -116,6 +120,12 @@ class _Token(NamedTuple):
 # -- the lexer ------------------------------------------------------------------------------------------------
 
 
+class _TooDeep(Exception):
+    def __init__(self, offset: int) -> None:
+        super().__init__(offset)
+        self.offset = offset
+
+
 class _Frame:
     __slots__ = ("chars", "closer", "depth", "dynamic", "glob", "in_word", "kind", "other_dynamic", "owner",
                  "quoted", "start", "variables")
@@ -147,8 +157,11 @@ class _Lexer:
     def run(self) -> list[_Token]:
         n = len(self.text)
         i = 0
+        frames = self.frames
         while i < n:
-            kind = self.frames[-1].kind
+            if len(frames) > MAX_NESTING:
+                raise _TooDeep(i)
+            kind = frames[-1].kind
             if kind == "cmd":
                 i = self._cmd(i)
             elif kind in ("dq", "heredoc"):
@@ -467,7 +480,8 @@ class _Context:
     shell_c: bool = False
     find_exec: bool = False
     skip_name: bool = False
-    after_close_paren: bool = False
+    trap_done: bool = False
+    body_may_open: bool = False  # after `name()` or `function name`: a `{` opens the body
     double_bracket: bool = False
     cases: list[str] = field(default_factory=list)  # subject | in | patterns | body
     script_words: list[_Token] = field(default_factory=list)  # eval's arguments
@@ -479,10 +493,11 @@ class _Checker:
         self._denied = frozenset(rules.denied_commands)
         self._violations: list[CodeViolation] = []
         self._jobs = [_Job(code, 1, 1)]
-        self._budget = 8 * len(code) + 65536  # characters analysed over all jobs
+        self._budget = 2 * len(code) + 65536  # characters analysed over all jobs
         self._assignments: dict[str, list[str]] = {}
         self._variable_commands: list[tuple[str, int, int]] = []  # (variable, line, column)
         self._pending_heredocs: list[str | None] = []
+        self._globs = 0
         self._job = self._jobs[0]
         self._index = LineIndex("", _NEWLINE)
 
@@ -495,20 +510,27 @@ class _Checker:
             if done > MAX_JOBS or self._budget < 0:
                 raise Unanalysable("too many nested scripts (bash -c, eval, here-documents) to analyse")
             self._run_job(job)
+        denied_values: dict[str, str | None] = {}
         for variable, line, column in self._variable_commands:
-            for value in self._assignments.get(variable, ()):
-                words = value.split()
-                if words and _basename(words[0]) in self._denied:
-                    self._violations.append(CodeViolation(
-                        DENIED_COMMAND, f"${variable} may run {_basename(words[0])!r}, which is denied", line, column))
-                    break
+            if variable not in denied_values:
+                denied_values[variable] = next(
+                    (name for name in (_first_command(v) for v in self._assignments.get(variable, ()))
+                     if name in self._denied), None)
+            name = denied_values[variable]
+            if name is not None:
+                self._violations.append(
+                    CodeViolation(DENIED_COMMAND, f"${variable} may run {name!r}, which is denied", line, column))
         return self._violations
 
     def _run_job(self, job: _Job) -> None:
-        lexer = _Lexer(job.text, job.heredoc_mode)
-        tokens = lexer.run()
         self._job = job
         self._index = LineIndex(job.text, _NEWLINE)
+        lexer = _Lexer(job.text, job.heredoc_mode)
+        try:
+            tokens = lexer.run()
+        except _TooDeep as exc:
+            message = f"quotes and substitutions nest more than {MAX_NESTING} deep"
+            raise Unanalysable(message, *self._position(exc.offset)) from None
         starts = [s for s, _ in lexer.comments]
         for match in _NETWORK.finditer(job.text):
             spot = bisect.bisect_right(starts, match.start()) - 1
@@ -544,12 +566,20 @@ class _Checker:
         line, column = self._position(offset)
         self._violations.append(CodeViolation(rule, message, line, column))
 
-    def _script(self, token: _Token, text: str) -> None:
-        """Queue ``text`` (the value of ``token``) to be checked as a script of its own."""
+    def _raw(self, token: _Token) -> str:
+        return self._job.text[token.start:token.end]
+
+    def _script(self, token: _Token, text: str, skip: int = 0) -> None:
+        """Queue ``text`` (the value of ``token`` after ``skip`` raw characters) to be checked as a script.
+
+        Positions inside it are exact for plain and single-quoted words, close for the rest (escapes).
+        """
         if not text.strip():
             return
-        line, column = self._position(token.start)
-        self._jobs.append(_Job(text, line, column + (1 if token.quoted else 0)))
+        raw = self._raw(token)[skip:]
+        skip += 2 if raw.startswith("$'") else 1 if raw[:1] in ("'", '"') else 0
+        line, column = self._position(token.start + skip)
+        self._jobs.append(_Job(text, line, column))
 
     # operators and words
 
@@ -560,12 +590,12 @@ class _Checker:
         context.script_words = []
         context.command = None
         context.wrapper = None
-        context.shell_c = context.find_exec = context.skip_name = False
+        context.shell_c = context.find_exec = context.skip_name = context.trap_done = False
         context.redirect = None
 
     def _op(self, context: _Context, token: _Token) -> None:
         op = token.value
-        context.after_close_paren = op == ")"
+        context.body_may_open = op == ")"
         if context.data:
             return
         if op in _REDIRECTIONS:
@@ -591,9 +621,10 @@ class _Checker:
 
     def _word(self, context: _Context, token: _Token) -> None:
         value = token.value
-        if "/dev/tcp/" in value or "/dev/udp/" in value:
+        if ("/dev/tcp/" in value or "/dev/udp/" in value) and not _NETWORK.search(self._raw(token)):
+            # Spelled with quotes or escapes: the scan of the raw text did not see it.
             self._add(NETWORK, "bash network redirection (/dev/tcp, /dev/udp) is denied", token.start)
-        after_close_paren, context.after_close_paren = context.after_close_paren, False
+        body_may_open, context.body_may_open = context.body_may_open, False
         if context.data:
             return
         if context.redirect is not None:
@@ -627,8 +658,9 @@ class _Checker:
                 return
         if context.skip_name:
             context.skip_name = False
+            context.body_may_open = True
             return
-        if plain and value == "{" and (context.command_position or after_close_paren):
+        if plain and value == "{" and (context.command_position or body_may_open):
             context.command_position = True
             return
         if context.command_position:
@@ -686,10 +718,14 @@ class _Checker:
                 context.shell_c = True
         elif command == "eval":
             context.script_words.append(token)
+        elif command == "trap":
+            if not context.trap_done and not value.startswith("-"):
+                context.trap_done = True
+                self._script(token, value)  # trap 'commands' SIGNAL
         elif command == "alias":
-            _, equals, script = value.partition("=")
+            name, equals, script = value.partition("=")
             if equals:
-                self._script(token, script)
+                self._script(token, script, skip=len(name) + 1)
         elif command in _DECLARATIONS:
             self._assignment(token)
 
@@ -708,7 +744,7 @@ class _Checker:
             elif value in state.wrapper.options_with_argument:
                 state.expect_argument = value
             elif state.name == "env" and value.startswith("-S") and len(value) > 2:
-                self._script(token, value[2:])
+                self._script(token, value[2:], skip=2)
             return
         if state.name == "env" and self._assignment(token):
             return
@@ -743,8 +779,12 @@ class _Checker:
         if name in self._denied:
             self._add(DENIED_COMMAND, f"command {name!r} is denied", token.start)
         elif token.glob:
+            self._globs += 1
+            pattern = _STARS.sub("*", name)
+            if self._globs > MAX_GLOB_COMMANDS or len(pattern) > MAX_GLOB_CHARS:
+                raise Unanalysable("too many or too long glob command words to analyse", *self._position(token.start))
             for denied in sorted(self._denied):
-                if fnmatchcase(denied, name):
+                if fnmatchcase(denied, pattern):
                     self._add(DENIED_COMMAND, f"{value!r} may run {denied!r}, which is denied", token.start)
                     break
         if name in WRAPPERS and not token.dynamic:
@@ -762,6 +802,11 @@ class _Checker:
 
 def _basename(word: str) -> str:
     return word.rsplit("/", 1)[-1]
+
+
+def _first_command(value: str) -> str:
+    words = value.split()
+    return _basename(words[0]) if words else ""
 
 
 def check_bash(code: str, rules: BashRules) -> list[CodeViolation]:

@@ -14,13 +14,14 @@ Rules:
   ``require.main``, ``require.resolve`` and ``typeof require`` are let through.
 - ``denied_call``: ``process.binding``, and ``dlopen``, ``_linkedBinding``, ``_load`` on anything, as members
   (``.x``) or computed members (``['x']``).
-- ``eval`` (when ``deny_eval``): any ``eval`` identifier or member, ``Function(...)``/``new Function``,
-  ``.constructor(...)`` (how ``Function`` is reached without its name), ``setTimeout``/``setInterval``/
-  ``setImmediate`` with a string as code, and ``import('data:...')``.
+- ``eval`` (when ``deny_eval``): any ``eval`` identifier or member, ``Function`` (but for ``instanceof
+  Function`` and ``Function.prototype``), ``.constructor(...)`` (how ``Function`` is reached without its
+  name), ``setTimeout``/``setInterval``/``setImmediate`` with a string as code, and ``import('data:...')``.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from typing import NamedTuple
 
@@ -32,7 +33,11 @@ from sandbox_server.validation.static._base import (
     EVAL,
     CodeViolation,
     LineIndex,
+    Unanalysable,
 )
+
+MAX_REGEX_LITERAL_CHARS = 65536
+REGEX_SCAN_BUDGET_FACTOR = 8
 
 _JS_NEWLINE = re.compile(r"\r\n|[\n\r\u2028\u2029]")
 _IDENT_PART = r"(?:[\w$]|\\u[0-9A-Fa-f]{4}|\\u\{[0-9A-Fa-f]{1,8}\}|[^\x00-\x7f])"
@@ -88,10 +93,16 @@ def _cook(raw: str) -> str:
 
 
 def tokenize(code: str) -> list[_Token]:
-    """Significant tokens of ``code`` (comments and whitespace dropped)."""
+    """Significant tokens of ``code`` (comments and whitespace dropped).
+
+    Raises Unanalysable when telling regex literals from divisions would cost more than a few passes over the
+    code (many `/` on long lines that start no regex: built to make the tokenizer quadratic).
+    """
     tokens: list[_Token] = []
     braces: list[bool] = []  # True: the `}` closing this brace resumes a template literal
     pos, end = 0, len(code)
+    line_ends: list[int] | None = None
+    budget = REGEX_SCAN_BUDGET_FACTOR * end + 100_000  # characters scanned by regex attempts that failed
     if code.startswith("#!"):
         newline = _JS_NEWLINE.search(code)
         pos = newline.start() if newline else end
@@ -109,11 +120,18 @@ def tokenize(code: str) -> list[_Token]:
             pos = _template(code, pos + 1, pos, tokens, braces, first=True)
             continue
         if kind == "punct" and text == "/" and _regex_allowed(tokens):
-            regex = _REGEX.match(code, pos)
+            if line_ends is None:
+                line_ends = [m.start() for m in _JS_NEWLINE.finditer(code)]
+            at = bisect.bisect_left(line_ends, pos)
+            stop = min(line_ends[at] if at < len(line_ends) else end, pos + MAX_REGEX_LITERAL_CHARS)
+            regex = _REGEX.match(code, pos, stop)
             if regex is not None:
                 tokens.append(_Token("regex", regex.group(), pos))
                 pos = regex.end()
                 continue
+            budget -= stop - pos
+            if budget < 0:
+                raise Unanalysable("too many '/' that may start a regex literal to analyse")
         if kind == "punct" and text == "{":
             braces.append(False)
         elif kind == "punct" and text == "}" and braces and braces.pop():
@@ -269,8 +287,11 @@ class _Checker:
         if name == "eval":
             self._add(token, EVAL, "eval is denied")
         elif name == "Function":
-            if (self._is(index + 1, "punct", "(") or self._is(index - 1, "name", "new")
-                    or (self._is(index + 1, "punct", ".") and self._is(index + 2, "name", "call", "apply"))):
+            # Any use but `x instanceof Function` and `Function.prototype`: `(Function)('...')`, `F = Function`
+            # and `Reflect.construct(Function, [...])` all reach the constructor.
+            benign = self._is(index - 1, "name", "instanceof") or (
+                self._is(index + 1, "punct", ".") and self._is(index + 2, "name", "prototype"))
+            if not benign:
                 self._add(token, EVAL, "the Function constructor is denied")
         elif (name in _STRING_TIMERS and self._is(index + 1, "punct", "(")
               and self._at(index + 2).kind in ("string", "template")):

@@ -32,8 +32,11 @@ iterative; the parser itself refuses what nests beyond its own limits (that is r
 from __future__ import annotations
 
 import ast
+import gc
 import re
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 from sandbox_server.policy.models import PythonRules
 from sandbox_server.validation.static._base import (
@@ -49,7 +52,9 @@ from sandbox_server.validation.static._base import (
 
 MAX_AST_NODES = 1_000_000
 MAX_RESOLUTION_DEPTH = 50  # nested getattr()/subscripts followed while naming one expression
-MAX_ALIAS_ROUNDS = 100  # fixpoint rounds over alias assignments (a = os; b = a; ...)
+MAX_ALIAS_EVALUATIONS_PER_BINDING = 4  # worklist budget for solving aliases (a = os; b = a; ...)
+MAX_CANDIDATES = 64  # things one name may stand for
+MAX_NAME_SEGMENTS = 10  # longest dotted name an alias is followed to (denied names are far shorter)
 
 ESCAPE_ATTRIBUTES = frozenset({
     "__builtins__", "__subclasses__", "__globals__", "__code__", "__mro__", "__bases__", "__base__",
@@ -67,26 +72,48 @@ _OS_ALIASES = frozenset({"posix", "nt"})
 # Last names of the functions the call pass looks at; any other call is skipped unless its name is an alias.
 _CALL_NAMES = frozenset({"getattr", "setattr", "delattr", "vars", "open", "fdopen", "__import__",
                          "import_module"})
+# Names the call checks resolve: an alias of one of them must survive _collapse.
+_SPECIAL_NAMES = OPEN_FUNCTIONS | _ATTRIBUTE_FUNCTIONS | {"__import__", "importlib.__import__",
+                                                         "importlib.import_module", "sys.modules"}
+_NAMING_FUNCTIONS = frozenset({"getattr", "__import__", "import_module"})
+_VARS = frozenset({"vars"})
+_MODULES = frozenset({"modules"})
 _LINE_SPLIT = re.compile(r"\r\n|\r|\n")
 
 Candidates = dict[str, bool]  # dotted name -> "may be a module"
 
 
 def check_python(code: str, rules: PythonRules) -> list[CodeViolation]:
-    """Check ``code`` against ``rules``; raise Unanalysable for code the parser or the walk cannot take."""
+    """Check ``code`` against ``rules``; raise Unanalysable for code the parser or the walk cannot take.
+
+    The cyclic garbage collector is paused meanwhile (and resumed if it was running): a syntax tree has no
+    cycles, and collecting while one is built doubles the parse time of a large program.
+    """
+    with _cycle_collection_paused():
+        try:
+            tree = ast.parse(code)
+        except SyntaxError as exc:  # includes IndentationError and TabError
+            line = exc.lineno if isinstance(exc.lineno, int) and exc.lineno > 0 else 1
+            column = exc.offset if isinstance(exc.offset, int) and exc.offset > 0 else 1
+            return [CodeViolation(SYNTAX_ERROR, str(exc.msg), line, column)]
+        except RecursionError as exc:
+            raise Unanalysable("the program nests too deeply to be analysed") from exc
+        except MemoryError as exc:
+            raise Unanalysable("the program nests too deeply or is too large to be analysed") from exc
+        except (ValueError, UnicodeError) as exc:
+            raise Unanalysable(f"the program cannot be parsed: {exc}") from exc
+        return _Checker(code, rules).run(tree)
+
+
+@contextmanager
+def _cycle_collection_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        tree = ast.parse(code)
-    except SyntaxError as exc:  # includes IndentationError and TabError
-        line = exc.lineno if isinstance(exc.lineno, int) and exc.lineno > 0 else 1
-        column = exc.offset if isinstance(exc.offset, int) and exc.offset > 0 else 1
-        return [CodeViolation(SYNTAX_ERROR, str(exc.msg), line, column)]
-    except RecursionError as exc:
-        raise Unanalysable("the program nests too deeply to be analysed") from exc
-    except MemoryError as exc:
-        raise Unanalysable("the program nests too deeply or is too large to be analysed") from exc
-    except (ValueError, UnicodeError) as exc:
-        raise Unanalysable(f"the program cannot be parsed: {exc}") from exc
-    return _Checker(code, rules).run(tree)
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _module_in(name: str, modules: Iterable[str]) -> bool:
@@ -146,6 +173,16 @@ class _NameMatcher:
                     return prefix + "*"
         return None
 
+    def on_the_way(self, name: str) -> bool:
+        """Whether ``name`` is, or leads by attributes to, a denied name or one the checks look for."""
+        name = _canonical(name)
+        dotted = name + "."
+        if name in _SPECIAL_NAMES or any(s.startswith(dotted) for s in _SPECIAL_NAMES):
+            return True
+        if any(p == name or p.startswith(dotted) for p in self.exact):
+            return True
+        return any(name.startswith(p) or p.startswith(dotted) for p in self.prefixes)
+
     def interesting_root(self, name: str) -> bool:
         return name in self.roots or (bool(self.root_prefixes) and name.startswith(self.root_prefixes))
 
@@ -164,28 +201,23 @@ class _Binding:
 
 
 class _Scope:
-    __slots__ = ("bindings", "declared_global", "declared_nonlocal", "kind", "parent", "stars")
+    __slots__ = ("bindings", "declared_global", "declared_nonlocal", "first_lines", "kind", "parent", "stars")
 
     def __init__(self, kind: str, parent: _Scope | None) -> None:
         self.kind = kind  # "module" | "class" | "function" | "comprehension"
         self.parent = parent
         self.bindings: dict[str, list[_Binding]] = {}
+        self.first_lines: dict[str, int] = {}
         self.declared_global: set[str] = set()
         self.declared_nonlocal: set[str] = set()
         self.stars: list[str] = []  # modules of `from m import *`
 
-    def first_line(self, name: str) -> int:
-        return min(b.line for b in self.bindings[name])
-
 
 _Work = tuple[ast.AST, int, _Scope]
 _Push = Callable[[_Work], None]
-_FIELDS: dict[type[ast.AST], tuple[str, ...]] = {}
 # Nodes that are part of their parent's syntax rather than a level of their own.
 _TRANSPARENT = frozenset({ast.keyword, ast.arguments, ast.arg, ast.alias, ast.withitem, ast.comprehension,
                           ast.ExceptHandler, ast.match_case})
-
-
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)
 _SPECIAL = frozenset({ast.Subscript, ast.If, ast.IfExp, ast.ClassDef, ast.Import, ast.ImportFrom, ast.Global,
@@ -195,11 +227,8 @@ _BINDERS = frozenset({ast.Assign, ast.AnnAssign, ast.NamedExpr, ast.ExceptHandle
 
 
 def _fields(kind: type[ast.AST]) -> tuple[str, ...]:
-    fields = _FIELDS.get(kind)
-    if fields is None:
-        fields = tuple(f for f in kind._fields if f not in ("ctx", "op", "ops"))
-        _FIELDS[kind] = fields
-    return fields
+    """The fields of ``kind`` that may hold child nodes worth visiting (contexts and operators are not)."""
+    return tuple(f for f in kind._fields if f not in ("ctx", "op", "ops"))
 
 
 class _Checker:
@@ -220,18 +249,30 @@ class _Checker:
         self._alias_targets: set[int] = set()  # ids of Name targets bound as aliases, not as opaque values
         self._aliased: set[str] = set()  # names with an import or alias binding somewhere
         self._table: dict[tuple[int, str], Candidates] = {}
+        self._homes: dict[tuple[int, str], tuple[_Scope, int]] = {}  # import/alias bindings: scope, first line
+        self._reads: set[tuple[int, str]] | None = None  # table entries read while solving one alias
+        self._line_columns: dict[int, list[int] | None] = {}  # per line: byte offset -> column (None: ASCII)
         self._depth_reported = False
 
     # -- positions and reporting ---------------------------------------------------------------------------
 
     def _column(self, line: int, byte_offset: int) -> int:
         """1-based character column from the parser's 0-based UTF-8 byte offset."""
-        if self._lines is None:
-            self._lines = _LINE_SPLIT.split(self._code)
-        text = self._lines[line - 1] if 0 < line <= len(self._lines) else ""
-        if text.isascii():
+        if line not in self._line_columns:
+            if self._lines is None:
+                self._lines = _LINE_SPLIT.split(self._code)
+            text = self._lines[line - 1] if 0 < line <= len(self._lines) else ""
+            columns: list[int] | None = None
+            if not text.isascii():
+                columns = []
+                for index, char in enumerate(text):
+                    columns.extend([index] * len(char.encode("utf-8", "surrogatepass")))
+                columns.append(len(text))
+            self._line_columns[line] = columns
+        columns = self._line_columns[line]
+        if columns is None:
             return byte_offset + 1
-        return len(text.encode("utf-8", "surrogatepass")[:byte_offset].decode("utf-8", "ignore")) + 1
+        return columns[min(byte_offset, len(columns) - 1)] + 1
 
     def _add(self, rule: str, message: str, line: int, byte_offset: int) -> None:
         self._violations.append(CodeViolation(rule, message, line, self._column(line, byte_offset)))
@@ -260,6 +301,7 @@ class _Checker:
         pop, push = stack.pop, stack.append
         limit = self._rules.max_nesting_depth
         names, inner, load = self._names, self._inner, ast.Load
+        fields_of: dict[type[ast.AST], tuple[str, ...]] = {}
         # Local names for the hot classes: a global plus an attribute lookup per node adds up.
         name_, constant_, attribute_, call_, expr_, binop_ = ast.Name, ast.Constant, ast.Attribute, ast.Call, \
             ast.Expr, ast.BinOp
@@ -305,7 +347,10 @@ class _Checker:
                 kind = type(node)
                 if kind in _BINDERS:
                     self._record_bindings(node, scope)
-                for field in _fields(kind):
+                fields = fields_of.get(kind)
+                if fields is None:
+                    fields = fields_of[kind] = _fields(kind)
+                for field in fields:
                     value = getattr(node, field)
                     if type(value) is list:
                         for child in value:
@@ -511,36 +556,71 @@ class _Checker:
                 while parent is not None and parent.kind not in ("function", "module"):
                     parent = parent.parent
                 home = parent or self._module
-            home.bindings.setdefault(name, []).append(binding)
+            bindings = home.bindings.get(name)
+            if bindings is None:
+                home.bindings[name] = [binding]
+                home.first_lines[name] = binding.line
+            else:
+                bindings.append(binding)
+                home.first_lines[name] = min(home.first_lines[name], binding.line)
             if binding.kind != "other":
                 self._aliased.add(name)
+                self._homes[(id(home), name)] = (home, binding.line)
 
     def _solve_aliases(self) -> None:
-        """Candidates of every import/alias binding, grown to a fixpoint (``a = os; b = a``)."""
-        entries: list[tuple[tuple[int, str], list[_Binding]]] = []
-        scopes = {id(s): s for s, _, _ in self._pending}
-        scopes[id(self._module)] = self._module
-        for scope in scopes.values():
-            for name, bindings in scope.bindings.items():
-                if any(b.kind != "other" for b in bindings):
-                    key = (id(scope), name)
-                    self._table[key] = {}
-                    entries.append((key, bindings))
-        for _ in range(MAX_ALIAS_ROUNDS):
-            changed = False
-            for key, bindings in entries:
-                found: Candidates = {}
-                for binding in bindings:
+        """Candidates of every import/alias binding, grown to a fixpoint (``a = os; b = a``).
+
+        A worklist in source order: an entry is evaluated again only when an entry it read has grown.
+        """
+        keys = sorted(self._homes, key=lambda k: self._homes[k][1])
+        for key in keys:
+            self._table[key] = {}
+        dependents: dict[tuple[int, str], set[tuple[int, str]]] = {}
+        work, queued = deque(keys), set(keys)
+        widened: set[tuple[int, str]] = set()
+        budget = MAX_ALIAS_EVALUATIONS_PER_BINDING * len(keys) + 1000
+        while work:
+            key = work.popleft()
+            queued.discard(key)
+            budget -= 1
+            if budget < 0:
+                raise Unanalysable("alias assignments too intricate to be followed")
+            home, _ = self._homes[key]
+            reads: set[tuple[int, str]] = set()
+            self._reads = reads
+            found: Candidates = {}
+            try:
+                for binding in home.bindings[key[1]]:
                     if binding.kind == "import":
                         _merge(found, {binding.target: binding.module})
                     elif binding.kind == "alias" and binding.expr is not None and binding.scope is not None:
                         _merge(found, self._resolve(binding.expr, binding.scope, 0) or {})
-                if found != self._table[key]:
-                    self._table[key] = found
-                    changed = True
-            if not changed:
-                return
-        raise Unanalysable("alias assignments chain too long to be followed")
+            finally:
+                self._reads = None
+            if key in widened or len(found) > MAX_CANDIDATES:
+                # Widen (`s = s.a; s = s.b` would grow forever): from now on this entry keeps only what a check
+                # can use, merged with what it had, so that it still only grows and the worklist ends.
+                widened.add(key)
+                _merge(found, self._table[key])
+                found = self._collapse(found)
+            if len(found) > MAX_CANDIDATES:
+                raise Unanalysable(f"{key[1]!r} may stand for too many things to be followed", home.first_lines[key[1]])
+            for read in reads:
+                dependents.setdefault(read, set()).add(key)
+            if found != self._table[key]:
+                self._table[key] = found
+                for dependent in dependents.get(key, ()):
+                    if dependent not in queued:
+                        queued.add(dependent)
+                        work.append(dependent)
+
+    def _collapse(self, found: Candidates) -> Candidates:
+        """Keep what a check can use: names on the way to a denied or special name, and one module."""
+        kept = {n: m for n, m in found.items() if self._denied.on_the_way(n)}
+        modules = sorted((n for n, m in found.items() if m and n not in kept), key=lambda n: (len(n), n))
+        if modules:
+            kept[modules[0]] = True
+        return kept
 
     def _resolve(self, expr: ast.AST, scope: _Scope, depth: int) -> Candidates | None:
         """The dotted names ``expr`` may stand for (each with "may be a module"), or None if it names nothing."""
@@ -563,6 +643,8 @@ class _Checker:
             return base
         result: Candidates = {}
         for name, module in base.items():
+            if name.count(".") + len(attrs) >= MAX_NAME_SEGMENTS:
+                continue  # `node = node.next` would otherwise grow without end
             for attr in reversed(attrs):
                 name, module = f"{name}.{attr}", module and _module_like_attribute(attr)
             result[name] = module
@@ -583,11 +665,14 @@ class _Checker:
                 current, direct = current.parent, False
                 continue
             if name in current.bindings:
-                _merge(result, self._table.get((id(current), name), {}))
+                key = (id(current), name)
+                if self._reads is not None:
+                    self._reads.add(key)
+                _merge(result, self._table.get(key, {}))
                 if current.kind in ("function", "comprehension"):
                     return result
                 # Module and class bodies run in order: a use before the first binding sees what is outside.
-                if not (direct and line <= current.first_line(name)):
+                if not (direct and line <= current.first_lines[name]):
                     return result
             if current is self._module:
                 for star in current.stars:
@@ -600,8 +685,8 @@ class _Checker:
 
     def _resolve_call(self, call: ast.Call, scope: _Scope, depth: int) -> Candidates | None:
         """``getattr(m, "x")`` is ``m.x``; ``__import__("x")`` and ``importlib.import_module("x")`` are ``x``."""
-        if type(call.func) not in (ast.Name, ast.Attribute):
-            return None
+        if not self._may_name(call.func, _NAMING_FUNCTIONS):
+            return None  # most calls: skipped without resolving (x.f().g() chains would nest deeply)
         functions = {_canonical(f) for f in (self._resolve(call.func, scope, depth + 1) or {})}
         args = call.args
         if "getattr" in functions and len(args) >= 2:
@@ -627,19 +712,27 @@ class _Checker:
         owner: ast.expr | None = None
         if isinstance(value, ast.Attribute) and value.attr == "__dict__":
             owner = value.value
-        elif isinstance(value, ast.Call) and len(value.args) == 1 and isinstance(value.func, ast.Name):
+        elif isinstance(value, ast.Call):
+            if len(value.args) != 1 or not self._may_name(value.func, _VARS):
+                return None
             functions = self._resolve(value.func, scope, depth + 1) or {}
             if "vars" in {_canonical(f) for f in functions}:
                 owner = value.args[0]
         if owner is not None:
             base = self._resolve(owner, scope, depth + 1)
             return {f"{n}.{key}": m and _module_like_attribute(key) for n, m in (base or {}).items()} or None
-        if type(value) is ast.Call:
+        if not self._may_name(value, _MODULES):
             return None
         container = self._resolve(value, scope, depth + 1) or {}
         if "sys.modules" in {_canonical(n) for n in container}:
             return {key: True}
         return None
+
+    def _may_name(self, expr: ast.expr, names: frozenset[str]) -> bool:
+        """Whether ``expr`` may stand for one of ``names`` (by its last name, or through an alias)."""
+        if isinstance(expr, ast.Name):
+            return expr.id in names or expr.id in self._aliased
+        return isinstance(expr, ast.Attribute) and expr.attr in names
 
     # -- the checks that need resolution -----------------------------------------------------------------
 
@@ -733,16 +826,15 @@ class _Checker:
             self._add_at(mode, OPEN_MODE, f"open() mode {value!r} is not allowed (open_modes)")
 
     def _check_subscript(self, node: ast.Subscript, scope: _Scope) -> None:
-        if id(node) in self._inner:
-            return  # part of a chain: named there
         candidates = self._resolve_subscript(node, scope, 0)
         if not candidates:
             return
         value = node.value
         if not isinstance(value, ast.Call) and not (isinstance(value, ast.Attribute) and value.attr == "__dict__"):
-            for name in candidates:
+            for name in candidates:  # sys.modules["x"]: as good as importing x
                 self._check_import(name, node)
-        self._report_denied(node, candidates)
+        if id(node) not in self._inner:  # inside an attribute chain, the chain reports the name
+            self._report_denied(node, candidates)
 
 
 def _merge(into: Candidates, more: Candidates) -> None:
