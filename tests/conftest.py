@@ -34,6 +34,25 @@ def dockerd() -> Iterator[Dockerd]:
         yield daemon
 
 
+# The backend contract is about sandboxes, not policies: one tenant that allows every language, any env var,
+# and no static validation or output redaction in the way (those layers have suites of their own).
+BACKEND_TEST_POLICY = """\
+version: 1
+tenants:
+  default:
+    allowed_env: ["*"]
+    static_validation: {enabled: false}
+    guardrails: {output_secrets: "off", max_input_files: 1000, max_input_file_bytes: 1073741824}
+"""
+
+
+@pytest.fixture(scope="session")
+def backend_policies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("backend-policies")
+    (directory / "default.yaml").write_text(BACKEND_TEST_POLICY)
+    return directory
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     """One real server per backend for the session (its own state dir and cgroup parent)."""
@@ -44,7 +63,8 @@ def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     if backend == "nsjail-rootfs":
         request.getfixturevalue("dockerd")  # builds the images, and with them the root filesystem
         backend, extra["rootfs"] = "nsjail", ROOTFS
-    with server_in_thread(backend=backend, max_running=4, max_queued=32, **extra) as srv:
+    policies = request.getfixturevalue("backend_policies")
+    with server_in_thread(backend=backend, max_running=4, max_queued=32, policies_dir=policies, **extra) as srv:
         if backend == "docker":
             wait_for_pool(srv)
         yield srv

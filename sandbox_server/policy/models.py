@@ -131,8 +131,8 @@ class TenantPolicy(_Model):
     languages: tuple[Literal["python", "javascript", "bash"], ...] = ("python", "javascript", "bash")
     defaults: LimitSet = LimitSet()
     ceilings: LimitSet = LimitSet()
-    allowed_env: tuple[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*\*?$")], ...] = Field(
-        default=(), description="env var names a request may set; a trailing * matches a prefix"
+    allowed_env: tuple[Annotated[str, Field(pattern=r"^(\*|[A-Za-z_][A-Za-z0-9_]*\*?)$")], ...] = Field(
+        default=(), description="env var names a request may set; a trailing * matches a prefix, * any name"
     )
     network: Literal["none"] = "none"
     static_validation: StaticValidation = StaticValidation()
