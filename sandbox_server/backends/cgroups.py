@@ -245,16 +245,19 @@ class Cgroup:
 
 
 def _tree(root: Path) -> list[Path]:
-    """``root`` and every cgroup directory below it, parents before children (kernel files only)."""
+    """``root`` and every cgroup directory below it, parents before children (kernel files only; scandir's
+    d_type avoids a stat per control file)."""
     out: list[Path] = []
     stack = [root]
     while stack:
         d = stack.pop()
-        if not d.is_dir():
+        try:
+            with os.scandir(d) as it:
+                subdirs = [Path(e.path) for e in it if e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
             continue
         out.append(d)
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            stack.extend(p for p in d.iterdir() if p.is_dir() and not p.is_symlink())
+        stack.extend(subdirs)
     return out
 
 
