@@ -68,7 +68,8 @@ class App:
             raise
         self.servicer = SandboxServicer(self.settings, self.backend, self.admission, self.policies)
         admin = AdminServicer(self.policies, self.stores.keys, self.stores.versions)
-        chain = ChainDeps(keys=None if self.settings.dev_mode else self.stores.keys, policies=self.policies)
+        chain = ChainDeps(keys=None if self.settings.dev_mode else self.stores.keys, policies=self.policies,
+                          audit=self.stores.audit)
         try:
             await self.policies.start()
             self.server, self.health = build_server(self.settings, self.servicer, admin, chain)

@@ -29,3 +29,26 @@ current_principal: contextvars.ContextVar[Principal | None] = contextvars.Contex
 
 def principal() -> Principal | None:
     return current_principal.get()
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """An execution the server accepted (validated, policy-checked, admitted): the audit owes it a record."""
+
+    execution_id: str
+    session_id: str
+    language: str
+    code_sha256: str
+    limits: dict[str, int]
+
+
+# Set by the audit interceptor around each call; the servicer appends to it once an execution is accepted.
+current_acceptances: contextvars.ContextVar[list[Acceptance] | None] = contextvars.ContextVar(
+    "sandbox_acceptances", default=None
+)
+
+
+def accept(acceptance: Acceptance) -> None:
+    holder = current_acceptances.get()
+    if holder is not None:
+        holder.append(acceptance)

@@ -226,6 +226,7 @@ class NsjailBackend(Backend):
             log.critical("CGROUPS UNAVAILABLE (%s): running with rlimits only, as cgroup_fallback says. "
                          "Memory, pids and CPU time are limited per process, not per sandbox.", exc)
         self.scratch.setup()
+        _check_traversable(self.scratch.root)
         reaped = self.scratch.reap()
         if reaped:
             log.warning("removed %d leftover scratch dirs from an earlier run", reaped)
@@ -442,6 +443,15 @@ class NsjailBackend(Backend):
         if self.cgroups is not None:
             self.cgroups.reap()
             self.cgroups.remove_parents()
+
+
+def _check_traversable(path: Path) -> None:
+    """The jail binds the scratch dir from inside a user namespace with no root mapped, so every directory on
+    the way must be searchable by others; say so at start-up rather than fail every execution."""
+    for d in [path, *path.parents]:
+        if not os.stat(d).st_mode & 0o001:
+            raise SandboxFailure(f"{d} is not searchable by other users (mode {oct(os.stat(d).st_mode & 0o777)}); "
+                                 f"the sandbox cannot reach its scratch dir under it: choose another state_dir")
 
 
 def _read_report(fd: int) -> bytes:

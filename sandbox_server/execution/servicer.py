@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +16,7 @@ from google.protobuf.message import DecodeError, Message
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.backends.base import Backend
+from sandbox_server.context import Acceptance, accept
 from sandbox_server.errors import FieldViolation, InvalidRequest
 from sandbox_server.execution.admission import Admission
 from sandbox_server.execution.convert import chunk_to_proto, result_to_proto
@@ -58,6 +61,17 @@ def ensure_request(request: pb.ExecuteRequest | MalformedRequest) -> pb.ExecuteR
     return request
 
 
+def _accept(spec: ExecutionSpec) -> None:
+    """From here on the execution is the server's: the audit owes it a record."""
+    accept(Acceptance(
+        execution_id=spec.execution_id,
+        session_id=spec.session_id,
+        language=spec.runtime.language,
+        code_sha256=hashlib.sha256(spec.code).hexdigest(),
+        limits=dataclasses.asdict(spec.limits),
+    ))
+
+
 class SandboxServicer:
     def __init__(self, settings: Settings, backend: Backend, admission: Admission, policies: TenantPolicies) -> None:
         self.settings = settings
@@ -77,6 +91,7 @@ class SandboxServicer:
     ) -> pb.ExecuteResult:
         spec = self._spec(request)
         async with self.admission.slot():
+            _accept(spec)
             result = await self.backend.run(spec)
         return result_to_proto(result)
 
@@ -91,6 +106,7 @@ class SandboxServicer:
 
         async def run() -> ExecutionResult:
             async with self.admission.slot():
+                _accept(spec)
                 return await self.backend.run(spec, on_output)
 
         task = asyncio.create_task(run())

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 import grpc
 
+from sandbox_server.interceptors.audit import AuditInterceptor, AuditSink
 from sandbox_server.interceptors.auth import AuthInterceptor, KeyVerifier
 from sandbox_server.interceptors.errors import ErrorsInterceptor
 from sandbox_server.interceptors.guardrails import GuardrailsInterceptor
 from sandbox_server.policy.caller import TenantPolicies
 
-CHAIN_ORDER = ("errors", "auth", "guardrails")
+CHAIN_ORDER = ("errors", "auth", "guardrails", "audit")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class ChainDeps:
 
     keys: KeyVerifier | None  # None: development mode (no API keys)
     policies: TenantPolicies
+    audit: AuditSink
 
 
 def build_chain(deps: ChainDeps) -> list[grpc.aio.ServerInterceptor]:
@@ -33,5 +35,6 @@ def build_chain(deps: ChainDeps) -> list[grpc.aio.ServerInterceptor]:
         "errors": ErrorsInterceptor(),
         "auth": AuthInterceptor(deps.keys),
         "guardrails": GuardrailsInterceptor(deps.policies),
+        "audit": AuditInterceptor(deps.audit),
     }
     return [links[name] for name in CHAIN_ORDER]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -390,27 +391,117 @@ def _datetime(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, tz=UTC)
 
 
+@dataclass(frozen=True)
+class AuditRecord:
+    """One accepted execution: who, what, with which limits, how it ended, what it used, when."""
+
+    execution_id: str
+    tenant: str
+    key_id: str
+    session_id: str
+    language: str
+    code_sha256: str
+    limits: Mapping[str, int]
+    outcome: str  # the result status ("OK", "TIMEOUT", ...) or "ERROR:<grpc code>" / "CANCELLED"
+    exit_code: int
+    wall_time_s: float
+    cpu_time_s: float
+    peak_memory_bytes: int
+    started_at: float
+    ended_at: float
+    trace_id: str = ""
+    cost: float = 0.0
+
+
+class SqliteAuditStore(_SqliteStore):
+    """The audit trail in SQLite (WAL, synchronous=FULL: a record is on disk before the reply goes out).
+    Thread-safe. The execution id is the key, so an execution can never have two records."""
+
+    schema_name = "audit"
+    schema = """
+        CREATE TABLE IF NOT EXISTS audit (
+            execution_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            session_id TEXT NOT NULL,
+            language TEXT NOT NULL,
+            code_sha256 TEXT NOT NULL,
+            limits TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            exit_code INTEGER NOT NULL,
+            wall_time_s REAL NOT NULL,
+            cpu_time_s REAL NOT NULL,
+            peak_memory_bytes INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            ended_at REAL NOT NULL,
+            trace_id TEXT NOT NULL,
+            cost REAL NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS audit_tenant_time ON audit (tenant, started_at);
+    """
+
+    def record(self, rec: AuditRecord) -> None:
+        """Write one record durably; raises ValueError if the execution already has one."""
+        row = (rec.execution_id, rec.tenant, rec.key_id, rec.session_id, rec.language, rec.code_sha256,
+               json.dumps(dict(rec.limits), sort_keys=True), rec.outcome, rec.exit_code, rec.wall_time_s,
+               rec.cpu_time_s, rec.peak_memory_bytes, rec.started_at, rec.ended_at, rec.trace_id, rec.cost)
+        try:
+            with self._write() as db:
+                db.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"execution {rec.execution_id} already has an audit record") from exc
+
+    def list(self, tenant: str | None = None, limit: int = 100) -> builtins.list[AuditRecord]:
+        """Newest first."""
+        if tenant is None:
+            rows = self._read("SELECT * FROM audit ORDER BY started_at DESC LIMIT ?", (limit,))
+        else:
+            rows = self._read("SELECT * FROM audit WHERE tenant = ? ORDER BY started_at DESC LIMIT ?", (tenant, limit))
+        return [_audit_record(r) for r in rows]
+
+    def get(self, execution_id: str) -> AuditRecord | None:
+        rows = self._read("SELECT * FROM audit WHERE execution_id = ?", (execution_id,))
+        return _audit_record(rows[0]) if rows else None
+
+    def count(self) -> int:
+        return int(self._read("SELECT COUNT(*) FROM audit")[0][0])
+
+
+def _audit_record(row: tuple[Any, ...]) -> AuditRecord:
+    (eid, tenant, key_id, session, language, digest, limits, outcome, exit_code, wall, cpu, peak, started, ended,
+     trace_id, cost) = row
+    return AuditRecord(eid, tenant, key_id, session, language, digest, MappingProxyType(json.loads(limits)),
+                       outcome, exit_code, wall, cpu, peak, started, ended, trace_id, cost)
+
+
 @dataclass
 class Stores:
     """The server's durable stores, in one SQLite file under the data dir."""
 
     keys: SqliteKeyStore
     versions: SqlitePolicyVersionStore
+    audit: SqliteAuditStore
 
     def close(self) -> None:
         self.keys.close()
         self.versions.close()
+        self.audit.close()
 
 
 def open_stores(data_dir: Path) -> Stores:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = data_dir / "state.db"
-    keys = SqliteKeyStore(path)
+    opened: builtins.list[_SqliteStore] = []
     try:
-        return Stores(keys=keys, versions=SqlitePolicyVersionStore(path))
+        for cls in (SqliteKeyStore, SqlitePolicyVersionStore, SqliteAuditStore):
+            opened.append(cls(path))
     except BaseException:
-        keys.close()
+        for store in opened:
+            store.close()
         raise
+    keys, versions, audit = opened
+    return Stores(keys=cast(SqliteKeyStore, keys), versions=cast(SqlitePolicyVersionStore, versions),
+                  audit=cast(SqliteAuditStore, audit))
 
 
 class _RegistryLike(Protocol):

@@ -1,0 +1,143 @@
+"""Exactly one durable audit record per accepted execution, written before the reply leaves.
+
+Innermost link: a request refused by validation, policy, guardrails or admission was never accepted and leaves
+no record (a bad request changes nothing). An accepted one gets its record whatever happens next: a result,
+a sandbox failure (``ERROR:<code>``), or the client going away (``CANCELLED``). A record that cannot be written
+fails the call (INTERNAL): the server never replies about an execution it could not record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import grpc
+
+from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
+from sandbox_server.context import Acceptance, current_acceptances, principal
+from sandbox_server.errors import SandboxError, SandboxFailure
+from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
+from sandbox_server.stores.sqlite import AuditRecord
+
+AUDITED = frozenset({"/sandbox.v1.Sandbox/Execute", "/sandbox.v1.Sandbox/ExecuteStream"})
+
+
+class AuditSink(Protocol):
+    def record(self, rec: AuditRecord) -> None: ...
+
+
+class _Call:
+    """What one call learnt: the executions it accepted and how the call ended."""
+
+    def __init__(self) -> None:
+        self.accepted: list[Acceptance] = []
+        self.started = time.time()
+        self.result: pb.ExecuteResult | None = None
+        self.outcome = ""
+
+    def records(self) -> list[AuditRecord]:
+        who = principal()
+        out = []
+        for acc in self.accepted:
+            r = self.result if self.result is not None and self.result.execution_id == acc.execution_id else None
+            out.append(AuditRecord(
+                execution_id=acc.execution_id,
+                tenant=who.tenant if who else "",
+                key_id=who.key_id if who else "",
+                session_id=acc.session_id,
+                language=acc.language,
+                code_sha256=acc.code_sha256,
+                limits=acc.limits,
+                outcome=pb.Status.Name(r.status).removeprefix("STATUS_") if r is not None else self.outcome,
+                exit_code=r.exit_code if r is not None else -1,
+                wall_time_s=r.usage.wall_time_s if r is not None else 0.0,
+                cpu_time_s=r.usage.cpu_time_s if r is not None else 0.0,
+                peak_memory_bytes=r.usage.peak_memory_bytes if r is not None else 0,
+                started_at=self.started,
+                ended_at=time.time(),
+            ))
+        return out
+
+
+class AuditInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, sink: AuditSink) -> None:
+        self.sink = sink
+
+    def _record_all(self, records: list[AuditRecord]) -> None:
+        for rec in records:
+            self.sink.record(rec)
+
+    async def _write(self, call: _Call) -> None:
+        records = call.records()
+        if not records:
+            return
+        try:
+            # shield: a cancelled call still gets its record written
+            await asyncio.shield(asyncio.to_thread(self._record_all, records))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise SandboxFailure(f"could not write the audit record: {exc}") from exc
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler_call_details.method not in AUDITED:
+            return handler
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call = _Call()
+                token = current_acceptances.set(call.accepted)
+                try:
+                    call.result = await behavior(request, context)
+                    return call.result
+                except asyncio.CancelledError:
+                    call.outcome = "CANCELLED"
+                    raise
+                except SandboxError as exc:
+                    call.outcome = f"ERROR:{exc.code.name}"
+                    raise
+                except Exception:
+                    call.outcome = "ERROR:INTERNAL"
+                    raise
+                finally:
+                    current_acceptances.reset(token)
+                    await self._write(call)
+
+            return wrapped
+
+        def stream(behavior: StreamBehavior) -> StreamBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                call = _Call()
+                token = current_acceptances.set(call.accepted)
+                try:
+                    async for event in behavior(request, context):
+                        if event.HasField("result"):
+                            # Written before the result goes out, like the unary reply.
+                            call.result = event.result
+                            await self._write(call)
+                            call.accepted.clear()
+                        yield event
+                    if call.accepted and not call.outcome:
+                        call.outcome = "ERROR:INTERNAL"  # the stream ended without a result
+                except (asyncio.CancelledError, GeneratorExit):
+                    call.outcome = "CANCELLED"
+                    raise
+                except SandboxError as exc:
+                    call.outcome = f"ERROR:{exc.code.name}"
+                    raise
+                except Exception:
+                    call.outcome = "ERROR:INTERNAL"
+                    raise
+                finally:
+                    current_acceptances.reset(token)
+                    await self._write(call)
+
+            return wrapped
+
+        return wrap_handler(handler, unary, stream)
+
