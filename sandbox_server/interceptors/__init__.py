@@ -2,7 +2,7 @@
 
 Order and why (see ../shared/DESIGN.md): tracing (sees every outcome) -> errors (maps every SandboxError
 raised inside it to a status with rich details) -> auth -> rate_limit -> guardrails -> cost -> audit.
-Only the links that exist are listed; each later one slots in at its place here.
+Only the links that exist are listed (tracing and cost are still to come); each slots in at its place here.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from sandbox_server.interceptors.audit import AuditInterceptor, AuditSink
 from sandbox_server.interceptors.auth import AuthInterceptor, KeyVerifier
 from sandbox_server.interceptors.errors import ErrorsInterceptor
 from sandbox_server.interceptors.guardrails import GuardrailsInterceptor
+from sandbox_server.interceptors.rate_limit import DEFAULT_STORAGE_URI, RateLimitInterceptor
 from sandbox_server.policy.caller import TenantPolicies
 
-CHAIN_ORDER = ("errors", "auth", "guardrails", "audit")
+CHAIN_ORDER = ("errors", "auth", "rate_limit", "guardrails", "audit")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class ChainDeps:
     keys: KeyVerifier | None  # None: development mode (no API keys)
     policies: TenantPolicies
     audit: AuditSink
+    rate_limit_storage: str = DEFAULT_STORAGE_URI  # a `limits` storage URI; redis:// to share across replicas
 
 
 def build_chain(deps: ChainDeps) -> list[grpc.aio.ServerInterceptor]:
@@ -34,6 +36,7 @@ def build_chain(deps: ChainDeps) -> list[grpc.aio.ServerInterceptor]:
     links: dict[str, grpc.aio.ServerInterceptor] = {
         "errors": ErrorsInterceptor(),
         "auth": AuthInterceptor(deps.keys),
+        "rate_limit": RateLimitInterceptor(deps.policies, deps.rate_limit_storage),
         "guardrails": GuardrailsInterceptor(deps.policies),
         "audit": AuditInterceptor(deps.audit),
     }

@@ -1,0 +1,247 @@
+"""Rate limits and concurrency around Execute and ExecuteStream, per the caller's tenant policy.
+
+Per tenant: ``requests_per_second`` and ``requests_per_minute``; per session (``request.session_id``, when set;
+keyed by tenant and session): ``session_requests_per_minute``; and ``concurrent_executions`` per tenant, an
+in-process counter released when the call ends in any way (result, error, stream closed, cancelled). Unset
+settings mean no limit. The rates use ``limits``' moving window, so a limit of N refuses the N+1th request in
+any window, never 2N across a boundary.
+
+A refused request runs nothing and queues nothing: RESOURCE_EXHAUSTED with a QuotaFailure naming every limit it
+hit (``tenant:acme/requests_per_minute``, ``session:abc/requests_per_minute``,
+``tenant:acme/concurrent_executions``) and RetryInfo: when the window frees a slot, or CONCURRENCY_RETRY_S.
+A refused request does not count against any limit: every limit is checked first and only then are all hit,
+under a per-tenant lock (exact within one process; across replicas sharing a store, a race may count a
+refused request against the limits it passed).
+
+Limits are read from the current policy on every request, so a hot reload applies to the next request (a
+changed rate starts a fresh window; running executions count against a newly set concurrency limit).
+
+Fails closed: an error or a timeout inside the limiter (e.g. its store is unreachable) rejects the request with
+RESOURCE_EXHAUSTED "rate limiter unavailable" and RetryInfo, and is logged. RESOURCE_EXHAUSTED rather than
+UNAVAILABLE (which means the sandbox backend is down) or INTERNAL (which clients do not retry): the limiter is
+a capacity control, and the client's right move is the same as for a hit limit, to back off and retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import grpc
+from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
+from limits.aio.storage import Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+
+from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
+from sandbox_server.errors import QuotaViolation, ResourceExhausted
+from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
+from sandbox_server.policy.caller import TenantPolicies, caller_policy
+from sandbox_server.policy.models import RateSettings
+from sandbox_server.validation.request import MAX_ID_CHARS
+
+log = logging.getLogger(__name__)
+
+RATE_LIMITED = frozenset({"/sandbox.v1.Sandbox/Execute", "/sandbox.v1.Sandbox/ExecuteStream"})
+DEFAULT_STORAGE_URI = "memory://"
+KEY_NAMESPACE = "sandbox"  # prefix of every key in the store (it may be shared, e.g. one Redis)
+CONCURRENCY_RETRY_S = 0.5  # a slot frees when some execution ends: no window to read, so a short retry
+LIMITER_ERROR_RETRY_S = 1.0
+MIN_RETRY_S = 0.001
+LIMITER_TIMEOUT_S = 2.0  # a store that does not answer in time rejects (fail closed), never queues
+# A fractional rate becomes n requests per d windows with d at most this (2.5/s: 5 per 2 s).
+MAX_WINDOWS = 3600
+
+
+@dataclass(frozen=True)
+class _RateCheck:
+    subject: str  # the QuotaFailure subject
+    description: str
+    item: RateLimitItem
+    key: tuple[str, ...]  # identifiers in the store
+
+
+class _Slot:
+    """One admitted execution's place in its tenant's concurrency count; release() is idempotent."""
+
+    def __init__(self, running: dict[str, int], tenant: str) -> None:
+        self._running = running
+        self._tenant = tenant
+        self._released = False
+        running[tenant] = running.get(tenant, 0) + 1
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        left = self._running[self._tenant] - 1
+        if left:
+            self._running[self._tenant] = left
+        else:
+            del self._running[self._tenant]
+
+
+def _async_uri(uri: str) -> str:
+    """``limits`` names its asyncio stores ``async+<scheme>``; accept the plain scheme too."""
+    return uri if uri.startswith("async+") else f"async+{uri}"
+
+
+def _per(value: float, window: type[RateLimitItem]) -> RateLimitItem:
+    """``value`` requests per ``window`` as a limits item with a whole amount (at least 1)."""
+    frac = Fraction(value).limit_denominator(MAX_WINDOWS)
+    if frac.numerator == 0:  # rarer than one per MAX_WINDOWS windows
+        frac = Fraction(1, max(1, round(1 / value)))
+    return window(frac.numerator, frac.denominator, namespace=KEY_NAMESPACE)
+
+
+class RateLimitInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, policies: TenantPolicies, storage_uri: str = DEFAULT_STORAGE_URI) -> None:
+        """``storage_uri``: a ``limits`` storage URI (``memory://``, ``redis://host:6379``, ...); the store must
+        support the moving window. Raises ValueError (or limits' ConfigurationError) for an unusable one."""
+        storage = storage_from_string(_async_uri(storage_uri), wrap_exceptions=True)
+        if not isinstance(storage, Storage):
+            raise ValueError(f"rate limit storage {storage_uri!r} is not an asyncio storage")
+        self.policies = policies
+        self.limiter = MovingWindowRateLimiter(storage)
+        self._items: dict[tuple[str, float], RateLimitItem] = {}  # parsed once per distinct policy value
+        self._locks: dict[str, asyncio.Lock] = {}  # per tenant; tenants are bounded by the policy set
+        self._running: dict[str, int] = {}  # executions in flight per tenant
+
+    def running(self, tenant: str) -> int:
+        """Executions of ``tenant`` admitted and not yet ended."""
+        return self._running.get(tenant, 0)
+
+    def _item(self, value: float, window: type[RateLimitItem]) -> RateLimitItem:
+        cache_key = (window.__name__, value)
+        item = self._items.get(cache_key)
+        if item is None:
+            item = self._items[cache_key] = _per(value, window)
+        return item
+
+    def _checks(self, tenant: str, rate: RateSettings, session_id: str) -> list[_RateCheck]:
+        checks: list[_RateCheck] = []
+        if rate.requests_per_second is not None:
+            checks.append(_RateCheck(
+                f"tenant:{tenant}/requests_per_second",
+                f"tenant {tenant!r} allows {rate.requests_per_second:g} requests per second",
+                self._item(rate.requests_per_second, RateLimitItemPerSecond), ("tenant", tenant, "rps")))
+        if rate.requests_per_minute is not None:
+            checks.append(_RateCheck(
+                f"tenant:{tenant}/requests_per_minute",
+                f"tenant {tenant!r} allows {rate.requests_per_minute:g} requests per minute",
+                self._item(rate.requests_per_minute, RateLimitItemPerMinute), ("tenant", tenant, "rpm")))
+        # An over-long session id is refused by request validation further in; it is not worth a key here.
+        if rate.session_requests_per_minute is not None and session_id and len(session_id) <= MAX_ID_CHARS:
+            checks.append(_RateCheck(
+                f"session:{session_id}/requests_per_minute",
+                f"session {session_id!r} of tenant {tenant!r} allows "
+                f"{rate.session_requests_per_minute:g} requests per minute",
+                self._item(rate.session_requests_per_minute, RateLimitItemPerMinute),
+                ("session", tenant, session_id, "rpm")))
+        return checks
+
+    async def admit(self, request: Any) -> _Slot:
+        """Count the request against its tenant's (and session's) limits and take a concurrency slot.
+
+        Raises:
+            ResourceExhausted: a limit is hit, or the limiter failed (fail closed); nothing was counted.
+            Unauthenticated, PermissionDenied: no caller, or a tenant without a policy (from caller_policy).
+        """
+        tenant, policy = caller_policy(self.policies)
+        rate = policy.rate
+        session_id = request.session_id if isinstance(request, pb.ExecuteRequest) else ""
+        checks = self._checks(tenant, rate, session_id)
+        lock = self._locks.get(tenant)
+        if lock is None:
+            lock = self._locks[tenant] = asyncio.Lock()
+        async with lock:
+            violations: list[QuotaViolation] = []
+            retry_after = 0.0
+            try:
+                async with asyncio.timeout(LIMITER_TIMEOUT_S):
+                    for check in checks:
+                        stats = await self.limiter.get_window_stats(check.item, *check.key)
+                        if stats.remaining < 1:
+                            violations.append(QuotaViolation(check.subject, check.description))
+                            retry_after = max(retry_after, stats.reset_time - time.time())
+            except Exception as exc:
+                raise self._unavailable(tenant, exc) from exc
+            limit = rate.concurrent_executions
+            if limit is not None and self.running(tenant) >= limit:
+                violations.append(QuotaViolation(
+                    f"tenant:{tenant}/concurrent_executions",
+                    f"tenant {tenant!r} allows {limit} concurrent executions; {self.running(tenant)} running"))
+                retry_after = max(retry_after, CONCURRENCY_RETRY_S)
+            if violations:
+                raise _exhausted(violations, retry_after)
+            try:
+                async with asyncio.timeout(LIMITER_TIMEOUT_S):
+                    for check in checks:
+                        if not await self.limiter.hit(check.item, *check.key):
+                            # Taken by another replica since the check: refuse; the window says when to retry.
+                            stats = await self.limiter.get_window_stats(check.item, *check.key)
+                            raise _exhausted([QuotaViolation(check.subject, check.description)],
+                                             stats.reset_time - time.time())
+            except ResourceExhausted:
+                raise
+            except Exception as exc:
+                raise self._unavailable(tenant, exc) from exc
+            return _Slot(self._running, tenant)
+
+    @staticmethod
+    def _unavailable(tenant: str, exc: Exception) -> ResourceExhausted:
+        log.error("rate limiter failed for tenant %r; rejecting the request: %r", tenant, exc)
+        return ResourceExhausted(
+            "rate limiter unavailable; retry later",
+            violations=[QuotaViolation(f"tenant:{tenant}/rate_limiter", "the rate limiter could not be consulted")],
+            retry_after_s=LIMITER_ERROR_RETRY_S,
+        )
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler_call_details.method not in RATE_LIMITED:
+            return handler
+        admit = self.admit
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                slot = await admit(request)
+                try:
+                    return await behavior(request, context)
+                finally:
+                    slot.release()
+
+            return wrapped
+
+        def stream(behavior: StreamBehavior) -> StreamBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                slot = await admit(request)
+                # A cancelled stream may be left suspended at a yield until it is collected: the done callback
+                # frees the slot when the RPC ends, whichever comes first.
+                context.add_done_callback(lambda _: slot.release())
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                finally:
+                    slot.release()
+
+            return wrapped
+
+        return wrap_handler(handler, unary, stream)
+
+
+def _exhausted(violations: list[QuotaViolation], retry_after_s: float) -> ResourceExhausted:
+    return ResourceExhausted(
+        "rate limit exceeded: " + "; ".join(v.description for v in violations),
+        violations=violations,
+        retry_after_s=max(MIN_RETRY_S, retry_after_s),
+    )
