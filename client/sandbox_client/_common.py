@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import grpc
+
 DEFAULT_TIMEOUT = 60.0
 """Seconds: the deadline of every call that passes no ``timeout`` of its own."""
 
@@ -22,6 +24,15 @@ def channel_options(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         *options,
     ]
+
+
+def open_channel(
+    target: str, credentials: grpc.ChannelCredentials | None, options: Sequence[tuple[str, Any]]
+) -> grpc.Channel:
+    """A sync channel with our default options: TLS when ``credentials`` are given, plaintext otherwise."""
+    if credentials is None:
+        return grpc.insecure_channel(target, options=channel_options(options))
+    return grpc.secure_channel(target, credentials, options=channel_options(options))
 
 
 def check_timeout(timeout: float) -> float:

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from sandbox_client._common import DEFAULT_TIMEOUT, auth_metadata, call_timeout, channel_options, check_timeout
+from sandbox_client._common import DEFAULT_TIMEOUT, auth_metadata, call_timeout, check_timeout, open_channel
 from sandbox_client._convert import build_request, result_from_proto, runtime_from_proto
 from sandbox_client._errors import from_rpc_error
 from sandbox_client._models import ExecutionResult, Limits, OutputChunk, Runtime
@@ -43,10 +43,7 @@ class SandboxClient:
     ) -> None:
         self._timeout = check_timeout(timeout)
         self._metadata = auth_metadata(api_key)
-        if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=channel_options(options))
-        else:
-            self._channel = grpc.secure_channel(target, credentials, options=channel_options(options))
+        self._channel = open_channel(target, credentials, options)
         self._stub = sandbox_pb2_grpc.SandboxStub(self._channel)  # type: ignore[no-untyped-call]
         self._closed = False
 

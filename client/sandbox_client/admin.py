@@ -23,7 +23,7 @@ from typing import Any, Literal
 import grpc
 from google.protobuf import timestamp_pb2
 
-from sandbox_client._common import auth_metadata, call_timeout, channel_options, check_timeout
+from sandbox_client._common import auth_metadata, call_timeout, check_timeout, open_channel
 from sandbox_client._errors import from_rpc_error
 from sandbox_client._proto.sandbox.v1 import admin_pb2, admin_pb2_grpc
 
@@ -164,10 +164,7 @@ class AdminClient:
     ) -> None:
         self._timeout = check_timeout(timeout)
         self._metadata = auth_metadata(api_key)
-        if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=channel_options(options))
-        else:
-            self._channel = grpc.secure_channel(target, credentials, options=channel_options(options))
+        self._channel = open_channel(target, credentials, options)
         self._stub = admin_pb2_grpc.AdminStub(self._channel)  # type: ignore[no-untyped-call]
         self._closed = False
 
