@@ -43,7 +43,7 @@ from docker.types import LogConfig, Ulimit
 
 from sandbox_server.backends.base import Backend
 from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager, CgroupsUnavailable, detect
-from sandbox_server.backends.outcome import classify, watchdog
+from sandbox_server.backends.outcome import finish, watchdog
 from sandbox_server.backends.sandbox_init import DOCKER_INIT, FRAME_DATA, FRAME_STATUS, INIT_PIDS, parse_status
 from sandbox_server.errors import BackendUnavailable, SandboxFailure
 from sandbox_server.execution.output import OutputCapture, select_outputs
@@ -440,27 +440,21 @@ class DockerBackend(Backend):
             code = int(state.get("ExitCode", -1))
             exit_code, sig = (None, code - 128) if 128 < code < 160 else (code, None)
         cg = container.cgroup if container else None
-        cpu_s = (cg.cpu_time_ns() if cg else run.last_cpu_ns) / 1e9
-        peak = cg.peak_memory_bytes() if cg else 0
-        oom = 1 if state.get("OOMKilled") else 0
-        status, message = classify(run.killed_for, exit_code, sig, oom, cpu_s, spec.limits)
         files, truncated = frames.files(spec)
-        return ExecutionResult(
-            execution_id=spec.execution_id,
-            status=status,
-            exit_code=exit_code if exit_code is not None else -1,
-            signal=sig or 0,
-            stdout=capture.data(StreamName.STDOUT),
-            stdout_truncated=capture.truncated(StreamName.STDOUT),
-            stderr=capture.data(StreamName.STDERR),
-            stderr_truncated=capture.truncated(StreamName.STDERR),
+        return finish(
+            spec,
+            backend=self.name,
+            limits=spec.limits,
+            killed_for=run.killed_for,
+            exit_code=exit_code,
+            sig=sig,
+            oom_kills=1 if state.get("OOMKilled") else 0,
+            usage=Usage(wall_time_s=run.ended - run.started,
+                        cpu_time_s=(cg.cpu_time_ns() if cg else run.last_cpu_ns) / 1e9,
+                        peak_memory_bytes=cg.peak_memory_bytes() if cg else 0),
+            capture=capture,
             files=files,
             files_truncated=truncated,
-            usage=Usage(wall_time_s=run.ended - run.started, cpu_time_s=cpu_s, peak_memory_bytes=peak),
-            message=message,
-            limits=spec.limits,
-            language=spec.runtime.language,
-            backend=self.name,
         )
 
     # ---- containers ------------------------------------------------------------------------------------

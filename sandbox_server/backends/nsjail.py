@@ -29,7 +29,7 @@ from pathlib import Path
 
 from sandbox_server.backends.base import Backend
 from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager, CgroupsUnavailable, detect
-from sandbox_server.backends.outcome import classify, watchdog
+from sandbox_server.backends.outcome import finish, watchdog
 from sandbox_server.backends.sandbox_init import INIT_PIDS, NSJAIL_INIT, parse_status
 from sandbox_server.backends.scratch import ScratchManager
 from sandbox_server.errors import FieldViolation, InvalidRequest, SandboxFailure
@@ -388,27 +388,20 @@ class NsjailBackend(Backend):
                                      metadata={"nsjail_exit": str(proc.returncode)})
             sig = signal.SIGKILL  # killed by us before nsjail could report
         cg = run.cgroup
-        oom_kills = cg.oom_kills() if cg else 0
-        cpu_s = (cg.cpu_time_ns() / 1e9) if cg else 0.0
-        peak = cg.peak_memory_bytes() if cg else 0
-        status, message = classify(run.killed_for, exit_code, sig, oom_kills, cpu_s, limits)
         collected = self.scratch.collect(run.scratch, spec) if run.scratch else None
-        return ExecutionResult(
-            execution_id=spec.execution_id,
-            status=status,
-            exit_code=exit_code if exit_code is not None else -1,
-            signal=sig or 0,
-            stdout=capture.data(StreamName.STDOUT),
-            stdout_truncated=capture.truncated(StreamName.STDOUT),
-            stderr=capture.data(StreamName.STDERR),
-            stderr_truncated=capture.truncated(StreamName.STDERR),
+        return finish(
+            spec,
+            backend=self.name,
+            limits=limits,
+            killed_for=run.killed_for,
+            exit_code=exit_code,
+            sig=sig,
+            oom_kills=cg.oom_kills() if cg else 0,
+            usage=Usage(wall_time_s=run.ended - run.started, cpu_time_s=(cg.cpu_time_ns() / 1e9) if cg else 0.0,
+                        peak_memory_bytes=cg.peak_memory_bytes() if cg else 0),
+            capture=capture,
             files=collected.files if collected else (),
             files_truncated=collected.truncated if collected else False,
-            usage=Usage(wall_time_s=run.ended - run.started, cpu_time_s=cpu_s, peak_memory_bytes=peak),
-            message=message,
-            limits=limits,
-            language=spec.runtime.language,
-            backend=self.name,
         )
 
     async def _teardown(self, run: _Run) -> None:

@@ -7,7 +7,16 @@ import signal
 import time
 from collections.abc import Callable
 
-from sandbox_server.execution.spec import Limits, Status
+from sandbox_server.execution.output import OutputCapture
+from sandbox_server.execution.spec import (
+    ExecutionResult,
+    ExecutionSpec,
+    Limits,
+    OutputFile,
+    Status,
+    StreamName,
+    Usage,
+)
 
 CPU_POLL_S = 0.1
 
@@ -61,6 +70,41 @@ def classify(
     if exit_code:
         return Status.NONZERO_EXIT, f"exited with code {exit_code}"
     return Status.OK, ""
+
+
+def finish(
+    spec: ExecutionSpec,
+    *,
+    backend: str,
+    limits: Limits,
+    killed_for: Status | None,
+    exit_code: int | None,
+    sig: int | None,
+    oom_kills: int,
+    usage: Usage,
+    capture: OutputCapture,
+    files: tuple[OutputFile, ...],
+    files_truncated: bool,
+) -> ExecutionResult:
+    """The ExecutionResult every backend returns, with its status decided by ``classify``."""
+    status, message = classify(killed_for, exit_code, sig, oom_kills, usage.cpu_time_s, limits)
+    return ExecutionResult(
+        execution_id=spec.execution_id,
+        status=status,
+        exit_code=exit_code if exit_code is not None else -1,
+        signal=sig or 0,
+        stdout=capture.data(StreamName.STDOUT),
+        stdout_truncated=capture.truncated(StreamName.STDOUT),
+        stderr=capture.data(StreamName.STDERR),
+        stderr_truncated=capture.truncated(StreamName.STDERR),
+        files=files,
+        files_truncated=files_truncated,
+        usage=usage,
+        message=message,
+        limits=limits,
+        language=spec.runtime.language,
+        backend=backend,
+    )
 
 
 def _signame(sig: int) -> str:
