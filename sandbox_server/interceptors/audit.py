@@ -95,14 +95,8 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     call.result = await behavior(request, context)
                     return call.result
-                except asyncio.CancelledError:
-                    call.outcome = "CANCELLED"
-                    raise
-                except SandboxError as exc:
-                    call.outcome = f"ERROR:{exc.code.name}"
-                    raise
-                except Exception:
-                    call.outcome = "ERROR:INTERNAL"
+                except BaseException as exc:
+                    call.outcome = _outcome(exc)
                     raise
                 finally:
                     current_acceptances.reset(token)
@@ -124,14 +118,8 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
                         yield event
                     if call.accepted and not call.outcome:
                         call.outcome = "ERROR:INTERNAL"  # the stream ended without a result
-                except (asyncio.CancelledError, GeneratorExit):
-                    call.outcome = "CANCELLED"
-                    raise
-                except SandboxError as exc:
-                    call.outcome = f"ERROR:{exc.code.name}"
-                    raise
-                except Exception:
-                    call.outcome = "ERROR:INTERNAL"
+                except BaseException as exc:
+                    call.outcome = _outcome(exc)
                     raise
                 finally:
                     current_acceptances.reset(token)
@@ -141,3 +129,12 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
 
         return wrap_handler(handler, unary, stream)
 
+
+
+def _outcome(exc: BaseException) -> str:
+    """How a call that raised ended, in the audit's words."""
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return "CANCELLED"
+    if isinstance(exc, SandboxError):
+        return f"ERROR:{exc.code.name}"
+    return "ERROR:INTERNAL"
