@@ -7,15 +7,14 @@ blocking AdminClient, typer's CliRunner and a ``sandbox-admin`` subprocess can a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import yaml
+from grpc_thread import grpc_server_in_thread
 
 from sandbox_server.admin import AdminServicer, admin_handler
 from sandbox_server.admin.servicer import PolicyRegistryLike
@@ -80,54 +79,22 @@ def serve_admin(tmp_path: Path, *, auth: bool = True, record_on_change: bool = F
     as_protocol: PolicyRegistryLike = registry  # the real registry is what the servicer expects (checked by mypy)
     servicer = AdminServicer(as_protocol, keys, versions)
 
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    state: dict[str, object] = {}
-
-    async def serve() -> None:
-        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorsInterceptor()]
-        if auth:
-            interceptors.append(AuthInterceptor(keys))
-        server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
-        server.add_generic_rpc_handlers((admin_handler(servicer),))
-        try:
-            state["port"] = server.add_insecure_port("127.0.0.1:0")
-            await server.start()
-            stop = asyncio.Event()
-            state["stop"] = stop
-            ready.set()
-            await stop.wait()
-        finally:
-            await server.stop(grace=None)
-
-    def run() -> None:
-        try:
-            loop.run_until_complete(serve())
-        except BaseException as exc:
-            state["error"] = exc
-        finally:
-            ready.set()
-            loop.close()
-
-    thread = threading.Thread(target=run, name="admin-test-server")
-    thread.start()
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorsInterceptor()]
+    if auth:
+        interceptors.append(AuthInterceptor(keys))
     try:
-        if not ready.wait(10) or "error" in state:
-            raise RuntimeError(f"the admin test server did not start: {state.get('error')!r}")
-        yield AdminServer(
-            target=f"127.0.0.1:{state['port']}",
-            admin_token=admin_token,
-            tenant_token=tenant_token,
-            admin_key_id=admin.key_id,
-            registry=registry,
-            keys=keys,
-            versions=versions,
-            policy_dir=policy_dir,
-        )
+        with grpc_server_in_thread(lambda server: server.add_generic_rpc_handlers((admin_handler(servicer),)),
+                                   interceptors=interceptors, name="admin-test-server") as target:
+            yield AdminServer(
+                target=target,
+                admin_token=admin_token,
+                tenant_token=tenant_token,
+                admin_key_id=admin.key_id,
+                registry=registry,
+                keys=keys,
+                versions=versions,
+                policy_dir=policy_dir,
+            )
     finally:
-        stop = state.get("stop")
-        if isinstance(stop, asyncio.Event):
-            loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout=30)
         keys.close()
         versions.close()

@@ -18,6 +18,7 @@ import grpc
 import grpc.aio
 from google.rpc import status_pb2
 from grpc_status import rpc_status
+from grpc_thread import grpc_server_in_thread
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
@@ -167,42 +168,9 @@ class FakeServer:
 @contextlib.contextmanager
 def serve_in_thread(servicer: FakeSandbox) -> Iterator[FakeServer]:
     """Serve ``servicer`` on 127.0.0.1:<ephemeral> from its own event loop in a background thread."""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    state: dict[str, object] = {}
 
-    async def serve() -> None:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    def setup(server: grpc.aio.Server) -> None:
         sandbox_pb2_grpc.add_SandboxServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-        try:
-            state["port"] = server.add_insecure_port("127.0.0.1:0")
-            await server.start()
-            stop = asyncio.Event()
-            state["stop"] = stop
-            ready.set()
-            await stop.wait()
-        finally:
-            await server.stop(grace=None)
 
-    def run() -> None:
-        try:
-            loop.run_until_complete(serve())
-        except BaseException as exc:
-            state["error"] = exc
-        finally:
-            ready.set()
-            loop.close()
-
-    thread = threading.Thread(target=run, name="fake-sandbox-server")
-    thread.start()
-    try:
-        if not ready.wait(10) or "error" in state:
-            raise RuntimeError(f"the fake server did not start: {state.get('error')!r}")
-        yield FakeServer(target=f"127.0.0.1:{state['port']}", servicer=servicer)
-    finally:
-        stop = state.get("stop")
-        if isinstance(stop, asyncio.Event):
-            loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-        if thread.is_alive():
-            raise RuntimeError("the fake server did not stop")
+    with grpc_server_in_thread(setup, name="fake-sandbox-server") as target:
+        yield FakeServer(target=target, servicer=servicer)
