@@ -40,9 +40,11 @@ def test_every_service_is_served() -> None:
 
     methods = {m.name for m in sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"].methods}
     assert SERVICE_NAME == "sandbox.v1.Sandbox"
-    assert methods == {"Execute", "ExecuteStream", "ListRuntimes"}
+    assert methods == {"Execute", "ExecuteStream", "ListRuntimes", "RecordUsage"}
     from sandbox_client._proto.sandbox.v1 import admin_pb2
 
     admin = {m.name for m in admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods}
     assert admin == {"ListPolicies", "GetPolicy", "ValidatePolicy", "ApplyPolicy", "ListPolicyVersions",
-                     "ListTenants", "CreateApiKey", "RevokeApiKey", "ListApiKeys"}
+                     "ListTenants", "CreateApiKey", "RevokeApiKey", "ListApiKeys", "ListIncidents", "GetIncident",
+                     "ResolveIncident", "CostReport", "ListExecutions", "GetExecution", "KillExecution",
+                     "ListQuarantines", "LiftQuarantine"}

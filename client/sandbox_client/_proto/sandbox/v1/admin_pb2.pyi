@@ -15,9 +15,33 @@ class ApiKeyRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     API_KEY_ROLE_UNSPECIFIED: _ClassVar[ApiKeyRole]
     API_KEY_ROLE_TENANT: _ClassVar[ApiKeyRole]
     API_KEY_ROLE_ADMIN: _ClassVar[ApiKeyRole]
+
+class Severity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEVERITY_UNSPECIFIED: _ClassVar[Severity]
+    SEVERITY_LOW: _ClassVar[Severity]
+    SEVERITY_MEDIUM: _ClassVar[Severity]
+    SEVERITY_HIGH: _ClassVar[Severity]
+    SEVERITY_CRITICAL: _ClassVar[Severity]
+
+class CostGroupBy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COST_GROUP_BY_UNSPECIFIED: _ClassVar[CostGroupBy]
+    COST_GROUP_BY_TENANT: _ClassVar[CostGroupBy]
+    COST_GROUP_BY_SESSION: _ClassVar[CostGroupBy]
+    COST_GROUP_BY_DAY: _ClassVar[CostGroupBy]
 API_KEY_ROLE_UNSPECIFIED: ApiKeyRole
 API_KEY_ROLE_TENANT: ApiKeyRole
 API_KEY_ROLE_ADMIN: ApiKeyRole
+SEVERITY_UNSPECIFIED: Severity
+SEVERITY_LOW: Severity
+SEVERITY_MEDIUM: Severity
+SEVERITY_HIGH: Severity
+SEVERITY_CRITICAL: Severity
+COST_GROUP_BY_UNSPECIFIED: CostGroupBy
+COST_GROUP_BY_TENANT: CostGroupBy
+COST_GROUP_BY_SESSION: CostGroupBy
+COST_GROUP_BY_DAY: CostGroupBy
 
 class PolicyError(_message.Message):
     __slots__ = ("file", "location", "message")
@@ -208,3 +232,227 @@ class ListApiKeysResponse(_message.Message):
     KEYS_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[ApiKey]
     def __init__(self, keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ...) -> None: ...
+
+class Mitigation(_message.Message):
+    __slots__ = ("id", "incident_id", "action", "scope", "subject", "created_at", "expires_at", "lifted_at", "lifted_by", "throttle_per_minute")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    LIFTED_AT_FIELD_NUMBER: _ClassVar[int]
+    LIFTED_BY_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    incident_id: str
+    action: str
+    scope: str
+    subject: str
+    created_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    lifted_at: _timestamp_pb2.Timestamp
+    lifted_by: str
+    throttle_per_minute: float
+    def __init__(self, id: _Optional[str] = ..., incident_id: _Optional[str] = ..., action: _Optional[str] = ..., scope: _Optional[str] = ..., subject: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lifted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lifted_by: _Optional[str] = ..., throttle_per_minute: _Optional[float] = ...) -> None: ...
+
+class Incident(_message.Message):
+    __slots__ = ("id", "rule", "severity", "scope", "subject", "summary", "details", "count", "opened_at", "resolved_at", "resolved_by", "mitigations")
+    class DetailsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_AT_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_BY_FIELD_NUMBER: _ClassVar[int]
+    MITIGATIONS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    rule: str
+    severity: Severity
+    scope: str
+    subject: str
+    summary: str
+    details: _containers.ScalarMap[str, str]
+    count: int
+    opened_at: _timestamp_pb2.Timestamp
+    resolved_at: _timestamp_pb2.Timestamp
+    resolved_by: str
+    mitigations: _containers.RepeatedCompositeFieldContainer[Mitigation]
+    def __init__(self, id: _Optional[str] = ..., rule: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., scope: _Optional[str] = ..., subject: _Optional[str] = ..., summary: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ..., count: _Optional[int] = ..., opened_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolved_by: _Optional[str] = ..., mitigations: _Optional[_Iterable[_Union[Mitigation, _Mapping]]] = ...) -> None: ...
+
+class ListIncidentsRequest(_message.Message):
+    __slots__ = ("open_only", "tenant", "limit")
+    OPEN_ONLY_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    open_only: bool
+    tenant: str
+    limit: int
+    def __init__(self, open_only: _Optional[bool] = ..., tenant: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListIncidentsResponse(_message.Message):
+    __slots__ = ("incidents",)
+    INCIDENTS_FIELD_NUMBER: _ClassVar[int]
+    incidents: _containers.RepeatedCompositeFieldContainer[Incident]
+    def __init__(self, incidents: _Optional[_Iterable[_Union[Incident, _Mapping]]] = ...) -> None: ...
+
+class GetIncidentRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ResolveIncidentRequest(_message.Message):
+    __slots__ = ("id", "note")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    note: str
+    def __init__(self, id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class CostReportRequest(_message.Message):
+    __slots__ = ("group_by", "tenant", "since", "until")
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    group_by: CostGroupBy
+    tenant: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    def __init__(self, group_by: _Optional[_Union[CostGroupBy, str]] = ..., tenant: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CostRow(_message.Message):
+    __slots__ = ("key", "execution_cost", "usage_cost", "total", "executions", "input_tokens", "output_tokens")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_COST_FIELD_NUMBER: _ClassVar[int]
+    USAGE_COST_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    EXECUTIONS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    execution_cost: float
+    usage_cost: float
+    total: float
+    executions: int
+    input_tokens: int
+    output_tokens: int
+    def __init__(self, key: _Optional[str] = ..., execution_cost: _Optional[float] = ..., usage_cost: _Optional[float] = ..., total: _Optional[float] = ..., executions: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
+
+class CostReportResponse(_message.Message):
+    __slots__ = ("rows", "total")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[CostRow]
+    total: float
+    def __init__(self, rows: _Optional[_Iterable[_Union[CostRow, _Mapping]]] = ..., total: _Optional[float] = ...) -> None: ...
+
+class Execution(_message.Message):
+    __slots__ = ("execution_id", "tenant", "key_id", "session_id", "language", "code_sha256", "limits", "outcome", "exit_code", "wall_time_s", "cpu_time_s", "peak_memory_bytes", "cost", "trace_id", "started_at", "ended_at")
+    class LimitsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    CODE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    WALL_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    CPU_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    tenant: str
+    key_id: str
+    session_id: str
+    language: str
+    code_sha256: str
+    limits: _containers.ScalarMap[str, int]
+    outcome: str
+    exit_code: int
+    wall_time_s: float
+    cpu_time_s: float
+    peak_memory_bytes: int
+    cost: float
+    trace_id: str
+    started_at: _timestamp_pb2.Timestamp
+    ended_at: _timestamp_pb2.Timestamp
+    def __init__(self, execution_id: _Optional[str] = ..., tenant: _Optional[str] = ..., key_id: _Optional[str] = ..., session_id: _Optional[str] = ..., language: _Optional[str] = ..., code_sha256: _Optional[str] = ..., limits: _Optional[_Mapping[str, int]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., wall_time_s: _Optional[float] = ..., cpu_time_s: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., cost: _Optional[float] = ..., trace_id: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListExecutionsRequest(_message.Message):
+    __slots__ = ("tenant", "session_id", "running_only", "limit")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_ONLY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    session_id: str
+    running_only: bool
+    limit: int
+    def __init__(self, tenant: _Optional[str] = ..., session_id: _Optional[str] = ..., running_only: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListExecutionsResponse(_message.Message):
+    __slots__ = ("executions",)
+    EXECUTIONS_FIELD_NUMBER: _ClassVar[int]
+    executions: _containers.RepeatedCompositeFieldContainer[Execution]
+    def __init__(self, executions: _Optional[_Iterable[_Union[Execution, _Mapping]]] = ...) -> None: ...
+
+class GetExecutionRequest(_message.Message):
+    __slots__ = ("execution_id",)
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    def __init__(self, execution_id: _Optional[str] = ...) -> None: ...
+
+class KillExecutionRequest(_message.Message):
+    __slots__ = ("execution_id",)
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    def __init__(self, execution_id: _Optional[str] = ...) -> None: ...
+
+class KillExecutionResponse(_message.Message):
+    __slots__ = ("killed",)
+    KILLED_FIELD_NUMBER: _ClassVar[int]
+    killed: bool
+    def __init__(self, killed: _Optional[bool] = ...) -> None: ...
+
+class ListQuarantinesRequest(_message.Message):
+    __slots__ = ("include_lifted",)
+    INCLUDE_LIFTED_FIELD_NUMBER: _ClassVar[int]
+    include_lifted: bool
+    def __init__(self, include_lifted: _Optional[bool] = ...) -> None: ...
+
+class ListQuarantinesResponse(_message.Message):
+    __slots__ = ("mitigations",)
+    MITIGATIONS_FIELD_NUMBER: _ClassVar[int]
+    mitigations: _containers.RepeatedCompositeFieldContainer[Mitigation]
+    def __init__(self, mitigations: _Optional[_Iterable[_Union[Mitigation, _Mapping]]] = ...) -> None: ...
+
+class LiftQuarantineRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...

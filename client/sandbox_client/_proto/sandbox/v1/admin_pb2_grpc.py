@@ -80,6 +80,51 @@ class AdminStub:
                 request_serializer=sandbox_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
                 response_deserializer=sandbox_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
                 _registered_method=True)
+        self.ListIncidents = channel.unary_unary(
+                '/sandbox.v1.Admin/ListIncidents',
+                request_serializer=sandbox_dot_v1_dot_admin__pb2.ListIncidentsRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_admin__pb2.ListIncidentsResponse.FromString,
+                _registered_method=True)
+        self.GetIncident = channel.unary_unary(
+                '/sandbox.v1.Admin/GetIncident',
+                request_serializer=sandbox_dot_v1_dot_admin__pb2.GetIncidentRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_admin__pb2.Incident.FromString,
+                _registered_method=True)
+        self.ResolveIncident = channel.unary_unary(
+                '/sandbox.v1.Admin/ResolveIncident',
+                request_serializer=sandbox_dot_v1_dot_admin__pb2.ResolveIncidentRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_admin__pb2.Incident.FromString,
+                _registered_method=True)
+        self.CostReport = channel.unary_unary(
+                '/sandbox.v1.Admin/CostReport',
+                request_serializer=sandbox_dot_v1_dot_admin__pb2.CostReportRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_admin__pb2.CostReportResponse.FromString,
+                _registered_method=True)
+        self.ListExecutions = channel.unary_unary(
+                '/sandbox.v1.Admin/ListExecutions',
+                request_serializer=sandbox_dot_v1_dot_admin__pb2.ListExecutionsRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_admin__pb2.ListExecutionsResponse.FromString,
+                _registered_method=True)
+        self.GetExecution = channel.unary_unary(
+                '/sandbox.v1.Admin/GetExecution',
+                request_serializer=sandbox_dot_v1_dot_admin__pb2.GetExecutionRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_admin__pb2.Execution.FromString,
+                _registered_method=True)
+        self.KillExecution = channel.unary_unary(
+                '/sandbox.v1.Admin/KillExecution',
+                request_serializer=sandbox_dot_v1_dot_admin__pb2.KillExecutionRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_admin__pb2.KillExecutionResponse.FromString,
+                _registered_method=True)
+        self.ListQuarantines = channel.unary_unary(
+                '/sandbox.v1.Admin/ListQuarantines',
+                request_serializer=sandbox_dot_v1_dot_admin__pb2.ListQuarantinesRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_admin__pb2.ListQuarantinesResponse.FromString,
+                _registered_method=True)
+        self.LiftQuarantine = channel.unary_unary(
+                '/sandbox.v1.Admin/LiftQuarantine',
+                request_serializer=sandbox_dot_v1_dot_admin__pb2.LiftQuarantineRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_admin__pb2.Mitigation.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -152,6 +197,69 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListIncidents(self, request, context):
+        """Incidents the server opened on its own (newest first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetIncident(self, request, context):
+        """One incident with its mitigations. An unknown id is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveIncident(self, request, context):
+        """Resolves an incident and lifts its active mitigations (idempotent). An unknown id is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CostReport(self, request, context):
+        """Cost per tenant, session or day over a time range, from the cost ledger.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExecutions(self, request, context):
+        """Executions from the audit trail (newest first), and the ones running now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExecution(self, request, context):
+        """One execution's audit record (or its live state while it runs). An unknown id is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KillExecution(self, request, context):
+        """Kills a running execution (its result says STATUS_KILLED). An unknown or finished one is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuarantines(self, request, context):
+        """Active mitigations: throttled or quarantined sessions and tenants, disabled languages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LiftQuarantine(self, request, context):
+        """Lifts one mitigation (idempotent). An unknown id is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +307,51 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListApiKeys,
                     request_deserializer=sandbox_dot_v1_dot_admin__pb2.ListApiKeysRequest.FromString,
                     response_serializer=sandbox_dot_v1_dot_admin__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'ListIncidents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIncidents,
+                    request_deserializer=sandbox_dot_v1_dot_admin__pb2.ListIncidentsRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_admin__pb2.ListIncidentsResponse.SerializeToString,
+            ),
+            'GetIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIncident,
+                    request_deserializer=sandbox_dot_v1_dot_admin__pb2.GetIncidentRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_admin__pb2.Incident.SerializeToString,
+            ),
+            'ResolveIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveIncident,
+                    request_deserializer=sandbox_dot_v1_dot_admin__pb2.ResolveIncidentRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_admin__pb2.Incident.SerializeToString,
+            ),
+            'CostReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.CostReport,
+                    request_deserializer=sandbox_dot_v1_dot_admin__pb2.CostReportRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_admin__pb2.CostReportResponse.SerializeToString,
+            ),
+            'ListExecutions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExecutions,
+                    request_deserializer=sandbox_dot_v1_dot_admin__pb2.ListExecutionsRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_admin__pb2.ListExecutionsResponse.SerializeToString,
+            ),
+            'GetExecution': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExecution,
+                    request_deserializer=sandbox_dot_v1_dot_admin__pb2.GetExecutionRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_admin__pb2.Execution.SerializeToString,
+            ),
+            'KillExecution': grpc.unary_unary_rpc_method_handler(
+                    servicer.KillExecution,
+                    request_deserializer=sandbox_dot_v1_dot_admin__pb2.KillExecutionRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_admin__pb2.KillExecutionResponse.SerializeToString,
+            ),
+            'ListQuarantines': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuarantines,
+                    request_deserializer=sandbox_dot_v1_dot_admin__pb2.ListQuarantinesRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_admin__pb2.ListQuarantinesResponse.SerializeToString,
+            ),
+            'LiftQuarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiftQuarantine,
+                    request_deserializer=sandbox_dot_v1_dot_admin__pb2.LiftQuarantineRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_admin__pb2.Mitigation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +598,249 @@ class Admin:
             '/sandbox.v1.Admin/ListApiKeys',
             sandbox_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
             sandbox_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIncidents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Admin/ListIncidents',
+            sandbox_dot_v1_dot_admin__pb2.ListIncidentsRequest.SerializeToString,
+            sandbox_dot_v1_dot_admin__pb2.ListIncidentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Admin/GetIncident',
+            sandbox_dot_v1_dot_admin__pb2.GetIncidentRequest.SerializeToString,
+            sandbox_dot_v1_dot_admin__pb2.Incident.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Admin/ResolveIncident',
+            sandbox_dot_v1_dot_admin__pb2.ResolveIncidentRequest.SerializeToString,
+            sandbox_dot_v1_dot_admin__pb2.Incident.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CostReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Admin/CostReport',
+            sandbox_dot_v1_dot_admin__pb2.CostReportRequest.SerializeToString,
+            sandbox_dot_v1_dot_admin__pb2.CostReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExecutions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Admin/ListExecutions',
+            sandbox_dot_v1_dot_admin__pb2.ListExecutionsRequest.SerializeToString,
+            sandbox_dot_v1_dot_admin__pb2.ListExecutionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExecution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Admin/GetExecution',
+            sandbox_dot_v1_dot_admin__pb2.GetExecutionRequest.SerializeToString,
+            sandbox_dot_v1_dot_admin__pb2.Execution.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KillExecution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Admin/KillExecution',
+            sandbox_dot_v1_dot_admin__pb2.KillExecutionRequest.SerializeToString,
+            sandbox_dot_v1_dot_admin__pb2.KillExecutionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuarantines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Admin/ListQuarantines',
+            sandbox_dot_v1_dot_admin__pb2.ListQuarantinesRequest.SerializeToString,
+            sandbox_dot_v1_dot_admin__pb2.ListQuarantinesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiftQuarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Admin/LiftQuarantine',
+            sandbox_dot_v1_dot_admin__pb2.LiftQuarantineRequest.SerializeToString,
+            sandbox_dot_v1_dot_admin__pb2.Mitigation.FromString,
             options,
             channel_credentials,
             insecure,

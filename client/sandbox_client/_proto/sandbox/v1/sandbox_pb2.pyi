@@ -115,7 +115,7 @@ class OutputFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., content: _Optional[bytes] = ..., size: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class ExecuteResult(_message.Message):
-    __slots__ = ("execution_id", "status", "exit_code", "signal", "stdout", "stdout_truncated", "stderr", "stderr_truncated", "files", "files_truncated", "usage", "message", "limits", "language", "backend", "redactions")
+    __slots__ = ("execution_id", "status", "exit_code", "signal", "stdout", "stdout_truncated", "stderr", "stderr_truncated", "files", "files_truncated", "usage", "message", "limits", "language", "backend", "redactions", "cost", "trace_id")
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +132,8 @@ class ExecuteResult(_message.Message):
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     REDACTIONS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     execution_id: str
     status: Status
     exit_code: int
@@ -148,7 +150,9 @@ class ExecuteResult(_message.Message):
     language: str
     backend: str
     redactions: int
-    def __init__(self, execution_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., stdout: _Optional[bytes] = ..., stdout_truncated: _Optional[bool] = ..., stderr: _Optional[bytes] = ..., stderr_truncated: _Optional[bool] = ..., files: _Optional[_Iterable[_Union[OutputFile, _Mapping]]] = ..., files_truncated: _Optional[bool] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ..., message: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., language: _Optional[str] = ..., backend: _Optional[str] = ..., redactions: _Optional[int] = ...) -> None: ...
+    cost: float
+    trace_id: str
+    def __init__(self, execution_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., stdout: _Optional[bytes] = ..., stdout_truncated: _Optional[bool] = ..., stderr: _Optional[bytes] = ..., stderr_truncated: _Optional[bool] = ..., files: _Optional[_Iterable[_Union[OutputFile, _Mapping]]] = ..., files_truncated: _Optional[bool] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ..., message: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., language: _Optional[str] = ..., backend: _Optional[str] = ..., redactions: _Optional[int] = ..., cost: _Optional[float] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class OutputChunk(_message.Message):
     __slots__ = ("stream", "data")
@@ -189,3 +193,39 @@ class ListRuntimesResponse(_message.Message):
     runtimes: _containers.RepeatedCompositeFieldContainer[Runtime]
     backend: str
     def __init__(self, runtimes: _Optional[_Iterable[_Union[Runtime, _Mapping]]] = ..., backend: _Optional[str] = ...) -> None: ...
+
+class RecordUsageRequest(_message.Message):
+    __slots__ = ("session_id", "model", "input_tokens", "output_tokens", "idempotency_key")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    idempotency_key: str
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class BudgetState(_message.Message):
+    __slots__ = ("budget", "limit", "spent", "exceeded")
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    EXCEEDED_FIELD_NUMBER: _ClassVar[int]
+    budget: str
+    limit: float
+    spent: float
+    exceeded: bool
+    def __init__(self, budget: _Optional[str] = ..., limit: _Optional[float] = ..., spent: _Optional[float] = ..., exceeded: _Optional[bool] = ...) -> None: ...
+
+class RecordUsageResponse(_message.Message):
+    __slots__ = ("cost", "session_cost", "budgets")
+    COST_FIELD_NUMBER: _ClassVar[int]
+    SESSION_COST_FIELD_NUMBER: _ClassVar[int]
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    cost: float
+    session_cost: float
+    budgets: _containers.RepeatedCompositeFieldContainer[BudgetState]
+    def __init__(self, cost: _Optional[float] = ..., session_cost: _Optional[float] = ..., budgets: _Optional[_Iterable[_Union[BudgetState, _Mapping]]] = ...) -> None: ...

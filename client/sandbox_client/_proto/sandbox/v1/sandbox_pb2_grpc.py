@@ -50,6 +50,11 @@ class SandboxStub:
                 request_serializer=sandbox_dot_v1_dot_sandbox__pb2.ListRuntimesRequest.SerializeToString,
                 response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.ListRuntimesResponse.FromString,
                 _registered_method=True)
+        self.RecordUsage = channel.unary_unary(
+                '/sandbox.v1.Sandbox/RecordUsage',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.RecordUsageRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.RecordUsageResponse.FromString,
+                _registered_method=True)
 
 
 class SandboxServicer:
@@ -77,6 +82,15 @@ class SandboxServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordUsage(self, request, context):
+        """Reports LLM token usage of a session so its whole cost (executions + model calls) is known and budgeted.
+        Priced with the tenant policy's model table; an unknown model is INVALID_ARGUMENT. The usage is recorded
+        even when it takes a budget past its limit (the tokens were spent): later executions are then refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +108,11 @@ def add_SandboxServicer_to_server(servicer, server):
                     servicer.ListRuntimes,
                     request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.ListRuntimesRequest.FromString,
                     response_serializer=sandbox_dot_v1_dot_sandbox__pb2.ListRuntimesResponse.SerializeToString,
+            ),
+            'RecordUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordUsage,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.RecordUsageRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.RecordUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +197,33 @@ class Sandbox:
             '/sandbox.v1.Sandbox/ListRuntimes',
             sandbox_dot_v1_dot_sandbox__pb2.ListRuntimesRequest.SerializeToString,
             sandbox_dot_v1_dot_sandbox__pb2.ListRuntimesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Sandbox/RecordUsage',
+            sandbox_dot_v1_dot_sandbox__pb2.RecordUsageRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.RecordUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,
