@@ -451,12 +451,20 @@ class SqliteAuditStore(_SqliteStore):
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"execution {rec.execution_id} already has an audit record") from exc
 
-    def list(self, tenant: str | None = None, limit: int = 100) -> builtins.list[AuditRecord]:
-        """Newest first."""
-        if tenant is None:
-            rows = self._read("SELECT * FROM audit ORDER BY started_at DESC LIMIT ?", (limit,))
-        else:
-            rows = self._read("SELECT * FROM audit WHERE tenant = ? ORDER BY started_at DESC LIMIT ?", (tenant, limit))
+    def list(
+        self, tenant: str | None = None, limit: int = 100, session_id: str | None = None
+    ) -> builtins.list[AuditRecord]:
+        """Newest first; ``tenant`` and ``session_id`` filter when set."""
+        where, params = [], []
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        if session_id is not None:
+            where.append("session_id = ?")
+            params.append(session_id)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._read(f"SELECT * FROM audit {clause}ORDER BY started_at DESC LIMIT ?",  # noqa: S608
+                          (*params, limit))
         return [_audit_record(r) for r in rows]
 
     def get(self, execution_id: str) -> AuditRecord | None:
@@ -472,36 +480,6 @@ def _audit_record(row: tuple[Any, ...]) -> AuditRecord:
      trace_id, cost) = row
     return AuditRecord(eid, tenant, key_id, session, language, digest, MappingProxyType(json.loads(limits)),
                        outcome, exit_code, wall, cpu, peak, started, ended, trace_id, cost)
-
-
-@dataclass
-class Stores:
-    """The server's durable stores, in one SQLite file under the data dir."""
-
-    keys: SqliteKeyStore
-    versions: SqlitePolicyVersionStore
-    audit: SqliteAuditStore
-
-    def close(self) -> None:
-        self.keys.close()
-        self.versions.close()
-        self.audit.close()
-
-
-def open_stores(data_dir: Path) -> Stores:
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = data_dir / "state.db"
-    opened: builtins.list[_SqliteStore] = []
-    try:
-        for cls in (SqliteKeyStore, SqlitePolicyVersionStore, SqliteAuditStore):
-            opened.append(cls(path))
-    except BaseException:
-        for store in opened:
-            store.close()
-        raise
-    keys, versions, audit = opened
-    return Stores(keys=cast(SqliteKeyStore, keys), versions=cast(SqlitePolicyVersionStore, versions),
-                  audit=cast(SqliteAuditStore, audit))
 
 
 class _RegistryLike(Protocol):
