@@ -20,6 +20,7 @@ from sandbox_client._errors import (
     ErrorDetails,
     FieldViolation,
     InvalidRequestError,
+    NotFoundError,
     PermissionDeniedError,
     QuotaViolation,
     RequestCancelledError,
@@ -29,6 +30,7 @@ from sandbox_client._errors import (
     UnavailableError,
 )
 from sandbox_client._models import (
+    BudgetState,
     ExecutionResult,
     Limits,
     OutputChunk,
@@ -36,6 +38,7 @@ from sandbox_client._models import (
     ResourceUsage,
     Runtime,
     Status,
+    UsageReport,
 )
 from sandbox_client._sync import SandboxClient
 
@@ -43,12 +46,14 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "AsyncSandboxClient",
     "AuthenticationError",
+    "BudgetState",
     "DeadlineExceededError",
     "ErrorDetails",
     "ExecutionResult",
     "FieldViolation",
     "InvalidRequestError",
     "Limits",
+    "NotFoundError",
     "OutputChunk",
     "OutputFile",
     "PermissionDeniedError",
@@ -62,4 +67,5 @@ __all__ = [
     "ServerError",
     "Status",
     "UnavailableError",
+    "UsageReport",
 ]

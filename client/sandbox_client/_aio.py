@@ -10,9 +10,9 @@ import grpc
 import grpc.aio
 
 from sandbox_client._common import DEFAULT_TIMEOUT, auth_metadata, call_timeout, channel_options, check_timeout
-from sandbox_client._convert import build_request, result_from_proto, runtime_from_proto
+from sandbox_client._convert import build_request, result_from_proto, runtime_from_proto, usage_report_from_proto
 from sandbox_client._errors import from_aio_rpc_error
-from sandbox_client._models import ExecutionResult, Limits, OutputChunk, Runtime
+from sandbox_client._models import ExecutionResult, Limits, OutputChunk, Runtime, UsageReport
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from sandbox_client._stream import StreamAssembler
 
@@ -164,6 +164,34 @@ class AsyncSandboxClient:
             call.cancel()  # a no-op once the call is done; stops the server when the caller stops early
         # Only once the call has ended OK: an error status after the result event must not be lost.
         yield assembler.finish()
+
+    async def record_usage(
+        self,
+        session_id: str,
+        model: str,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        idempotency_key: str = "",
+        timeout: float | None = None,  # noqa: ASYNC109 (the gRPC deadline)
+    ) -> UsageReport:
+        """Report an agent session's LLM token usage, so its whole cost is known and budgeted (see
+        ``SandboxClient.record_usage``).
+
+        Raises:
+            SandboxError: the call failed (InvalidRequestError for a model the tenant's price table lacks).
+        """
+        request = sandbox_pb2.RecordUsageRequest(
+            session_id=session_id, model=model, input_tokens=input_tokens, output_tokens=output_tokens,
+            idempotency_key=idempotency_key)
+        stub = self._get_stub()
+        try:
+            response: sandbox_pb2.RecordUsageResponse = await stub.RecordUsage(
+                request, timeout=call_timeout(timeout, self._timeout), metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as error:
+            raise from_aio_rpc_error(error) from error
+        return usage_report_from_proto(response)
 
     async def runtimes(
         self,

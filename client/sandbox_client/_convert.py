@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from sandbox_client._errors import protocol_error
 from sandbox_client._models import (
+    BudgetState,
     ExecutionResult,
     Limits,
     OutputChunk,
@@ -13,6 +14,7 @@ from sandbox_client._models import (
     ResourceUsage,
     Runtime,
     Status,
+    UsageReport,
 )
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2
 
@@ -127,6 +129,17 @@ def result_from_proto(
         language=message.language,
         backend=message.backend,
         redactions=message.redactions,
+        cost=message.cost,
+        trace_id=message.trace_id,
+    )
+
+
+def usage_report_from_proto(message: sandbox_pb2.RecordUsageResponse) -> UsageReport:
+    return UsageReport(
+        cost=message.cost,
+        session_cost=message.session_cost,
+        budgets=tuple(BudgetState(budget=b.budget, limit=b.limit, spent=b.spent, exceeded=b.exceeded)
+                      for b in message.budgets),
     )
 
 

@@ -4,6 +4,7 @@
     ├── InvalidRequestError    INVALID_ARGUMENT: .field_violations (BadRequest)
     ├── AuthenticationError    UNAUTHENTICATED
     ├── PermissionDeniedError  PERMISSION_DENIED
+    ├── NotFoundError          NOT_FOUND: .resource_type, .resource_name (ErrorInfo metadata)
     ├── ResourceExhaustedError RESOURCE_EXHAUSTED: .quota_violations (QuotaFailure), .retry_after (RetryInfo)
     ├── UnavailableError       UNAVAILABLE: .retry_after (RetryInfo)
     ├── DeadlineExceededError  DEADLINE_EXCEEDED: the call's deadline passed
@@ -111,6 +112,21 @@ class PermissionDeniedError(SandboxError):
     """The caller is known but not allowed to do this (e.g. a language or limit outside its policy)."""
 
 
+class NotFoundError(SandboxError):
+    """The call named something the server does not know (an incident, an execution, a mitigation): an unknown
+    id, or an execution that is not running. Nothing changed."""
+
+    @property
+    def resource_type(self) -> str | None:
+        """What was looked for ("incident", "execution", ...); None when the server did not say."""
+        return self.details.metadata.get("resource_type")
+
+    @property
+    def resource_name(self) -> str | None:
+        """The id that was looked for; None when the server did not say."""
+        return self.details.metadata.get("resource_name")
+
+
 class ResourceExhaustedError(SandboxError):
     """A quota, rate, budget or capacity limit was hit; worth retrying after ``retry_after`` seconds."""
 
@@ -155,7 +171,7 @@ _ERROR_CLASSES: Mapping[grpc.StatusCode, type[SandboxError]] = {
     grpc.StatusCode.CANCELLED: RequestCancelledError,
     grpc.StatusCode.UNKNOWN: ServerError,
     grpc.StatusCode.INTERNAL: ServerError,
-    grpc.StatusCode.NOT_FOUND: ServerError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.ALREADY_EXISTS: ServerError,
     grpc.StatusCode.FAILED_PRECONDITION: ServerError,
     grpc.StatusCode.ABORTED: ServerError,

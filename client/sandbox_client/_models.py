@@ -159,6 +159,10 @@ class ExecutionResult:
     """The sandbox backend that ran it ("nsjail" or "docker")."""
     redactions: int = 0
     """Secrets the server's output guardrail replaced in stdout, stderr and files."""
+    cost: float = 0.0
+    """What this execution cost, priced by the tenant's policy (currency units)."""
+    trace_id: str = ""
+    """The OpenTelemetry trace id of the call (32 hex digits), to find it in traces, logs and the audit."""
 
     @cached_property
     def stdout(self) -> str:
@@ -195,3 +199,27 @@ class Runtime:
     """Interpreter version, as the interpreter reports it."""
     file_name: str
     """The name the code gets in the sandbox's working directory."""
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """Where one of the tenant's budgets stands."""
+
+    budget: str
+    """"session", "day" or "month"."""
+    limit: float
+    spent: float
+    """Settled cost in the budget's period (running executions' reservations not included)."""
+    exceeded: bool
+    """New executions are refused until the period ends (never, for a session budget)."""
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """The answer to ``record_usage``."""
+
+    cost: float
+    """What the reported usage cost (0 for a retried report already recorded)."""
+    session_cost: float
+    """The session's whole cost so far: executions and model usage."""
+    budgets: tuple[BudgetState, ...]

@@ -9,9 +9,9 @@ from typing import Any
 import grpc
 
 from sandbox_client._common import DEFAULT_TIMEOUT, auth_metadata, call_timeout, check_timeout, open_channel
-from sandbox_client._convert import build_request, result_from_proto, runtime_from_proto
+from sandbox_client._convert import build_request, result_from_proto, runtime_from_proto, usage_report_from_proto
 from sandbox_client._errors import from_rpc_error
-from sandbox_client._models import ExecutionResult, Limits, OutputChunk, Runtime
+from sandbox_client._models import ExecutionResult, Limits, OutputChunk, Runtime, UsageReport
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from sandbox_client._stream import StreamAssembler
 
@@ -154,6 +154,36 @@ class SandboxClient:
             call.cancel()  # a no-op once the call is done; stops the server when the caller stops early
         # Only once the call has ended OK: an error status after the result event must not be lost.
         yield assembler.finish()
+
+    def record_usage(
+        self,
+        session_id: str,
+        model: str,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        idempotency_key: str = "",
+        timeout: float | None = None,
+    ) -> UsageReport:
+        """Report an agent session's LLM token usage (priced by the tenant's policy), so the session's whole
+        cost (executions + model calls) is known and its budgets hold. A report that takes a budget past its
+        limit is still recorded (the tokens were spent); later executions are then refused. Send the same
+        ``idempotency_key`` when retrying a report: it is recorded once.
+
+        Raises:
+            SandboxError: the call failed (InvalidRequestError for a model the tenant's price table lacks).
+        """
+        self._check_open()
+        request = sandbox_pb2.RecordUsageRequest(
+            session_id=session_id, model=model, input_tokens=input_tokens, output_tokens=output_tokens,
+            idempotency_key=idempotency_key)
+        try:
+            response: sandbox_pb2.RecordUsageResponse = self._stub.RecordUsage(
+                request, timeout=call_timeout(timeout, self._timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+        return usage_report_from_proto(response)
 
     def runtimes(self, *, timeout: float | None = None) -> tuple[Runtime, ...]:
         """The languages the server can run.

@@ -13,12 +13,14 @@ PUBLIC_NAMES = [
     "DEFAULT_TIMEOUT",
     "AsyncSandboxClient",
     "AuthenticationError",
+    "BudgetState",
     "DeadlineExceededError",
     "ErrorDetails",
     "ExecutionResult",
     "FieldViolation",
     "InvalidRequestError",
     "Limits",
+    "NotFoundError",
     "OutputChunk",
     "OutputFile",
     "PermissionDeniedError",
@@ -32,6 +34,7 @@ PUBLIC_NAMES = [
     "ServerError",
     "Status",
     "UnavailableError",
+    "UsageReport",
 ]
 
 EXECUTE_PARAMETERS = [
@@ -55,7 +58,7 @@ def test_all_is_pinned() -> None:
 
 def test_every_error_is_a_sandbox_error() -> None:
     errors = [getattr(sandbox_client, n) for n in PUBLIC_NAMES if n.endswith("Error")]
-    assert len(errors) == 9
+    assert len(errors) == 10
     assert all(issubclass(e, sandbox_client.SandboxError) for e in errors)
 
 
