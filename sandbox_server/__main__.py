@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,9 @@ from pydantic import ValidationError
 
 from sandbox_server.app import App
 from sandbox_server.errors import SandboxFailure
+from sandbox_server.logs import configure_logging
 from sandbox_server.policy.loader import PolicyLoadError
-from sandbox_server.settings import Backend, CgroupFallback, load_settings
+from sandbox_server.settings import Backend, CgroupFallback, LogFormat, load_settings
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="The sandbox code-execution server.")
 
@@ -38,19 +38,24 @@ def serve(
     policies_dir: Annotated[Path | None, typer.Option("--policies-dir", "--policies", help="tenant policies (YAML)")]
     = None,
     data_dir: Annotated[Path | None, typer.Option(help="durable stores (SQLite)")] = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ...")] = "INFO",
+    metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus metrics at /metrics (0: any port)")]
+    = None,
+    otlp_endpoint: Annotated[str | None, typer.Option(help="OTLP/gRPC collector for spans")] = None,
+    log_format: Annotated[LogFormat | None, typer.Option(help="json lines or text [default: json]")] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ... [default: INFO]")] = None,
 ) -> None:
     """Serve the Sandbox API until SIGTERM/SIGINT, then drain in-flight requests."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings(
             host=host, port=port, backend=backend, config_file=config, max_running=max_running,
             max_queued=max_queued, state_dir=state_dir, cgroup_fallback=cgroup_fallback,
-            policies_dir=policies_dir, data_dir=data_dir,
+            policies_dir=policies_dir, data_dir=data_dir, metrics_port=metrics_port, otlp_endpoint=otlp_endpoint,
+            log_format=log_format, log_level=log_level.upper() if log_level else None,
         )
     except (ValidationError, ValueError) as exc:
         typer.echo(f"invalid settings: {exc}", err=True)
         raise typer.Exit(2) from exc
+    configure_logging(settings)
     app = App(settings)
     try:
         asyncio.run(_run(app))
@@ -123,7 +128,7 @@ def keys_create(
     data_dir: Annotated[Path | None, typer.Option(help="where the store lives [default: settings]")] = None,
 ) -> None:
     """Create a key in the local store and print it once (the first admin key comes from here)."""
-    from sandbox_server.stores.sqlite import open_stores
+    from sandbox_server.stores.embedded import open_stores
 
     if role not in ("tenant", "admin"):
         typer.echo("--role is tenant or admin", err=True)
@@ -160,6 +165,12 @@ def _banner(app: App) -> None:
             lines.append("  WARNING: development mode runs calls as tenant 'default', which these policies do not "
                          "define: every call will be refused")
     lines.append(f"  admission: {s.max_running} running, {s.max_queued} queued")
+    metrics = f"http://{s.metrics_host}:{app.metrics_port}/metrics" if app.metrics_port is not None else "off"
+    lines.append(f"  metrics: {metrics}")
+    lines.append(f"  traces: {'OTLP to ' + s.otlp_endpoint if s.otlp_endpoint else 'not exported'}")
+    incidents = "on" + (" (webhook alerts)" if s.incidents.webhook_url else "") if s.incidents.enabled else "OFF"
+    lines.append(f"  incident response: {incidents}")
+    lines.append(f"  logs: {s.log_format.value} on stderr, level {s.log_level}")
     print("\n".join(lines), flush=True)
 
 

@@ -10,29 +10,43 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2
+from opentelemetry.sdk.trace.export import SpanExporter
 
+from sandbox_server.admin.operations import Operations
 from sandbox_server.admin.servicer import AdminServicer
 from sandbox_server.backends.base import Backend
 from sandbox_server.backends.registry import build_backend
+from sandbox_server.cost.budgeter import Budgeter
 from sandbox_server.execution.admission import Admission
 from sandbox_server.execution.servicer import SandboxServicer
-from sandbox_server.interceptors import ChainDeps
+from sandbox_server.incidents import IncidentManager, build_sinks
+from sandbox_server.interceptors import ChainDeps, build_chain
+from sandbox_server.observers import IncidentFeed, IncidentMetrics
 from sandbox_server.policy.embedded import seed_policies
 from sandbox_server.policy.registry import PolicyRegistry
 from sandbox_server.server import SERVICE_NAME, build_server, server_credentials
 from sandbox_server.settings import Settings
-from sandbox_server.stores.sqlite import Stores, open_stores, record_version
+from sandbox_server.stores.embedded import Stores, open_stores
+from sandbox_server.stores.sqlite import record_version
+from sandbox_server.telemetry import ExecutionMetrics, Telemetry, build_telemetry
 
 log = logging.getLogger(__name__)
 
 
 class App:
-    def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
+    def __init__(
+        self, settings: Settings, backend: Backend | None = None, span_exporters: Sequence[SpanExporter] = (),
+    ) -> None:
+        """``span_exporters``: extra span exporters (tests pass an in-memory one)."""
         self.settings = settings
+        self.span_exporters = tuple(span_exporters)
+        self.telemetry: Telemetry | None = None
+        self.incidents: IncidentManager | None = None
+        self.metrics_port: int | None = None
         self.backend = backend if backend is not None else build_backend(settings)
         self.admission = Admission(settings.max_running, settings.max_queued)
         self.server: grpc.aio.Server | None = None
@@ -61,32 +75,53 @@ class App:
 
     async def start(self) -> None:
         self.stores, self.policies = self._open_stores_and_policies()
+        self.telemetry = build_telemetry(self.settings, self.span_exporters)
         try:
             await self.backend.start()
         except BaseException:
+            self.telemetry.shutdown()
             self.stores.close()
             raise
-        self.servicer = SandboxServicer(self.settings, self.backend, self.admission, self.policies)
-        admin = AdminServicer(self.policies, self.stores.keys, self.stores.versions)
-        chain = ChainDeps(keys=None if self.settings.dev_mode else self.stores.keys, policies=self.policies,
-                          audit=self.stores.audit)
         try:
-            await self.policies.start()
-            self.server, self.health = build_server(self.settings, self.servicer, admin, chain)
-            address = f"{_host(self.settings.host)}:{self.settings.port}"
-            credentials = server_credentials(self.settings)
-            if credentials is None:
-                self.port = self.server.add_insecure_port(address)
-            else:
-                self.port = self.server.add_secure_port(address, credentials)
-            await self.server.start()
+            await self._start_serving(self.stores, self.policies, self.telemetry)
         except BaseException:
+            if self.incidents is not None:
+                await self.incidents.aclose()
             await self.policies.aclose()
             await self.backend.aclose()
+            self.telemetry.shutdown()
             self.stores.close()
             raise
         for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)  # type: ignore[union-attr]
+
+    async def _start_serving(self, stores: Stores, policies: PolicyRegistry, telemetry: Telemetry) -> None:
+        settings = self.settings
+        metrics = telemetry.metrics
+        sinks = [*build_sinks(settings.incidents), IncidentMetrics(metrics)]
+        self.incidents = IncidentManager(stores.incidents, settings.incidents, sinks)
+        await self.incidents.start()
+        budgeter = Budgeter(stores.costs, metrics, events=self.incidents)
+        self.servicer = SandboxServicer(settings, self.backend, self.admission, policies, budgeter)
+        admin = AdminServicer(policies, stores.keys, stores.versions, ops=Operations(
+            audit=stores.audit, costs=stores.costs, incidents=self.incidents, executions=self.servicer))
+        feed = IncidentFeed(self.incidents, metrics)
+        chain = ChainDeps(
+            keys=None if settings.dev_mode else stores.keys, policies=policies, audit=stores.audit,
+            telemetry=telemetry, budgeter=budgeter, mitigations=self.incidents,
+            call_observers=(feed,), execution_observers=(ExecutionMetrics(metrics), feed),
+        )
+        await policies.start()
+        self.server, self.health = build_server(settings, self.servicer, admin, build_chain(chain))
+        address = f"{_host(settings.host)}:{settings.port}"
+        credentials = server_credentials(settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
+        if settings.metrics_port is not None:
+            self.metrics_port = telemetry.serve_metrics(settings.metrics_host, settings.metrics_port)
+        await self.server.start()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: refuse new work, let in-flight executions finish (up to the grace period), tear down."""
@@ -102,7 +137,11 @@ class App:
                 if self.policies is not None:
                     await self.policies.aclose()
                 await self.backend.aclose()
+                if self.incidents is not None:
+                    await self.incidents.aclose()
             finally:
+                if self.telemetry is not None:
+                    self.telemetry.shutdown()
                 if self.stores is not None:
                     self.stores.close()
 

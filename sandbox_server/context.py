@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from sandbox_server.execution.spec import ExecutionResult, ExecutionSpec
 
 
 @dataclass(frozen=True)
@@ -52,3 +55,42 @@ def accept(acceptance: Acceptance) -> None:
     holder = current_acceptances.get()
     if holder is not None:
         holder.append(acceptance)
+
+
+@dataclass
+class CallRecord:
+    """What one RPC learnt on its way through the chain, for the telemetry link (outermost) to report when it
+    ends. Set by the telemetry interceptor; inner links fill what they know. Mutable on purpose: a ContextVar
+    set inside a link is not seen by the links outside it, a shared holder is."""
+
+    method: str
+    started: float = 0.0  # monotonic
+    tenant: str = ""
+    session_id: str = ""
+    language: str = ""
+    execution_id: str = ""
+    error: Exception | None = None  # what the errors link mapped (a SandboxError, or an unexpected exception)
+    attributes: dict[str, str | int | float | bool] = field(default_factory=dict)  # span attributes (+ logged)
+    log_extra: dict[str, str] = field(default_factory=dict)  # logged only: code/output when the policy asks
+
+
+current_call: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar("sandbox_call", default=None)
+
+
+def call_record() -> CallRecord | None:
+    return current_call.get()
+
+
+class BudgetGate(Protocol):
+    """The cost link's hold on one call's executions (see interceptors/cost.py)."""
+
+    async def reserve(self, spec: ExecutionSpec) -> None: ...
+    def started(self, spec: ExecutionSpec) -> None: ...
+    async def settle(self, spec: ExecutionSpec, result: ExecutionResult) -> float: ...
+
+
+current_budget: contextvars.ContextVar[BudgetGate | None] = contextvars.ContextVar("sandbox_budget", default=None)
+
+
+def budget_gate() -> BudgetGate | None:
+    return current_budget.get()

@@ -4,6 +4,7 @@
     ├── InvalidRequest                INVALID_ARGUMENT + BadRequest (field violations)
     ├── Unauthenticated               UNAUTHENTICATED
     ├── PermissionDenied              PERMISSION_DENIED + ErrorInfo
+    ├── NotFound                      NOT_FOUND + ResourceInfo + ErrorInfo: an id the server does not know
     ├── ResourceExhausted             RESOURCE_EXHAUSTED + QuotaFailure + RetryInfo
     │   └── QueueFull                 the admission queue is full
     ├── BackendUnavailable            UNAVAILABLE + ErrorInfo + RetryInfo
@@ -101,6 +102,29 @@ class PermissionDenied(SandboxError):
 
     def details(self) -> list[any_pb2.Any]:
         return [_pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata))]
+
+
+class NotFound(SandboxError):
+    """The request names something (an incident, an execution, a mitigation) the server does not know; nothing
+    changed. ``resource_type`` and ``resource_name`` say what was looked for (also in ErrorInfo's metadata)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+    def __init__(self, message: str, *, resource_type: str, resource_name: str) -> None:
+        super().__init__(message)
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+
+    def details(self) -> list[any_pb2.Any]:
+        resource = error_details_pb2.ResourceInfo(
+            resource_type=self.resource_type, resource_name=self.resource_name, description=self.message
+        )
+        info = error_details_pb2.ErrorInfo(
+            reason=self.reason, domain=ERROR_DOMAIN,
+            metadata={"resource_type": self.resource_type, "resource_name": self.resource_name},
+        )
+        return [_pack(resource), _pack(info)]
 
 
 class ResourceExhausted(SandboxError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -11,7 +12,6 @@ from grpc_reflection.v1alpha import reflection
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.admin.servicer import ADMIN_SERVICE_NAME, AdminServicer, admin_handler
 from sandbox_server.execution.servicer import SandboxServicer, tolerant
-from sandbox_server.interceptors import ChainDeps, build_chain
 from sandbox_server.settings import MIB, Settings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Sandbox"].full_name
@@ -28,6 +28,11 @@ def sandbox_handler(servicer: SandboxServicer) -> grpc.GenericRpcHandler:
             servicer.ExecuteStream,
             request_deserializer=tolerant(pb.ExecuteRequest),
             response_serializer=pb.ExecuteEvent.SerializeToString,
+        ),
+        "RecordUsage": grpc.unary_unary_rpc_method_handler(
+            servicer.RecordUsage,
+            request_deserializer=tolerant(pb.RecordUsageRequest),
+            response_serializer=pb.RecordUsageResponse.SerializeToString,
         ),
         "ListRuntimes": grpc.unary_unary_rpc_method_handler(
             servicer.ListRuntimes,
@@ -47,10 +52,12 @@ def message_caps(settings: Settings) -> list[tuple[str, Any]]:
 
 
 def build_server(
-    settings: Settings, servicer: SandboxServicer, admin: AdminServicer, chain: ChainDeps
+    settings: Settings, servicer: SandboxServicer, admin: AdminServicer,
+    interceptors: Sequence[grpc.aio.ServerInterceptor],
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """The server with its handlers and ``interceptors`` (outermost first; see interceptors.build_chain)."""
     server = grpc.aio.server(
-        interceptors=build_chain(chain),
+        interceptors=list(interceptors),
         options=[("grpc.so_reuseport", 0), *message_caps(settings)],
         maximum_concurrent_rpcs=None,
     )

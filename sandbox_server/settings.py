@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sandbox_server.incidents.config import IncidentSettings
+
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
@@ -115,6 +117,11 @@ class CgroupFallback(StrEnum):
     RLIMITS_ONLY = "rlimits-only"
 
 
+class LogFormat(StrEnum):
+    JSON = "json"  # one JSON object per line, with trace and span ids (for log pipelines)
+    TEXT = "text"  # for people at a terminal
+
+
 class Settings(BaseSettings):
     """Every knob of the server. Frozen once built."""
 
@@ -155,6 +162,16 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = Field(default=None, description="set: clients must present a cert (mTLS)")
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/gRPC collector for spans (e.g. http://127.0.0.1:4317); none: no export")
+    otlp_insecure: bool = Field(default=True, description="plaintext to the collector (loopback or a sidecar)")
+    service_name: str = Field(default="sandbox-server", min_length=1, description="service.name of spans/metrics")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve Prometheus metrics at /metrics; 0: any free port")
+    metrics_host: str = Field(default=DEFAULT_HOST, description="address of the metrics endpoint")
+    incidents: IncidentSettings = IncidentSettings()
+    log_format: LogFormat = LogFormat.JSON
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
 
     @field_validator("defaults", "ceilings", mode="before")
     @classmethod

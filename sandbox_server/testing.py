@@ -18,13 +18,18 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.sdk.trace.export import SpanExporter
+
 from sandbox_server.app import App
+from sandbox_server.backends.base import Backend
 from sandbox_server.settings import Settings, load_settings
+
+PRIVATE_PREFIX = "sandbox-test-"  # private_settings' state dirs, removed when their server stops
 
 
 @dataclass(frozen=True)
@@ -32,12 +37,13 @@ class RunningServer:
     target: str
     settings: Settings
     app: App
+    loop: asyncio.AbstractEventLoop  # the server's event loop (to run its coroutines from another thread)
 
 
 def private_settings(**overrides: Any) -> Settings:
     """Settings for a private server: loopback, an ephemeral port, a private state dir and cgroup parent."""
     unique = uuid.uuid4().hex[:8]
-    state_dir = Path(tempfile.gettempdir()) / f"sandbox-test-{unique}"
+    state_dir = Path(tempfile.gettempdir()) / f"{PRIVATE_PREFIX}{unique}"
     base: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
@@ -51,14 +57,25 @@ def private_settings(**overrides: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running_server(settings: Settings | None = None, **overrides: Any) -> AsyncIterator[RunningServer]:
-    """Run a server in the current event loop for the duration of the block."""
-    own_state = settings is None
+async def running_server(
+    settings: Settings | None = None,
+    *,
+    span_exporters: Sequence[SpanExporter] = (),
+    backend_factory: Callable[[Settings], Backend] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[RunningServer]:
+    """Run a server in the current event loop for the duration of the block. ``span_exporters`` receive
+    every span as it ends (e.g. opentelemetry's InMemorySpanExporter); ``backend_factory`` builds the backend from
+    the settings instead of the configured one (fault injection in tests)."""
     settings = settings if settings is not None else private_settings(**overrides)
-    app = App(settings)
+    # A private state dir (made by private_settings, here or by the caller) is this server's to remove.
+    own_state = settings.state_dir.name.startswith(PRIVATE_PREFIX)
+    backend = backend_factory(settings) if backend_factory is not None else None
+    app = App(settings, backend=backend, span_exporters=span_exporters)
     await app.start()
     try:
-        yield RunningServer(target=f"127.0.0.1:{app.port}", settings=settings, app=app)
+        yield RunningServer(target=f"127.0.0.1:{app.port}", settings=settings, app=app,
+                            loop=asyncio.get_running_loop())
     finally:
         await app.stop()
         if own_state:
@@ -74,7 +91,13 @@ def _remove_state(state_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def server_in_thread(settings: Settings | None = None, **overrides: Any) -> Iterator[RunningServer]:
+def server_in_thread(
+    settings: Settings | None = None,
+    *,
+    span_exporters: Sequence[SpanExporter] = (),
+    backend_factory: Callable[[Settings], Backend] | None = None,
+    **overrides: Any,
+) -> Iterator[RunningServer]:
     """Run a server on its own event loop in a background thread (for sync callers)."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
@@ -84,7 +107,8 @@ def server_in_thread(settings: Settings | None = None, **overrides: Any) -> Iter
         stop = asyncio.Event()
         box["stop"] = stop
         try:
-            async with running_server(settings, **overrides) as srv:
+            async with running_server(settings, span_exporters=span_exporters, backend_factory=backend_factory,
+                                      **overrides) as srv:
                 box["server"] = srv
                 started.set()
                 await stop.wait()

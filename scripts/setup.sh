@@ -22,7 +22,7 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 # ---------------------------------------------------------------------------------------------- host packages
 # docker.io and debootstrap serve the Docker backend and its offline image build; util-linux gives unshare.
 APT_PACKAGES=(python3 python3-venv python3-pip nodejs bash ca-certificates iproute2 procps util-linux perl
-    docker.io debootstrap tar openssl)
+    docker.io debootstrap tar openssl prometheus)
 # Paths the jails (and this script) rely on, beyond "the package is installed".
 REQUIRED_PATHS=(/usr/bin/python3 /usr/bin/node /bin/bash)
 

@@ -28,10 +28,13 @@ from sandbox_server.backends.cgroups import detect
 from sandbox_server.stores.sqlite import SqliteAuditStore
 from sandbox_server.testing import RunningServer, server_in_thread
 
+BURST = 500  # mixed requests: accepted (ok, failing, timing out) and refused (unknown language, static check)
+
 
 @pytest.fixture(scope="module")
 def audited() -> Iterator[RunningServer]:
-    with server_in_thread(max_running=2, max_queued=64) as srv:
+    # Incident response would quarantine this tenant for its escape-like refusals; it has its own tests.
+    with server_in_thread(max_running=4, max_queued=64, incidents={"enabled": False}) as srv:
         yield srv
 
 
@@ -96,10 +99,10 @@ def test_audit_trail_is_complete_after_a_mixed_burst(audited: RunningServer) -> 
                 return type(exc).__name__, None
 
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(one, range(60)))
+        results = list(pool.map(one, range(BURST)))
     accepted = [eid for kind, eid in results if kind == "accepted"]
     refused = [kind for kind, _ in results if kind != "accepted"]
-    assert len(accepted) == 40
+    assert len(accepted) == sum(1 for i in range(BURST) if i % len(programs) not in (2, 3))
     assert set(refused) == {"InvalidRequestError"}
     assert _audit(audited).count() == before + len(accepted)
     for eid in accepted:

@@ -23,7 +23,7 @@ from sandbox_client import (
 )
 from sandbox_client.admin import AdminClient
 from sandbox_server.settings import load_settings
-from sandbox_server.stores.sqlite import open_stores
+from sandbox_server.stores.embedded import open_stores
 from sandbox_server.testing import RunningServer, private_settings, server_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent

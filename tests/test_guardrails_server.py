@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sandbox_client import ExecutionResult, InvalidRequestError, OutputChunk, SandboxClient
-from sandbox_server.stores.sqlite import open_stores
+from sandbox_server.stores.embedded import open_stores
 from sandbox_server.testing import RunningServer, private_settings, server_in_thread
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "policies" / "examples" / "multi-tenant"

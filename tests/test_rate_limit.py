@@ -22,7 +22,7 @@ from sandbox_server.errors import ResourceExhausted
 from sandbox_server.interceptors.rate_limit import RateLimitInterceptor, _per
 from sandbox_server.policy.caller import TenantPolicies
 from sandbox_server.policy.models import RateSettings, TenantPolicy
-from sandbox_server.stores.sqlite import open_stores
+from sandbox_server.stores.embedded import open_stores
 from sandbox_server.testing import RunningServer, private_settings, server_in_thread
 
 POLICY = """\

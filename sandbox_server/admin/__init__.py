@@ -1,4 +1,5 @@
-"""The Admin service: tenant policies and API keys (``admin_handler`` registers it on a server)."""
+"""The Admin service: tenant policies, API keys, and operations (incidents, costs, executions, quarantines);
+``admin_handler`` registers it on a server."""
 
 from __future__ import annotations
 

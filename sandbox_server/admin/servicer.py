@@ -21,6 +21,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from sandbox_client._proto.sandbox.v1 import admin_pb2 as pb
+from sandbox_server.admin.operations import Operations
 from sandbox_server.context import Principal, principal
 from sandbox_server.errors import FieldViolation, InvalidRequest, PermissionDenied, SandboxError, Unauthenticated
 from sandbox_server.execution.servicer import MalformedRequest, tolerant
@@ -82,10 +83,14 @@ _T = TypeVar("_T")
 class AdminServicer:
     """The Admin RPCs. ``registry`` holds the live policy; ``keys`` and ``versions`` are the durable stores."""
 
-    def __init__(self, registry: PolicyRegistryLike, keys: KeyStore, versions: PolicyVersionStore) -> None:
+    def __init__(
+        self, registry: PolicyRegistryLike, keys: KeyStore, versions: PolicyVersionStore,
+        ops: Operations | None = None,
+    ) -> None:
         self.registry = registry
         self.keys = keys
         self.versions = versions
+        self.ops = ops  # None: the operational calls answer UNAVAILABLE (tests of policies and keys alone)
 
     # -- policies -----------------------------------------------------------------------------------------------
 
@@ -248,8 +253,13 @@ class AdminServicer:
 
 
 def admin_handler(servicer: AdminServicer) -> grpc.GenericRpcHandler:
-    """The Admin service's handlers. Undecodable requests become INVALID_ARGUMENT (through the errors
-    interceptor), never UNKNOWN."""
+    """The Admin service's handlers: policies and keys from ``servicer``, and the operational calls (incidents,
+    costs, executions, quarantines) over ``servicer.ops`` (UNAVAILABLE when it is None). Undecodable requests
+    become INVALID_ARGUMENT (through the errors interceptor), never UNKNOWN."""
+    # Imported here: the operational calls build on this module's admin check, so it cannot import them first.
+    from sandbox_server.admin.operations_servicer import OperationsServicer
+
+    ops = OperationsServicer(servicer.ops)
     methods: dict[
         str, tuple[Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]], type[Message], type[Message]]
     ] = {
@@ -266,6 +276,15 @@ def admin_handler(servicer: AdminServicer) -> grpc.GenericRpcHandler:
         "CreateApiKey": (servicer.CreateApiKey, pb.CreateApiKeyRequest, pb.CreateApiKeyResponse),
         "RevokeApiKey": (servicer.RevokeApiKey, pb.RevokeApiKeyRequest, pb.RevokeApiKeyResponse),
         "ListApiKeys": (servicer.ListApiKeys, pb.ListApiKeysRequest, pb.ListApiKeysResponse),
+        "ListIncidents": (ops.ListIncidents, pb.ListIncidentsRequest, pb.ListIncidentsResponse),
+        "GetIncident": (ops.GetIncident, pb.GetIncidentRequest, pb.Incident),
+        "ResolveIncident": (ops.ResolveIncident, pb.ResolveIncidentRequest, pb.Incident),
+        "CostReport": (ops.CostReport, pb.CostReportRequest, pb.CostReportResponse),
+        "ListExecutions": (ops.ListExecutions, pb.ListExecutionsRequest, pb.ListExecutionsResponse),
+        "GetExecution": (ops.GetExecution, pb.GetExecutionRequest, pb.Execution),
+        "KillExecution": (ops.KillExecution, pb.KillExecutionRequest, pb.KillExecutionResponse),
+        "ListQuarantines": (ops.ListQuarantines, pb.ListQuarantinesRequest, pb.ListQuarantinesResponse),
+        "LiftQuarantine": (ops.LiftQuarantine, pb.LiftQuarantineRequest, pb.Mitigation),
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(

@@ -29,6 +29,11 @@ class Backend(abc.ABC):
     async def aclose(self) -> None:
         """Wait for every teardown still in flight and release what the backend holds."""
 
+    def kill(self, execution_id: str) -> bool:
+        """Kill a running execution now: its ``run`` returns a KILLED result ("killed by an operator").
+        False when no such execution is running here."""
+        return False
+
     def describe(self) -> dict[str, str]:
         """Which isolation features are active, for the start-up banner and health reports."""
         return {}

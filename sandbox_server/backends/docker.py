@@ -59,6 +59,7 @@ from sandbox_server.execution.spec import (
     Usage,
 )
 from sandbox_server.settings import Settings
+from sandbox_server.telemetry import record_phase
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,8 @@ class _Run:
     killed_for: Status | None = None
     started: float = 0.0
     ended: float = 0.0
+    started_ns: int = 0  # epoch ns, for the phase spans
+    ended_ns: int = 0
     exited: bool = False
     stopped: bool = False  # dockerd reported the container not running: no process of it is left
     last_cpu_ns: int = 0
@@ -179,6 +182,7 @@ class DockerBackend(Backend):
         self.cgroups: CgroupManager | None = None
         self._pool: dict[str, deque[_Container]] = {}
         self._live: set[str] = set()
+        self._runs: dict[str, _Run] = {}  # running executions by id, for kill()
         self._teardowns: set[asyncio.Task[None]] = set()
         self._maintainer: asyncio.Task[None] | None = None
         self._fill_lock = asyncio.Lock()
@@ -284,6 +288,8 @@ class DockerBackend(Backend):
                 f"runtime image {image} is missing; build it with `sandbox-server images build`", retry_after_s=30
             )
         run = _Run(spec=spec)
+        self._runs[spec.execution_id] = run
+        begun = time.time_ns()
         try:
             return await self._run(run, on_output)
         except _DOCKER_ERRORS as exc:
@@ -292,6 +298,10 @@ class DockerBackend(Backend):
             self._lost(exc)
             raise BackendUnavailable(f"the Docker backend failed mid-run: {_short(exc)}") from exc
         finally:
+            self._runs.pop(spec.execution_id, None)
+            record_phase("sandbox.start", begun, run.started_ns or None, **{"sandbox.backend": self.name})
+            if run.started_ns:
+                record_phase("sandbox.run", run.started_ns, run.ended_ns or None)
             if run.container is not None:
                 task = asyncio.get_running_loop().create_task(self._destroy(run.container))
                 self._teardowns.add(task)
@@ -299,8 +309,19 @@ class DockerBackend(Backend):
                 task.add_done_callback(_log_failure)
                 # A container seen stopped has no process left: removing it is bookkeeping the reply need not
                 # wait for (aclose waits for it, the reaper backs it up). Any other must be gone first.
+                teardown_began = time.time_ns()
                 if not run.stopped:
-                    await asyncio.shield(task)
+                    try:
+                        await asyncio.shield(task)
+                    finally:
+                        record_phase("sandbox.teardown", teardown_began)
+
+    def kill(self, execution_id: str) -> bool:
+        run = self._runs.get(execution_id)
+        if run is None or run.container is None:
+            return False
+        self._kill(run, Status.KILLED)
+        return True
 
     async def _run(self, run: _Run, on_output: OutputCallback | None) -> ExecutionResult:
         spec = run.spec
@@ -330,6 +351,7 @@ class DockerBackend(Backend):
         try:
             payload = _payload(spec)
             run.started = time.monotonic()
+            run.started_ns = time.time_ns()
 
             async def send() -> None:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -384,6 +406,7 @@ class DockerBackend(Backend):
                 sender.cancel()
                 run.exited = True
                 run.ended = time.monotonic()
+                run.ended_ns = time.time_ns()
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
@@ -547,7 +570,8 @@ class DockerBackend(Backend):
                 problems.append("per-execution cgroup still busy")
         if problems:
             log.error("teardown left: %s", "; ".join(problems))
-            raise SandboxFailure("container teardown failed: " + "; ".join(problems))
+            raise SandboxFailure("container teardown failed: " + "; ".join(problems),
+                                 metadata={"phase": "teardown", "backend": self.name})
 
     async def _reap(self) -> int:
         """Remove containers with our labels that no live request or pool slot owns."""

@@ -44,6 +44,7 @@ from sandbox_server.execution.spec import (
     Usage,
 )
 from sandbox_server.settings import CgroupFallback, Settings
+from sandbox_server.telemetry import record_phase
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +187,10 @@ class _Run:
     cgroup: Cgroup | None = None
     proc: asyncio.subprocess.Process | None = None
     killed_for: Status | None = None
-    started: float = 0.0
+    started: float = 0.0  # monotonic
     ended: float = 0.0
+    spawned_ns: int = 0  # epoch ns, for the phase spans
+    ended_ns: int = 0
 
 
 class NsjailBackend(Backend):
@@ -200,6 +203,7 @@ class NsjailBackend(Backend):
         self.cgroup_problem = ""
         self.layout: JailLayout | None = None
         self._teardowns: set[asyncio.Task[None]] = set()
+        self._live: dict[str, _Run] = {}  # running executions by id, for kill()
 
     async def start(self) -> None:
         s = self.settings
@@ -252,15 +256,32 @@ class NsjailBackend(Backend):
         if self.layout is None:
             raise SandboxFailure("backend not started")
         run = _Run(spec=spec)
+        self._live[spec.execution_id] = run
+        begun = time.time_ns()
         try:
             return await self._run(run, self.layout, applied_limits(spec.limits), on_output)
         finally:
+            self._live.pop(spec.execution_id, None)
+            record_phase("sandbox.start", begun, run.spawned_ns or None, **{"sandbox.backend": self.name})
+            if run.spawned_ns:
+                record_phase("sandbox.run", run.spawned_ns, run.ended_ns or None)
+            teardown_began = time.time_ns()
             # Teardown runs as its own task so that a cancelled request still waits for it, and aclose()
             # can wait for one whose request has gone.
             task = asyncio.get_running_loop().create_task(self._teardown(run))
             self._teardowns.add(task)
             task.add_done_callback(self._teardowns.discard)
-            await asyncio.shield(task)
+            try:
+                await asyncio.shield(task)
+            finally:
+                record_phase("sandbox.teardown", teardown_began)
+
+    def kill(self, execution_id: str) -> bool:
+        run = self._live.get(execution_id)
+        if run is None:
+            return False
+        self._kill(run, Status.KILLED)
+        return True
 
     async def _run(
         self, run: _Run, layout: JailLayout, limits: Limits, on_output: OutputCallback | None
@@ -306,6 +327,7 @@ class NsjailBackend(Backend):
             os.close(log_w)
             os.close(status_w)
         run.started = time.monotonic()
+        run.spawned_ns = time.time_ns()
         capture = OutputCapture(limits.output_bytes, on_output)
         nsjail_log = bytearray()
         proc = run.proc
@@ -352,6 +374,7 @@ class NsjailBackend(Backend):
             status_report = _read_report(status_r)
         finally:
             run.ended = time.monotonic()
+            run.ended_ns = time.time_ns()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
@@ -428,7 +451,8 @@ class NsjailBackend(Backend):
                 problems.append(f"scratch {run.scratch}: {exc}")
         if problems:
             log.error("teardown of %s left: %s", run.spec.execution_id, "; ".join(problems))
-            raise SandboxFailure("sandbox teardown failed: " + "; ".join(problems))
+            raise SandboxFailure("sandbox teardown failed: " + "; ".join(problems),
+                                 metadata={"phase": "teardown", "backend": self.name})
 
     async def aclose(self) -> None:
         if self._teardowns:

@@ -52,6 +52,8 @@ def classify(
 ) -> tuple[Status, str]:
     """Why the program ended: our own kill reasons first, then the kernel's counters, then the exit."""
     failed = sig is not None or (exit_code or 0) != 0
+    if killed_for is Status.KILLED:
+        return Status.KILLED, "killed by an operator"
     if killed_for is Status.OUTPUT_LIMIT:
         return killed_for, f"stdout + stderr passed the output limit of {limits.output_bytes} bytes"
     if killed_for is Status.TIMEOUT:

@@ -7,17 +7,20 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import DecodeError, Message
+from opentelemetry import trace
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.backends.base import Backend
-from sandbox_server.context import Acceptance, accept
-from sandbox_server.errors import FieldViolation, InvalidRequest
+from sandbox_server.context import Acceptance, accept, budget_gate, call_record, principal
+from sandbox_server.cost.budgeter import Budgeter
+from sandbox_server.errors import BackendUnavailable, FieldViolation, InvalidRequest
 from sandbox_server.execution.admission import Admission
 from sandbox_server.execution.convert import chunk_to_proto, result_to_proto
 from sandbox_server.execution.runtimes import RUNTIMES, host_version
@@ -25,12 +28,15 @@ from sandbox_server.execution.spec import ExecutionResult, ExecutionSpec, Stream
 from sandbox_server.policy.caller import TenantPolicies, caller_policy
 from sandbox_server.policy.enforce import enforce
 from sandbox_server.settings import Settings
-from sandbox_server.validation.request import build_spec
+from sandbox_server.telemetry import metrics, phase
+from sandbox_server.validation.request import MAX_ID_CHARS, build_spec
 
 log = logging.getLogger(__name__)
 
 # Chunks buffered between a running sandbox and a slow streaming client; beyond it the sandbox waits.
 STREAM_BUFFER_CHUNKS = 16
+MAX_MODEL_CHARS = 200
+LOG_CONTENT_BYTES = 4096  # of code or output, when a policy puts them in the logs
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,44 @@ def ensure_request(request: pb.ExecuteRequest | MalformedRequest) -> pb.ExecuteR
     return request
 
 
+@dataclass(frozen=True)
+class RunningExecution:
+    """An execution holding a sandbox now (for the admin's list and kill)."""
+
+    spec: ExecutionSpec
+    tenant: str
+    key_id: str
+    started_at: float  # epoch seconds
+    trace_id: str
+
+
+def ensure_usage_request(request: pb.RecordUsageRequest | MalformedRequest) -> pb.RecordUsageRequest:
+    """Structural checks of a usage report. Raises InvalidRequest with every problem."""
+    if isinstance(request, MalformedRequest):
+        raise InvalidRequest([FieldViolation("request", request.error)])
+    bad: list[FieldViolation] = []
+    if not request.session_id:
+        bad.append(FieldViolation("session_id", "required: usage is recorded per session"))
+    for name in ("session_id", "idempotency_key"):
+        value = getattr(request, name)
+        if len(value) > MAX_ID_CHARS or not value.isprintable() or " " in value:
+            bad.append(FieldViolation(name, f"at most {MAX_ID_CHARS} printable ASCII characters, no spaces"))
+    if not request.model or len(request.model) > MAX_MODEL_CHARS or not request.model.isprintable():
+        bad.append(FieldViolation("model", f"required: 1 to {MAX_MODEL_CHARS} printable characters"))
+    for name in ("input_tokens", "output_tokens"):
+        if getattr(request, name) < 0:
+            bad.append(FieldViolation(name, "must not be negative"))
+    if bad:
+        raise InvalidRequest(bad)
+    return request
+
+
+def current_trace_id() -> str:
+    """The current call's trace id (32 hex digits), or "" outside a traced call."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
 def _accept(spec: ExecutionSpec) -> None:
     """From here on the execution is the server's: the audit owes it a record."""
     accept(Acceptance(
@@ -73,27 +117,86 @@ def _accept(spec: ExecutionSpec) -> None:
 
 
 class SandboxServicer:
-    def __init__(self, settings: Settings, backend: Backend, admission: Admission, policies: TenantPolicies) -> None:
+    def __init__(
+        self, settings: Settings, backend: Backend, admission: Admission, policies: TenantPolicies,
+        budgeter: Budgeter | None = None,
+    ) -> None:
         self.settings = settings
         self.backend = backend
         self.admission = admission
         self.policies = policies
+        self.budgeter = budgeter
+        self.running: dict[str, RunningExecution] = {}
 
     def _spec(self, request: pb.ExecuteRequest | MalformedRequest) -> ExecutionSpec:
         """Validate the request, then apply the caller's tenant policy (fails closed without a caller)."""
         checked = ensure_request(request)
-        spec = build_spec(checked, self.settings, uuid.uuid4().hex)
-        tenant, policy = caller_policy(self.policies)
-        return enforce(checked, spec, tenant, policy, self.settings.ceilings)
+        call = call_record()
+        if call is not None:
+            call.session_id = checked.session_id[:MAX_ID_CHARS]
+            call.language = checked.language[:40]
+        with phase("policy"):
+            spec = build_spec(checked, self.settings, uuid.uuid4().hex)
+            tenant, policy = caller_policy(self.policies)
+            spec = enforce(checked, spec, tenant, policy, self.settings.ceilings)
+        if call is not None:
+            call.language = spec.runtime.language
+            call.execution_id = spec.execution_id
+            if policy.log_content.code:  # the tenant asked for code in its logs
+                call.log_extra["source"] = spec.code[:LOG_CONTENT_BYTES].decode(errors="replace")
+            call.attributes.update({f"sandbox.limits.{k}": v for k, v in dataclasses.asdict(spec.limits).items()})
+        return spec
+
+    @contextlib.asynccontextmanager
+    async def _running(self, spec: ExecutionSpec) -> AsyncIterator[None]:
+        """Reserve its budget, wait for a slot, then hold the sandbox: the block runs the execution."""
+        gate = budget_gate()
+        if gate is not None:
+            await gate.reserve(spec)
+        queued = time.monotonic()
+        async with contextlib.AsyncExitStack() as holding:
+            with phase("queue"):
+                await holding.enter_async_context(self.admission.slot())
+            m = metrics()
+            if m is not None:
+                m.queue_wait.record(time.monotonic() - queued)
+                m.active.add(1)
+            _accept(spec)
+            if gate is not None:
+                gate.started(spec)
+            who = principal()
+            self.running[spec.execution_id] = RunningExecution(
+                spec, who.tenant if who else "", who.key_id if who else "", time.time(), current_trace_id())
+            try:
+                yield
+            finally:
+                del self.running[spec.execution_id]
+                if m is not None:
+                    m.active.add(-1)
+
+    async def _finish(self, spec: ExecutionSpec, result: ExecutionResult) -> pb.ExecuteResult:
+        gate = budget_gate()
+        cost = await gate.settle(spec, result) if gate is not None else 0.0
+        out = result_to_proto(result)
+        out.cost = cost
+        out.trace_id = current_trace_id()
+        call = call_record()
+        if call is not None:
+            call.attributes.update({
+                "sandbox.status": result.status.name, "sandbox.exit_code": result.exit_code,
+                "sandbox.usage.wall_time_s": result.usage.wall_time_s,
+                "sandbox.usage.cpu_time_s": result.usage.cpu_time_s,
+                "sandbox.usage.peak_memory_bytes": result.usage.peak_memory_bytes, "sandbox.cost": cost,
+            })
+        return out
 
     async def Execute(
         self, request: pb.ExecuteRequest | MalformedRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExecuteResult:
         spec = self._spec(request)
-        async with self.admission.slot():
-            _accept(spec)
+        async with self._running(spec):
             result = await self.backend.run(spec)
-        return result_to_proto(result)
+        return await self._finish(spec, result)
 
     async def ExecuteStream(
         self, request: pb.ExecuteRequest | MalformedRequest, context: grpc.aio.ServicerContext
@@ -105,8 +208,7 @@ class SandboxServicer:
             await events.put(chunk_to_proto(stream, data))
 
         async def run() -> ExecutionResult:
-            async with self.admission.slot():
-                _accept(spec)
+            async with self._running(spec):
                 return await self.backend.run(spec, on_output)
 
         task = asyncio.create_task(run())
@@ -123,7 +225,7 @@ class SandboxServicer:
                     yield getter.result()
             while not events.empty():
                 yield events.get_nowait()
-            yield pb.ExecuteEvent(result=result_to_proto(await task))
+            yield pb.ExecuteEvent(result=await self._finish(spec, await task))
         finally:
             if getter is not None and not getter.done():
                 getter.cancel()
@@ -131,6 +233,33 @@ class SandboxServicer:
                 task.cancel()  # the client went away: the backend tears the sandbox down
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    async def RecordUsage(
+        self, request: pb.RecordUsageRequest | MalformedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordUsageResponse:
+        checked = ensure_usage_request(request)
+        tenant, policy = caller_policy(self.policies)
+        call = call_record()
+        if call is not None:
+            call.session_id = checked.session_id
+            call.attributes.update({"sandbox.model": checked.model, "sandbox.input_tokens": checked.input_tokens,
+                                    "sandbox.output_tokens": checked.output_tokens})
+        if self.budgeter is None:
+            raise BackendUnavailable("cost accounting is not configured on this server", retry_after_s=60)
+        cost, session_cost, states = await self.budgeter.record_usage(
+            tenant, policy, checked.session_id, checked.model, checked.input_tokens, checked.output_tokens,
+            checked.idempotency_key)
+        return pb.RecordUsageResponse(
+            cost=cost, session_cost=session_cost,
+            budgets=[pb.BudgetState(budget=b.budget, limit=b.limit, spent=b.spent, exceeded=b.exceeded)
+                     for b in states],
+        )
+
+    def kill(self, execution_id: str) -> bool:
+        """Kill a running execution (its result says KILLED); False if it is not running here."""
+        if execution_id not in self.running:
+            return False
+        return self.backend.kill(execution_id)
 
     async def ListRuntimes(
         self, request: pb.ListRuntimesRequest | MalformedRequest, context: grpc.aio.ServicerContext

@@ -1,24 +1,36 @@
 """The interceptor chain, declared once. The first interceptor is the outermost (grpc's rule).
 
-Order and why (see ../shared/DESIGN.md): tracing (sees every outcome) -> errors (maps every SandboxError
-raised inside it to a status with rich details) -> auth -> rate_limit -> guardrails -> cost -> audit.
-Only the links that exist are listed (tracing and cost are still to come); each slots in at its place here.
+Order and why (see ../shared/DESIGN.md):
+telemetry (sees every outcome, rejections included: span, call metrics, the call's log line)
+-> errors (maps every SandboxError raised inside it to a status with rich details)
+-> auth (who is calling)
+-> mitigations (a quarantined or throttled caller spends nothing further)
+-> rate_limit (per tenant and session)
+-> guardrails (validate before spending budget; redact output on the way out)
+-> cost (reserve the worst case before running, settle the actual cost after)
+-> audit (one durable record per accepted execution, written before the reply).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 
-from sandbox_server.interceptors.audit import AuditInterceptor, AuditSink
+from sandbox_server.cost.budgeter import Budgeter
+from sandbox_server.interceptors.audit import AuditInterceptor, AuditSink, ExecutionObserver
 from sandbox_server.interceptors.auth import AuthInterceptor, KeyVerifier
+from sandbox_server.interceptors.cost import CostInterceptor
 from sandbox_server.interceptors.errors import ErrorsInterceptor
 from sandbox_server.interceptors.guardrails import GuardrailsInterceptor
+from sandbox_server.interceptors.mitigations import MitigationCheck, MitigationsInterceptor
 from sandbox_server.interceptors.rate_limit import DEFAULT_STORAGE_URI, RateLimitInterceptor
+from sandbox_server.interceptors.telemetry import CallObserver, TelemetryInterceptor
 from sandbox_server.policy.caller import TenantPolicies
+from sandbox_server.telemetry import Telemetry
 
-CHAIN_ORDER = ("errors", "auth", "rate_limit", "guardrails", "audit")
+CHAIN_ORDER = ("telemetry", "errors", "auth", "mitigations", "rate_limit", "guardrails", "cost", "audit")
 
 
 @dataclass(frozen=True)
@@ -28,16 +40,24 @@ class ChainDeps:
     keys: KeyVerifier | None  # None: development mode (no API keys)
     policies: TenantPolicies
     audit: AuditSink
+    telemetry: Telemetry
+    budgeter: Budgeter
+    mitigations: MitigationCheck
+    call_observers: Sequence[CallObserver] = ()
+    execution_observers: Sequence[ExecutionObserver] = ()
     rate_limit_storage: str = DEFAULT_STORAGE_URI  # a `limits` storage URI; redis:// to share across replicas
 
 
 def build_chain(deps: ChainDeps) -> list[grpc.aio.ServerInterceptor]:
     """The server's interceptors, outermost first, in CHAIN_ORDER."""
     links: dict[str, grpc.aio.ServerInterceptor] = {
+        "telemetry": TelemetryInterceptor(deps.telemetry, deps.call_observers),
         "errors": ErrorsInterceptor(),
         "auth": AuthInterceptor(deps.keys),
+        "mitigations": MitigationsInterceptor(deps.mitigations),
         "rate_limit": RateLimitInterceptor(deps.policies, deps.rate_limit_storage),
         "guardrails": GuardrailsInterceptor(deps.policies),
-        "audit": AuditInterceptor(deps.audit),
+        "cost": CostInterceptor(deps.budgeter, deps.policies),
+        "audit": AuditInterceptor(deps.audit, deps.execution_observers),
     }
     return [links[name] for name in CHAIN_ORDER]

@@ -9,11 +9,13 @@ fails the call (INTERNAL): the server never replies about an execution it could 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
+from opentelemetry import trace
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.context import Acceptance, current_acceptances, principal
@@ -21,11 +23,19 @@ from sandbox_server.errors import SandboxError, SandboxFailure
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
 from sandbox_server.stores.sqlite import AuditRecord
 
+log = logging.getLogger(__name__)
+
 AUDITED = frozenset({"/sandbox.v1.Sandbox/Execute", "/sandbox.v1.Sandbox/ExecuteStream"})
 
 
 class AuditSink(Protocol):
     def record(self, rec: AuditRecord) -> None: ...
+
+
+class ExecutionObserver(Protocol):
+    """Told of every accepted execution once its record is durable (metrics, incidents, logs)."""
+
+    def on_execution(self, rec: AuditRecord) -> None: ...
 
 
 class _Call:
@@ -57,13 +67,16 @@ class _Call:
                 peak_memory_bytes=r.usage.peak_memory_bytes if r is not None else 0,
                 started_at=self.started,
                 ended_at=time.time(),
+                trace_id=r.trace_id if r is not None and r.trace_id else _trace_id(),
+                cost=r.cost if r is not None else 0.0,
             ))
         return out
 
 
 class AuditInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, sink: AuditSink) -> None:
+    def __init__(self, sink: AuditSink, observers: Sequence[ExecutionObserver] = ()) -> None:
         self.sink = sink
+        self.observers = tuple(observers)
 
     def _record_all(self, records: list[AuditRecord]) -> None:
         for rec in records:
@@ -78,6 +91,12 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
             await asyncio.shield(asyncio.to_thread(self._record_all, records))
         except (OSError, ValueError, RuntimeError) as exc:
             raise SandboxFailure(f"could not write the audit record: {exc}") from exc
+        for rec in records:
+            for observer in self.observers:
+                try:
+                    observer.on_execution(rec)
+                except Exception:  # the record is written; an observer's fault must not fail the call
+                    log.exception("execution observer %r failed", observer)
 
     async def intercept_service(
         self,
@@ -129,6 +148,11 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
 
         return wrap_handler(handler, unary, stream)
 
+
+
+def _trace_id() -> str:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
 def _outcome(exc: BaseException) -> str:

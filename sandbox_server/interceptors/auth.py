@@ -12,9 +12,10 @@ from typing import Any, Protocol
 
 import grpc
 
-from sandbox_server.context import DEV_PRINCIPAL, Principal, current_principal
-from sandbox_server.errors import PermissionDenied, SandboxError, Unauthenticated
+from sandbox_server.context import DEV_PRINCIPAL, Principal, call_record, current_principal
+from sandbox_server.errors import PermissionDenied, Unauthenticated
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
+from sandbox_server.telemetry import phase
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 ADMIN_PREFIX = "/sandbox.v1.Admin/"
@@ -71,16 +72,21 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if method.startswith(OPEN_PREFIXES):
             return handler
-        try:
-            who: Principal | SandboxError = self.authenticate(method, handler_call_details.invocation_metadata)
-        except SandboxError as exc:
-            who = exc
+        metadata = handler_call_details.invocation_metadata
+        authenticate = self.authenticate
+
+        def identify() -> Principal:
+            # Inside the call (not at handler lookup) so the span of this phase joins the call's trace.
+            with phase("auth"):
+                who = authenticate(method, metadata)
+            call = call_record()
+            if call is not None:
+                call.tenant = who.tenant
+            return who
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                if isinstance(who, SandboxError):
-                    raise who
-                token = current_principal.set(who)
+                token = current_principal.set(identify())
                 try:
                     return await behavior(request, context)
                 finally:
@@ -90,9 +96,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
         def stream(behavior: StreamBehavior) -> StreamBehavior:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                if isinstance(who, SandboxError):
-                    raise who
-                token = current_principal.set(who)
+                token = current_principal.set(identify())
                 try:
                     async for item in behavior(request, context):
                         yield item

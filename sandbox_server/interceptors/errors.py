@@ -14,6 +14,7 @@ import grpc
 from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
+from sandbox_server.context import call_record
 from sandbox_server.errors import SandboxError
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
 
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> NoReturn:
+    call = call_record()
+    if call is not None:
+        call.error = exc  # for the telemetry link outside: it sees only the abort
     if isinstance(exc, SandboxError):
         status = exc.to_status()
         if exc.code is grpc.StatusCode.INTERNAL:

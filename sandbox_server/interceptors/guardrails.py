@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
+from sandbox_server.context import call_record
 from sandbox_server.errors import FieldViolation, InvalidRequest
 from sandbox_server.execution.runtimes import find_runtime
 from sandbox_server.guardrails.inputs import check_inputs
@@ -24,6 +25,7 @@ from sandbox_server.guardrails.secrets import redact
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
 from sandbox_server.policy.caller import TenantPolicies, caller_policy
 from sandbox_server.policy.models import SecretAction, TenantPolicy
+from sandbox_server.telemetry import phase
 from sandbox_server.validation.static import check_code
 
 GUARDED = frozenset({"/sandbox.v1.Sandbox/Execute", "/sandbox.v1.Sandbox/ExecuteStream"})
@@ -31,6 +33,7 @@ GUARDED = frozenset({"/sandbox.v1.Sandbox/Execute", "/sandbox.v1.Sandbox/Execute
 INLINE_CHECK_BYTES = 32 * 1024
 # A stream line longer than this is redacted as it stands rather than held back for its newline.
 MAX_HELD_LINE = 64 * 1024
+LOG_CONTENT_BYTES = 4096  # of output, when a policy puts it in the logs
 
 
 def check_request(request: pb.ExecuteRequest, policy: TenantPolicy) -> None:
@@ -57,10 +60,11 @@ def check_request(request: pb.ExecuteRequest, policy: TenantPolicy) -> None:
 async def checked(request: pb.ExecuteRequest, policy: TenantPolicy) -> None:
     """check_request, off the event loop when the input is big enough for the checks to take milliseconds."""
     size = len(request.code) + len(request.stdin) + sum(len(f.content) for f in request.files)
-    if size > INLINE_CHECK_BYTES:
-        await asyncio.to_thread(check_request, request, policy)
-    else:
-        check_request(request, policy)
+    with phase("validation", **{"sandbox.input_bytes": size}):
+        if size > INLINE_CHECK_BYTES:
+            await asyncio.to_thread(check_request, request, policy)
+        else:
+            check_request(request, policy)
 
 
 def guard_result(result: pb.ExecuteResult, action: SecretAction) -> pb.ExecuteResult:
@@ -177,7 +181,13 @@ class GuardrailsInterceptor(grpc.aio.ServerInterceptor):
                 if isinstance(request, pb.ExecuteRequest):
                     await checked(request, policy)
                 result = await behavior(request, context)
-                return guard_result(result, policy.guardrails.output_secrets)
+                with phase("guardrails.output"):
+                    guarded = guard_result(result, policy.guardrails.output_secrets)
+                call = call_record()
+                if call is not None and policy.log_content.output:  # after redaction: no secret reaches the log
+                    call.log_extra["stdout"] = guarded.stdout[:LOG_CONTENT_BYTES].decode(errors="replace")
+                    call.log_extra["stderr"] = guarded.stderr[:LOG_CONTENT_BYTES].decode(errors="replace")
+                return guarded
 
             return wrapped
 

@@ -43,6 +43,7 @@ from sandbox_server.errors import QuotaViolation, ResourceExhausted
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
 from sandbox_server.policy.caller import TenantPolicies, caller_policy
 from sandbox_server.policy.models import RateSettings
+from sandbox_server.telemetry import phase
 from sandbox_server.validation.request import MAX_ID_CHARS
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,10 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
             ResourceExhausted: a limit is hit, or the limiter failed (fail closed); nothing was counted.
             Unauthenticated, PermissionDenied: no caller, or a tenant without a policy (from caller_policy).
         """
+        with phase("rate_limit"):
+            return await self._admit(request)
+
+    async def _admit(self, request: Any) -> _Slot:
         tenant, policy = caller_policy(self.policies)
         rate = policy.rate
         session_id = request.session_id if isinstance(request, pb.ExecuteRequest) else ""

@@ -124,6 +124,35 @@ class BudgetSettings(_Model):
     warn_fraction: float = Field(default=0.8, gt=0, le=1)
 
 
+class ModelPrice(_Model):
+    """What one LLM's tokens cost (the usual unit: per million tokens)."""
+
+    input_per_million_tokens: float = Field(ge=0)
+    output_per_million_tokens: float = Field(ge=0)
+
+
+class Pricing(_Model):
+    """Read by the cost interceptor: an execution costs cpu_second * CPU-seconds + memory_gb_second * peak
+    memory (GB) * wall seconds + wall_second * wall seconds + per_execution; reported LLM usage is priced from
+    ``models``. Amounts in the tenant's currency units."""
+
+    cpu_second: float = Field(default=0.0, ge=0)
+    memory_gb_second: float = Field(default=0.0, ge=0)
+    wall_second: float = Field(default=0.0, ge=0)
+    per_execution: float = Field(default=0.0, ge=0)
+    models: dict[Annotated[str, Field(min_length=1, max_length=200)], ModelPrice] = Field(
+        default_factory=dict, description="model name -> token prices, for RecordUsage"
+    )
+
+
+class LogContent(_Model):
+    """What the structured logs may carry beyond ids and numbers; off by default (code and output can hold
+    secrets and personal data)."""
+
+    code: bool = False
+    output: bool = False
+
+
 class TenantPolicy(_Model):
     """Who may run what, with which limits, for one tenant."""
 
@@ -139,6 +168,8 @@ class TenantPolicy(_Model):
     guardrails: Guardrails = Guardrails()
     rate: RateSettings = RateSettings()
     budget: BudgetSettings = BudgetSettings()
+    pricing: Pricing = Pricing()
+    log_content: LogContent = LogContent()
 
     @model_validator(mode="after")
     def _defaults_within_ceilings(self) -> Self:

@@ -1,0 +1,41 @@
+"""What the Admin service's operational calls (incidents, costs, executions, quarantines) read and act on,
+gathered in one frozen input so the AdminServicer needs no knowledge of how they are built."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from sandbox_server.stores.costs import CostStore
+from sandbox_server.stores.sqlite import AuditRecord
+
+if TYPE_CHECKING:
+    from sandbox_server.execution.servicer import RunningExecution
+    from sandbox_server.incidents.manager import IncidentManager
+
+
+class AuditReader(Protocol):
+    def list(
+        self, tenant: str | None = None, limit: int = 100, session_id: str | None = None
+    ) -> builtins.list[AuditRecord]: ...
+
+    def get(self, execution_id: str) -> AuditRecord | None: ...
+
+
+class LiveExecutions(Protocol):
+    """The executions holding a sandbox now, and the way to kill one."""
+
+    @property
+    def running(self) -> Mapping[str, RunningExecution]: ...
+
+    def kill(self, execution_id: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Operations:
+    audit: AuditReader
+    costs: CostStore
+    incidents: IncidentManager
+    executions: LiveExecutions

@@ -1,0 +1,102 @@
+"""Mitigations: what incident response decided, enforced before anything else is spent on a request.
+
+A disabled language or a quarantined tenant or session is refused with PERMISSION_DENIED (ErrorInfo reason
+LANGUAGE_DISABLED or QUARANTINED, naming the mitigation and its incident, so an agent knows to stop and an
+operator knows what to lift). A throttled tenant or session gets the mitigation's rate (a moving window in
+this process): beyond it RESOURCE_EXHAUSTED + QuotaFailure + RetryInfo. The verdict comes from memory
+(``IncidentManager.check``), microseconds per request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import grpc
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
+from sandbox_server.context import principal
+from sandbox_server.errors import PermissionDenied, QuotaViolation, ResourceExhausted
+from sandbox_server.execution.runtimes import find_runtime
+from sandbox_server.incidents.manager import Verdict
+from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
+from sandbox_server.telemetry import phase
+
+MITIGATED = frozenset({"/sandbox.v1.Sandbox/Execute", "/sandbox.v1.Sandbox/ExecuteStream"})
+MIN_RETRY_S = 0.001
+
+
+class MitigationCheck(Protocol):
+    def check(self, *, tenant: str, session_id: str, language: str) -> Verdict: ...
+
+
+class MitigationsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, mitigations: MitigationCheck) -> None:
+        self.mitigations = mitigations
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._items: dict[float, RateLimitItemPerMinute] = {}
+
+    async def enforce(self, request: Any) -> None:
+        """Raises PermissionDenied (quarantine, disabled language) or ResourceExhausted (throttled)."""
+        who = principal()
+        if who is None or not isinstance(request, pb.ExecuteRequest):
+            return  # auth refused it already / malformed: refused further in
+        runtime = find_runtime(request.language)
+        verdict = self.mitigations.check(
+            tenant=who.tenant, session_id=request.session_id,
+            language=runtime.language if runtime is not None else request.language[:40])
+        mitigation = verdict.mitigation
+        names = {"mitigation_id": mitigation.id, "incident_id": mitigation.incident_id} if mitigation else {}
+        if verdict.refusal == "language_disabled":
+            raise PermissionDenied(
+                f"language {request.language[:40]!r} is disabled by incident response; an operator must lift it",
+                reason="LANGUAGE_DISABLED", metadata=names)
+        if verdict.refusal == "quarantine":
+            subject = f"{mitigation.scope} {mitigation.subject!r}" if mitigation else "the caller"
+            raise PermissionDenied(f"{subject} is quarantined by incident response; an operator must lift it",
+                                   reason="QUARANTINED", metadata=names)
+        if verdict.throttle_per_minute is not None:
+            rate = verdict.throttle_per_minute
+            item = self._items.get(rate)
+            if item is None:
+                item = self._items[rate] = RateLimitItemPerMinute(max(1, int(rate)))
+            if not await self.limiter.hit(item, "throttle", verdict.throttle_key):
+                stats = await self.limiter.get_window_stats(item, "throttle", verdict.throttle_key)
+                raise ResourceExhausted(
+                    f"{verdict.throttle_key} is throttled to {rate:g} requests per minute by incident response",
+                    violations=[QuotaViolation(f"{verdict.throttle_key}/throttle",
+                                               f"throttled to {rate:g} requests per minute")],
+                    retry_after_s=max(MIN_RETRY_S, stats.reset_time - time.time()))
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler_call_details.method not in MITIGATED:
+            return handler
+        enforce = self.enforce
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                with phase("mitigations"):
+                    await enforce(request)
+                return await behavior(request, context)
+
+            return wrapped
+
+        def stream(behavior: StreamBehavior) -> StreamBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                with phase("mitigations"):
+                    await enforce(request)
+                async for item in behavior(request, context):
+                    yield item
+
+            return wrapped
+
+        return wrap_handler(handler, unary, stream)

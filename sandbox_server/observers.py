@@ -1,0 +1,60 @@
+"""Feeds what the chain observes into incident response and the metrics that go with it.
+
+``IncidentFeed`` is both a call observer (telemetry link: refused requests, server failures, teardown
+failures) and an execution observer (audit link: how each accepted execution ended); ``IncidentMetrics`` is
+an alert sink that counts opened incidents for ``sandbox_incidents_total``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import grpc
+
+from sandbox_server.context import CallRecord
+from sandbox_server.errors import InvalidRequest, SandboxFailure
+from sandbox_server.interceptors.telemetry import SERVER_FAULTS
+from sandbox_server.stores.incidents import IncidentRecord
+from sandbox_server.stores.sqlite import AuditRecord
+from sandbox_server.telemetry import Metrics
+
+
+class IncidentEvents(Protocol):
+    def on_execution(self, *, tenant: str, session_id: str, language: str, status: str) -> None: ...
+    def on_violation(self, *, tenant: str, session_id: str, language: str, rules: list[str]) -> None: ...
+    def on_call(self, *, failed: bool) -> None: ...
+    def on_teardown_failure(self, *, tenant: str, session_id: str, language: str, detail: str) -> None: ...
+
+
+class IncidentFeed:
+    def __init__(self, incidents: IncidentEvents, metrics: Metrics) -> None:
+        self.incidents = incidents
+        self.metrics = metrics
+
+    def on_call_end(self, call: CallRecord, code: grpc.StatusCode) -> None:
+        self.incidents.on_call(failed=code in SERVER_FAULTS)
+        error = call.error
+        if isinstance(error, InvalidRequest):
+            rules = sorted({v.reason for v in error.violations if v.reason})
+            if rules:
+                self.incidents.on_violation(tenant=call.tenant, session_id=call.session_id,
+                                            language=call.language, rules=rules)
+        elif isinstance(error, SandboxFailure) and error.metadata.get("phase") == "teardown":
+            self.metrics.teardown_failures.add(1, {"backend": error.metadata.get("backend", "")})
+            self.incidents.on_teardown_failure(tenant=call.tenant, session_id=call.session_id,
+                                               language=call.language, detail=error.message)
+
+    def on_execution(self, rec: AuditRecord) -> None:
+        self.incidents.on_execution(tenant=rec.tenant, session_id=rec.session_id, language=rec.language,
+                                    status=rec.outcome)
+
+
+class IncidentMetrics:
+    """An alert sink: counts each opened incident by rule and severity."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def send(self, incident: IncidentRecord, event: str) -> None:
+        if event == "opened":
+            self.metrics.incidents.add(1, {"rule": incident.rule, "severity": incident.severity})
