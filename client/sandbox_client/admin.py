@@ -1,4 +1,5 @@
-"""A blocking client for the Admin service: tenant policies and API keys. Every call needs an admin key.
+"""A blocking client for the Admin service: tenant policies, API keys, and operations (incidents, costs,
+executions, quarantines). Every call needs an admin key.
 
     from sandbox_client.admin import AdminClient
 
@@ -6,10 +7,13 @@
         print(admin.list_policies().version)
         created = admin.create_api_key("acme", label="ci")
         print(created.secret)  # shown once: store it now
+        for incident in admin.list_incidents(open_only=True):
+            admin.resolve_incident(incident.id, note="looked into it")
 
-Methods mirror the RPCs (``proto/sandbox/v1/admin.proto``) and return frozen dataclasses. A failed call raises
-a ``sandbox_client.SandboxError`` subclass, e.g. ``InvalidRequestError`` whose ``field_violations`` name each
-problem of a refused policy as ``"<file>:<location>"``.
+Methods mirror the RPCs (``proto/sandbox/v1/admin.proto``) and return frozen dataclasses; times are aware UTC
+datetimes. A failed call raises a ``sandbox_client.SandboxError`` subclass, e.g. ``InvalidRequestError`` whose
+``field_violations`` name each problem of a refused policy as ``"<file>:<location>"``, or ``NotFoundError`` for
+an unknown incident, execution or mitigation id.
 """
 
 from __future__ import annotations
@@ -22,23 +26,33 @@ from typing import Any, Literal
 
 import grpc
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 
 from sandbox_client._common import auth_metadata, call_timeout, check_timeout, open_channel
-from sandbox_client._errors import from_rpc_error
+from sandbox_client._errors import NotFoundError, from_rpc_error
 from sandbox_client._proto.sandbox.v1 import admin_pb2, admin_pb2_grpc
 
 __all__ = [
     "DEFAULT_ADMIN_TIMEOUT",
+    "RUNNING",
     "AdminClient",
     "ApiKey",
     "AppliedPolicy",
+    "CostGroupBy",
+    "CostReport",
+    "CostRow",
     "CreatedApiKey",
+    "Execution",
+    "Incident",
+    "Mitigation",
+    "NotFoundError",
     "PolicyFile",
     "PolicyListing",
     "PolicyProblem",
     "PolicySnapshot",
     "PolicyVersion",
     "Role",
+    "Severity",
     "Tenant",
 ]
 
@@ -46,6 +60,12 @@ DEFAULT_ADMIN_TIMEOUT = 30.0
 """Seconds: the deadline of every admin call that passes no ``timeout`` of its own."""
 
 Role = Literal["tenant", "admin"]
+Severity = Literal["unspecified", "low", "medium", "high", "critical"]
+"""low: alert only; medium: throttle the subject; high: quarantine it; critical: quarantine, or disable the
+language. "unspecified": a severity this client does not know (a newer server)."""
+CostGroupBy = Literal["tenant", "session", "day"]
+RUNNING = "RUNNING"
+"""The ``outcome`` of an execution that is running now."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +158,113 @@ class CreatedApiKey:
     key: ApiKey
     secret: str = field(repr=False)
     """The whole key (``sbx_<key_id>_<secret>``), to send as ``api_key``. The server never shows it again."""
+
+
+@dataclass(frozen=True)
+class Mitigation:
+    """What the server did about an incident (throttle, quarantine, disable a language), until an operator
+    lifts it or it expires."""
+
+    id: str
+    incident_id: str
+    action: str
+    """"throttle", "quarantine" or "disable_language"."""
+    scope: str
+    """"session", "tenant" or "language"."""
+    subject: str
+    """"acme", "acme/sess-1" (tenant/session) or "python"."""
+    created_at: datetime | None
+    expires_at: datetime | None
+    """None: until lifted."""
+    lifted_at: datetime | None
+    """None while not lifted."""
+    lifted_by: str
+    throttle_per_minute: float
+    """For "throttle": executions per minute allowed meanwhile."""
+
+    def active(self, now: datetime | None = None) -> bool:
+        """Neither lifted nor expired at ``now`` (an aware datetime; default: the current time)."""
+        moment = now if now is not None else datetime.now(UTC)
+        return self.lifted_at is None and (self.expires_at is None or self.expires_at > moment)
+
+
+@dataclass(frozen=True)
+class Incident:
+    """Something the server noticed on its own (e.g. repeated timeouts in a session), with its mitigations."""
+
+    id: str
+    rule: str
+    """"escape_attempts", "teardown_failure", "error_rate", "budget_exceeded" or "repeated_timeouts"."""
+    severity: Severity
+    scope: str
+    """"session", "tenant", "language" or "server"."""
+    subject: str
+    summary: str
+    details: dict[str, str]
+    """What the rule saw; a resolution note is kept here as ``resolve_note``."""
+    count: int
+    """Events that matched while it was open."""
+    opened_at: datetime | None
+    resolved_at: datetime | None
+    """None while open."""
+    resolved_by: str
+    mitigations: tuple[Mitigation, ...]
+
+    @property
+    def open(self) -> bool:
+        return self.resolved_at is None
+
+
+@dataclass(frozen=True)
+class CostRow:
+    """One line of a cost report; money in the tenant's currency units."""
+
+    key: str
+    """The tenant, "tenant/session" or the UTC day "YYYY-MM-DD"."""
+    execution_cost: float
+    usage_cost: float
+    """Reported LLM token usage."""
+    total: float
+    executions: int
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class CostReport:
+    rows: tuple[CostRow, ...]
+    """By descending total."""
+    total: float
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One execution: its audit record, or its live state while it runs (``outcome`` RUNNING)."""
+
+    execution_id: str
+    tenant: str
+    key_id: str
+    session_id: str
+    language: str
+    code_sha256: str
+    limits: dict[str, int]
+    """The applied limits (units in the names: wall_time_ms, memory_bytes, ...)."""
+    outcome: str
+    """RUNNING while it runs; then the status ("OK", "TIMEOUT", "KILLED", ...), "ERROR:<code>" or "CANCELLED"."""
+    exit_code: int
+    wall_time_s: float
+    """While it runs: the time it has held its sandbox so far."""
+    cpu_time_s: float
+    peak_memory_bytes: int
+    cost: float
+    trace_id: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    """None while it runs."""
+
+    @property
+    def running(self) -> bool:
+        return self.outcome == RUNNING
 
 
 class AdminClient:
@@ -296,6 +423,127 @@ class AdminClient:
         return tuple(_api_key(k) for k in response.keys)
 
 
+    # -- incidents ----------------------------------------------------------------------------------------------
+
+    def list_incidents(
+        self, *, open_only: bool = False, tenant: str | None = None, limit: int = 50, timeout: float | None = None
+    ) -> tuple[Incident, ...]:
+        """The latest ``limit`` incidents (1 to 1000), newest first, with their mitigations; only open ones with
+        ``open_only``, only ``tenant``'s when given."""
+        response: admin_pb2.ListIncidentsResponse = self._call(
+            "ListIncidents",
+            admin_pb2.ListIncidentsRequest(open_only=open_only, tenant=tenant or "", limit=limit),
+            timeout,
+        )
+        return tuple(_incident(i) for i in response.incidents)
+
+    def get_incident(self, incident_id: str, *, timeout: float | None = None) -> Incident:
+        """One incident with its mitigations.
+
+        Raises:
+            NotFoundError: no incident with this id.
+        """
+        return _incident(self._call("GetIncident", admin_pb2.GetIncidentRequest(id=incident_id), timeout))
+
+    def resolve_incident(self, incident_id: str, *, note: str = "", timeout: float | None = None) -> Incident:
+        """Resolve an incident and lift its active mitigations (resolving a resolved one changes nothing).
+        ``note`` (at most 1000 characters) is kept in its details as ``resolve_note``.
+
+        Raises:
+            NotFoundError: no incident with this id.
+        """
+        request = admin_pb2.ResolveIncidentRequest(id=incident_id, note=note)
+        return _incident(self._call("ResolveIncident", request, timeout))
+
+    # -- costs --------------------------------------------------------------------------------------------------
+
+    def cost_report(
+        self,
+        *,
+        group_by: CostGroupBy = "tenant",
+        tenant: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        timeout: float | None = None,
+    ) -> CostReport:
+        """Cost per tenant, "tenant/session" or UTC day within [``since``, ``until``) (None: the beginning; now),
+        from the cost ledger, by descending total.
+
+        Raises:
+            ValueError: an unknown ``group_by``, or a naive datetime (give a timezone).
+            InvalidRequestError: ``since`` is not before ``until``.
+        """
+        if group_by not in _GROUP_BY_TO_PROTO:
+            raise ValueError(f"group_by must be 'tenant', 'session' or 'day', not {group_by!r}")
+        request = admin_pb2.CostReportRequest(group_by=_GROUP_BY_TO_PROTO[group_by], tenant=tenant or "")
+        if since is not None:
+            request.since.CopyFrom(_timestamp("since", since))
+        if until is not None:
+            request.until.CopyFrom(_timestamp("until", until))
+        response: admin_pb2.CostReportResponse = self._call("CostReport", request, timeout)
+        return CostReport(rows=tuple(_cost_row(r) for r in response.rows), total=response.total)
+
+    # -- executions ---------------------------------------------------------------------------------------------
+
+    def list_executions(
+        self,
+        *,
+        tenant: str | None = None,
+        session_id: str | None = None,
+        running_only: bool = False,
+        limit: int = 50,
+        timeout: float | None = None,
+    ) -> tuple[Execution, ...]:
+        """The latest ``limit`` executions (1 to 1000), newest first: the running ones and the audit trail's
+        (only the running ones with ``running_only``), filtered by ``tenant`` and ``session_id`` when given."""
+        request = admin_pb2.ListExecutionsRequest(
+            tenant=tenant or "", session_id=session_id or "", running_only=running_only, limit=limit
+        )
+        response: admin_pb2.ListExecutionsResponse = self._call("ListExecutions", request, timeout)
+        return tuple(_execution(e) for e in response.executions)
+
+    def get_execution(self, execution_id: str, *, timeout: float | None = None) -> Execution:
+        """One execution: its live state while it runs, then its audit record.
+
+        Raises:
+            NotFoundError: no execution with this id.
+        """
+        request = admin_pb2.GetExecutionRequest(execution_id=execution_id)
+        return _execution(self._call("GetExecution", request, timeout))
+
+    def kill_execution(self, execution_id: str, *, timeout: float | None = None) -> bool:
+        """Kill a running execution: its caller gets a result with status KILLED. Returns True once killed.
+
+        Raises:
+            NotFoundError: no execution with this id is running (unknown, or it has ended).
+        """
+        response: admin_pb2.KillExecutionResponse = self._call(
+            "KillExecution", admin_pb2.KillExecutionRequest(execution_id=execution_id), timeout
+        )
+        return response.killed
+
+    # -- quarantines --------------------------------------------------------------------------------------------
+
+    def list_quarantines(self, *, include_lifted: bool = False, timeout: float | None = None) -> tuple[Mitigation, ...]:
+        """Active mitigations (throttled or quarantined sessions and tenants, disabled languages), newest first;
+        lifted and expired ones too with ``include_lifted``."""
+        response: admin_pb2.ListQuarantinesResponse = self._call(
+            "ListQuarantines", admin_pb2.ListQuarantinesRequest(include_lifted=include_lifted), timeout
+        )
+        return tuple(_mitigation(m) for m in response.mitigations)
+
+    def lift_quarantine(self, mitigation_id: str, *, timeout: float | None = None) -> Mitigation:
+        """Lift one mitigation (lifting a lifted one changes nothing); its incident stays open.
+
+        Raises:
+            NotFoundError: no mitigation with this id.
+        """
+        response: admin_pb2.Mitigation = self._call(
+            "LiftQuarantine", admin_pb2.LiftQuarantineRequest(id=mitigation_id), timeout
+        )
+        return _mitigation(response)
+
+
 _ROLE_TO_PROTO: dict[str, admin_pb2.ApiKeyRole] = {
     "tenant": admin_pb2.API_KEY_ROLE_TENANT,
     "admin": admin_pb2.API_KEY_ROLE_ADMIN,
@@ -306,8 +554,99 @@ _ROLE_FROM_PROTO: dict[admin_pb2.ApiKeyRole, Role] = {
 }
 
 
+_SEVERITY_FROM_PROTO: dict[admin_pb2.Severity, Severity] = {
+    admin_pb2.SEVERITY_LOW: "low",
+    admin_pb2.SEVERITY_MEDIUM: "medium",
+    admin_pb2.SEVERITY_HIGH: "high",
+    admin_pb2.SEVERITY_CRITICAL: "critical",
+}
+_GROUP_BY_TO_PROTO: dict[str, admin_pb2.CostGroupBy] = {
+    "tenant": admin_pb2.COST_GROUP_BY_TENANT,
+    "session": admin_pb2.COST_GROUP_BY_SESSION,
+    "day": admin_pb2.COST_GROUP_BY_DAY,
+}
+
+
 def _datetime(stamp: timestamp_pb2.Timestamp) -> datetime:
     return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _optional_datetime(message: Message, name: str) -> datetime | None:
+    """The Timestamp field ``name``; None when unset (the proto's way to say "not yet" or "never")."""
+    return _datetime(getattr(message, name)) if message.HasField(name) else None
+
+
+def _timestamp(name: str, moment: datetime) -> timestamp_pb2.Timestamp:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{name} must be an aware datetime (with a timezone), not {moment!r}")
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _mitigation(message: admin_pb2.Mitigation) -> Mitigation:
+    return Mitigation(
+        id=message.id,
+        incident_id=message.incident_id,
+        action=message.action,
+        scope=message.scope,
+        subject=message.subject,
+        created_at=_optional_datetime(message, "created_at"),
+        expires_at=_optional_datetime(message, "expires_at"),
+        lifted_at=_optional_datetime(message, "lifted_at"),
+        lifted_by=message.lifted_by,
+        throttle_per_minute=message.throttle_per_minute,
+    )
+
+
+def _incident(message: admin_pb2.Incident) -> Incident:
+    return Incident(
+        id=message.id,
+        rule=message.rule,
+        severity=_SEVERITY_FROM_PROTO.get(message.severity, "unspecified"),
+        scope=message.scope,
+        subject=message.subject,
+        summary=message.summary,
+        details=dict(sorted(message.details.items())),
+        count=message.count,
+        opened_at=_optional_datetime(message, "opened_at"),
+        resolved_at=_optional_datetime(message, "resolved_at"),
+        resolved_by=message.resolved_by,
+        mitigations=tuple(_mitigation(m) for m in message.mitigations),
+    )
+
+
+def _cost_row(message: admin_pb2.CostRow) -> CostRow:
+    return CostRow(
+        key=message.key,
+        execution_cost=message.execution_cost,
+        usage_cost=message.usage_cost,
+        total=message.total,
+        executions=message.executions,
+        input_tokens=message.input_tokens,
+        output_tokens=message.output_tokens,
+    )
+
+
+def _execution(message: admin_pb2.Execution) -> Execution:
+    return Execution(
+        execution_id=message.execution_id,
+        tenant=message.tenant,
+        key_id=message.key_id,
+        session_id=message.session_id,
+        language=message.language,
+        code_sha256=message.code_sha256,
+        limits=dict(sorted(message.limits.items())),
+        outcome=message.outcome,
+        exit_code=message.exit_code,
+        wall_time_s=message.wall_time_s,
+        cpu_time_s=message.cpu_time_s,
+        peak_memory_bytes=message.peak_memory_bytes,
+        cost=message.cost,
+        trace_id=message.trace_id,
+        started_at=_optional_datetime(message, "started_at"),
+        ended_at=_optional_datetime(message, "ended_at"),
+    )
 
 
 def _problem(message: admin_pb2.PolicyError) -> PolicyProblem:

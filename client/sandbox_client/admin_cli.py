@@ -3,9 +3,14 @@
     sandbox-admin policies list | show [--version N] [--file NAME] | diff FILE | validate FILE [--offline] | apply FILE
     sandbox-admin tenants list
     sandbox-admin keys create --tenant T [--role admin] [--label L] | revoke KEY_ID | list [--tenant T]
+    sandbox-admin incidents list [--open] [--tenant T] [--limit N] | show ID | resolve ID [--note TEXT]
+    sandbox-admin costs report [--by tenant|session|day] [--tenant T] [--since ISO] [--until ISO]
+    sandbox-admin executions list [--tenant T] [--session S] [--running] [--limit N] | show ID | kill ID
+    sandbox-admin quarantine list [--all] | lift ID
 
 Global options: ``--target`` (env SANDBOX_TARGET, default 127.0.0.1:50051), ``--api-key`` (env SANDBOX_ADMIN_KEY),
-``--json`` (machine-readable output on stdout; errors as JSON on stderr), ``--timeout`` (seconds).
+``--json`` (machine-readable output on stdout; errors as JSON on stderr; the operational commands also take it
+after their name), ``--timeout`` (seconds). Times given as ISO 8601 without a zone are UTC.
 
 Exit codes: 0 success; 1 the server refused or failed (or a policy does not validate), with the server's
 message and field violations on stderr; 2 a usage error (bad option, unreadable file, offline validation
@@ -18,8 +23,8 @@ import difflib
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -29,6 +34,9 @@ from sandbox_client.admin import (
     DEFAULT_ADMIN_TIMEOUT,
     AdminClient,
     ApiKey,
+    Execution,
+    Incident,
+    Mitigation,
     PolicyProblem,
 )
 
@@ -58,6 +66,12 @@ class RoleChoice(StrEnum):
     admin = "admin"
 
 
+class GroupChoice(StrEnum):
+    tenant = "tenant"
+    session = "session"
+    day = "day"
+
+
 @dataclass(frozen=True)
 class Options:
     target: str
@@ -71,7 +85,7 @@ class Options:
 
 app = typer.Typer(
     name="sandbox-admin",
-    help="Administer a sandbox server: tenant policies and API keys.",
+    help="Administer a sandbox server: tenant policies, API keys, incidents, costs, executions, quarantines.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -82,6 +96,20 @@ keys_app = typer.Typer(help="API keys: create, revoke, list.", no_args_is_help=T
 app.add_typer(policies_app, name="policies")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
+incidents_app = typer.Typer(help="Incidents the server opened on its own: list, show, resolve.", no_args_is_help=True)
+costs_app = typer.Typer(help="Costs from the cost ledger.", no_args_is_help=True)
+executions_app = typer.Typer(help="Executions, running and audited: list, show, kill.", no_args_is_help=True)
+quarantine_app = typer.Typer(
+    help="Mitigations (throttled or quarantined sessions and tenants, disabled languages): list, lift.",
+    no_args_is_help=True,
+)
+app.add_typer(incidents_app, name="incidents")
+app.add_typer(costs_app, name="costs")
+app.add_typer(executions_app, name="executions")
+app.add_typer(quarantine_app, name="quarantine")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables (like the global --json).")]
+Limit = Annotated[int, typer.Option(min=1, max=1000, help="At most this many, newest first.")]
 
 
 @app.callback()
@@ -330,6 +358,307 @@ def keys_list(
     _stdout().print(_keys_table(keys))
 
 
+# -- incidents --------------------------------------------------------------------------------------------------
+
+
+@incidents_app.command("list")
+def incidents_list(
+    ctx: typer.Context,
+    open_only: Annotated[bool, typer.Option("--open", help="Only open incidents.")] = False,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's incidents.")] = None,
+    limit: Limit = 50,
+    json_output: JsonFlag = False,
+) -> None:
+    """Incidents, newest first, with their mitigations."""
+    opts = _options(ctx, json_output)
+    with _server_call(opts), opts.client() as admin:
+        incidents = admin.list_incidents(open_only=open_only, tenant=tenant, limit=limit)
+    if opts.json:
+        _print_json([_incident_json(i) for i in incidents])
+        return
+    if not incidents:
+        _stdout().print(Text("No open incidents." if open_only else "No incidents."))
+        return
+    table = Table()
+    table.add_column("ID", no_wrap=True)
+    table.add_column("Rule", no_wrap=True)
+    table.add_column("Severity")
+    table.add_column("Subject")
+    table.add_column("Count", justify="right")
+    table.add_column("Opened (UTC)", no_wrap=True)
+    table.add_column("State")
+    table.add_column("Mitigations")
+    now = datetime.now(UTC)
+    for i in incidents:
+        table.add_row(
+            Text(i.id),
+            Text(i.rule),
+            Text(i.severity, style=_SEVERITY_STYLES.get(i.severity, "")),
+            Text(f"{i.scope} {i.subject}"),
+            str(i.count),
+            _when(i.opened_at, zone=False),
+            Text("open", style="bold") if i.open else Text(f"resolved by {i.resolved_by}"),
+            Text(", ".join(f"{m.action} ({_mitigation_state(m, now)})" for m in i.mitigations)),
+        )
+    _stdout().print(table)
+
+
+@incidents_app.command("show")
+def incidents_show(
+    ctx: typer.Context,
+    incident_id: Annotated[str, typer.Argument(metavar="ID", help="The incident's id.")],
+    json_output: JsonFlag = False,
+) -> None:
+    """One incident: what the rule saw, and its mitigations."""
+    opts = _options(ctx, json_output)
+    with _server_call(opts), opts.client() as admin:
+        incident = admin.get_incident(incident_id)
+    if opts.json:
+        _print_json(_incident_json(incident))
+        return
+    out = _stdout()
+    state = "open" if incident.open else f"resolved by {incident.resolved_by} at {_when(incident.resolved_at)}"
+    out.print(Text(f"Incident {incident.id} ({state})", style="bold"), soft_wrap=True)
+    rows: list[tuple[str, str]] = [
+        ("rule", incident.rule),
+        ("severity", incident.severity),
+        ("subject", f"{incident.scope} {incident.subject}"),
+        ("summary", incident.summary),
+        ("count", str(incident.count)),
+        ("opened", _when(incident.opened_at)),
+        *((f"details.{k}", v) for k, v in incident.details.items()),
+    ]
+    out.print(_fields_table(rows))
+    if incident.mitigations:
+        out.print(_mitigations_table(incident.mitigations))
+
+
+@incidents_app.command("resolve")
+def incidents_resolve(
+    ctx: typer.Context,
+    incident_id: Annotated[str, typer.Argument(metavar="ID", help="The incident's id.")],
+    note: Annotated[str, typer.Option(help="Why; kept in the incident's details (at most 1000 characters).")] = "",
+    json_output: JsonFlag = False,
+) -> None:
+    """Resolve an incident and lift its active mitigations."""
+    opts = _options(ctx, json_output)
+    with _server_call(opts), opts.client() as admin:
+        incident = admin.resolve_incident(incident_id, note=note)
+    if opts.json:
+        _print_json(_incident_json(incident))
+        return
+    lifted = [m for m in incident.mitigations if m.lifted_at is not None]
+    _stdout().print(
+        Text(
+            f"Incident {incident.id} is resolved (by {incident.resolved_by} at {_when(incident.resolved_at)}); "
+            f"mitigations lifted: {len(lifted)} of {len(incident.mitigations)}."
+        ),
+        soft_wrap=True,
+    )
+
+
+# -- costs ------------------------------------------------------------------------------------------------------
+
+
+@costs_app.command("report")
+def costs_report(
+    ctx: typer.Context,
+    by: Annotated[GroupChoice, typer.Option(help="One row per tenant, per tenant/session or per UTC day.")] = (
+        GroupChoice.tenant
+    ),
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's costs.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="ISO 8601 time or date (UTC without a zone); default: the beginning.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="ISO 8601 time or date, excluded; default: now.")] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Cost per tenant, session or day over a time range, by descending total."""
+    opts = _options(ctx, json_output)
+    start = _parse_when(opts, "--since", since)
+    end = _parse_when(opts, "--until", until)
+    with _server_call(opts), opts.client() as admin:
+        report = admin.cost_report(group_by=by.value, tenant=tenant, since=start, until=end)
+    if opts.json:
+        _print_json(
+            {
+                "group_by": by.value,
+                "tenant": tenant,
+                "since": start,
+                "until": end,
+                "rows": [asdict(r) for r in report.rows],
+                "total": report.total,
+            }
+        )
+        return
+    span = f"{_when(start) if start else 'the beginning'} to {_when(end) if end else 'now'}"
+    table = Table(title=f"Costs by {by.value}, {span}", title_justify="left", show_footer=True)
+    table.add_column(by.value.capitalize(), "Total", no_wrap=True)
+    table.add_column("Executions", str(sum(r.executions for r in report.rows)), justify="right")
+    table.add_column("Execution cost", _money(sum(r.execution_cost for r in report.rows)), justify="right")
+    table.add_column("Usage cost", _money(sum(r.usage_cost for r in report.rows)), justify="right")
+    table.add_column("Input tokens", str(sum(r.input_tokens for r in report.rows)), justify="right")
+    table.add_column("Output tokens", str(sum(r.output_tokens for r in report.rows)), justify="right")
+    table.add_column("Total", _money(report.total), justify="right")
+    for r in report.rows:
+        table.add_row(
+            Text(r.key),
+            str(r.executions),
+            _money(r.execution_cost),
+            _money(r.usage_cost),
+            str(r.input_tokens),
+            str(r.output_tokens),
+            _money(r.total),
+        )
+    _stdout().print(table)
+
+
+# -- executions -------------------------------------------------------------------------------------------------
+
+
+@executions_app.command("list")
+def executions_list(
+    ctx: typer.Context,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's executions.")] = None,
+    session: Annotated[str | None, typer.Option(help="Only this session's executions.")] = None,
+    running: Annotated[bool, typer.Option("--running", help="Only the ones running now.")] = False,
+    limit: Limit = 50,
+    json_output: JsonFlag = False,
+) -> None:
+    """Executions, newest first: the running ones and the audit trail's."""
+    opts = _options(ctx, json_output)
+    with _server_call(opts), opts.client() as admin:
+        executions = admin.list_executions(tenant=tenant, session_id=session, running_only=running, limit=limit)
+    if opts.json:
+        _print_json([asdict(e) for e in executions])
+        return
+    if not executions:
+        _stdout().print(Text("No running executions." if running else "No executions."))
+        return
+    table = Table()
+    table.add_column("Execution ID", no_wrap=True)
+    table.add_column("Tenant", no_wrap=True)
+    table.add_column("Session")
+    table.add_column("Language")
+    table.add_column("Outcome", no_wrap=True)
+    table.add_column("Exit", justify="right")
+    table.add_column("Wall (s)", justify="right")
+    table.add_column("Cost", justify="right")
+    table.add_column("Started (UTC)", no_wrap=True)
+    for e in executions:
+        table.add_row(
+            Text(e.execution_id),
+            Text(e.tenant),
+            Text(e.session_id),
+            Text(e.language),
+            Text(e.outcome, style=_outcome_style(e)),
+            "" if e.running else str(e.exit_code),
+            f"{e.wall_time_s:.3f}",
+            _money(e.cost),
+            _when(e.started_at, zone=False),
+        )
+    _stdout().print(table)
+
+
+@executions_app.command("show")
+def executions_show(
+    ctx: typer.Context,
+    execution_id: Annotated[str, typer.Argument(metavar="ID", help="The execution's id.")],
+    json_output: JsonFlag = False,
+) -> None:
+    """One execution: its audit record, or its live state while it runs."""
+    opts = _options(ctx, json_output)
+    with _server_call(opts), opts.client() as admin:
+        e = admin.get_execution(execution_id)
+    if opts.json:
+        _print_json(asdict(e))
+        return
+    out = _stdout()
+    out.print(Text(f"Execution {e.execution_id} ({e.outcome})", style="bold"), soft_wrap=True)
+    rows: list[tuple[str, str]] = [
+        ("tenant", e.tenant),
+        ("key", e.key_id),
+        ("session", e.session_id),
+        ("language", e.language),
+        ("code sha256", e.code_sha256),
+        ("outcome", e.outcome),
+        *([] if e.running else [("exit code", str(e.exit_code))]),
+        ("wall time", f"{e.wall_time_s:.3f} s" + (" so far" if e.running else "")),
+        *(
+            []
+            if e.running
+            else [("cpu time", f"{e.cpu_time_s:.3f} s"), ("peak memory", f"{e.peak_memory_bytes} bytes")]
+        ),
+        ("cost", _money(e.cost)),
+        ("trace", e.trace_id),
+        ("started", _when(e.started_at)),
+        ("ended", _when(e.ended_at) if e.ended_at else "running"),
+        *((f"limits.{k}", str(v)) for k, v in e.limits.items()),
+    ]
+    out.print(_fields_table(rows))
+
+
+@executions_app.command("kill")
+def executions_kill(
+    ctx: typer.Context,
+    execution_id: Annotated[str, typer.Argument(metavar="ID", help="A running execution's id.")],
+    json_output: JsonFlag = False,
+) -> None:
+    """Kill a running execution; its caller gets a result with status KILLED."""
+    opts = _options(ctx, json_output)
+    with _server_call(opts), opts.client() as admin:
+        killed = admin.kill_execution(execution_id)
+    if opts.json:
+        _print_json({"execution_id": execution_id, "killed": killed})
+        return
+    _stdout().print(Text(f"Execution {execution_id} is killed; its caller gets status KILLED."))
+
+
+# -- quarantine -------------------------------------------------------------------------------------------------
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    ctx: typer.Context,
+    include_lifted: Annotated[bool, typer.Option("--all", help="Lifted and expired ones too.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Active mitigations, newest first."""
+    opts = _options(ctx, json_output)
+    with _server_call(opts), opts.client() as admin:
+        mitigations = admin.list_quarantines(include_lifted=include_lifted)
+    if opts.json:
+        now = datetime.now(UTC)
+        _print_json([_mitigation_json(m, now) for m in mitigations])
+        return
+    if not mitigations:
+        _stdout().print(Text("No mitigations." if include_lifted else "No active mitigations."))
+        return
+    _stdout().print(_mitigations_table(mitigations))
+
+
+@quarantine_app.command("lift")
+def quarantine_lift(
+    ctx: typer.Context,
+    mitigation_id: Annotated[str, typer.Argument(metavar="ID", help="The mitigation's id.")],
+    json_output: JsonFlag = False,
+) -> None:
+    """Lift one mitigation; its incident stays open (``incidents resolve`` lifts them all)."""
+    opts = _options(ctx, json_output)
+    with _server_call(opts), opts.client() as admin:
+        mitigation = admin.lift_quarantine(mitigation_id)
+    if opts.json:
+        _print_json(_mitigation_json(mitigation, datetime.now(UTC)))
+        return
+    _stdout().print(
+        Text(
+            f"Mitigation {mitigation.id} ({mitigation.action} of {mitigation.scope} {mitigation.subject}) is lifted "
+            f"(by {mitigation.lifted_by} at {_when(mitigation.lifted_at)})."
+        ),
+        soft_wrap=True,
+    )
+
+
 def main() -> None:
     """The ``sandbox-admin`` console script."""
     app(prog_name="sandbox-admin")
@@ -338,11 +667,12 @@ def main() -> None:
 # -- helpers ----------------------------------------------------------------------------------------------------
 
 
-def _options(ctx: typer.Context) -> Options:
+def _options(ctx: typer.Context, json_output: bool = False) -> Options:
+    """The global options; a command's own ``--json`` turns JSON on as the global one does."""
     opts = ctx.find_root().obj
     if not isinstance(opts, Options):  # a command invoked without the app's callback
         raise RuntimeError("sandbox-admin: global options are missing")
-    return opts
+    return replace(opts, json=True) if json_output else opts
 
 
 def _stdout() -> Console:
@@ -453,6 +783,86 @@ def _keys_table(keys: Sequence[ApiKey]) -> Table:
 
 def _key_json(key: ApiKey) -> dict[str, Any]:
     return {**asdict(key), "active": key.active}
+
+
+_SEVERITY_STYLES = {"low": "", "medium": "yellow", "high": "bold red", "critical": "bold red"}
+
+
+def _parse_when(opts: Options, option: str, value: str | None) -> datetime | None:
+    """An ISO 8601 time or date from the command line; without a zone it is UTC. Exit 2 if it does not parse."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(opts, f"{option}: not an ISO 8601 time or date: {value!r} (e.g. 2024-05-01 or 2024-05-01T12:00Z)",
+              EXIT_USAGE)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _money(amount: float) -> str:
+    return f"{amount:,.4f}"
+
+
+def _outcome_style(execution: Execution) -> str:
+    if execution.running:
+        return "bold cyan"
+    return "green" if execution.outcome == "OK" else "red"
+
+
+def _mitigation_state(mitigation: Mitigation, now: datetime) -> str:
+    if mitigation.lifted_at is not None:
+        return "lifted"
+    return "active" if mitigation.active(now) else "expired"
+
+
+def _mitigation_json(mitigation: Mitigation, now: datetime) -> dict[str, Any]:
+    return {**asdict(mitigation), "state": _mitigation_state(mitigation, now)}
+
+
+def _incident_json(incident: Incident) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        **asdict(incident),
+        "open": incident.open,
+        "mitigations": [_mitigation_json(m, now) for m in incident.mitigations],
+    }
+
+
+def _mitigations_table(mitigations: Sequence[Mitigation]) -> Table:
+    table = Table()
+    table.add_column("Mitigation ID", no_wrap=True)
+    table.add_column("Incident", no_wrap=True)
+    table.add_column("Action", no_wrap=True)
+    table.add_column("Subject")
+    table.add_column("Per minute", justify="right")
+    table.add_column("Created (UTC)", no_wrap=True)
+    table.add_column("Expires (UTC)", no_wrap=True)
+    table.add_column("State")
+    now = datetime.now(UTC)
+    for m in mitigations:
+        state = _mitigation_state(m, now)
+        table.add_row(
+            Text(m.id),
+            Text(m.incident_id),
+            Text(m.action),
+            Text(f"{m.scope} {m.subject}"),
+            f"{m.throttle_per_minute:g}" if m.action == "throttle" else "",
+            _when(m.created_at, zone=False),
+            _when(m.expires_at, zone=False) if m.expires_at else "when lifted",
+            Text(f"lifted by {m.lifted_by}" if state == "lifted" else state, style="bold" if state == "active" else ""),
+        )
+    return table
+
+
+def _fields_table(rows: Sequence[tuple[str, str]]) -> Table:
+    """Name/value pairs, one per line, for the ``show`` commands."""
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    for name, value in rows:
+        table.add_row(Text(name), Text(value))
+    return table
 
 
 def _when(moment: datetime | None, *, zone: bool = True) -> str:

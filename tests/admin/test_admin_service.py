@@ -313,16 +313,25 @@ def test_the_client_module_api_is_pinned() -> None:
     assert sorted(sandbox_client.admin.__all__) == sorted(
         [
             "DEFAULT_ADMIN_TIMEOUT",
+            "RUNNING",
             "AdminClient",
             "ApiKey",
             "AppliedPolicy",
+            "CostGroupBy",
+            "CostReport",
+            "CostRow",
             "CreatedApiKey",
+            "Execution",
+            "Incident",
+            "Mitigation",
+            "NotFoundError",
             "PolicyFile",
             "PolicyListing",
             "PolicyProblem",
             "PolicySnapshot",
             "PolicyVersion",
             "Role",
+            "Severity",
             "Tenant",
         ]
     )
