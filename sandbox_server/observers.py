@@ -14,8 +14,8 @@ import grpc
 from sandbox_server.context import CallRecord
 from sandbox_server.errors import InvalidRequest, SandboxFailure
 from sandbox_server.interceptors.telemetry import SERVER_FAULTS
+from sandbox_server.stores.base import AuditRecord
 from sandbox_server.stores.incidents import IncidentRecord
-from sandbox_server.stores.sqlite import AuditRecord
 from sandbox_server.telemetry import Metrics
 
 

@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from sandbox_server.settings import Settings
 
 if TYPE_CHECKING:
-    from sandbox_server.stores.sqlite import AuditRecord
+    from sandbox_server.stores.base import AuditRecord
 
 log = logging.getLogger(__name__)
 

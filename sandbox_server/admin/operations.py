@@ -3,25 +3,16 @@ gathered in one frozen input so the AdminServicer needs no knowledge of how they
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from sandbox_server.stores.base import AuditStore
 from sandbox_server.stores.costs import CostStore
-from sandbox_server.stores.sqlite import AuditRecord
 
 if TYPE_CHECKING:
     from sandbox_server.execution.servicer import RunningExecution
     from sandbox_server.incidents.manager import IncidentManager
-
-
-class AuditReader(Protocol):
-    def list(
-        self, tenant: str | None = None, limit: int = 100, session_id: str | None = None
-    ) -> builtins.list[AuditRecord]: ...
-
-    def get(self, execution_id: str) -> AuditRecord | None: ...
 
 
 class LiveExecutions(Protocol):
@@ -35,7 +26,7 @@ class LiveExecutions(Protocol):
 
 @dataclass(frozen=True)
 class Operations:
-    audit: AuditReader
+    audit: AuditStore
     costs: CostStore
     incidents: IncidentManager
     executions: LiveExecutions

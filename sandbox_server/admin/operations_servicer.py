@@ -27,9 +27,9 @@ from sandbox_server.admin.servicer import _require_admin
 from sandbox_server.context import Principal
 from sandbox_server.errors import BackendUnavailable, FieldViolation, InvalidRequest, NotFound
 from sandbox_server.execution.servicer import RunningExecution
+from sandbox_server.stores.base import AuditRecord
 from sandbox_server.stores.costs import CostRow, GroupBy
 from sandbox_server.stores.incidents import IncidentRecord, MitigationRecord, Severity
-from sandbox_server.stores.sqlite import AuditRecord
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.context import Acceptance, current_acceptances, principal
 from sandbox_server.errors import SandboxError, SandboxFailure
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
-from sandbox_server.stores.sqlite import AuditRecord
+from sandbox_server.stores.base import AuditRecord
 
 log = logging.getLogger(__name__)
 

@@ -105,3 +105,49 @@ class PolicyVersionStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One accepted execution: who, what, with which limits, how it ended, what it used, when."""
+
+    execution_id: str
+    tenant: str
+    key_id: str
+    session_id: str
+    language: str
+    code_sha256: str
+    limits: Mapping[str, int]
+    outcome: str  # the result status ("OK", "TIMEOUT", ...) or "ERROR:<grpc code>" / "CANCELLED"
+    exit_code: int
+    wall_time_s: float
+    cpu_time_s: float
+    peak_memory_bytes: int
+    started_at: float
+    ended_at: float
+    trace_id: str = ""
+    cost: float = 0.0
+
+
+class AuditStore(Protocol):
+    """The audit trail: exactly one record per accepted execution, durable before the reply leaves."""
+
+    def record(self, rec: AuditRecord) -> None:
+        """Write one record durably.
+
+        Raises:
+            ValueError: the execution already has a record.
+        """
+        ...
+
+    def get(self, execution_id: str) -> AuditRecord | None: ...
+
+    def list(
+        self, tenant: str | None = None, limit: int = 100, session_id: str | None = None
+    ) -> builtins.list[AuditRecord]:
+        """Newest first; ``tenant`` and ``session_id`` filter when set."""
+        ...
+
+    def count(self) -> int: ...
+
+    def close(self) -> None: ...

@@ -41,7 +41,15 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, Protocol, Self, cast
 
-from sandbox_server.stores.base import MAX_LABEL_CHARS, ROLES, TOKEN_PREFIX, KeyRecord, PolicyVersion, Role
+from sandbox_server.stores.base import (
+    MAX_LABEL_CHARS,
+    ROLES,
+    TOKEN_PREFIX,
+    AuditRecord,
+    KeyRecord,
+    PolicyVersion,
+    Role,
+)
 
 log = logging.getLogger(__name__)
 
@@ -389,28 +397,6 @@ def _key_record(row: tuple[Any, ...]) -> KeyRecord:
 
 def _datetime(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, tz=UTC)
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """One accepted execution: who, what, with which limits, how it ended, what it used, when."""
-
-    execution_id: str
-    tenant: str
-    key_id: str
-    session_id: str
-    language: str
-    code_sha256: str
-    limits: Mapping[str, int]
-    outcome: str  # the result status ("OK", "TIMEOUT", ...) or "ERROR:<grpc code>" / "CANCELLED"
-    exit_code: int
-    wall_time_s: float
-    cpu_time_s: float
-    peak_memory_bytes: int
-    started_at: float
-    ended_at: float
-    trace_id: str = ""
-    cost: float = 0.0
 
 
 class SqliteAuditStore(_SqliteStore):
