@@ -25,6 +25,7 @@ from sandbox_server.execution.admission import Admission
 from sandbox_server.execution.servicer import SandboxServicer
 from sandbox_server.incidents import IncidentManager, build_sinks
 from sandbox_server.interceptors import ChainDeps, build_chain
+from sandbox_server.interceptors.idempotency import IdempotencyInterceptor
 from sandbox_server.observers import IncidentFeed, IncidentMetrics
 from sandbox_server.policy.embedded import seed_policies
 from sandbox_server.policy.registry import PolicyRegistry
@@ -47,6 +48,7 @@ class App:
         self.telemetry: Telemetry | None = None
         self.incidents: IncidentManager | None = None
         self.metrics_port: int | None = None
+        self.idempotency: IdempotencyInterceptor | None = None
         self.backend = backend if backend is not None else build_backend(settings)
         self.admission = Admission(settings.max_running, settings.max_queued)
         self.server: grpc.aio.Server | None = None
@@ -106,9 +108,10 @@ class App:
         admin = AdminServicer(policies, stores.keys, stores.versions, ops=Operations(
             audit=stores.audit, costs=stores.costs, incidents=self.incidents, executions=self.servicer))
         feed = IncidentFeed(self.incidents, metrics)
+        self.idempotency = IdempotencyInterceptor(settings.idempotency_window_s, settings.idempotency_max_bytes)
         chain = ChainDeps(
             keys=None if settings.dev_mode else stores.keys, policies=policies, audit=stores.audit,
-            telemetry=telemetry, budgeter=budgeter, mitigations=self.incidents,
+            telemetry=telemetry, budgeter=budgeter, mitigations=self.incidents, idempotency=self.idempotency,
             call_observers=(feed,), execution_observers=(ExecutionMetrics(metrics), feed),
         )
         await policies.start()
@@ -134,6 +137,8 @@ class App:
                 await self.server.stop(grace)
         finally:
             try:
+                if self.idempotency is not None:
+                    await self.idempotency.aclose()  # executions whose callers went away
                 if self.policies is not None:
                     await self.policies.aclose()
                 await self.backend.aclose()

@@ -170,6 +170,9 @@ class Settings(BaseSettings):
         default=None, ge=0, le=65535, description="serve Prometheus metrics at /metrics; 0: any free port")
     metrics_host: str = Field(default=DEFAULT_HOST, description="address of the metrics endpoint")
     incidents: IncidentSettings = IncidentSettings()
+    idempotency_window_s: float = Field(
+        default=600.0, gt=0, description="how long a completed response is kept for retries with its key")
+    idempotency_max_bytes: int = Field(default=256 * MIB, gt=0, description="kept responses, all together")
     log_format: LogFormat = LogFormat.JSON
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
 

@@ -12,6 +12,7 @@ from sandbox_server.interceptors.auth import AuthInterceptor
 from sandbox_server.interceptors.cost import CostInterceptor
 from sandbox_server.interceptors.errors import ErrorsInterceptor
 from sandbox_server.interceptors.guardrails import GuardrailsInterceptor
+from sandbox_server.interceptors.idempotency import IdempotencyInterceptor
 from sandbox_server.interceptors.mitigations import MitigationsInterceptor
 from sandbox_server.interceptors.rate_limit import RateLimitInterceptor
 from sandbox_server.interceptors.telemetry import TelemetryInterceptor
@@ -24,7 +25,7 @@ from sandbox_server.telemetry import build_telemetry
 
 def test_chain_order_is_pinned(tmp_path: Path) -> None:
     assert interceptors.CHAIN_ORDER == (
-        "telemetry", "errors", "auth", "mitigations", "rate_limit", "guardrails", "cost", "audit")
+        "telemetry", "errors", "auth", "idempotency", "mitigations", "rate_limit", "guardrails", "cost", "audit")
     registry = PolicyRegistry(seed_policies(tmp_path / "policies"))
     registry.load()
     stores = open_stores(tmp_path / "data")
@@ -32,10 +33,12 @@ def test_chain_order_is_pinned(tmp_path: Path) -> None:
     try:
         chain = interceptors.build_chain(interceptors.ChainDeps(
             keys=stores.keys, policies=registry, audit=stores.audit, telemetry=telemetry,
-            budgeter=Budgeter(stores.costs), mitigations=IncidentManager(stores.incidents, IncidentSettings(), [])))
+            budgeter=Budgeter(stores.costs), mitigations=IncidentManager(stores.incidents, IncidentSettings(), []),
+            idempotency=IdempotencyInterceptor()))
     finally:
         telemetry.shutdown()
         stores.close()
     assert [type(link) for link in chain] == [
-        TelemetryInterceptor, ErrorsInterceptor, AuthInterceptor, MitigationsInterceptor, RateLimitInterceptor,
+        TelemetryInterceptor, ErrorsInterceptor, AuthInterceptor, IdempotencyInterceptor, MitigationsInterceptor,
+        RateLimitInterceptor,
         GuardrailsInterceptor, CostInterceptor, AuditInterceptor]

@@ -4,6 +4,7 @@ Order and why (see ../shared/DESIGN.md):
 telemetry (sees every outcome, rejections included: span, call metrics, the call's log line)
 -> errors (maps every SandboxError raised inside it to a status with rich details)
 -> auth (who is calling)
+-> idempotency (a retried request with the same key gets the first one's response; keys are per tenant)
 -> mitigations (a quarantined or throttled caller spends nothing further)
 -> rate_limit (per tenant and session)
 -> guardrails (validate before spending budget; redact output on the way out)
@@ -24,13 +25,15 @@ from sandbox_server.interceptors.auth import AuthInterceptor, KeyVerifier
 from sandbox_server.interceptors.cost import CostInterceptor
 from sandbox_server.interceptors.errors import ErrorsInterceptor
 from sandbox_server.interceptors.guardrails import GuardrailsInterceptor
+from sandbox_server.interceptors.idempotency import IdempotencyInterceptor
 from sandbox_server.interceptors.mitigations import MitigationCheck, MitigationsInterceptor
 from sandbox_server.interceptors.rate_limit import DEFAULT_STORAGE_URI, RateLimitInterceptor
 from sandbox_server.interceptors.telemetry import CallObserver, TelemetryInterceptor
 from sandbox_server.policy.caller import TenantPolicies
 from sandbox_server.telemetry import Telemetry
 
-CHAIN_ORDER = ("telemetry", "errors", "auth", "mitigations", "rate_limit", "guardrails", "cost", "audit")
+CHAIN_ORDER = (
+    "telemetry", "errors", "auth", "idempotency", "mitigations", "rate_limit", "guardrails", "cost", "audit")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class ChainDeps:
     telemetry: Telemetry
     budgeter: Budgeter
     mitigations: MitigationCheck
+    idempotency: IdempotencyInterceptor  # built by the app, which closes it at shutdown
     call_observers: Sequence[CallObserver] = ()
     execution_observers: Sequence[ExecutionObserver] = ()
     rate_limit_storage: str = DEFAULT_STORAGE_URI  # a `limits` storage URI; redis:// to share across replicas
@@ -54,6 +58,7 @@ def build_chain(deps: ChainDeps) -> list[grpc.aio.ServerInterceptor]:
         "telemetry": TelemetryInterceptor(deps.telemetry, deps.call_observers),
         "errors": ErrorsInterceptor(),
         "auth": AuthInterceptor(deps.keys),
+        "idempotency": deps.idempotency,
         "mitigations": MitigationsInterceptor(deps.mitigations),
         "rate_limit": RateLimitInterceptor(deps.policies, deps.rate_limit_storage),
         "guardrails": GuardrailsInterceptor(deps.policies),

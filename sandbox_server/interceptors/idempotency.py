@@ -1,0 +1,258 @@
+"""Idempotency: an Execute or ExecuteStream retried with the same ``idempotency_key`` never runs twice.
+
+Right after auth (keys are per tenant), for requests that carry a key:
+
+- The first request with a key runs the rest of the chain (limits, guardrails, cost, audit, the execution) in
+  a task of its own, detached from the call: if the client's connection breaks mid-way, the execution still
+  completes, is recorded and charged once, and its response is kept.
+- A retry while it runs waits for it; a retry after it completed gets the kept response (the same
+  ``execution_id``), without counting against limits, budgets or the audit again. ExecuteStream replays the
+  output as one chunk per stream, then the result; Execute and ExecuteStream may replay each other.
+- The same key with a different request is INVALID_ARGUMENT (reason ``idempotency_key_reused``).
+- A request refused by a later link (a full queue, a rate limit, a budget) keeps nothing: a retry tries again.
+
+Kept responses live in this process for ``window_s`` and within ``max_bytes`` in all (oldest dropped first), so
+a retry must reach the same replica within the window (clients reuse one channel, so it does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
+from sandbox_server.context import principal
+from sandbox_server.errors import BackendUnavailable, FieldViolation, InvalidRequest
+from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
+
+log = logging.getLogger(__name__)
+
+KEYED = frozenset({"/sandbox.v1.Sandbox/Execute", "/sandbox.v1.Sandbox/ExecuteStream"})
+DEFAULT_WINDOW_S = 600.0
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+MAX_KEYS = 100_000  # a bound on entries too, whatever their size
+_STREAM_END = object()
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A completed response, in a form both methods can replay: the output, and the result without it."""
+
+    stdout: bytes
+    stderr: bytes
+    result: bytes  # a serialized ExecuteResult with empty stdout and stderr
+
+    @property
+    def size(self) -> int:
+        return len(self.stdout) + len(self.stderr) + len(self.result)
+
+    @classmethod
+    def of(cls, result: pb.ExecuteResult, stdout: bytes | None = None, stderr: bytes | None = None) -> Kept:
+        bare = pb.ExecuteResult()
+        bare.CopyFrom(result)
+        out = bytes(result.stdout) if stdout is None else stdout
+        err = bytes(result.stderr) if stderr is None else stderr
+        bare.stdout, bare.stderr = b"", b""
+        return cls(out, err, bare.SerializeToString())
+
+    def unary(self) -> pb.ExecuteResult:
+        result = pb.ExecuteResult.FromString(self.result)
+        result.stdout, result.stderr = self.stdout, self.stderr
+        return result
+
+    def events(self) -> list[pb.ExecuteEvent]:
+        events = [pb.ExecuteEvent(output=pb.OutputChunk(stream=stream, data=data))
+                  for stream, data in ((pb.STREAM_STDOUT, self.stdout), (pb.STREAM_STDERR, self.stderr)) if data]
+        return [*events, pb.ExecuteEvent(result=pb.ExecuteResult.FromString(self.result))]
+
+
+@dataclass
+class _Entry:
+    fingerprint: bytes
+    done: asyncio.Future[Kept]
+    expires: float = float("inf")  # set when it completes
+    size: int = 0
+
+
+def fingerprint(request: pb.ExecuteRequest) -> bytes:
+    """What makes two requests the same, apart from their key."""
+    bare = pb.ExecuteRequest()
+    bare.CopyFrom(request)
+    bare.idempotency_key = ""
+    return hashlib.sha256(bare.SerializeToString(deterministic=True)).digest()
+
+
+class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, window_s: float = DEFAULT_WINDOW_S, max_bytes: int = DEFAULT_MAX_BYTES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._bytes = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def aclose(self) -> None:
+        """Cancel executions still running for callers that went away (at shutdown, after the drain)."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- the table ---------------------------------------------------------------------------------------------
+
+    def _find(self, key: tuple[str, str], request: pb.ExecuteRequest) -> _Entry | None:
+        now = self.clock()
+        while self._entries:  # completed entries expire in insertion order of completion, roughly: sweep the head
+            oldest_key, oldest = next(iter(self._entries.items()))
+            if oldest.expires > now:
+                break
+            self._drop(oldest_key)
+        entry = self._entries.get(key)
+        if entry is not None and entry.expires <= now:
+            self._drop(key)
+            entry = None
+        if entry is not None and entry.fingerprint != fingerprint(request):
+            raise InvalidRequest([FieldViolation(
+                "idempotency_key", "was already used for a different request; use a new key for a new request",
+                reason="idempotency_key_reused")])
+        return entry
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry.size
+
+    def _keep(self, key: tuple[str, str], entry: _Entry, kept: Kept) -> None:
+        entry.size = kept.size
+        entry.expires = self.clock() + self.window_s
+        self._entries.move_to_end(key)
+        self._bytes += entry.size
+        while (self._bytes > self.max_bytes or len(self._entries) > MAX_KEYS) and len(self._entries) > 1:
+            oldest_key, oldest = next(iter(self._entries.items()))
+            if not oldest.done.done():
+                break  # still running: never dropped
+            self._drop(oldest_key)
+        entry.done.set_result(kept)
+
+    def _fail(self, key: tuple[str, str], entry: _Entry, exc: BaseException) -> None:
+        """Nothing kept: a retry runs it again. Waiters get the same error."""
+        if self._entries.get(key) is entry:
+            del self._entries[key]
+        if isinstance(exc, asyncio.CancelledError):
+            exc = BackendUnavailable("the server stopped before the execution completed", retry_after_s=1.0)
+        entry.done.set_exception(exc)
+        entry.done.exception()  # retrieved: no "never retrieved" warning when nobody waits
+
+    def _detach(self, work: Awaitable[None]) -> asyncio.Task[None]:
+        async def run() -> None:
+            await work
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- the link ----------------------------------------------------------------------------------------------
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler_call_details.method not in KEYED:
+            return handler
+
+        def keyed(request: Any) -> tuple[str, str] | None:
+            who = principal()
+            if who is None or not isinstance(request, pb.ExecuteRequest) or not request.idempotency_key:
+                return None
+            return who.tenant, request.idempotency_key
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                key = keyed(request)
+                if key is None:
+                    return await behavior(request, context)
+                entry = self._find(key, request)
+                if entry is None:
+                    entry = self._entries[key] = _Entry(fingerprint(request),
+                                                        asyncio.get_running_loop().create_future())
+
+                    async def own(owned: _Entry = entry, k: tuple[str, str] = key) -> None:
+                        try:
+                            result = await behavior(request, context)
+                        except BaseException as exc:
+                            self._fail(k, owned, exc)
+                            return
+                        self._keep(k, owned, Kept.of(result))
+
+                    self._detach(own())
+                kept = await asyncio.shield(entry.done)
+                return kept.unary()
+
+            return wrapped
+
+        def stream(behavior: StreamBehavior) -> StreamBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                key = keyed(request)
+                if key is None:
+                    async for event in behavior(request, context):
+                        yield event
+                    return
+                entry = self._find(key, request)
+                if entry is not None:  # a retry: wait for the first, then replay
+                    kept = await asyncio.shield(entry.done)
+                    for event in kept.events():
+                        yield event
+                    return
+                live: asyncio.Queue[Any] = asyncio.Queue()
+                entry = self._entries[key] = _Entry(fingerprint(request), asyncio.get_running_loop().create_future())
+                self._detach(self._own_stream(key, entry, live, behavior(request, context)))
+                while (event := await live.get()) is not _STREAM_END:
+                    if isinstance(event, BaseException):
+                        raise event
+                    yield event
+
+            return wrapped
+
+        return wrap_handler(handler, unary, stream)
+
+    async def _own_stream(
+        self, key: tuple[str, str], entry: _Entry, live: asyncio.Queue[Any], events: AsyncIterator[Any]
+    ) -> None:
+        """Run the stream to its end whether or not its caller is still there; keep its response. ``live``
+        gets every event as it comes, then _STREAM_END or the exception that ended it."""
+        out = {pb.STREAM_STDOUT: bytearray(), pb.STREAM_STDERR: bytearray()}
+        try:
+            async for event in events:
+                if event.HasField("output"):
+                    out[event.output.stream] += event.output.data
+                else:
+                    self._keep(key, entry, Kept.of(event.result, bytes(out[pb.STREAM_STDOUT]),
+                                                   bytes(out[pb.STREAM_STDERR])))
+                live.put_nowait(event)  # unbounded, but the output limit bounds it (and it is kept anyway)
+        except BaseException as exc:
+            if not entry.done.done():
+                self._fail(key, entry, exc)
+            failure = entry.done.exception()
+            live.put_nowait(failure if failure is not None else _STREAM_END)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                await events.aclose()  # type: ignore[attr-defined]
+        if not entry.done.done():  # the stream ended without a result
+            self._fail(key, entry, BackendUnavailable("the execution ended without a result"))
+        live.put_nowait(_STREAM_END)
