@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
-from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import ConfigurationError
 from limits.util import WindowStats
 
@@ -193,8 +192,11 @@ class _Policies:
         return self.policy if name == "acme" else None
 
 
-class _BrokenLimiter(MovingWindowRateLimiter):
+class _BrokenLimiter:
     """A limiter whose store is down."""
+
+    async def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
+        raise ConnectionError("store unreachable")
 
     async def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
         raise ConnectionError("store unreachable")
@@ -206,7 +208,7 @@ async def test_an_error_inside_the_limiter_rejects_the_request() -> None:
     token = current_principal.set(Principal(tenant="acme", role="tenant", key_id="k"))
     try:
         (await limiter.admit(None)).release()  # works while the store does
-        limiter.limiter = _BrokenLimiter(limiter.limiter.storage)
+        limiter.limiter = _BrokenLimiter()
         with pytest.raises(ResourceExhausted) as info:
             await limiter.admit(None)
         assert info.value.message == "rate limiter unavailable; retry later"

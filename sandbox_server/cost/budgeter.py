@@ -157,6 +157,8 @@ class Budgeter:
 
     async def _charge(self, res: Reservation, execution_id: str, cost: float) -> None:
         res.done = True
+        if cost == 0 and not res.held:
+            return  # nothing priced, nothing held: the ledger records money, and the audit every execution
         now = self.clock()
         watched = budgets_of(res.policy) != Budgets()
 

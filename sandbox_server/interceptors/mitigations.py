@@ -15,14 +15,13 @@ from typing import Any, Protocol
 
 import grpc
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.context import principal
 from sandbox_server.errors import PermissionDenied, QuotaViolation, ResourceExhausted
 from sandbox_server.execution.runtimes import find_runtime
 from sandbox_server.incidents.manager import Verdict
+from sandbox_server.interceptors._limiter import moving_window
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
 from sandbox_server.telemetry import phase
 
@@ -37,7 +36,7 @@ class MitigationCheck(Protocol):
 class MitigationsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, mitigations: MitigationCheck) -> None:
         self.mitigations = mitigations
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.limiter = moving_window()
         self._items: dict[float, RateLimitItemPerMinute] = {}
 
     async def enforce(self, request: Any) -> None:

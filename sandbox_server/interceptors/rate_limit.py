@@ -34,12 +34,10 @@ from typing import Any
 
 import grpc
 from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
-from limits.aio.storage import Storage
-from limits.aio.strategies import MovingWindowRateLimiter
-from limits.storage import storage_from_string
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.errors import QuotaViolation, ResourceExhausted
+from sandbox_server.interceptors._limiter import moving_window
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
 from sandbox_server.policy.caller import TenantPolicies, caller_policy
 from sandbox_server.policy.models import RateSettings
@@ -87,11 +85,6 @@ class _Slot:
             del self._running[self._tenant]
 
 
-def _async_uri(uri: str) -> str:
-    """``limits`` names its asyncio stores ``async+<scheme>``; accept the plain scheme too."""
-    return uri if uri.startswith("async+") else f"async+{uri}"
-
-
 def _per(value: float, window: type[RateLimitItem]) -> RateLimitItem:
     """``value`` requests per ``window`` as a limits item with a whole amount (at least 1)."""
     frac = Fraction(value).limit_denominator(MAX_WINDOWS)
@@ -104,11 +97,8 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, policies: TenantPolicies, storage_uri: str = DEFAULT_STORAGE_URI) -> None:
         """``storage_uri``: a ``limits`` storage URI (``memory://``, ``redis://host:6379``, ...); the store must
         support the moving window. Raises ValueError (or limits' ConfigurationError) for an unusable one."""
-        storage = storage_from_string(_async_uri(storage_uri), wrap_exceptions=True)
-        if not isinstance(storage, Storage):
-            raise ValueError(f"rate limit storage {storage_uri!r} is not an asyncio storage")
         self.policies = policies
-        self.limiter = MovingWindowRateLimiter(storage)
+        self.limiter = moving_window(storage_uri)
         self._items: dict[tuple[str, float], RateLimitItem] = {}  # parsed once per distinct policy value
         self._locks: dict[str, asyncio.Lock] = {}  # per tenant; tenants are bounded by the policy set
         self._running: dict[str, int] = {}  # executions in flight per tenant

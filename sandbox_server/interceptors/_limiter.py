@@ -1,0 +1,50 @@
+"""A moving-window limiter with one asyncio interface over ``limits``' stores.
+
+In-process (``memory://``), the synchronous store is used directly: its calls take microseconds, and ``limits``'
+asyncio memory store hands each key's expiry sweep to a worker thread on every hit, several thread hops per
+request. Shared stores (``redis://`` ...) use ``limits``' asyncio stores, since they wait on the network.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from limits import RateLimitItem
+from limits.aio.storage import Storage as AsyncStorage
+from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindow
+from limits.storage import MemoryStorage, storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+from limits.util import WindowStats
+
+MEMORY_URIS = ("memory://", "async+memory://")
+
+
+class Limiter(Protocol):
+    async def hit(self, item: RateLimitItem, *identifiers: str) -> bool: ...
+    async def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats: ...
+
+
+class _InProcess:
+    def __init__(self) -> None:
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
+        return self._limiter.hit(item, *identifiers)
+
+    async def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
+        return self._limiter.get_window_stats(item, *identifiers)
+
+
+def moving_window(storage_uri: str = "memory://") -> Limiter:
+    """A moving-window limiter over the store at ``storage_uri``.
+
+    Raises:
+        ValueError: the URI names no asyncio-capable store (or limits' ConfigurationError for a bad one).
+    """
+    if storage_uri in MEMORY_URIS:
+        return _InProcess()
+    uri = storage_uri if storage_uri.startswith("async+") else f"async+{storage_uri}"
+    storage = storage_from_string(uri, wrap_exceptions=True)
+    if not isinstance(storage, AsyncStorage):
+        raise ValueError(f"rate limit storage {storage_uri!r} is not an asyncio storage")
+    return AsyncMovingWindow(storage)
