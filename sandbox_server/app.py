@@ -108,7 +108,8 @@ class App:
         admin = AdminServicer(policies, stores.keys, stores.versions, ops=Operations(
             audit=stores.audit, costs=stores.costs, incidents=self.incidents, executions=self.servicer))
         feed = IncidentFeed(self.incidents, metrics)
-        self.idempotency = IdempotencyInterceptor(settings.idempotency_window_s, settings.idempotency_max_bytes)
+        self.idempotency = IdempotencyInterceptor(
+            settings.idempotency_window_s, settings.idempotency_max_bytes, settings.idempotency_grace_s)
         chain = ChainDeps(
             keys=None if settings.dev_mode else stores.keys, policies=policies, audit=stores.audit,
             telemetry=telemetry, budgeter=budgeter, mitigations=self.incidents, idempotency=self.idempotency,

@@ -173,6 +173,8 @@ class Settings(BaseSettings):
     idempotency_window_s: float = Field(
         default=600.0, gt=0, description="how long a completed response is kept for retries with its key")
     idempotency_max_bytes: int = Field(default=256 * MIB, gt=0, description="kept responses, all together")
+    idempotency_grace_s: float = Field(
+        default=3.0, ge=0, description="how long a keyed run whose caller went away waits for a retry")
     log_format: LogFormat = LogFormat.JSON
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
 

@@ -158,7 +158,7 @@ class StreamGuard:
 
 
 def _chunk(stream: int, data: bytes) -> pb.ExecuteEvent:
-    return pb.ExecuteEvent(output=pb.OutputChunk(stream=stream, data=data))  # type: ignore[arg-type]
+    return pb.ExecuteEvent(output=pb.OutputChunk(stream=stream, data=data))
 
 
 class GuardrailsInterceptor(grpc.aio.ServerInterceptor):

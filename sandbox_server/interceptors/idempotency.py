@@ -3,8 +3,10 @@
 Right after auth (keys are per tenant), for requests that carry a key:
 
 - The first request with a key runs the rest of the chain (limits, guardrails, cost, audit, the execution) in
-  a task of its own, detached from the call: if the client's connection breaks mid-way, the execution still
-  completes, is recorded and charged once, and its response is kept.
+  a task of its own, detached from the call: if the client's connection breaks mid-way, the execution goes on
+  for ``grace_s`` (3 s by default) waiting for a retry to take it over; a retry that comes gets its response,
+  recorded and charged once. With no retry by then, or when the call's deadline has passed (the client gave up
+  and will not retry), the execution is cancelled and torn down like any cancelled call.
 - A retry while it runs waits for it; a retry after it completed gets the kept response (the same
   ``execution_id``), without counting against limits, budgets or the audit again. ExecuteStream replays the
   output as one chunk per stream, then the result; Execute and ExecuteStream may replay each other.
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 KEYED = frozenset({"/sandbox.v1.Sandbox/Execute", "/sandbox.v1.Sandbox/ExecuteStream"})
 DEFAULT_WINDOW_S = 600.0
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_GRACE_S = 3.0  # how long a run whose caller went away waits for a retry to take it over
 MAX_KEYS = 100_000  # a bound on entries too, whatever their size
 _STREAM_END = object()
 
@@ -81,6 +84,8 @@ class _Entry:
     done: asyncio.Future[Kept]
     expires: float = float("inf")  # set when it completes
     size: int = 0
+    task: asyncio.Task[None] | None = None  # the detached run, while it runs
+    callers: int = 0  # calls waiting for it now (its owner included)
 
 
 def fingerprint(request: pb.ExecuteRequest) -> bytes:
@@ -93,9 +98,10 @@ def fingerprint(request: pb.ExecuteRequest) -> bytes:
 
 class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, window_s: float = DEFAULT_WINDOW_S, max_bytes: int = DEFAULT_MAX_BYTES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 grace_s: float = DEFAULT_GRACE_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.window_s = window_s
         self.max_bytes = max_bytes
+        self.grace_s = grace_s
         self.clock = clock
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._bytes = 0
@@ -153,14 +159,41 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
         entry.done.set_exception(exc)
         entry.done.exception()  # retrieved: no "never retrieved" warning when nobody waits
 
-    def _detach(self, work: Awaitable[None]) -> asyncio.Task[None]:
+    def _detach(self, entry: _Entry, work: Awaitable[None]) -> None:
         async def run() -> None:
             await work
 
-        task = asyncio.get_running_loop().create_task(run())
+        task = entry.task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return task
+
+    async def _wait(self, entry: _Entry, context: grpc.aio.ServicerContext) -> Kept:
+        """Wait for the entry's run as one of its callers. A caller that goes away leaves the run to the
+        others; when none is left, the run is cancelled at once if the caller's deadline has passed (its client
+        gave up), else after ``grace_s`` unless a retry has come for it meanwhile."""
+        entry.callers += 1
+        try:
+            return await asyncio.shield(entry.done)
+        except asyncio.CancelledError:
+            self._caller_left(entry, context)
+            raise
+        finally:
+            entry.callers -= 1
+
+    def _caller_left(self, entry: _Entry, context: grpc.aio.ServicerContext) -> None:
+        """Called as a caller goes away (while it still counts)."""
+        if entry.callers == 1 and not entry.done.done() and entry.task is not None:
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                entry.task.cancel()
+            else:
+                asyncio.get_running_loop().call_later(self.grace_s, self._abandon, entry)
+
+    @staticmethod
+    def _abandon(entry: _Entry) -> None:
+        if entry.callers == 0 and entry.task is not None and not entry.task.done():
+            log.info("no retry came for an execution whose caller went away: cancelling it")
+            entry.task.cancel()
 
     # -- the link ----------------------------------------------------------------------------------------------
 
@@ -197,8 +230,8 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
                             return
                         self._keep(k, owned, Kept.of(result))
 
-                    self._detach(own())
-                kept = await asyncio.shield(entry.done)
+                    self._detach(entry, own())
+                kept = await self._wait(entry, context)
                 return kept.unary()
 
             return wrapped
@@ -212,17 +245,24 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
                     return
                 entry = self._find(key, request)
                 if entry is not None:  # a retry: wait for the first, then replay
-                    kept = await asyncio.shield(entry.done)
+                    kept = await self._wait(entry, context)
                     for event in kept.events():
                         yield event
                     return
                 live: asyncio.Queue[Any] = asyncio.Queue()
                 entry = self._entries[key] = _Entry(fingerprint(request), asyncio.get_running_loop().create_future())
-                self._detach(self._own_stream(key, entry, live, behavior(request, context)))
-                while (event := await live.get()) is not _STREAM_END:
-                    if isinstance(event, BaseException):
-                        raise event
-                    yield event
+                self._detach(entry, self._own_stream(key, entry, live, behavior(request, context)))
+                entry.callers += 1
+                try:
+                    while (event := await live.get()) is not _STREAM_END:
+                        if isinstance(event, BaseException):
+                            raise event
+                        yield event
+                except (asyncio.CancelledError, GeneratorExit):
+                    self._caller_left(entry, context)
+                    raise
+                finally:
+                    entry.callers -= 1
 
             return wrapped
 

@@ -63,16 +63,52 @@ def test_concurrent_duplicates_share_one_execution(tmp_path: Path) -> None:
         assert _audit_count(srv) == 1
 
 
-def test_the_execution_completes_when_its_caller_goes_away_and_a_retry_gets_it(tmp_path: Path) -> None:
-    code = "import time; time.sleep(1); print('done once')"
+def _start_then_drop(srv: RunningServer, request: sandbox_pb2.ExecuteRequest) -> None:
+    """Send the request and go away before it ends, with time left on the deadline (like a broken connection)."""
+    with grpc.insecure_channel(srv.target) as channel:
+        call = sandbox_pb2_grpc.SandboxStub(channel).Execute.future(request, timeout=60)
+        time.sleep(0.4)  # it runs
+        call.cancel()
+
+
+def test_a_retry_takes_over_a_run_whose_caller_went_away(tmp_path: Path) -> None:
+    code = b"import time; time.sleep(1); print('done once')"
+    request = sandbox_pb2.ExecuteRequest(language="python", code=code, idempotency_key="gone")
     with server_with_policy(tmp_path, "") as srv, SandboxClient(srv.target) as sbx:
-        with pytest.raises(DeadlineExceededError):
-            sbx.execute(code, idempotency_key="gone", timeout=0.3)
-        retried = sbx.execute(code, idempotency_key="gone")
+        _start_then_drop(srv, request)
+        retried = sbx.execute(code.decode(), idempotency_key="gone")  # within the grace period
         assert retried.stdout == "done once\n"
         assert srv.app.stores is not None
         (record,) = srv.app.stores.audit.list(limit=10)
         assert (record.execution_id, record.outcome) == (retried.execution_id, "OK")  # recorded once, as it ended
+
+
+def test_a_run_nobody_comes_back_for_is_cancelled_after_the_grace(tmp_path: Path) -> None:
+    request = sandbox_pb2.ExecuteRequest(language="python", code=b"import time; time.sleep(30)",
+                                         idempotency_key="abandoned")
+    with server_with_policy(tmp_path, "", idempotency_grace_s=0.5) as srv:
+        _start_then_drop(srv, request)
+        assert srv.app.stores is not None
+        deadline = time.monotonic() + 10
+        while not srv.app.stores.audit.list(limit=1):
+            assert time.monotonic() < deadline, "the abandoned run was not cancelled"
+            time.sleep(0.05)
+        (record,) = srv.app.stores.audit.list(limit=1)
+        assert record.outcome == "CANCELLED"
+        assert srv.app.admission.running == 0
+
+
+def test_a_call_whose_deadline_passed_is_cancelled_at_once(tmp_path: Path) -> None:
+    code = "import time; time.sleep(30)"
+    with server_with_policy(tmp_path, "") as srv, SandboxClient(srv.target, retry=None) as sbx:
+        with pytest.raises(DeadlineExceededError):
+            sbx.execute(code, idempotency_key="late", timeout=0.5)
+        assert srv.app.stores is not None
+        deadline = time.monotonic() + 3  # well inside the grace: the deadline, not the grace, ended it
+        while not srv.app.stores.audit.list(limit=1):
+            assert time.monotonic() < deadline, "the run outlived its caller's deadline"
+            time.sleep(0.05)
+        assert srv.app.stores.audit.list(limit=1)[0].outcome == "CANCELLED"
 
 
 def test_streams_replay_and_both_methods_share_a_key(tmp_path: Path) -> None:
