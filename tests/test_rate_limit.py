@@ -66,7 +66,7 @@ def test_requests_per_second_refuses_exactly_the_sixth_call(limited: tuple[Runni
     start = threading.Barrier(6)
 
     def call(_: int) -> ExecutionResult | ResourceExhaustedError:
-        with SandboxClient(srv.target, api_key=keys["burst"]) as sbx:
+        with SandboxClient(srv.target, api_key=keys["burst"], retry=None) as sbx:
             start.wait()
             try:
                 return sbx.execute("print('hi')")
@@ -84,16 +84,16 @@ def test_requests_per_second_refuses_exactly_the_sixth_call(limited: tuple[Runni
     assert retry is not None
     assert retry <= 1.0
     assert "allows 5 requests per second" in refused[0].message
-    with SandboxClient(srv.target, api_key=keys["free"]) as other:  # another tenant is not affected
+    with SandboxClient(srv.target, api_key=keys["free"], retry=None) as other:  # another tenant is not affected
         assert other.execute("print('free')").stdout == "free\n"
     time.sleep(retry + 0.05)
-    with SandboxClient(srv.target, api_key=keys["burst"]) as sbx:
+    with SandboxClient(srv.target, api_key=keys["burst"], retry=None) as sbx:
         assert sbx.execute("print('again')").stdout == "again\n"
 
 
 def test_per_minute_limits_per_tenant_and_per_session(limited: tuple[RunningServer, dict[str, str]]) -> None:
     srv, keys = limited
-    with SandboxClient(srv.target, api_key=keys["minute"]) as sbx:
+    with SandboxClient(srv.target, api_key=keys["minute"], retry=None) as sbx:
         assert sbx.execute("print(1)", session_id="s1").stdout == "1\n"
         assert sbx.execute("print(2)", session_id="s1").stdout == "2\n"
         with pytest.raises(ResourceExhaustedError) as session_full:
@@ -108,7 +108,7 @@ def test_per_minute_limits_per_tenant_and_per_session(limited: tuple[RunningServ
         with pytest.raises(ResourceExhaustedError) as both:
             list(sbx.execute_stream("print(6)", session_id="s1"))  # streams count too
         assert _refused(both.value) == ["tenant:minute/requests_per_minute", "session:s1/requests_per_minute"]
-    with SandboxClient(srv.target, api_key=keys["free"]) as other:
+    with SandboxClient(srv.target, api_key=keys["free"], retry=None) as other:
         assert other.execute("print('free')", session_id="s1").stdout == "free\n"
 
 
@@ -116,7 +116,7 @@ def test_one_concurrent_execution_refuses_a_second_while_the_first_runs(
     limited: tuple[RunningServer, dict[str, str]],
 ) -> None:
     srv, keys = limited
-    with SandboxClient(srv.target, api_key=keys["single"]) as sbx, ThreadPoolExecutor(1) as pool:
+    with SandboxClient(srv.target, api_key=keys["single"], retry=None) as sbx, ThreadPoolExecutor(1) as pool:
         first = pool.submit(sbx.execute, "import time; time.sleep(1); print('slow')")
         time.sleep(0.3)
         assert not first.done()
@@ -124,7 +124,7 @@ def test_one_concurrent_execution_refuses_a_second_while_the_first_runs(
             sbx.execute("print('second')")
         assert _refused(info.value) == ["tenant:single/concurrent_executions"]
         assert info.value.retry_after == pytest.approx(0.5)
-        with SandboxClient(srv.target, api_key=keys["free"]) as other:
+        with SandboxClient(srv.target, api_key=keys["free"], retry=None) as other:
             assert other.execute("print('free')").stdout == "free\n"
         assert first.result(timeout=30).stdout == "slow\n"
         assert sbx.execute("print('second')").stdout == "second\n"
@@ -134,7 +134,7 @@ def test_a_stream_holds_its_slot_until_it_ends_or_is_cancelled(
     limited: tuple[RunningServer, dict[str, str]],
 ) -> None:
     srv, keys = limited
-    with SandboxClient(srv.target, api_key=keys["single"]) as sbx:
+    with SandboxClient(srv.target, api_key=keys["single"], retry=None) as sbx:
         stream = sbx.execute_stream("import time\nprint('started', flush=True)\ntime.sleep(1)\nprint('done')")
         assert isinstance(next(stream), OutputChunk)
         with pytest.raises(ResourceExhaustedError) as info:
@@ -164,7 +164,7 @@ def test_a_reloaded_policy_applies_to_the_next_request(limited: tuple[RunningSer
     srv, keys = limited
     policies_dir = srv.settings.policies_dir
     assert policies_dir is not None
-    with SandboxClient(srv.target, api_key=keys["reload"]) as sbx:
+    with SandboxClient(srv.target, api_key=keys["reload"], retry=None) as sbx:
         assert sbx.execute("print(1)").stdout == "1\n"
         with pytest.raises(ResourceExhaustedError):
             sbx.execute("print(2)")

@@ -7,15 +7,20 @@
         print(result.status, result.stdout)
 
 ``AsyncSandboxClient`` is the asyncio twin. Failed calls raise a ``SandboxError`` subclass; a program that
-fails is a result with a ``Status``, not an exception.
+fails is a result with a ``Status``, not an exception. Both clients retry what is safe to retry
+(``RetryPolicy``), send an idempotency key with every execution so that nothing runs twice, stop calling a
+failing server for a while (``BreakerPolicy``), carry the caller's OpenTelemetry trace context when there is
+one, and speak TLS or mTLS (``TLSConfig``).
 """
 
 from __future__ import annotations
 
 from sandbox_client._aio import AsyncSandboxClient
-from sandbox_client._common import DEFAULT_TIMEOUT
+from sandbox_client._breaker import DEFAULT_BREAKER_POLICY, BreakerPolicy
+from sandbox_client._common import DEFAULT_TIMEOUT, TLSConfig
 from sandbox_client._errors import (
     AuthenticationError,
+    CircuitOpenError,
     DeadlineExceededError,
     ErrorDetails,
     FieldViolation,
@@ -27,6 +32,7 @@ from sandbox_client._errors import (
     ResourceExhaustedError,
     SandboxError,
     ServerError,
+    StreamInterruptedError,
     UnavailableError,
 )
 from sandbox_client._models import (
@@ -40,13 +46,18 @@ from sandbox_client._models import (
     Status,
     UsageReport,
 )
+from sandbox_client._retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from sandbox_client._sync import SandboxClient
 
 __all__ = [
+    "DEFAULT_BREAKER_POLICY",
+    "DEFAULT_RETRY_POLICY",
     "DEFAULT_TIMEOUT",
     "AsyncSandboxClient",
     "AuthenticationError",
+    "BreakerPolicy",
     "BudgetState",
+    "CircuitOpenError",
     "DeadlineExceededError",
     "ErrorDetails",
     "ExecutionResult",
@@ -61,11 +72,14 @@ __all__ = [
     "RequestCancelledError",
     "ResourceExhaustedError",
     "ResourceUsage",
+    "RetryPolicy",
     "Runtime",
     "SandboxClient",
     "SandboxError",
     "ServerError",
     "Status",
+    "StreamInterruptedError",
+    "TLSConfig",
     "UnavailableError",
     "UsageReport",
 ]

@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf.message import Message
 
-from sandbox_client._common import DEFAULT_TIMEOUT, auth_metadata, call_timeout, channel_options, check_timeout
+from sandbox_client._breaker import DEFAULT_BREAKER_POLICY, BreakerPolicy, CircuitBreaker, Permit
+from sandbox_client._common import (
+    DEFAULT_TIMEOUT,
+    ChannelConfig,
+    TLSConfig,
+    auth_metadata,
+    call_timeout,
+    check_policy,
+    check_timeout,
+    new_idempotency_key,
+)
 from sandbox_client._convert import build_request, result_from_proto, runtime_from_proto, usage_report_from_proto
-from sandbox_client._errors import from_aio_rpc_error
+from sandbox_client._errors import CircuitOpenError, SandboxError, from_aio_rpc_error, stream_interrupted_error
 from sandbox_client._models import ExecutionResult, Limits, OutputChunk, Runtime, UsageReport
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+from sandbox_client._retry import DEFAULT_RETRY_POLICY, Attempts, RetryPolicy
 from sandbox_client._stream import StreamAssembler
+from sandbox_client._tracing import Metadata, trace_injector
+
+_Response = TypeVar("_Response", bound=Message)
 
 
 class AsyncSandboxClient:
@@ -23,11 +40,14 @@ class AsyncSandboxClient:
         async with AsyncSandboxClient("127.0.0.1:50051", api_key="...") as sbx:
             result = await sbx.execute("print(6*7)")
 
-    It may be constructed anywhere; the channel is opened on first use, inside the running event loop
-    (a ``grpc.aio`` channel belongs to the loop it was created in), and every later use must be in that
-    same loop.
+    It may be constructed anywhere; its one channel is opened on first use, inside the running event loop
+    (a ``grpc.aio`` channel belongs to the loop it was created in), and every later use, by any number of
+    tasks, must be in that same loop.
 
     Every method raises a ``SandboxError`` subclass when the call fails (see ``sandbox_client._errors``).
+
+    Raises:
+        ValueError, TypeError: an argument is invalid (see ``SandboxClient``).
     """
 
     def __init__(
@@ -37,13 +57,18 @@ class AsyncSandboxClient:
         api_key: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: TLSConfig | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        retry: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+        breaker: BreakerPolicy | None = DEFAULT_BREAKER_POLICY,
     ) -> None:
-        self._target = target
-        self._credentials = credentials
-        self._options = channel_options(options)
+        self._channel_config = ChannelConfig.build(target, credentials, tls, options)
         self._timeout = check_timeout(timeout)
         self._metadata = auth_metadata(api_key)
+        self._retry = check_policy(retry, RetryPolicy, "retry")
+        self._breaker = CircuitBreaker(check_policy(breaker, BreakerPolicy, "breaker"), target=target)
+        self._trace = trace_injector()
+        self._random = random.Random()  # noqa: S311 (backoff jitter, not security)
         self._channel: grpc.aio.Channel | None = None
         self._stub: sandbox_pb2_grpc.SandboxStub | None = None
         self._closed = False
@@ -71,10 +96,7 @@ class AsyncSandboxClient:
         if self._closed:
             raise RuntimeError("the AsyncSandboxClient is closed")
         if self._stub is None:
-            if self._credentials is None:
-                self._channel = grpc.aio.insecure_channel(self._target, options=self._options)
-            else:
-                self._channel = grpc.aio.secure_channel(self._target, self._credentials, options=self._options)
+            self._channel = self._channel_config.open_aio()
             self._stub = sandbox_pb2_grpc.SandboxStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub
 
@@ -91,7 +113,8 @@ class AsyncSandboxClient:
         idempotency_key: str = "",
         timeout: float | None = None,  # noqa: ASYNC109 (the gRPC deadline: the server sees it too)
     ) -> ExecutionResult:
-        """Run ``code`` in a fresh sandbox and return how it ended (see ``SandboxClient.execute``).
+        """Run ``code`` in a fresh sandbox and return how it ended (see ``SandboxClient.execute``: the same
+        retries, idempotency key and deadline).
 
         Raises:
             SandboxError: the call failed.
@@ -104,15 +127,10 @@ class AsyncSandboxClient:
             env=env,
             limits=limits,
             session_id=session_id,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key or new_idempotency_key(),
         )
         stub = self._get_stub()
-        try:
-            response: sandbox_pb2.ExecuteResult = await stub.Execute(
-                request, timeout=call_timeout(timeout, self._timeout), metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as error:
-            raise from_aio_rpc_error(error) from error
+        response: sandbox_pb2.ExecuteResult = await self._unary(stub.Execute, request, timeout)
         return result_from_proto(response)
 
     def execute_stream(
@@ -129,7 +147,8 @@ class AsyncSandboxClient:
         timeout: float | None = None,
     ) -> AsyncIterator[OutputChunk | ExecutionResult]:
         """An async iterator of ``OutputChunk`` items then, last, the ``ExecutionResult``
-        (see ``SandboxClient.execute_stream``). A plain method: ``async for item in sbx.execute_stream(...)``.
+        (see ``SandboxClient.execute_stream``: the same retries before the first chunk, and
+        ``StreamInterruptedError`` after it). A plain method: ``async for item in sbx.execute_stream(...)``.
 
         Raises:
             SandboxError: while iterating, when the call fails (possibly after some chunks).
@@ -142,28 +161,9 @@ class AsyncSandboxClient:
             env=env,
             limits=limits,
             session_id=session_id,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key or new_idempotency_key(),
         )
-        return self._stream(request, call_timeout(timeout, self._timeout))
-
-    async def _stream(
-        self,
-        request: sandbox_pb2.ExecuteRequest,
-        timeout: float,  # noqa: ASYNC109 (the gRPC deadline: the server sees it too)
-    ) -> AsyncIterator[OutputChunk | ExecutionResult]:
-        call = self._get_stub().ExecuteStream(request, timeout=timeout, metadata=self._metadata)
-        assembler = StreamAssembler()
-        try:
-            async for event in call:
-                chunk = assembler.feed(event)
-                if chunk is not None:
-                    yield chunk
-        except grpc.aio.AioRpcError as error:
-            raise from_aio_rpc_error(error) from error
-        finally:
-            call.cancel()  # a no-op once the call is done; stops the server when the caller stops early
-        # Only once the call has ended OK: an error status after the result event must not be lost.
-        yield assembler.finish()
+        return self._stream(request, call_timeout(timeout, self._timeout), self._call_metadata())
 
     async def record_usage(
         self,
@@ -176,21 +176,16 @@ class AsyncSandboxClient:
         timeout: float | None = None,  # noqa: ASYNC109 (the gRPC deadline)
     ) -> UsageReport:
         """Report an agent session's LLM token usage, so its whole cost is known and budgeted (see
-        ``SandboxClient.record_usage``).
+        ``SandboxClient.record_usage``: recorded once, whatever the retries).
 
         Raises:
             SandboxError: the call failed (InvalidRequestError for a model the tenant's price table lacks).
         """
         request = sandbox_pb2.RecordUsageRequest(
             session_id=session_id, model=model, input_tokens=input_tokens, output_tokens=output_tokens,
-            idempotency_key=idempotency_key)
+            idempotency_key=idempotency_key or new_idempotency_key())
         stub = self._get_stub()
-        try:
-            response: sandbox_pb2.RecordUsageResponse = await stub.RecordUsage(
-                request, timeout=call_timeout(timeout, self._timeout), metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as error:
-            raise from_aio_rpc_error(error) from error
+        response: sandbox_pb2.RecordUsageResponse = await self._unary(stub.RecordUsage, request, timeout)
         return usage_report_from_proto(response)
 
     async def runtimes(
@@ -204,12 +199,99 @@ class AsyncSandboxClient:
             SandboxError: the call failed.
         """
         stub = self._get_stub()
-        try:
-            response: sandbox_pb2.ListRuntimesResponse = await stub.ListRuntimes(
-                sandbox_pb2.ListRuntimesRequest(),
-                timeout=call_timeout(timeout, self._timeout),
-                metadata=self._metadata,
-            )
-        except grpc.aio.AioRpcError as error:
-            raise from_aio_rpc_error(error) from error
+        response: sandbox_pb2.ListRuntimesResponse = await self._unary(
+            stub.ListRuntimes, sandbox_pb2.ListRuntimesRequest(), timeout)
         return tuple(runtime_from_proto(runtime) for runtime in response.runtimes)
+
+    # -- the call loop (the twin of SandboxClient's) -----------------------------------------------------------
+
+    def _call_metadata(self) -> Metadata:
+        return self._metadata if self._trace is None else self._metadata + self._trace()
+
+    def _admit(self, attempts: Attempts, last: tuple[SandboxError, grpc.aio.AioRpcError] | None) -> Permit:
+        """Leave from the breaker for the next attempt. Raises CircuitOpenError, or, when the breaker opened
+        during this call's retries, the call's last error (more telling than "the circuit is open"); raises
+        RuntimeError when the client was closed meanwhile."""
+        self._get_stub()
+        try:
+            return self._breaker.admit(attempts.remaining())
+        except CircuitOpenError:
+            if last is None:
+                raise
+            error, cause = last
+            raise error from cause  # the last attempt's own error, not "the circuit is open"
+
+    async def _unary(
+        self,
+        rpc: Callable[..., Awaitable[_Response]],
+        request: Message,
+        timeout: float | None,  # noqa: ASYNC109 (the gRPC deadline of the whole call)
+    ) -> _Response:
+        """Call ``rpc`` with retries and the breaker, under one deadline for all attempts."""
+        attempts = Attempts(self._retry, call_timeout(timeout, self._timeout), self._random)
+        metadata = self._call_metadata()
+        last: tuple[SandboxError, grpc.aio.AioRpcError] | None = None
+        while True:
+            permit = self._admit(attempts, last)
+            try:
+                response = await rpc(request, timeout=attempts.start(), metadata=metadata)
+            except grpc.aio.AioRpcError as rpc_error:
+                error = from_aio_rpc_error(rpc_error)
+                self._breaker.record(permit, error)
+                wait = attempts.next_wait(error, self._breaker.blocked_for())
+                if wait is None:
+                    raise error from rpc_error
+                last = (error, rpc_error)
+                await asyncio.sleep(wait)
+                continue
+            except BaseException:
+                self._breaker.release(permit)  # e.g. the task was cancelled: nothing learned about the server
+                raise
+            self._breaker.record(permit, None)
+            return response
+
+    async def _stream(
+        self,
+        request: sandbox_pb2.ExecuteRequest,
+        timeout: float,  # noqa: ASYNC109 (the gRPC deadline: the server sees it too)
+        metadata: Metadata,
+    ) -> AsyncIterator[OutputChunk | ExecutionResult]:
+        attempts = Attempts(self._retry, timeout, self._random)
+        last: tuple[SandboxError, grpc.aio.AioRpcError] | None = None
+        while True:
+            permit = self._admit(attempts, last)
+            assembler = StreamAssembler()
+            failure: tuple[SandboxError, grpc.aio.AioRpcError] | None = None
+            ended = False
+            call: grpc.aio.UnaryStreamCall[Any, Any] | None = None
+            try:
+                call = self._get_stub().ExecuteStream(request, timeout=attempts.start(), metadata=metadata)
+                async for event in call:
+                    chunk = assembler.feed(event)
+                    if chunk is not None:
+                        yield chunk
+                ended = True
+            except grpc.aio.AioRpcError as rpc_error:
+                failure = (from_aio_rpc_error(rpc_error), rpc_error)
+                ended = True
+            finally:
+                if call is not None:
+                    call.cancel()  # a no-op once the call is done; stops the server when the caller stops early
+                if ended:
+                    self._breaker.record(permit, None if failure is None else failure[0])
+                else:  # the caller stopped early, or the server broke the protocol
+                    self._breaker.release(permit)
+            if failure is None:
+                # Only once the call has ended OK: an error status after the result event must not be lost.
+                yield assembler.finish()
+                return
+            error, cause = failure
+            if assembler.chunks:  # the caller has seen output: a retry must not happen behind its back
+                if error.code is grpc.StatusCode.UNAVAILABLE:
+                    raise stream_interrupted_error(error, assembler.chunks, request.idempotency_key) from cause
+                raise error from cause
+            wait = attempts.next_wait(error, self._breaker.blocked_for())
+            if wait is None:
+                raise error from cause
+            last = failure
+            await asyncio.sleep(wait)

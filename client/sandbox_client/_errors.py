@@ -7,13 +7,17 @@
     ├── NotFoundError          NOT_FOUND: .resource_type, .resource_name (ErrorInfo metadata)
     ├── ResourceExhaustedError RESOURCE_EXHAUSTED: .quota_violations (QuotaFailure), .retry_after (RetryInfo)
     ├── UnavailableError       UNAVAILABLE: .retry_after (RetryInfo)
+    │   ├── CircuitOpenError   the client's breaker is open (failures in a row): not called; .retry_after
+    │   └── StreamInterruptedError  a stream cut after it yielded output: .chunks, .idempotency_key
     ├── DeadlineExceededError  DEADLINE_EXCEEDED: the call's deadline passed
     ├── RequestCancelledError  CANCELLED
     └── ServerError            INTERNAL, UNKNOWN and every other code; also a server breaking the protocol
 
 A gRPC error becomes one of these in one place, ``error_for_status``, through the ``_ERROR_CLASSES`` table
-(a test fails when a status code is missing from it). An execution that ran and failed (non-zero exit,
-timeout, ...) is not an exception: it is an ``ExecutionResult`` with its ``status``.
+(a test fails when a status code is missing from it). The two UNAVAILABLE subclasses never come from a status
+alone: the client raises them itself, so code that handles "the server is down" handles them too. An
+execution that ran and failed (non-zero exit, timeout, ...) is not an exception: it is an ``ExecutionResult``
+with its ``status``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,12 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from sandbox_client._models import OutputChunk
+
 logger = logging.getLogger(__name__)
+
+CLIENT_DOMAIN = "sandbox_client"
+"""ErrorInfo.domain of the errors the client raises itself (the server's are "sandbox.v1")."""
 
 # The trailing-metadata key that carries a serialized google.rpc.Status (grpc_status keeps its own private).
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -147,6 +156,99 @@ class UnavailableError(SandboxError):
     def retry_after(self) -> float | None:
         """Seconds to wait before retrying, from RetryInfo; None when the server gave no advice."""
         return self.details.retry_after
+
+
+class CircuitOpenError(UnavailableError):
+    """The client's circuit breaker is open: recent calls to this server failed in a row (UNAVAILABLE,
+    DEADLINE_EXCEEDED, INTERNAL, UNKNOWN), so this call failed at once, without reaching the server.
+
+    ``retry_after`` is the number of seconds until the breaker lets one probe call through; while a probe is
+    under way, the reset timeout (calls go through sooner if the probe succeeds). ``reason`` is
+    ``"CIRCUIT_OPEN"``.
+    """
+
+
+class StreamInterruptedError(UnavailableError):
+    """``execute_stream`` lost its connection after it had yielded output: the stream was cut, and it is not
+    restarted behind the caller's back (the caller has already seen part of the output).
+
+    ``chunks`` is every chunk received before the cut, in order (``stdout_bytes``/``stderr_bytes`` join them).
+    The execution itself was not cancelled by the cut: the server runs it to the end and keeps its result, so
+    ``execute(...)`` with the same arguments and ``idempotency_key=error.idempotency_key`` returns that result
+    (the same ``execution_id``, the whole output) without running the code again, within the server's dedupe
+    window (600 s by default).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode,
+        details: ErrorDetails | None = None,
+        chunks: tuple[OutputChunk, ...] = (),
+        idempotency_key: str = "",
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.chunks = chunks
+        self.idempotency_key = idempotency_key
+
+    @property
+    def stdout_bytes(self) -> bytes:
+        """The stdout received before the cut."""
+        return b"".join(chunk.data for chunk in self.chunks if chunk.stream == "stdout")
+
+    @property
+    def stderr_bytes(self) -> bytes:
+        """The stderr received before the cut."""
+        return b"".join(chunk.data for chunk in self.chunks if chunk.stream == "stderr")
+
+    @property
+    def stdout(self) -> str:
+        """``stdout_bytes`` decoded as UTF-8 (invalid bytes replaced)."""
+        return self.stdout_bytes.decode("utf-8", errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        """``stderr_bytes`` decoded as UTF-8 (invalid bytes replaced)."""
+        return self.stderr_bytes.decode("utf-8", errors="replace")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_interrupted, (self.message, self.code, self.details, self.chunks, self.idempotency_key))
+
+
+def _rebuild_interrupted(
+    message: str, code: grpc.StatusCode, details: ErrorDetails, chunks: tuple[OutputChunk, ...], key: str
+) -> StreamInterruptedError:
+    return StreamInterruptedError(message, code=code, details=details, chunks=chunks, idempotency_key=key)
+
+
+def circuit_open_error(
+    target: str, failures: int, last_failure: str, retry_after: float, *, probing: bool = False
+) -> CircuitOpenError:
+    """The error of a call the open breaker refused. ``retry_after``: seconds until a probe may go;
+    ``probing``: a probe is under way (its outcome decides)."""
+    when = "a probe call is under way" if probing else f"the next call in {retry_after:.1f} s probes it"
+    return CircuitOpenError(
+        f"not calling {target}: the circuit breaker is open after {failures} failures in a row"
+        f" (last: {last_failure}); {when}",
+        code=grpc.StatusCode.UNAVAILABLE,
+        details=ErrorDetails(reason="CIRCUIT_OPEN", domain=CLIENT_DOMAIN, retry_after=max(0.0, retry_after)),
+    )
+
+
+def stream_interrupted_error(
+    cause: SandboxError, chunks: tuple[OutputChunk, ...], idempotency_key: str
+) -> StreamInterruptedError:
+    """The error of a stream cut after it yielded ``chunks``; ``cause`` is what the cut looked like."""
+    return StreamInterruptedError(
+        f"the stream was cut after {len(chunks)} output chunk(s) ({cause.message}); the server completes the"
+        f" execution: execute() with the same arguments and idempotency_key={idempotency_key!r} returns its"
+        " result without running the code again",
+        code=cause.code,
+        details=cause.details,
+        chunks=chunks,
+        idempotency_key=idempotency_key,
+    )
 
 
 class DeadlineExceededError(SandboxError):

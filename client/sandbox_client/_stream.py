@@ -9,16 +9,20 @@ from sandbox_client._proto.sandbox.v1 import sandbox_pb2
 
 
 class StreamAssembler:
-    """Feed it every event, in order; then ``finish()`` gives the final result.
+    """Feed it every event of one attempt, in order; then ``finish()`` gives the final result.
 
     The server leaves stdout/stderr empty in the streamed result (they were streamed): the assembler fills
     them with the chunks it saw, joined, so the result equals what ``execute`` would have returned.
     """
 
     def __init__(self) -> None:
-        self._stdout: list[bytes] = []
-        self._stderr: list[bytes] = []
+        self._chunks: list[OutputChunk] = []
         self._result: sandbox_pb2.ExecuteResult | None = None
+
+    @property
+    def chunks(self) -> tuple[OutputChunk, ...]:
+        """Every chunk fed so far (each one was handed to the caller), in order."""
+        return tuple(self._chunks)
 
     def feed(self, event: sandbox_pb2.ExecuteEvent) -> OutputChunk | None:
         """The chunk to hand to the caller, or None (the result, or an event kind this client does not know).
@@ -31,7 +35,7 @@ class StreamAssembler:
         kind = event.WhichOneof("event")
         if kind == "output":
             chunk = chunk_from_proto(event.output)
-            (self._stdout if chunk.stream == "stdout" else self._stderr).append(chunk.data)
+            self._chunks.append(chunk)
             return chunk
         if kind == "result":
             self._result = event.result
@@ -45,6 +49,6 @@ class StreamAssembler:
         result = self._result
         return result_from_proto(
             result,
-            stdout=result.stdout or b"".join(self._stdout),
-            stderr=result.stderr or b"".join(self._stderr),
+            stdout=result.stdout or b"".join(c.data for c in self._chunks if c.stream == "stdout"),
+            stderr=result.stderr or b"".join(c.data for c in self._chunks if c.stream == "stderr"),
         )

@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
-from sandbox_client._common import DEFAULT_TIMEOUT, auth_metadata, call_timeout, check_timeout, open_channel
+from sandbox_client._breaker import DEFAULT_BREAKER_POLICY, BreakerPolicy, CircuitBreaker, Permit
+from sandbox_client._common import (
+    DEFAULT_TIMEOUT,
+    ChannelConfig,
+    TLSConfig,
+    auth_metadata,
+    call_timeout,
+    check_policy,
+    check_timeout,
+    new_idempotency_key,
+)
 from sandbox_client._convert import build_request, result_from_proto, runtime_from_proto, usage_report_from_proto
-from sandbox_client._errors import from_rpc_error
+from sandbox_client._errors import CircuitOpenError, SandboxError, from_rpc_error, stream_interrupted_error
 from sandbox_client._models import ExecutionResult, Limits, OutputChunk, Runtime, UsageReport
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+from sandbox_client._retry import DEFAULT_RETRY_POLICY, Attempts, RetryPolicy
 from sandbox_client._stream import StreamAssembler
+from sandbox_client._tracing import Metadata, trace_injector
+
+_Response = TypeVar("_Response", bound=Message)
 
 
 class SandboxClient:
-    """A blocking client for the sandbox server. Thread-safe; one per process is plenty.
+    """A blocking client for the sandbox server. Thread-safe; one per process (per server) is plenty: it holds
+    one channel (one HTTP/2 connection), which every call reuses.
 
         with SandboxClient("127.0.0.1:50051", api_key="...") as sbx:
             result = sbx.execute("print(6*7)")
@@ -25,11 +43,20 @@ class SandboxClient:
     Args:
         target: the server's address, ``host:port`` (any gRPC target string).
         api_key: sent with every call as ``authorization: Bearer <key>``; None sends none.
-        timeout: seconds; the deadline of every call that passes no ``timeout`` of its own.
-        credentials: TLS (``grpc.ssl_channel_credentials(...)``); None makes a plaintext channel.
-        options: gRPC channel options, passed through.
+        timeout: seconds; the deadline of every call that passes no ``timeout`` of its own. A call's deadline
+            covers all its attempts and the waits between them.
+        credentials: TLS as ``grpc.ChannelCredentials`` (``grpc.ssl_channel_credentials(...)``), for full control.
+        tls: TLS or mTLS from certificates (``TLSConfig``); give ``credentials`` or ``tls``, not both. Neither:
+            a plaintext channel.
+        options: gRPC channel options, passed through (they win over the client's defaults).
+        retry: how failures that are safe to retry are retried (``RetryPolicy``); None never retries.
+        breaker: when to stop calling a failing server for a while (``BreakerPolicy``); None never stops.
 
     Every method raises a ``SandboxError`` subclass when the call fails (see ``sandbox_client._errors``).
+
+    Raises:
+        ValueError, TypeError: an argument is invalid (an empty ``api_key``, a non-positive ``timeout``,
+            both ``credentials`` and ``tls``, ...).
     """
 
     def __init__(
@@ -39,11 +66,18 @@ class SandboxClient:
         api_key: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: TLSConfig | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        retry: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+        breaker: BreakerPolicy | None = DEFAULT_BREAKER_POLICY,
     ) -> None:
         self._timeout = check_timeout(timeout)
         self._metadata = auth_metadata(api_key)
-        self._channel = open_channel(target, credentials, options)
+        self._retry = check_policy(retry, RetryPolicy, "retry")
+        self._breaker = CircuitBreaker(check_policy(breaker, BreakerPolicy, "breaker"), target=target)
+        self._trace = trace_injector()
+        self._random = random.Random()  # noqa: S311 (backoff jitter, not security)
+        self._channel = ChannelConfig.build(target, credentials, tls, options).open()
         self._stub = sandbox_pb2_grpc.SandboxStub(self._channel)  # type: ignore[no-untyped-call]
         self._closed = False
 
@@ -80,11 +114,17 @@ class SandboxClient:
 
         A program that fails (non-zero exit, a limit hit, ...) is a result with that ``status``, not an
         exception. ``files`` are placed in the working directory first (relative paths; str is sent as
-        UTF-8). ``timeout`` (seconds) is this call's deadline; None uses the client's.
+        UTF-8). ``timeout`` (seconds) is this call's deadline, retries included; None uses the client's.
+
+        ``idempotency_key`` names this request to the server; "" makes a fresh one for this call. Every retry
+        of the call sends the same key, so the server runs the code at most once (a retry gets the first
+        attempt's result, the same ``execution_id``). Reuse a key only to repeat the very same request: the
+        same key with another request is refused (InvalidRequestError, reason ``idempotency_key_reused``).
 
         Raises:
-            SandboxError: the call failed; e.g. InvalidRequestError for a bad request, DeadlineExceededError
-                when ``timeout`` passed.
+            SandboxError: the call failed (after the retries the client's ``retry`` policy allows); e.g.
+                InvalidRequestError for a bad request, DeadlineExceededError when ``timeout`` passed,
+                CircuitOpenError when the client's circuit breaker is open.
         """
         request = build_request(
             code,
@@ -94,15 +134,10 @@ class SandboxClient:
             env=env,
             limits=limits,
             session_id=session_id,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key or new_idempotency_key(),
         )
         self._check_open()
-        try:
-            response: sandbox_pb2.ExecuteResult = self._stub.Execute(
-                request, timeout=call_timeout(timeout, self._timeout), metadata=self._metadata
-            )
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from error
+        response = self._unary(self._stub.Execute, request, timeout)
         return result_from_proto(response)
 
     def execute_stream(
@@ -121,8 +156,13 @@ class SandboxClient:
         """Like ``execute``, but yields the output as it is produced: ``OutputChunk`` items, then, last, the
         ``ExecutionResult`` (with the streamed stdout/stderr joined in it, equal to ``execute``'s).
 
-        The call starts at the first ``next()``; ``timeout`` bounds the whole stream. Closing the iterator
-        early (``break``, ``close()``) cancels the call.
+        The call starts at the first ``next()``; ``timeout`` bounds the whole stream, retries included. Closing
+        the iterator early (``break``, ``close()``) cancels the call. The trace context is taken when this
+        method is called.
+
+        Failures before the first chunk are retried as ``execute``'s are (with the same idempotency key). A
+        connection cut after chunks were yielded is not: it raises ``StreamInterruptedError``, which carries the
+        chunks received and the key with which ``execute`` fetches the whole result.
 
         Raises:
             SandboxError: while iterating, when the call fails (possibly after some chunks).
@@ -135,25 +175,9 @@ class SandboxClient:
             env=env,
             limits=limits,
             session_id=session_id,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key or new_idempotency_key(),
         )
-        return self._stream(request, call_timeout(timeout, self._timeout))
-
-    def _stream(self, request: sandbox_pb2.ExecuteRequest, timeout: float) -> Iterator[OutputChunk | ExecutionResult]:
-        self._check_open()
-        call = self._stub.ExecuteStream(request, timeout=timeout, metadata=self._metadata)
-        assembler = StreamAssembler()
-        try:
-            for event in call:
-                chunk = assembler.feed(event)
-                if chunk is not None:
-                    yield chunk
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from error
-        finally:
-            call.cancel()  # a no-op once the call is done; stops the server when the caller stops early
-        # Only once the call has ended OK: an error status after the result event must not be lost.
-        yield assembler.finish()
+        return self._stream(request, call_timeout(timeout, self._timeout), self._call_metadata())
 
     def record_usage(
         self,
@@ -167,8 +191,10 @@ class SandboxClient:
     ) -> UsageReport:
         """Report an agent session's LLM token usage (priced by the tenant's policy), so the session's whole
         cost (executions + model calls) is known and its budgets hold. A report that takes a budget past its
-        limit is still recorded (the tokens were spent); later executions are then refused. Send the same
-        ``idempotency_key`` when retrying a report: it is recorded once.
+        limit is still recorded (the tokens were spent); later executions are then refused.
+
+        ``idempotency_key`` ("" makes a fresh one) is sent on every retry of this call, so a report is recorded
+        once; pass your own to make a report you repeat yourself count once too.
 
         Raises:
             SandboxError: the call failed (InvalidRequestError for a model the tenant's price table lacks).
@@ -176,13 +202,8 @@ class SandboxClient:
         self._check_open()
         request = sandbox_pb2.RecordUsageRequest(
             session_id=session_id, model=model, input_tokens=input_tokens, output_tokens=output_tokens,
-            idempotency_key=idempotency_key)
-        try:
-            response: sandbox_pb2.RecordUsageResponse = self._stub.RecordUsage(
-                request, timeout=call_timeout(timeout, self._timeout), metadata=self._metadata
-            )
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from error
+            idempotency_key=idempotency_key or new_idempotency_key())
+        response = self._unary(self._stub.RecordUsage, request, timeout)
         return usage_report_from_proto(response)
 
     def runtimes(self, *, timeout: float | None = None) -> tuple[Runtime, ...]:
@@ -192,15 +213,95 @@ class SandboxClient:
             SandboxError: the call failed.
         """
         self._check_open()
-        try:
-            response: sandbox_pb2.ListRuntimesResponse = self._stub.ListRuntimes(
-                sandbox_pb2.ListRuntimesRequest(),
-                timeout=call_timeout(timeout, self._timeout),
-                metadata=self._metadata,
-            )
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from error
+        response = self._unary(self._stub.ListRuntimes, sandbox_pb2.ListRuntimesRequest(), timeout)
         return tuple(runtime_from_proto(runtime) for runtime in response.runtimes)
+
+    # -- the call loop ---------------------------------------------------------------------------------------------
+
+    def _call_metadata(self) -> Metadata:
+        return self._metadata if self._trace is None else self._metadata + self._trace()
+
+    def _admit(self, attempts: Attempts, last: tuple[SandboxError, grpc.RpcError] | None) -> Permit:
+        """Leave from the breaker for the next attempt. Raises CircuitOpenError, or, when the breaker opened
+        during this call's retries, the call's last error (more telling than "the circuit is open"); raises
+        RuntimeError when the client was closed meanwhile."""
+        self._check_open()
+        try:
+            return self._breaker.admit(attempts.remaining())
+        except CircuitOpenError:
+            if last is None:
+                raise
+            error, cause = last
+            raise error from cause  # the last attempt's own error, not "the circuit is open"
+
+    def _unary(
+        self, rpc: Callable[..., _Response], request: Message, timeout: float | None
+    ) -> _Response:
+        """Call ``rpc`` with retries and the breaker, under one deadline for all attempts."""
+        attempts = Attempts(self._retry, call_timeout(timeout, self._timeout), self._random)
+        metadata = self._call_metadata()
+        last: tuple[SandboxError, grpc.RpcError] | None = None
+        while True:
+            permit = self._admit(attempts, last)
+            try:
+                response = rpc(request, timeout=attempts.start(), metadata=metadata)
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error)
+                self._breaker.record(permit, error)
+                wait = attempts.next_wait(error, self._breaker.blocked_for())
+                if wait is None:
+                    raise error from rpc_error
+                last = (error, rpc_error)
+                time.sleep(wait)
+                continue
+            except BaseException:
+                self._breaker.release(permit)  # e.g. KeyboardInterrupt: nothing learned about the server
+                raise
+            self._breaker.record(permit, None)
+            return response
+
+    def _stream(
+        self, request: sandbox_pb2.ExecuteRequest, timeout: float, metadata: Metadata
+    ) -> Iterator[OutputChunk | ExecutionResult]:
+        attempts = Attempts(self._retry, timeout, self._random)
+        last: tuple[SandboxError, grpc.RpcError] | None = None
+        while True:
+            permit = self._admit(attempts, last)
+            assembler = StreamAssembler()
+            failure: tuple[SandboxError, grpc.RpcError] | None = None
+            ended = False
+            call: grpc.Future | None = None
+            try:
+                call = self._stub.ExecuteStream(request, timeout=attempts.start(), metadata=metadata)
+                for event in call:
+                    chunk = assembler.feed(event)
+                    if chunk is not None:
+                        yield chunk
+                ended = True
+            except grpc.RpcError as rpc_error:
+                failure = (from_rpc_error(rpc_error), rpc_error)
+                ended = True
+            finally:
+                if call is not None:
+                    call.cancel()  # a no-op once the call is done; stops the server when the caller stops early
+                if ended:
+                    self._breaker.record(permit, None if failure is None else failure[0])
+                else:  # the caller stopped early, or the server broke the protocol
+                    self._breaker.release(permit)
+            if failure is None:
+                # Only once the call has ended OK: an error status after the result event must not be lost.
+                yield assembler.finish()
+                return
+            error, cause = failure
+            if assembler.chunks:  # the caller has seen output: a retry must not happen behind its back
+                if error.code is grpc.StatusCode.UNAVAILABLE:
+                    raise stream_interrupted_error(error, assembler.chunks, request.idempotency_key) from cause
+                raise error from cause
+            wait = attempts.next_wait(error, self._breaker.blocked_for())
+            if wait is None:
+                raise error from cause
+            last = failure
+            time.sleep(wait)
 
     def _check_open(self) -> None:
         if self._closed:

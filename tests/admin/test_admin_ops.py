@@ -75,7 +75,7 @@ class OpsServer:
         return self.srv.target
 
     def sandbox(self, tenant: str) -> SandboxClient:
-        return SandboxClient(self.target, api_key=self.keys[tenant], timeout=60)
+        return SandboxClient(self.target, api_key=self.keys[tenant], timeout=60, retry=None)
 
     def admin(self) -> AdminClient:
         return AdminClient(self.target, api_key=self.keys["admin"], timeout=30)

@@ -1,4 +1,8 @@
-"""Fixtures for the client tests: one fake Sandbox server (fake_sandbox.py) per session, and clients."""
+"""Fixtures for the client tests: one fake Sandbox server (fake_sandbox.py) per session, and clients.
+
+The ``client``/``aclient`` fixtures pin what goes on the wire and how each status maps to an exception, one
+attempt per call: they retry nothing and have no circuit breaker (test_client_resilience.py tests those).
+"""
 
 from __future__ import annotations
 
@@ -25,11 +29,13 @@ def fake(fake_server: FakeServer) -> FakeSandbox:
 
 @pytest.fixture
 def client(fake_server: FakeServer, fake: FakeSandbox) -> Iterator[SandboxClient]:
-    with SandboxClient(fake_server.target, api_key=API_KEY, timeout=CLIENT_TIMEOUT_S) as sbx:
+    with SandboxClient(fake_server.target, api_key=API_KEY, timeout=CLIENT_TIMEOUT_S, retry=None, breaker=None) as sbx:
         yield sbx
 
 
 @pytest.fixture
 async def aclient(fake_server: FakeServer, fake: FakeSandbox) -> AsyncIterator[AsyncSandboxClient]:
-    async with AsyncSandboxClient(fake_server.target, api_key=API_KEY, timeout=CLIENT_TIMEOUT_S) as sbx:
+    async with AsyncSandboxClient(
+        fake_server.target, api_key=API_KEY, timeout=CLIENT_TIMEOUT_S, retry=None, breaker=None
+    ) as sbx:
         yield sbx

@@ -3,7 +3,7 @@
 It runs on its own event loop in a background thread, so the sync client (which blocks) and the asyncio
 client (on pytest-asyncio's session loop) both talk to it over loopback. It serves canned answers, records
 what each call carried (metadata, deadline, request), and does what the test scripts: abort with a given
-status, sleep, or stream until cancelled.
+status (every call, or the first few), sleep, or stream until cancelled.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class SeenCall:
     method: str
     metadata: dict[str, str]
     time_remaining: float | None
-    request: sandbox_pb2.ExecuteRequest | sandbox_pb2.ListRuntimesRequest
+    request: sandbox_pb2.ExecuteRequest | sandbox_pb2.ListRuntimesRequest | sandbox_pb2.RecordUsageRequest
 
 
 @dataclass
@@ -79,6 +79,10 @@ class Script:
     """Sleep this long before answering."""
     stream_forever: bool = False
     """ExecuteStream: stream chunks until the client cancels."""
+    fail_first: int | None = None
+    """Abort (as ``abort``/``plain_abort`` say) only the first this many calls, then answer; None: every call."""
+    abort_before_output: bool = False
+    """ExecuteStream: abort before the first chunk instead of after the chunks."""
 
 
 @dataclass
@@ -88,21 +92,29 @@ class FakeSandbox(sandbox_pb2_grpc.SandboxServicer):
     stream_cancelled: threading.Event = field(default_factory=threading.Event)
     """Set when an ExecuteStream call ends while its handler is still streaming chunks."""
 
+    aborted: int = 0
+    """Calls aborted as scripted since the last reset."""
+
     def reset(self) -> None:
         self.calls.clear()
         self.script = Script()
         self.stream_cancelled.clear()
+        self.aborted = 0
 
     def _record(
         self,
         method: str,
-        request: sandbox_pb2.ExecuteRequest | sandbox_pb2.ListRuntimesRequest,
+        request: sandbox_pb2.ExecuteRequest | sandbox_pb2.ListRuntimesRequest | sandbox_pb2.RecordUsageRequest,
         context: grpc.aio.ServicerContext[object, object],
     ) -> None:
         metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
         self.calls.append(SeenCall(method, metadata, context.time_remaining(), request))
 
     async def _scripted_failure(self, context: grpc.aio.ServicerContext[object, object]) -> None:
+        if self.script.fail_first is not None and self.aborted >= self.script.fail_first:
+            return
+        if self.script.abort is not None or self.script.plain_abort is not None:
+            self.aborted += 1
         if self.script.abort is not None:
             await context.abort_with_status(rpc_status.to_status(self.script.abort))
         if self.script.plain_abort is not None:
@@ -130,6 +142,9 @@ class FakeSandbox(sandbox_pb2_grpc.SandboxServicer):
 
         context.add_done_callback(note_early_end)
         await asyncio.sleep(self.script.delay_s)
+        if self.script.abort_before_output:
+            handler_finished = True
+            await self._scripted_failure(context)
         while True:
             for stream, data in STREAMED_CHUNKS:
                 yield sandbox_pb2.ExecuteEvent(output=sandbox_pb2.OutputChunk(stream=stream, data=data))
@@ -137,11 +152,19 @@ class FakeSandbox(sandbox_pb2_grpc.SandboxServicer):
                 break
             await asyncio.sleep(0.01)
         handler_finished = True
-        await self._scripted_failure(context)
+        if not self.script.abort_before_output:
+            await self._scripted_failure(context)
         result = canned_result()
         result.stdout = b""
         result.stderr = b""
         yield sandbox_pb2.ExecuteEvent(result=result)
+
+    async def RecordUsage(
+        self, request: sandbox_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> sandbox_pb2.RecordUsageResponse:
+        self._record("RecordUsage", request, context)
+        await self._scripted_failure(context)
+        return sandbox_pb2.RecordUsageResponse(cost=0.25, session_cost=1.25)
 
     async def ListRuntimes(
         self, request: sandbox_pb2.ListRuntimesRequest, context: grpc.aio.ServicerContext[object, object]

@@ -10,10 +10,14 @@ import sandbox_client
 from sandbox_client import AsyncSandboxClient, SandboxClient
 
 PUBLIC_NAMES = [
+    "DEFAULT_BREAKER_POLICY",
+    "DEFAULT_RETRY_POLICY",
     "DEFAULT_TIMEOUT",
     "AsyncSandboxClient",
     "AuthenticationError",
+    "BreakerPolicy",
     "BudgetState",
+    "CircuitOpenError",
     "DeadlineExceededError",
     "ErrorDetails",
     "ExecutionResult",
@@ -28,14 +32,21 @@ PUBLIC_NAMES = [
     "RequestCancelledError",
     "ResourceExhaustedError",
     "ResourceUsage",
+    "RetryPolicy",
     "Runtime",
     "SandboxClient",
     "SandboxError",
     "ServerError",
     "Status",
+    "StreamInterruptedError",
+    "TLSConfig",
     "UnavailableError",
     "UsageReport",
 ]
+
+CLIENT_PARAMETERS = ["target", "api_key", "timeout", "credentials", "tls", "options", "retry", "breaker"]
+
+RECORD_USAGE_PARAMETERS = ["session_id", "model", "input_tokens", "output_tokens", "idempotency_key", "timeout"]
 
 EXECUTE_PARAMETERS = [
     "code",
@@ -58,12 +69,15 @@ def test_all_is_pinned() -> None:
 
 def test_every_error_is_a_sandbox_error() -> None:
     errors = [getattr(sandbox_client, n) for n in PUBLIC_NAMES if n.endswith("Error")]
-    assert len(errors) == 10
+    assert len(errors) == 12
     assert all(issubclass(e, sandbox_client.SandboxError) for e in errors)
+    # Raised by the client itself, they are "the server is unavailable" to code that catches that.
+    assert issubclass(sandbox_client.CircuitOpenError, sandbox_client.UnavailableError)
+    assert issubclass(sandbox_client.StreamInterruptedError, sandbox_client.UnavailableError)
 
 
 def test_both_clients_take_the_same_arguments() -> None:
-    for method in ("__init__", "execute", "execute_stream", "runtimes"):
+    for method in ("__init__", "execute", "execute_stream", "record_usage", "runtimes"):
         sync = inspect.signature(getattr(SandboxClient, method))
         aio = inspect.signature(getattr(AsyncSandboxClient, method))
         assert list(sync.parameters) == list(aio.parameters), method
@@ -71,7 +85,20 @@ def test_both_clients_take_the_same_arguments() -> None:
     execute = inspect.signature(SandboxClient.execute)
     assert list(execute.parameters)[1:] == EXECUTE_PARAMETERS
     assert list(inspect.signature(SandboxClient.execute_stream).parameters)[1:] == EXECUTE_PARAMETERS
-    assert inspect.signature(SandboxClient).parameters["timeout"].default == sandbox_client.DEFAULT_TIMEOUT == 60
+    assert list(inspect.signature(SandboxClient.record_usage).parameters)[1:] == RECORD_USAGE_PARAMETERS
+    client = inspect.signature(SandboxClient).parameters
+    assert list(client) == CLIENT_PARAMETERS
+    assert client["timeout"].default == sandbox_client.DEFAULT_TIMEOUT == 60
+    assert client["retry"].default is sandbox_client.DEFAULT_RETRY_POLICY
+    assert client["breaker"].default is sandbox_client.DEFAULT_BREAKER_POLICY
+
+
+def test_the_default_policies_are_pinned() -> None:
+    retry, breaker = sandbox_client.DEFAULT_RETRY_POLICY, sandbox_client.DEFAULT_BREAKER_POLICY
+    assert retry == sandbox_client.RetryPolicy(
+        max_attempts=4, initial_backoff_s=0.25, max_backoff_s=5.0, multiplier=2.0, jitter=1.0, budget_s=10.0
+    )
+    assert breaker == sandbox_client.BreakerPolicy(failure_threshold=5, reset_timeout_s=10.0)
 
 
 def test_import_does_no_work() -> None:

@@ -21,7 +21,7 @@ budget: {per_session: 3, per_day: 5, warn_fraction: 0.5}
 
 def test_each_execution_is_priced_and_recorded_with_its_cost(tmp_path: Path) -> None:
     with server_with_policy(tmp_path, "pricing: {per_execution: 0.25, cpu_second: 2.0}") as srv, \
-            SandboxClient(srv.target) as sbx:
+            SandboxClient(srv.target, retry=None) as sbx:
         r = sbx.execute("sum(range(3_000_000))", session_id="priced")
         assert r.cost == pytest.approx(0.25 + 2.0 * r.usage.cpu_time_s)
         assert len(r.trace_id) == 32
@@ -36,7 +36,7 @@ def test_each_execution_is_priced_and_recorded_with_its_cost(tmp_path: Path) -> 
 
 
 def test_budgets_refuse_before_running_and_name_the_budget(tmp_path: Path) -> None:
-    with server_with_policy(tmp_path, FLAT) as srv, SandboxClient(srv.target) as sbx:
+    with server_with_policy(tmp_path, FLAT) as srv, SandboxClient(srv.target, retry=None) as sbx:
         for _ in range(3):
             assert sbx.execute("print(1)", session_id="s1").cost == 1.0
         with pytest.raises(ResourceExhaustedError) as info:
@@ -71,7 +71,7 @@ def test_concurrent_requests_cannot_overspend(tmp_path: Path) -> None:
     with server_with_policy(tmp_path, policy, max_running=2, max_queued=32) as srv:
 
         def one(i: int) -> str:
-            with SandboxClient(srv.target) as sbx:
+            with SandboxClient(srv.target, retry=None) as sbx:
                 try:
                     sbx.execute("import time; time.sleep(0.3)", session_id=f"c{i}")
                 except ResourceExhaustedError as exc:
@@ -90,11 +90,11 @@ def test_the_reservation_is_the_worst_case_and_the_settlement_the_actual(tmp_pat
     # wall_second 1.0: a 2 s wall limit reserves 2.0 of the 2.5 budget, so a second one cannot start while the
     # first runs; once it settles at its (short) actual time, the budget has room again.
     policy = "pricing: {wall_second: 1.0}\nbudget: {per_day: 2.5}"
-    with server_with_policy(tmp_path, policy) as srv, SandboxClient(srv.target) as sbx:
+    with server_with_policy(tmp_path, policy) as srv, SandboxClient(srv.target, retry=None) as sbx:
         with ThreadPoolExecutor(1) as pool:
             slow = pool.submit(sbx.execute, "import time; time.sleep(1)", limits=Limits(wall_time_s=2))
             time.sleep(0.5)
-            with SandboxClient(srv.target) as other, pytest.raises(ResourceExhaustedError):
+            with SandboxClient(srv.target, retry=None) as other, pytest.raises(ResourceExhaustedError):
                 other.execute("print(1)", limits=Limits(wall_time_s=2))
             first = slow.result()
         assert first.cost == pytest.approx(first.usage.wall_time_s)
@@ -113,7 +113,7 @@ budget: {per_session: 2.0}
 
 
 def test_reported_llm_usage_counts_toward_the_session_budget(tmp_path: Path) -> None:
-    with server_with_policy(tmp_path, MODELS) as srv, SandboxClient(srv.target) as sbx:
+    with server_with_policy(tmp_path, MODELS) as srv, SandboxClient(srv.target, retry=None) as sbx:
         assert sbx.execute("print(1)", session_id="agent-1").cost == 0.5
         report = sbx.record_usage("agent-1", "gpt-test", input_tokens=100_000, output_tokens=50_000,
                                   idempotency_key="call-1")

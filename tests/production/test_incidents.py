@@ -80,7 +80,8 @@ def test_escape_attempts_quarantine_the_tenant_until_lifted(
     tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]],
 ) -> None:
     url, alerts = webhook
-    with server_with_policy(tmp_path, "", incidents={"webhook_url": url}) as srv, SandboxClient(srv.target) as sbx:
+    with server_with_policy(tmp_path, "", incidents={"webhook_url": url}) as srv, \
+            SandboxClient(srv.target, retry=None) as sbx:
         for code in ("import ctypes", "import socket", "__import__('os')"):
             with pytest.raises(InvalidRequestError):
                 sbx.execute(code, session_id="attacker")
@@ -107,7 +108,7 @@ def test_escape_attempts_quarantine_the_tenant_until_lifted(
 
 
 def test_repeated_timeouts_throttle_the_session_not_the_tenant(tmp_path: Path) -> None:
-    with server_with_policy(tmp_path, "", max_running=4) as srv, SandboxClient(srv.target) as sbx:
+    with server_with_policy(tmp_path, "", max_running=4) as srv, SandboxClient(srv.target, retry=None) as sbx:
         for _ in range(5):
             r = sbx.execute("while True: pass", session_id="loopy", limits=Limits(wall_time_s=0.2))
             assert r.status.name == "TIMEOUT"
@@ -129,7 +130,7 @@ def test_repeated_timeouts_throttle_the_session_not_the_tenant(tmp_path: Path) -
 
 def test_an_exceeded_budget_opens_an_incident(tmp_path: Path) -> None:
     policy = "pricing: {per_execution: 1.0}\nbudget: {per_session: 2}"
-    with server_with_policy(tmp_path, policy) as srv, SandboxClient(srv.target) as sbx:
+    with server_with_policy(tmp_path, policy) as srv, SandboxClient(srv.target, retry=None) as sbx:
         for _ in range(2):
             sbx.execute("print(1)", session_id="spender")
         _until(lambda: bool(_open(srv, "budget_exceeded")), "the incident")
@@ -155,7 +156,8 @@ class _Failing(NsjailBackend):
 
 
 def test_a_teardown_failure_disables_the_language(tmp_path: Path) -> None:
-    with server_with_policy(tmp_path, "", backend_factory=_LeakyTeardown) as srv, SandboxClient(srv.target) as sbx:
+    with server_with_policy(tmp_path, "", backend_factory=_LeakyTeardown) as srv, \
+            SandboxClient(srv.target, retry=None) as sbx:
         with pytest.raises(ServerError):
             sbx.execute("print(1)")
         _until(lambda: bool(_open(srv, "teardown_failure")), "the incident")
@@ -174,7 +176,7 @@ def test_a_high_error_rate_alerts(tmp_path: Path, webhook: tuple[str, list[dict[
     url, alerts = webhook
     rules = {"webhook_url": url, "rules": {"error_rate": {"min_calls": 4}}}
     with server_with_policy(tmp_path, "", backend_factory=_Failing, incidents=rules) as srv, \
-            SandboxClient(srv.target) as sbx:
+            SandboxClient(srv.target, retry=None) as sbx:
         for _ in range(4):
             with pytest.raises(ServerError):
                 sbx.execute("print(1)")

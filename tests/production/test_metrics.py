@@ -43,9 +43,9 @@ def test_counters_after_known_traffic(tmp_path: Path) -> None:
     finally:
         stores.close()
     with server_in_thread(settings) as srv:
-        with SandboxClient(srv.target) as anonymous, pytest.raises(AuthenticationError):
+        with SandboxClient(srv.target, retry=None) as anonymous, pytest.raises(AuthenticationError):
             anonymous.execute("print(1)")
-        with SandboxClient(srv.target, api_key=key) as sbx:
+        with SandboxClient(srv.target, api_key=key, retry=None) as sbx:
             for _ in range(3):
                 assert sbx.execute("print(1)").ok
             assert sbx.execute("exit 3", language="bash").exit_code == 3
@@ -80,13 +80,13 @@ def test_counters_after_known_traffic(tmp_path: Path) -> None:
 
 def test_active_sandboxes_and_queue_rejections(tmp_path: Path) -> None:
     with server_with_policy(tmp_path, "", max_running=1, max_queued=0) as srv, ThreadPoolExecutor(1) as pool:
-        with SandboxClient(srv.target) as sbx:
+        with SandboxClient(srv.target, retry=None) as sbx:
             slow = pool.submit(sbx.execute, "import time; time.sleep(1.5)")
             deadline = time.monotonic() + 10
             while metric(scrape(srv), "sandbox_active_sandboxes") != 1:
                 assert time.monotonic() < deadline, "the running sandbox never showed"
                 time.sleep(0.05)
-            with SandboxClient(srv.target) as other, pytest.raises(ResourceExhaustedError):
+            with SandboxClient(srv.target, retry=None) as other, pytest.raises(ResourceExhaustedError):
                 other.execute("print(1)")
             assert slow.result().ok
         text = scrape(srv, calls=2)
