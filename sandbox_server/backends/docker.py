@@ -1,7 +1,8 @@
 """The Docker backend: each execution in a fresh container that is force-removed in every outcome.
 
 A container runs with network mode none, uid/gid 65534, a read-only root, size-capped tmpfs for /work and /tmp,
-every capability dropped, no-new-privileges, Docker's default seccomp profile, memory with swap equal to memory,
+every capability dropped, no-new-privileges, our seccomp profile (seccomp.py: the same deny-list as nsjail's),
+memory with swap equal to memory,
 a CPU quota, a pids limit, ulimits (nofile, fsize, cpu), no logging driver and labels that mark it as ours.
 
 Code and input files never come from a host path: the container starts a POSIX-sh bootstrap that reads a byte
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import logging
 import math
 import socket
@@ -45,6 +47,7 @@ from sandbox_server.backends.base import Backend
 from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager, CgroupsUnavailable, detect
 from sandbox_server.backends.outcome import finish, watchdog
 from sandbox_server.backends.sandbox_init import DOCKER_INIT, FRAME_DATA, FRAME_STATUS, INIT_PIDS, parse_status
+from sandbox_server.backends.seccomp import docker_profile
 from sandbox_server.errors import BackendUnavailable, SandboxFailure
 from sandbox_server.execution.output import OutputCapture, select_outputs
 from sandbox_server.execution.runtimes import RUNTIMES, Runtime
@@ -62,6 +65,8 @@ from sandbox_server.settings import Settings
 from sandbox_server.telemetry import record_phase
 
 log = logging.getLogger(__name__)
+MAX_DATA_FRAME = 65536  # the init's sysread size (sandbox_init.DOCKER_INIT): no real frame is larger
+SECCOMP_OPT = "seccomp=" + json.dumps(docker_profile(), separators=(",", ":"))
 
 LABEL_MANAGED = "org.sandbox-server.managed"
 LABEL_OWNER = "org.sandbox-server.owner"
@@ -109,7 +114,7 @@ class ContainerConfig:
             read_only=True,
             tmpfs={WORKDIR: tmpfs_opts + ",mode=0755", "/tmp": tmpfs_opts + ",mode=1777"},  # noqa: S108
             cap_drop=["ALL"],
-            security_opt=["no-new-privileges:true"],
+            security_opt=["no-new-privileges:true", SECCOMP_OPT],
             mem_limit=lim.memory_bytes,
             memswap_limit=lim.memory_bytes,
             nano_cpus=int(self.cpu_cores * 1e9),
@@ -253,7 +258,7 @@ class DockerBackend(Backend):
             "backend": self.name,
             "docker": f"{self.settings.docker_host}: {state}",
             "images": "missing: " + ", ".join(self.missing_images) if self.missing_images else "all present",
-            "container": "network none, read-only root, cap-drop ALL, no-new-privileges, default seccomp, "
+            "container": "network none, read-only root, cap-drop ALL, no-new-privileges, seccomp deny-list, "
                          f"user {self.settings.sandbox_uid}:{self.settings.sandbox_gid}",
             "warm pool": f"{self.settings.docker_pool_size} per runtime (default limits)",
             "cgroups": self.cgroups.version.value if self.cgroups else "container only (no usage counters)",
@@ -648,6 +653,9 @@ class _Frames:
                 if len(self.buf) < 5:
                     break
                 size = struct.unpack(">I", self.buf[1:5])[0]
+                if size > MAX_DATA_FRAME:  # the init reads at most that much at a time: not its frame
+                    self.overflow = True
+                    break
                 if len(self.buf) < 5 + size:
                     break
                 out.append(bytes(self.buf[5:5 + size]))

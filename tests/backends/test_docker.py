@@ -119,7 +119,7 @@ def test_reaper_removes_our_strays_and_only_ours(docker_server: RunningServer) -
 def test_dockerd_restart_mid_run_fails_cleanly_then_recovers(dockerd: Dockerd) -> None:
     with server_in_thread(backend="docker", docker_host=dockerd.host, docker_pool_size=1) as srv:
         outcome: list[object] = []
-        with SandboxClient(srv.target, timeout=60) as sbx:
+        with SandboxClient(srv.target, timeout=60, retry=None) as sbx:  # the failure itself, not a retry
             assert sbx.execute("echo up", language="bash").stdout == "up\n"
 
             def long_run() -> None:
