@@ -39,6 +39,8 @@ from sandbox_client.admin import (
     Mitigation,
     PolicyProblem,
 )
+from sandbox_client.evaluation.cli import register as register_eval
+from sandbox_client.redteam.cli import register as register_redteam
 
 try:
     import typer
@@ -107,6 +109,8 @@ app.add_typer(incidents_app, name="incidents")
 app.add_typer(costs_app, name="costs")
 app.add_typer(executions_app, name="executions")
 app.add_typer(quarantine_app, name="quarantine")
+register_eval(app)
+register_redteam(app)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables (like the global --json).")]
 Limit = Annotated[int, typer.Option(min=1, max=1000, help="At most this many, newest first.")]

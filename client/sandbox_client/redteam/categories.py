@@ -1,0 +1,27 @@
+"""The corpus's categories and languages: plain enums, importable without the corpus's dependencies (the
+``sandbox-admin`` command line builds its options from them)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["Category", "Language"]
+
+
+class Category(StrEnum):
+    """The corpus categories; each shipped file holds one."""
+
+    ESCAPE = "escape"
+    HOST_READ = "host_read"
+    HOST_WRITE = "host_write"
+    NETWORK = "network"
+    RESOURCES = "resources"
+    PERSISTENCE = "persistence"
+    INFO_LEAK = "info_leak"
+    VALIDATOR_BYPASS = "validator_bypass"
+
+
+class Language(StrEnum):
+    PYTHON = "python"
+    JAVASCRIPT = "javascript"
+    BASH = "bash"
