@@ -22,7 +22,7 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 # ---------------------------------------------------------------------------------------------- host packages
 # docker.io and debootstrap serve the Docker backend and its offline image build; util-linux gives unshare.
 APT_PACKAGES=(python3 python3-venv python3-pip nodejs bash ca-certificates iproute2 procps util-linux perl
-    docker.io debootstrap tar openssl prometheus)
+    docker.io debootstrap tar openssl prometheus python3-seccomp)
 # Paths the jails (and this script) rely on, beyond "the package is installed".
 REQUIRED_PATHS=(/usr/bin/python3 /usr/bin/node /bin/bash)
 
@@ -117,7 +117,7 @@ else
     log "installing the client and the server into .venv (editable, with dev extras)"
     rm -f "$STAMP"
     PIP_LOG="$VENV/setup-pip.log"
-    if ! "$VPY" -m pip install --disable-pip-version-check --config-settings editable_mode=compat -e "./client[cli]" -e ".[dev]" >"$PIP_LOG" 2>&1; then
+    if ! "$VPY" -m pip install --disable-pip-version-check --config-settings editable_mode=compat -e "./client[cli,langchain,mcp]" -e ".[dev]" >"$PIP_LOG" 2>&1; then
         tail -n 60 "$PIP_LOG" >&2
         die "pip install failed (full log: $PIP_LOG)"
     fi
