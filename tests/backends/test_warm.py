@@ -1,0 +1,577 @@
+"""The warm Python path (docs/warm-path.md): what it must add to the backend contract.
+
+The contract and isolation suites already run against it (the "nsjail-warm" param of ``conftest.BACKENDS``);
+this module checks what only the warm path can get wrong: that one request cannot reach the next through
+the zygote (files, processes, environment, cwd, module state, random state); that the zygote never holds a
+request's data, a secret, or anything of the host; that a program cannot tell a warm start from a cold one
+(the same program gives the same result on a cold server); recycling, crash recovery, the fallback to cold
+jails; and that every limit holds on executions that really took the warm path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox_client import ExecutionResult, Limits, OutputChunk, SandboxClient, Status
+from sandbox_server.backends.cgroups import CgroupLimits, CgroupManager, detect
+from sandbox_server.backends.nsjail import TOP_LEVEL_DIRS, MountKind, NsjailBackend, host_view
+from sandbox_server.backends.warm import POOL_CGROUP_SUFFIX, WarmPython
+from sandbox_server.testing import RunningServer, server_in_thread
+
+KIB = 1024
+MIB = 1024 * KIB
+ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
+ROOTFS = Path("/var/lib/sandbox-server/rootfs/bookworm")
+INIT_CMDLINE = "print(open('/proc/1/cmdline', 'rb').read().split(b'\\0')[0].decode())"
+
+
+# ---- servers and helpers ----------------------------------------------------------------------------------
+def start(backend_policies: Path, **overrides: Any) -> Iterator[RunningServer]:
+    with server_in_thread(backend="nsjail", max_running=4, max_queued=32, policies_dir=backend_policies,
+                          incidents={"enabled": False}, **overrides) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def warm(backend_policies: Path) -> Iterator[RunningServer]:
+    yield from start(backend_policies, warm_python=True)
+
+
+@pytest.fixture(scope="module")
+def cold(backend_policies: Path) -> Iterator[RunningServer]:
+    yield from start(backend_policies, warm_python=False)
+
+
+@pytest.fixture(scope="module")
+def unpooled(backend_policies: Path) -> Iterator[RunningServer]:
+    """Every sandbox forked when its request arrives, after the one before it has run."""
+    yield from start(backend_policies, warm_python=True, warm_python_pool=0)
+
+
+@pytest.fixture
+def assert_no_leftovers(pytestconfig: pytest.Config) -> Callable[[RunningServer], None]:
+    """tests/conftest.py's ``assert_no_leftovers``, from its registered plugin module (see test_contract)."""
+    for plugin in pytestconfig.pluginmanager.get_plugins():
+        path = getattr(plugin, "__file__", None)
+        if path is not None and Path(path).resolve() == ROOT_CONFTEST:
+            check: Callable[[RunningServer], None] = plugin.assert_no_leftovers
+            return check
+    raise AssertionError(f"{ROOT_CONFTEST} is not loaded")
+
+
+def warm_path(srv: RunningServer) -> WarmPython:
+    backend = srv.app.backend
+    assert isinstance(backend, NsjailBackend)
+    assert backend.warm is not None, backend.warm_problem
+    return backend.warm
+
+
+def zygote_pid(srv: RunningServer, timeout_s: float = 10.0) -> int:
+    """The pid of the server's ready zygote (waiting for one to be ready)."""
+    warm_py = warm_path(srv)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        z = warm_py.zygote
+        if z is not None and z.alive():
+            return z.pid
+        time.sleep(0.05)
+    raise AssertionError(f"no zygote: {warm_py.problem}")
+
+
+def run(srv: RunningServer, code: str, *, warm_expected: bool | None = True, **kwargs: Any) -> ExecutionResult:
+    """Execute on ``srv``; with ``warm_expected`` set, check which path the execution took."""
+    backend = srv.app.backend
+    assert isinstance(backend, NsjailBackend)
+    before = backend.warm.launched if backend.warm is not None else 0
+    with SandboxClient(srv.target, timeout=60) as sbx:
+        result = sbx.execute(code, **kwargs)
+    after = backend.warm.launched if backend.warm is not None else 0
+    if warm_expected is not None:
+        assert (after - before == 1) is warm_expected, f"warm path taken: {after - before}, expected {warm_expected}"
+    return result
+
+
+def checked(srv: RunningServer, code: str, **kwargs: Any) -> str:
+    result = run(srv, code, **kwargs)
+    assert result.status is Status.OK, (result.status, result.message, result.stderr)
+    return str(result.stdout)
+
+
+def memory_of(pid: int) -> bytes:
+    """Every private readable mapping of a process (root reads another's memory through /proc)."""
+    out = bytearray()
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or "p" not in fields[1] or (len(fields) > 5 and fields[5] == "[vvar]"):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                out += mem.read(end - start)
+            except OSError:
+                continue
+    return bytes(out)
+
+
+# ---- one request cannot reach the next -------------------------------------------------------------------
+FIRST = """
+import json, os, random, subprocess, sys
+open('/work/left-behind', 'w').write('x')
+open('/tmp/left-behind', 'w').write('x')
+open('/dev/shm/left-behind', 'w').write('x')
+os.environ['LEFT_BEHIND'] = 'yes'
+os.chdir('/tmp')
+json.dumps = lambda *a, **k: 'tampered'
+os.getcwd = lambda: 'tampered'
+sys.modules['left_behind'] = sys
+sys.path.append('/tmp')
+random.seed(1234)
+print(random.random())
+subprocess.Popen(['sleep', '30'], start_new_session=True)
+"""
+SECOND = """
+import json, os, random, sys
+print(json.dumps({
+    'files': [p for p in ('/work/left-behind', '/tmp/left-behind', '/dev/shm/left-behind') if os.path.exists(p)],
+    'env': os.environ.get('LEFT_BEHIND'),
+    'cwd': os.getcwd(),
+    'dumps': json.dumps([1]),
+    'module': 'left_behind' in sys.modules,
+    'path': '/tmp' in sys.path,
+    'pids': sorted(int(p) for p in os.listdir('/proc') if p.isdigit()),
+    'me': os.getpid(),
+    'random': random.random(),
+}))
+"""
+
+
+@pytest.mark.parametrize("server_name", ["warm", "unpooled"])
+def test_consecutive_requests_share_nothing(server_name: str, request: pytest.FixtureRequest,
+                                            assert_no_leftovers: Callable[[RunningServer], None]) -> None:
+    """A first program litters its files, env, cwd, modules, random state and a background process; the next
+    one (forked after it has run, on the unpooled server) finds none of it."""
+    srv: RunningServer = request.getfixturevalue(server_name)
+    seeded = float(checked(srv, FIRST))
+    seen = json.loads(checked(srv, SECOND))
+    assert seen["files"] == []
+    assert seen["env"] is None
+    assert seen["cwd"] == "/work"
+    assert seen["dumps"] == "[1]"
+    assert seen["module"] is False
+    assert seen["path"] is False
+    assert seen["pids"] == [1, seen["me"]]  # its init and itself: no sleep left over
+    assert seen["random"] != seeded
+    assert_no_leftovers(srv)
+
+
+def test_random_state_differs_between_sandboxes(unpooled: RunningServer) -> None:
+    """Every fork reseeds random from os.urandom: no two programs draw the same numbers."""
+    draws = {checked(unpooled, "import random\nprint(random.getrandbits(64))") for _ in range(5)}
+    assert len(draws) == 5
+
+
+def test_a_program_cannot_reach_its_zygote(warm: RunningServer) -> None:
+    """The program runs below its sandbox's init, in PID, mount and network namespaces the zygote is not in:
+    its parent is PID 1, it sees no process but its own, and signalling the zygote's pid reaches nothing."""
+    zpid = zygote_pid(warm)
+    code = (
+        "import os, json\n"
+        f"try:\n    os.kill({zpid}, 9)\n    outcome = 'sent'\nexcept OSError as e:\n    outcome = type(e).__name__\n"
+        "print(json.dumps([os.getppid(), outcome, sorted(int(p) for p in os.listdir('/proc') if p.isdigit())]))\n"
+    )
+    ppid, outcome, pids = json.loads(checked(warm, code))
+    assert ppid == 1
+    assert pids == [1, 2]
+    assert zpid > 2  # so the pid the program aimed at does not exist in its namespace
+    assert outcome == "ProcessLookupError"
+    assert zygote_pid(warm) == zpid  # still alive, still the same
+
+
+# ---- the zygote holds nothing -------------------------------------------------------------------------------
+def test_zygote_has_no_environment_and_no_files(warm: RunningServer) -> None:
+    pid = zygote_pid(warm)
+    assert Path(f"/proc/{pid}/environ").read_bytes() == b""
+    links = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    sockets = [fd for fd, target in links.items() if target.startswith("socket:")]
+    others = {fd: t for fd, t in links.items()
+              if fd not in sockets and t != "/dev/null" and t != "anon_inode:[pidfd]"}
+    assert len(sockets) == 1, links  # the control socket
+    assert others == {}, links  # stdio on /dev/null, and a pidfd per running sandbox (to reap it at once)
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert "CapBnd:\t0000000000000000" in status  # nothing it forks can regain a capability by exec
+
+
+def test_zygote_sees_nothing_of_the_host(warm: RunningServer) -> None:
+    """Its root is the read-only template a jail sees: no server code, no state dir, no host /etc."""
+    pid = zygote_pid(warm)
+    root = Path(f"/proc/{pid}/root")
+    top = {d.lstrip("/") for d in TOP_LEVEL_DIRS if os.path.islink(d) or os.path.isdir(d)}
+    assert sorted(p.name for p in root.iterdir()) == sorted(top | {"usr", "etc", "dev", "proc", "tmp", "work"})
+    assert sorted(p.name for p in (root / "etc").iterdir()) <= ["group", "hosts", "ld.so.cache", "localtime",
+                                                                 "passwd"]
+    assert not (root / "proc" / "self").exists()  # no /proc mounted in its view
+    assert not (root / str(warm.settings.state_dir).lstrip("/")).exists()
+    with pytest.raises(OSError, match="Read-only file system"):
+        (root / "tmp" / "probe").write_text("x")
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[:3] == [b"/usr/bin/python3", b"-B", b"-s"]  # the runtime's own interpreter and flags
+
+
+def test_zygote_view_is_host_view(warm: RunningServer) -> None:
+    """The zygote's root is built from nsjail.host_view, the list the cold path's nsjail arguments come from."""
+    backend = warm.app.backend
+    assert isinstance(backend, NsjailBackend)
+    assert backend.layout is not None
+    root = Path(f"/proc/{zygote_pid(warm)}/root")
+    for view in host_view(backend.layout):
+        inside = root / view.target.lstrip("/")
+        if view.kind is MountKind.SYMLINK:
+            assert os.readlink(inside) == view.source
+        else:
+            assert os.stat(inside).st_ino == os.stat(view.source).st_ino, view  # the host's file, bound
+
+
+def test_zygote_never_holds_request_data(unpooled: RunningServer) -> None:
+    """A request's env values and code reach its sandbox, never the zygote's memory (it only ever receives
+    an fd), so no later fork can inherit them."""
+    secret = "secret-" + uuid.uuid4().hex
+    marker = "marker_" + uuid.uuid4().hex
+    out = checked(unpooled, f"import os\n{marker} = 1\nprint(os.environ['API_KEY'] == {secret!r})",
+                  env={"API_KEY": secret})
+    assert out == "True\n"
+    memory = memory_of(zygote_pid(unpooled))
+    assert len(memory) > 1 * MIB
+    assert secret.encode() not in memory
+    assert marker.encode() not in memory
+
+
+def test_server_environment_never_reaches_the_zygote(backend_policies: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    canary = "canary-" + uuid.uuid4().hex
+    monkeypatch.setenv("WARM_TEST_CANARY", canary)
+    for srv in start(backend_policies, warm_python=True):
+        pid = zygote_pid(srv)
+        assert canary.encode() not in memory_of(pid)
+        assert canary not in checked(srv, "import os\nprint(dict(os.environ))")
+
+
+# ---- a warm start looks like a cold one -----------------------------------------------------------------------
+SAME_AS_COLD: dict[str, tuple[str, dict[str, Any]]] = {
+    "hello": ('print("hello")', {}),
+    "exit code": ("import sys\nprint('out')\nsys.exit(3)", {}),
+    "exit message": ("import sys\nsys.exit('bye')", {}),
+    "exit none": ("raise SystemExit", {}),
+    "exit true": ("import sys\nsys.exit(True)", {}),
+    "exit wraps": ("import sys\nsys.exit(256 + 7)", {}),
+    "exception": ("def f():\n    raise ValueError('boom')\nf()", {}),
+    "chained exception": ("try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    raise KeyError('k') from e", {}),
+    "syntax error": ("def (:\n", {}),
+    "keyboard interrupt": ("print('before', flush=True)\nraise KeyboardInterrupt", {}),
+    "excepthook": ("import sys\nsys.excepthook = lambda t, v, tb: print('hooked', t.__name__, v)\n"
+                   "raise RuntimeError('x')", {}),
+    "__del__ at exit": ("class A:\n    def __del__(self):\n        print('deleted')\na = A()\nprint('end')", {}),
+    "atexit": ("import atexit\natexit.register(print, 'at exit')\nprint('main')", {}),
+    "threads joined": ("import threading, time\ndef w():\n    time.sleep(0.2)\n    print('thread done')\n"
+                       "threading.Thread(target=w).start()\nprint('main done')", {}),
+    "os._exit": ("import os\nprint('buffered, lost')\nos._exit(4)", {}),
+    "no newline": ("import sys\nsys.stdout.write('no newline')", {}),
+    "warning": ("import warnings\nwarnings.warn('careful')", {}),
+    "annotations": ("def f(x: int) -> 'str': pass\nprint(f.__annotations__)", {}),  # no __future__ of ours
+    "module globals": ("print(__name__, __file__, __package__, __spec__, type(__loader__).__name__, "
+                       "sorted(globals()), __builtins__.__name__)", {}),
+    "sys": ("import sys, json\nprint(json.dumps([sys.argv, sys.orig_argv, sys.path, list(sys.flags), "
+            "sys._xoptions, sys.executable, sys.prefix, sys.getrecursionlimit(), sys.getdefaultencoding()]))", {}),
+    "environment": ("import os, json\nprint(json.dumps(sorted(os.environ.items())))\n"
+                    "print(open('/proc/self/environ', 'rb').read())\nprint(open('/proc/self/cmdline', 'rb').read())",
+                    {"env": {"ONE": "1", "UNICODE": "héllo ✓", "EMPTY": ""}}),
+    "stdio": ("import sys, json\nprint(json.dumps([(s.encoding, s.errors, s.line_buffering, s.name, s.mode, "
+              "type(s.buffer).__name__, s.buffer.raw.name) for s in (sys.stdin, sys.stdout, sys.stderr)]))", {}),
+    "stdin": ("import sys\ndata = sys.stdin.read()\nprint(len(data), repr(data[:12]))",
+              {"stdin": "first line\nsecond ✓\n"}),
+    "locale": ("import locale, sys\nprint(locale.setlocale(locale.LC_ALL, None), locale.getpreferredencoding(False),"
+               " sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())", {}),
+    "time zone": ("import time\nprint(time.tzname, time.timezone, time.daylight)", {"env": {"TZ": "Europe/Paris"}}),
+    "limits": ("print(open('/proc/self/limits').read())", {}),
+    "identity": ("import os\nprint(os.getuid(), os.getgid(), os.getgroups(), os.getpid(), os.getppid(), "
+                 "os.getpgrp(), os.getsid(0), os.getcwd(), os.umask(0o22), os.getpriority(os.PRIO_PROCESS, 0))", {}),
+    "privileges": ("print(''.join(line for line in open('/proc/self/status') if line.split(':')[0] in "
+                   "('Uid', 'Gid', 'Groups', 'CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb', 'NoNewPrivs', "
+                   "'Seccomp', 'Seccomp_filters')))", {}),
+    "signals": ("import signal\nprint({s.name: str(signal.getsignal(s)) for s in signal.valid_signals() "
+                "if isinstance(s, signal.Signals) and s not in (signal.SIGKILL, signal.SIGSTOP)})\n"
+                "print(signal.pthread_sigmask(signal.SIG_BLOCK, []))", {}),
+    "fds": ("import os\nprint(sorted(os.listdir('/proc/self/fd')))", {}),
+    "view": ("import os\nprint(sorted(os.listdir('/')), sorted(os.listdir('/dev')), sorted(os.listdir('/etc')), "
+             "os.uname().nodename, os.access('/', os.W_OK), os.statvfs('/tmp').f_blocks * os.statvfs('/tmp').f_frsize)",
+             {}),
+    "seccomp": ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nout = []\n"
+                "for nr in (101, 165, 272, 308, 321, 425, 435):  # ptrace mount unshare setns bpf io_uring clone3\n"
+                "    libc.syscall(nr, 0, 0, 0, 0, 0)\n    out.append(os.strerror(ctypes.get_errno()))\n"
+                "print(out)", {}),
+    "loopback only": ("import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen()\n"
+                      "c = socket.create_connection(s.getsockname())\nprint('loopback ok')\n"
+                      "try:\n    socket.create_connection(('10.0.0.1', 80), timeout=1)\nexcept OSError as e:\n"
+                      "    print(type(e).__name__)", {}),
+}
+
+
+def comparable(result: ExecutionResult) -> tuple[object, ...]:
+    return (result.status, result.exit_code, result.signal, result.stdout, result.stderr,
+            [(f.path, f.content) for f in result.files])
+
+
+@pytest.mark.parametrize("name", sorted(SAME_AS_COLD))
+def test_same_result_as_a_cold_start(name: str, warm: RunningServer, cold: RunningServer) -> None:
+    code, kwargs = SAME_AS_COLD[name]
+    warm_result = run(warm, code, warm_expected=True, **kwargs)
+    cold_result = run(cold, code, warm_expected=None, **kwargs)
+    assert comparable(warm_result) == comparable(cold_result)
+
+
+def test_what_differs_from_a_cold_start(warm: RunningServer, cold: RunningServer) -> None:
+    """The documented differences, and nothing more among these: the identity uid map (no user namespace),
+    and PID 1 (a fork of the zygote instead of perl)."""
+    code = "print(open('/proc/self/uid_map').read().split())\n" + INIT_CMDLINE
+    assert checked(warm, code).splitlines() == ["['0', '0', '4294967295']", "sandbox-init"]
+    assert checked(cold, code, warm_expected=None).splitlines() == ["['65534', '65534', '1']", "/usr/bin/perl"]
+
+
+# ---- life of the zygote -----------------------------------------------------------------------------------------
+def test_recycled_after_n_forks(backend_policies: Path) -> None:
+    """A fresh zygote (its own hash seed and ASLR layout) takes over after ``warm_python_recycle_after`` forks;
+    the old one drains and exits."""
+    for srv in start(backend_policies, warm_python=True, warm_python_recycle_after=3, warm_python_pool=0):
+        first = zygote_pid(srv)
+        code = "print(hash('same string'))"
+        old_seeds = {checked(srv, code) for _ in range(3)}
+        deadline = time.monotonic() + 30
+        while zygote_pid(srv) == first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert zygote_pid(srv) != first
+        assert warm_path(srv).generation == 2
+        new_seeds = {checked(srv, code) for _ in range(2)}
+        assert len(old_seeds) == len(new_seeds) == 1  # one seed per zygote...
+        assert old_seeds != new_seeds  # ...each its own
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{first}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{first}").exists(), "the retired zygote did not exit"
+
+
+def test_zygote_crash_recovery(backend_policies: Path,
+                               assert_no_leftovers: Callable[[RunningServer], None]) -> None:
+    """The zygote killed under a running execution: that execution finishes normally (its sandbox does not
+    depend on the zygote); the next runs cold while a new zygote starts; then warm again."""
+    for srv in start(backend_policies, warm_python=True, warm_python_pool=0):
+        first = zygote_pid(srv)
+        with SandboxClient(srv.target, timeout=60) as sbx:
+            stream = sbx.execute_stream("import sys, time\nprint('started', flush=True)\ntime.sleep(0.5)\n"
+                                        "print('done')", limits=Limits(wall_time_s=10))
+            assert next(stream) == OutputChunk(stream="stdout", data=b"started\n")
+            os.kill(first, signal.SIGKILL)  # the zygote this test's own server started
+            *_, result = list(stream)
+        assert isinstance(result, ExecutionResult)
+        assert (result.status, result.stdout) == (Status.OK, "started\ndone\n")
+        after = run(srv, INIT_CMDLINE, warm_expected=None)
+        assert after.status is Status.OK, after.message
+        assert after.stdout in ("/usr/bin/perl\n", "sandbox-init\n")  # cold, unless the restart already won
+        second = zygote_pid(srv)
+        assert second != first
+        assert checked(srv, INIT_CMDLINE) == "sandbox-init\n"
+        assert "zygote pid" in srv.app.backend.describe()["warm python"]
+        assert_no_leftovers(srv)
+
+
+def test_start_removes_pools_of_crashed_servers(backend_policies: Path) -> None:
+    """A crashed server's pool cgroups (empty once its sandboxes saw it go) are removed by the next start, even
+    when the crashed server's own parent was cleaned away by someone else; a live server's are left alone."""
+    unique = uuid.uuid4().hex[:8]
+    abandoned = CgroupManager(detect(f"sandbox-crashed-{unique}{POOL_CGROUP_SUFFIX}"))
+    abandoned.setup()
+    abandoned.create("pool-left-behind", CgroupLimits(64 * MIB, 8, 1.0))
+    live = CgroupManager(detect(f"sandbox-alive-{unique}"))
+    live_pool = CgroupManager(detect(f"sandbox-alive-{unique}{POOL_CGROUP_SUFFIX}"))
+    live.setup()
+    live_pool.setup()
+    try:
+        for _ in start(backend_policies, warm_python=True):
+            assert not any(d.exists() for d in abandoned.hierarchy.dirs())
+            assert all(d.exists() for d in live_pool.hierarchy.dirs())
+    finally:
+        for manager in (abandoned, live_pool, live):
+            manager.reap()
+            manager.remove_parents()
+
+
+def test_closed_with_the_server(backend_policies: Path) -> None:
+    for srv in start(backend_policies, warm_python=True):
+        pid = zygote_pid(srv)
+        checked(srv, "print(1)")
+        pool = [p for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == pid]
+        assert pool, "pooled sandboxes are children of the zygote"
+    assert not Path(f"/proc/{pid}").exists()
+    for child in pool:
+        assert not Path(f"/proc/{child}").exists()
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+# ---- what runs cold -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("language", "code"), [
+    ("bash", "tr '\\0' '\\n' < /proc/1/cmdline | head -1"),
+    ("javascript", "console.log(require('fs').readFileSync('/proc/1/cmdline', 'utf8').split('\\0')[0])"),
+])
+def test_other_languages_run_cold(warm: RunningServer, language: str, code: str) -> None:
+    assert checked(warm, code, language=language, warm_expected=False) == "/usr/bin/perl\n"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("PYTHONDONTWRITEBYTECODE", "1"), ("PYTHONPATH", "/work/lib"), ("LC_CTYPE", "C.UTF-8"), ("LANGUAGE", "fr"),
+    ("SETUPTOOLS_USE_DISTUTILS", "stdlib"),
+])
+def test_startup_environment_runs_cold(warm: RunningServer, name: str, value: str) -> None:
+    """Variables the interpreter reads while it starts cannot act on an interpreter already started."""
+    out = checked(warm, INIT_CMDLINE + f"\nimport os\nprint(os.environ[{name!r}])", env={name: value},
+                  warm_expected=False)
+    assert out == f"/usr/bin/perl\n{value}\n"
+
+
+@pytest.mark.skipif(not (ROOTFS / "usr").is_dir(), reason="no rootfs built (the docker tests build it)")
+def test_rootfs_runs_cold(backend_policies: Path) -> None:
+    for srv in start(backend_policies, warm_python=True, rootfs=ROOTFS):
+        backend = srv.app.backend
+        assert isinstance(backend, NsjailBackend)
+        assert backend.warm is None
+        assert "rootfs" in backend.describe()["warm python"]
+        assert checked(srv, INIT_CMDLINE, warm_expected=None) == "/usr/bin/perl\n"
+
+
+def test_large_environments(backend_policies: Path) -> None:
+    """An environment beyond the sandbox's receive buffer is still delivered whole; one beyond a socket buffer
+    runs cold."""
+    for srv in start(backend_policies, warm_python=True, caps={"env_bytes": 1 * MIB, "env_vars": 64}):
+        code = "import os\nprint(sum(len(v) for k, v in os.environ.items() if k.startswith('BIG')))"
+        big = {f"BIG{i}": "v" * 30_000 for i in range(5)}
+        assert checked(srv, code, env=big) == "150000\n"
+        huge = {f"BIG{i}": "v" * 30_000 for i in range(20)}
+        assert checked(srv, code, env=huge, warm_expected=False) == "600000\n"
+
+
+def test_zygote_that_cannot_start_leaves_python_cold(backend_policies: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail safe: a zygote that fails to start (here: a module it cannot import) turns the warm path off, with
+    the reason in describe(); Python runs in cold jails meanwhile."""
+    monkeypatch.setattr("sandbox_server.backends.warm.PRELOAD", ("no_such_module_anywhere",))
+    for srv in start(backend_policies, warm_python=True):
+        described = srv.app.backend.describe()["warm python"]
+        assert "no_such_module_anywhere" in described, described
+        assert checked(srv, INIT_CMDLINE, warm_expected=False) == "/usr/bin/perl\n"
+
+
+def test_describe(warm: RunningServer, cold: RunningServer) -> None:
+    assert warm.app.backend.describe()["warm python"].startswith("on: zygote pid")
+    assert cold.app.backend.describe()["warm python"].startswith("off")
+
+
+# ---- every limit, warm ------------------------------------------------------------------------------------------
+def test_memory_limit(warm: RunningServer) -> None:
+    result = run(warm, "x = []\nwhile True:\n    x.append(b'm' * (4 << 20))",
+                 limits=Limits(memory_bytes=48 * MIB, wall_time_s=5))
+    assert result.status is Status.MEMORY_LIMIT, (result.status, result.message)
+    assert 0 < result.usage.peak_memory_bytes <= 48 * MIB
+
+
+def test_cpu_limit(warm: RunningServer) -> None:
+    result = run(warm, "while True:\n    pass", limits=Limits(cpu_time_s=0.5, wall_time_s=10))
+    assert result.status is Status.CPU_LIMIT, (result.status, result.message)
+    assert 0.5 <= result.usage.cpu_time_s <= 1.5
+
+
+def test_wall_time_limit(warm: RunningServer) -> None:
+    start_at = time.monotonic()
+    result = run(warm, "import time\ntime.sleep(30)", limits=Limits(wall_time_s=0.5))
+    assert result.status is Status.TIMEOUT, (result.status, result.message)
+    assert time.monotonic() - start_at < 3
+
+
+def test_pids_limit(warm: RunningServer) -> None:
+    code = ("import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
+            "            time.sleep(30)\n            os._exit(0)\n        n += 1\nexcept OSError as e:\n"
+            "    print(n, e.errno)")
+    out = checked(warm, code, limits=Limits(max_pids=5, wall_time_s=5))
+    forked, err = out.split()
+    assert (int(forked), int(err)) == (4, 11)  # the program is one of its 5 pids; EAGAIN
+
+
+def test_output_limit(warm: RunningServer) -> None:
+    result = run(warm, "import sys\nwhile True:\n    sys.stdout.write('o' * 65536)",
+                 limits=Limits(output_bytes=100 * KIB, wall_time_s=5))
+    assert result.status is Status.OUTPUT_LIMIT
+    assert len(result.stdout_bytes) == 100 * KIB
+
+
+def test_file_size_limit(warm: RunningServer) -> None:
+    out = checked(warm, "import os\nfd = os.open('f', os.O_WRONLY | os.O_CREAT)\ntry:\n"
+                        "    while True:\n        os.write(fd, b'z' * 1000)\nexcept OSError as e:\n"
+                        "    print(os.fstat(fd).st_size, e.errno)", limits=Limits(file_size_bytes=10_000))
+    assert out == "10240 27\n"  # whole 512-byte blocks, EFBIG
+
+
+def test_scratch_limit(warm: RunningServer) -> None:
+    code = ("import os\nfor d in ('/work', '/tmp', '/dev/shm'):\n"
+            "    fd = os.open(d + '/fill', os.O_WRONLY | os.O_CREAT)\n    n = 0\n    try:\n        while True:\n"
+            "            n += os.write(fd, b's' * 4096)\n"
+            "    except OSError as e:\n        print(d, n <= 1 << 20, e.errno)")
+    out = checked(warm, code, limits=Limits(scratch_bytes=1 * MIB, file_size_bytes=16 * MIB))
+    assert out.splitlines() == ["/work True 28", "/tmp True 28", "/dev/shm True 28"]  # ENOSPC
+
+
+def test_no_network(warm: RunningServer) -> None:
+    with socket.socket() as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        out = checked(warm, f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+                            "    print('connected')\nexcept OSError as e:\n    print(type(e).__name__)")
+        assert out == "ConnectionRefusedError\n"  # its own loopback, where nothing listens
+        listener.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+
+
+def test_kill(warm: RunningServer,
+                                         assert_no_leftovers: Callable[[RunningServer], None]) -> None:
+    """An operator's kill of a running warm execution ends the whole sandbox at once."""
+    with SandboxClient(warm.target, timeout=60) as sbx:
+        stream = sbx.execute_stream("import subprocess, time\nsubprocess.Popen(['sleep', '60'])\n"
+                                    "print('started', flush=True)\ntime.sleep(60)", limits=Limits(wall_time_s=30))
+        assert next(stream) == OutputChunk(stream="stdout", data=b"started\n")
+        backend = warm.app.backend
+        assert isinstance(backend, NsjailBackend)
+        [execution_id] = list(backend._live)
+
+        async def kill() -> bool:  # on the server's loop, as the admin API does
+            return backend.kill(execution_id)
+
+        assert asyncio.run_coroutine_threadsafe(kill(), warm.loop).result(timeout=10)
+        *_, result = list(stream)
+    assert isinstance(result, ExecutionResult)
+    assert result.status is Status.KILLED
+    assert_no_leftovers(warm)
