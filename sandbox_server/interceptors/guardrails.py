@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -158,7 +158,7 @@ class StreamGuard:
 
 
 def _chunk(stream: int, data: bytes) -> pb.ExecuteEvent:
-    return pb.ExecuteEvent(output=pb.OutputChunk(stream=stream, data=data))
+    return pb.ExecuteEvent(output=pb.OutputChunk(stream=cast("pb.Stream", stream), data=data))
 
 
 class GuardrailsInterceptor(grpc.aio.ServerInterceptor):
