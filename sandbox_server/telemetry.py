@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
+from opentelemetry import trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import Meter
 from opentelemetry.sdk.metrics import MeterProvider
@@ -172,6 +173,12 @@ def record_phase(name: str, start_ns: int, end_ns: int | None = None, **attribut
         return
     span = telemetry.tracer.start_span(name, start_time=start_ns, attributes=attributes)
     span.end(end_time=end_ns if end_ns is not None else time.time_ns())
+
+
+def current_trace_id() -> str:
+    """The current span's trace id (32 hex digits), or "" outside a traced call."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
 def metrics() -> Metrics | None:

@@ -24,7 +24,7 @@ from sandbox_client._proto.sandbox.v1 import admin_pb2 as pb
 from sandbox_server.admin.operations import Operations
 from sandbox_server.context import Principal, principal
 from sandbox_server.errors import FieldViolation, InvalidRequest, PermissionDenied, SandboxError, Unauthenticated
-from sandbox_server.execution.servicer import MalformedRequest, tolerant
+from sandbox_server.execution.servicer import MalformedRequest, ensure_request, tolerant
 from sandbox_server.policy.loader import PolicyLoadError
 from sandbox_server.policy.models import TenantPolicy
 from sandbox_server.stores.base import MAX_LABEL_CHARS, KeyRecord, KeyStore, PolicyVersionStore, Role
@@ -301,9 +301,7 @@ def _refuse_malformed(
     method: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]],
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]:
     async def behavior(request: Message | MalformedRequest, context: grpc.aio.ServicerContext) -> Message:
-        if isinstance(request, MalformedRequest):
-            raise InvalidRequest([FieldViolation("request", request.error)])
-        return await method(request, context)
+        return await method(ensure_request(request), context)
 
     return behavior
 

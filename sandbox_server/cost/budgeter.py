@@ -200,10 +200,6 @@ class Budgeter:
         after = await asyncio.to_thread(self.store.spent, tenant, session_id, self.clock())
         return cost, after.session, _states(policy, session_id, after)
 
-    async def states(self, tenant: str, policy: TenantPolicy, session_id: str) -> list[BudgetState]:
-        spent = await asyncio.to_thread(self.store.spent, tenant, session_id, self.clock())
-        return _states(policy, session_id, spent)
-
     def _after_charge(self, tenant: str, session_id: str, policy: TenantPolicy, cost: float, *,
                       before_spent: Spend | None) -> None:
         if self.metrics is not None and cost > 0:

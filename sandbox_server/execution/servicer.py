@@ -11,10 +11,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
-from opentelemetry import trace
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.backends.base import Backend
@@ -28,15 +28,17 @@ from sandbox_server.execution.spec import ExecutionResult, ExecutionSpec, Stream
 from sandbox_server.policy.caller import TenantPolicies, caller_policy
 from sandbox_server.policy.enforce import enforce
 from sandbox_server.settings import Settings
-from sandbox_server.telemetry import metrics, phase
-from sandbox_server.validation.request import MAX_ID_CHARS, build_spec
+from sandbox_server.telemetry import current_trace_id, metrics, phase
+from sandbox_server.validation.request import MAX_ID_CHARS, build_spec, check_usage_request
 
 log = logging.getLogger(__name__)
 
 # Chunks buffered between a running sandbox and a slow streaming client; beyond it the sandbox waits.
 STREAM_BUFFER_CHUNKS = 16
-MAX_MODEL_CHARS = 200
 LOG_CONTENT_BYTES = 4096  # of code or output, when a policy puts them in the logs
+
+
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ def tolerant(message: type[Message]) -> Callable[[bytes], Message | MalformedReq
     return parse
 
 
-def ensure_request(request: pb.ExecuteRequest | MalformedRequest) -> pb.ExecuteRequest:
+def ensure_request(request: M | MalformedRequest) -> M:
+    """The decoded request, or InvalidRequest for bytes that were not one."""
     if isinstance(request, MalformedRequest):
         raise InvalidRequest([FieldViolation("request", request.error)])
     return request
@@ -76,33 +79,6 @@ class RunningExecution:
     key_id: str
     started_at: float  # epoch seconds
     trace_id: str
-
-
-def ensure_usage_request(request: pb.RecordUsageRequest | MalformedRequest) -> pb.RecordUsageRequest:
-    """Structural checks of a usage report. Raises InvalidRequest with every problem."""
-    if isinstance(request, MalformedRequest):
-        raise InvalidRequest([FieldViolation("request", request.error)])
-    bad: list[FieldViolation] = []
-    if not request.session_id:
-        bad.append(FieldViolation("session_id", "required: usage is recorded per session"))
-    for name in ("session_id", "idempotency_key"):
-        value = getattr(request, name)
-        if len(value) > MAX_ID_CHARS or not value.isprintable() or " " in value:
-            bad.append(FieldViolation(name, f"at most {MAX_ID_CHARS} printable ASCII characters, no spaces"))
-    if not request.model or len(request.model) > MAX_MODEL_CHARS or not request.model.isprintable():
-        bad.append(FieldViolation("model", f"required: 1 to {MAX_MODEL_CHARS} printable characters"))
-    for name in ("input_tokens", "output_tokens"):
-        if getattr(request, name) < 0:
-            bad.append(FieldViolation(name, "must not be negative"))
-    if bad:
-        raise InvalidRequest(bad)
-    return request
-
-
-def current_trace_id() -> str:
-    """The current call's trace id (32 hex digits), or "" outside a traced call."""
-    ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
 def _accept(spec: ExecutionSpec) -> None:
@@ -237,7 +213,7 @@ class SandboxServicer:
     async def RecordUsage(
         self, request: pb.RecordUsageRequest | MalformedRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordUsageResponse:
-        checked = ensure_usage_request(request)
+        checked = check_usage_request(ensure_request(request))
         tenant, policy = caller_policy(self.policies)
         call = call_record()
         if call is not None:

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "GUARDRAIL_ERROR",
+    "GUARDRAIL_RULES",
     "MAX_SCAN_BYTES",
     "PROMPT_INJECTION_MARKERS",
     "GuardrailViolation",
@@ -36,6 +37,9 @@ __all__ = [
 
 MAX_SCAN_BYTES = 1024 * 1024
 GUARDRAIL_ERROR = "guardrail_error"
+# Every rule name a violation of check_inputs carries (the policy's Guardrails field it enforces, or the error).
+GUARDRAIL_RULES = frozenset({"blocked_patterns", "prompt_injection", "denied_file_names", "max_input_files",
+                             "max_input_file_bytes", GUARDRAIL_ERROR})
 
 # Curated markers of text written to steer a language model that later reads the input or the output, rather
 # than to be run. Matched case-insensitively over text whose whitespace runs, zero-width characters and

@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
-from opentelemetry import trace
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.context import Acceptance, current_acceptances, principal
 from sandbox_server.errors import SandboxError, SandboxFailure
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
 from sandbox_server.stores.base import AuditRecord
+from sandbox_server.telemetry import current_trace_id
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class _Call:
                 peak_memory_bytes=r.usage.peak_memory_bytes if r is not None else 0,
                 started_at=self.started,
                 ended_at=time.time(),
-                trace_id=r.trace_id if r is not None and r.trace_id else _trace_id(),
+                trace_id=r.trace_id if r is not None and r.trace_id else current_trace_id(),
                 cost=r.cost if r is not None else 0.0,
             ))
         return out
@@ -148,11 +148,6 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
 
         return wrap_handler(handler, unary, stream)
 
-
-
-def _trace_id() -> str:
-    ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
 def _outcome(exc: BaseException) -> str:

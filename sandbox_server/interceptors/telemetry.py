@@ -22,6 +22,7 @@ from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.context import CallRecord, current_call, principal
 from sandbox_server.errors import InvalidRequest, PermissionDenied, ResourceExhausted, SandboxError, Unauthenticated
 from sandbox_server.execution.runtimes import find_runtime
+from sandbox_server.guardrails.inputs import GUARDRAIL_RULES
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
 from sandbox_server.telemetry import Telemetry, current_telemetry
 from sandbox_server.validation.request import MAX_ID_CHARS
@@ -34,9 +35,6 @@ EXECUTE_METHODS = frozenset({"/sandbox.v1.Sandbox/Execute", "/sandbox.v1.Sandbox
 # Codes that mean the server failed, not the caller: what the error rate and incidents count.
 SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN,
                            grpc.StatusCode.DATA_LOSS})
-# Input-guardrail rules (guardrails/inputs.py); any other rule on a refused request is validation.
-GUARDRAIL_RULES = frozenset({"blocked_patterns", "prompt_injection", "denied_file_names", "max_input_files",
-                             "max_input_file_bytes", "guardrail_error"})
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -59,6 +57,7 @@ def rejection_reason(error: BaseException | None) -> str | None:
             return "queue"
         return "rate"
     if isinstance(error, InvalidRequest):
+        # An input-guardrail rule makes it a guardrail refusal; any other rule is validation.
         return "guardrail" if any(v.reason in GUARDRAIL_RULES for v in error.violations) else "validation"
     return None
 

@@ -16,6 +16,7 @@ from sandbox_server.execution.spec import ExecutionSpec, InputFile, Limits
 from sandbox_server.settings import LIMIT_FLOORS, Settings
 
 MAX_ID_CHARS = 128
+MAX_MODEL_CHARS = 200
 MAX_PATH_BYTES = 1024
 MAX_NAME_BYTES = 255  # NAME_MAX: one path component, in bytes
 MAX_PATH_DEPTH = 8
@@ -54,10 +55,7 @@ def build_spec(request: pb.ExecuteRequest, settings: Settings, execution_id: str
     files = _files(request, settings, runtime.file_name if runtime else None, bad)
     env = _env(request, settings, bad)
     limits = _limits(request, settings, bad)
-    for name in ("session_id", "idempotency_key"):
-        value = getattr(request, name)
-        if len(value) > MAX_ID_CHARS or not _ID_RE.fullmatch(value):
-            bad(FieldViolation(name, f"at most {MAX_ID_CHARS} printable ASCII characters, no spaces"))
+    _ids(request, bad)
 
     if limits is not None:
         needed = len(request.code) + sum(len(f.content) + TMPFS_FILE_OVERHEAD for f in files) + TMPFS_FILE_OVERHEAD
@@ -83,6 +81,31 @@ def build_spec(request: pb.ExecuteRequest, settings: Settings, execution_id: str
 
 def _languages() -> str:
     return ", ".join(rt.language for rt in RUNTIMES)
+
+
+def check_usage_request(request: pb.RecordUsageRequest) -> pb.RecordUsageRequest:
+    """Validate a usage report whole (its model is priced later, by the tenant's policy); raise InvalidRequest
+    with every violation found."""
+    violations: list[FieldViolation] = []
+    bad = violations.append
+    if not request.session_id:
+        bad(FieldViolation("session_id", "required: usage is recorded per session"))
+    _ids(request, bad)
+    if not request.model or len(request.model) > MAX_MODEL_CHARS or not request.model.isprintable():
+        bad(FieldViolation("model", f"required: 1 to {MAX_MODEL_CHARS} printable characters"))
+    for name in ("input_tokens", "output_tokens"):
+        if getattr(request, name) < 0:
+            bad(FieldViolation(name, "must not be negative"))
+    if violations:
+        raise InvalidRequest(violations)
+    return request
+
+
+def _ids(request: pb.ExecuteRequest | pb.RecordUsageRequest, bad: _Bad) -> None:
+    for name in ("session_id", "idempotency_key"):
+        value = getattr(request, name)
+        if len(value) > MAX_ID_CHARS or not _ID_RE.fullmatch(value):
+            bad(FieldViolation(name, f"at most {MAX_ID_CHARS} printable ASCII characters, no spaces"))
 
 
 def _utf8(data: bytes, field: str, bad: _Bad) -> None:

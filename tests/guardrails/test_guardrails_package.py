@@ -15,8 +15,8 @@ def test_public_names_are_pinned() -> None:
         "redact",
         "redact_text",
     ]
-    assert inputs.__all__ == ["GUARDRAIL_ERROR", "MAX_SCAN_BYTES", "PROMPT_INJECTION_MARKERS", "GuardrailViolation",
-                              "check_inputs"]
+    assert inputs.__all__ == ["GUARDRAIL_ERROR", "GUARDRAIL_RULES", "MAX_SCAN_BYTES", "PROMPT_INJECTION_MARKERS",
+                              "GuardrailViolation", "check_inputs"]
     assert secrets.__all__ == ["CHUNK_OVERLAP_CHARS", "EXCLUDED_PLUGINS", "MAX_LINE_CHARS", "SCANNER_ERROR",
                                "RedactionResult", "TextRedactionResult", "redact", "redact_text"]
     for module in (guardrails, inputs, secrets):
