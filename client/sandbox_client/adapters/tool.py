@@ -694,7 +694,29 @@ def _for_the_host(error: SandboxError) -> bool:
     return not isinstance(error, _MODEL_FACING_ERRORS)
 
 
-class ToolDispatcher:
+class _Configured:
+    """The settings both dispatchers expose, read-only."""
+
+    _settings: _Settings
+
+    @property
+    def name(self) -> str:
+        return self._settings.name
+
+    @property
+    def session_id(self) -> str:
+        return self._settings.session_id
+
+    @property
+    def limits(self) -> Limits | None:
+        return self._settings.limits
+
+    @property
+    def max_output_chars(self) -> int:
+        return self._settings.max_output_chars
+
+
+class ToolDispatcher(_Configured):
     """Runs ``execute_code`` tool calls through a ``SandboxClient`` and answers with text for the model.
 
     Args:
@@ -721,22 +743,6 @@ class ToolDispatcher:
         self._client = client
         self._settings = _Settings(name=name, session_id=session_id, limits=limits,
                                    max_output_chars=max_output_chars)
-
-    @property
-    def name(self) -> str:
-        return self._settings.name
-
-    @property
-    def session_id(self) -> str:
-        return self._settings.session_id
-
-    @property
-    def limits(self) -> Limits | None:
-        return self._settings.limits
-
-    @property
-    def max_output_chars(self) -> int:
-        return self._settings.max_output_chars
 
     def dispatch(self, name: str, arguments: Mapping[str, object] | str | None) -> str:
         """Run one tool call (``arguments``: a dict, or the JSON string OpenAI sends) and return the text the
@@ -794,7 +800,7 @@ class ToolDispatcher:
         return anthropic_tool_result(tool_use, outcome.text, is_error=outcome.is_error)
 
 
-class AsyncToolDispatcher:
+class AsyncToolDispatcher(_Configured):
     """The asyncio twin of ``ToolDispatcher``, over an ``AsyncSandboxClient``; same arguments and texts."""
 
     def __init__(
@@ -809,22 +815,6 @@ class AsyncToolDispatcher:
         self._client = client
         self._settings = _Settings(name=name, session_id=session_id, limits=limits,
                                    max_output_chars=max_output_chars)
-
-    @property
-    def name(self) -> str:
-        return self._settings.name
-
-    @property
-    def session_id(self) -> str:
-        return self._settings.session_id
-
-    @property
-    def limits(self) -> Limits | None:
-        return self._settings.limits
-
-    @property
-    def max_output_chars(self) -> int:
-        return self._settings.max_output_chars
 
     async def dispatch(self, name: str, arguments: Mapping[str, object] | str | None) -> str:
         """See ``ToolDispatcher.dispatch``."""
