@@ -378,6 +378,9 @@ def test_rejected_request_leaves_nothing_and_runs_nothing(
     backend_runs: list[object],
     assert_no_leftovers: Callable[[RunningServer], None],
 ) -> None:
+    # A clean start: an earlier test's sandbox may still be finishing a teardown that runs after its reply
+    # (Docker removes a stopped container in the background), which is none of the rejected requests' doing.
+    assert_no_leftovers(server)
     for req in [
         request(language="cobol"),
         request(limits=pb.Limits(memory_bytes=-1)),
