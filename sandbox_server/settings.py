@@ -37,6 +37,8 @@ DEFAULT_SANDBOX_GID = 65534
 # shared by the sandboxes it forks (see docs/warm-path.md).
 DEFAULT_WARM_PYTHON_RECYCLE_AFTER = 500
 DEFAULT_WARM_PYTHON_POOL = 2
+DEFAULT_WARM_PYTHON_POOL_MAX = 32
+DEFAULT_WARM_PYTHON_POOL_MEMORY_FRACTION = 0.1
 
 
 class LimitValues(BaseModel):
@@ -160,7 +162,13 @@ class Settings(BaseSettings):
     warm_python_recycle_after: int = Field(
         default=DEFAULT_WARM_PYTHON_RECYCLE_AFTER, gt=0, description="forks per zygote before it is replaced")
     warm_python_pool: int = Field(
-        default=DEFAULT_WARM_PYTHON_POOL, ge=0, description="warm sandboxes forked ahead of requests")
+        default=DEFAULT_WARM_PYTHON_POOL, ge=0,
+        description="warm sandboxes kept ready at least (more while the load runs more at once)")
+    warm_python_pool_max: int = Field(
+        default=DEFAULT_WARM_PYTHON_POOL_MAX, ge=0, description="warm sandboxes kept ready at most")
+    warm_python_pool_memory_fraction: float = Field(
+        default=DEFAULT_WARM_PYTHON_POOL_MEMORY_FRACTION, gt=0, le=1,
+        description="the share of the host's available memory that ready warm sandboxes may hold")
     docker_host: str = Field(default="unix:///var/run/docker.sock", description="dockerd's API address")
     docker_image_prefix: str = "sandbox-runtime-"
     docker_image_tag: str = "bookworm"
@@ -204,6 +212,12 @@ class Settings(BaseSettings):
         for name in LimitValues.model_fields:
             if getattr(self.defaults, name) > getattr(self.ceilings, name):
                 raise ValueError(f"defaults.{name} is above ceilings.{name}")
+        return self
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> Self:
+        if self.warm_python_pool > self.warm_python_pool_max:
+            raise ValueError("warm_python_pool (the least kept ready) is above warm_python_pool_max")
         return self
 
     @model_validator(mode="after")

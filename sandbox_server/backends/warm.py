@@ -6,8 +6,9 @@ code, in a read-only file-system view of exactly what a jail sees) forks the san
 mount, network, IPC, UTS and cgroup namespaces, in a fresh cgroup of its own, with the scratch, /tmp, /dev/shm
 and /proc mounts, hostname, rlimits, nice level, seccomp filter and environment the cold path gives
 (nsjail.host_view, jail_env, SECCOMP_POLICY's syscalls, ...); the code then runs in the already-started
-interpreter as ``python3 -B -s main.py`` would. A few sandboxes are forked ahead of requests
-(``warm_python_pool``), set up as far as no request decides; a request takes one, gets its limits written into
+interpreter as ``python3 -B -s main.py`` would. Sandboxes are forked ahead of requests, set up as far as no
+request decides, as many as the recent load ran at once (pool_sizer.py: between ``warm_python_pool`` and
+``warm_python_pool_max``, bounded by the host's available memory); a request takes one, gets its limits written into
 the sandbox's cgroup, and sends it its scratch, stdio, environment and rlimits. NsjailBackend does everything
 around it (scratch, watchdog, output, result, teardown) the same way for both paths; this module starts,
 recycles and restarts the zygote, keeps the pool, and launches one warm sandbox.
@@ -49,6 +50,7 @@ import socket
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,7 @@ from sandbox_server.backends.nsjail import (
     time_limit_s,
     tmpfs_bytes,
 )
+from sandbox_server.backends.pool_sizer import PoolSizer
 from sandbox_server.backends.sandbox_init import INIT_PIDS, parse_status
 from sandbox_server.backends.seccomp import (
     CLONE_NAMESPACE_FLAGS,
@@ -104,6 +107,7 @@ RESTART_BACKOFF_MAX_S = 60.0
 REPORT_CAP = 256
 REPLY_BYTES = 8192  # the longest message a zygote or sandbox sends the server (an error text)
 CONN_DRAIN_S = 1.0
+POOL_TEND_S = 1.0  # how often the pool is resized when no request does it (growing back, shrinking after load)
 
 
 class ZygoteUnavailable(Exception):
@@ -233,7 +237,8 @@ class WarmPython:
         self.layout = layout
         self.cgroups = cgroups
         self.recycle_after = settings.warm_python_recycle_after
-        self.pool_size = settings.warm_python_pool
+        self.sizer = PoolSizer(settings.warm_python_pool, settings.warm_python_pool_max,
+                               settings.warm_python_pool_memory_fraction)
         d = settings.defaults  # a pooled cgroup's limits until its request's own replace them (mostly the same)
         self._pool_limits = CgroupLimits(d.memory_bytes, d.max_pids + INIT_PIDS, settings.cpu_cores)
         self.root = settings.state_dir / "warm-root"
@@ -246,6 +251,7 @@ class WarmPython:
         self._replacing: asyncio.Task[None] | None = None
         self._retired: dict[Zygote, asyncio.Task[None]] = {}  # old zygotes draining in the background
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._tending: asyncio.Task[None] | None = None
         self._closed = False
         self._last_start = 0.0
         self._backoff = RESTART_BACKOFF_S
@@ -277,6 +283,7 @@ class WarmPython:
         """Start the first zygote; on failure the path stays off (requests run cold) and ``problem`` says why."""
         self.root.mkdir(mode=0o700, exist_ok=True)  # a mount point inside the zygote's own mount namespace only
         await self._replace()
+        self._tending = asyncio.get_running_loop().create_task(self._tend())
 
     # ---- the zygote's life ------------------------------------------------------------------------------
     async def _replace(self) -> None:
@@ -328,13 +335,26 @@ class WarmPython:
         task.add_done_callback(lambda _: self._retired.pop(zygote, None))
 
     # ---- the pool -----------------------------------------------------------------------------------------
+    async def _tend(self) -> None:
+        """Resize the pool now and then: the load's window moves on even when no request comes."""
+        while not self._closed:
+            await asyncio.sleep(POOL_TEND_S)
+            try:
+                self._refill()
+            except Exception:  # a failed resize must not end the tending (the next one retries)
+                log.exception("could not resize the warm pool")
+
     def _refill(self) -> None:
-        """Fork sandboxes in the background until ``pool_size`` are ready or being made."""
+        """Fork sandboxes in the background until the sizer's target are ready or being made; end the ready
+        ones beyond it (after a burst, or when the host's memory runs short)."""
+        target = self.sizer.target(len(self._pool))
+        while len(self._pool) > target:
+            self._discard(self._pool.pop())
         z = self.zygote
         if self._closed or z is None or not z.alive() or time.monotonic() < self._fill_failed + RESTART_BACKOFF_S:
             return
         loop = asyncio.get_running_loop()
-        while len(self._pool) + len(self._filling) < self.pool_size:
+        while len(self._pool) + len(self._filling) < target:
             task = loop.create_task(self._fill_one(z))
             self._filling.add(task)
             task.add_done_callback(self._filling.discard)
@@ -386,6 +406,8 @@ class WarmPython:
                         raise ZygoteUnavailable("the zygote dropped the sandbox (did it exit?)")
                     _close_all(fds)
             program.setblocking(False)
+            with contextlib.suppress(OSError, ValueError):
+                self.sizer.measured(cgroup.peak_memory_bytes())  # what one more ready sandbox costs the host
             return _Ready(zygote, cgroup, conn, program, pidfd, init_pid)
         except BaseException as exc:
             _close_all(procs)
@@ -440,7 +462,8 @@ class WarmPython:
         z = self.zygote
         if z is not None and z.alive():
             return (f"on: zygote pid {z.pid} (generation {z.generation}, {z.forks}/{self.recycle_after} forks), "
-                    f"{len(self._pool)}/{self.pool_size} sandboxes ready, {self.launched} runs; no user namespace; "
+                    f"{len(self._pool)} sandboxes ready (target {self.sizer.target(len(self._pool))}), "
+                    f"{self.launched} runs; no user namespace; "
                     "other runtimes cold")
         return f"on, but {self.problem}: Python runs cold meanwhile"
 
@@ -450,6 +473,16 @@ class WarmPython:
 
         Raises ZygoteUnavailable when no sandbox could take the request before anything of it ran (the
         caller then runs it cold), SandboxFailure for a failure of this server."""
+        self.sizer.started()
+        try:
+            jail = await self._launch(spec, limits, scratch)
+        except BaseException:
+            self.sizer.finished()
+            raise
+        jail.on_close = self.sizer.finished
+        return jail
+
+    async def _launch(self, spec: ExecutionSpec, limits: Limits, scratch: Path) -> WarmJail:
         if self._pool:
             ready = self._pool.popleft()
         else:
@@ -507,10 +540,10 @@ class WarmPython:
     async def aclose(self) -> None:
         """Stop everything: pooled sandboxes, the zygotes (the backend has waited for every execution first)."""
         self._closed = True
-        for task in (*self._filling, *([self._replacing] if self._replacing else [])):
+        background = [*self._filling, *(t for t in (self._replacing, self._tending) if t is not None)]
+        for task in background:
             task.cancel()
-        await asyncio.gather(*self._filling, *([self._replacing] if self._replacing else []),
-                             return_exceptions=True)
+        await asyncio.gather(*background, return_exceptions=True)
         while self._pool:
             self._discard(self._pool.popleft())
         if self.zygote is not None:
@@ -543,6 +576,7 @@ class WarmJail(Jail):
         self._transports: list[asyncio.BaseTransport] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._reports: asyncio.Task[None] | None = None
+        self.on_close: Callable[[], None] | None = None  # told once, when the jail is closed
 
     def __str__(self) -> str:
         return f"warm sandbox (PID 1 = host pid {self.init_pid})"
@@ -634,6 +668,9 @@ class WarmJail(Jail):
         for transport in self._transports:
             transport.close()
         self._ready.close()
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
 
 
 def reap_abandoned_pools(pool: CgroupManager) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from sandbox_client import ExecutionResult, Limits, OutputChunk, SandboxClient, Status
+from sandbox_client import AsyncSandboxClient, ExecutionResult, Limits, OutputChunk, SandboxClient, Status
 from sandbox_server.backends.cgroups import CgroupLimits, CgroupManager, detect
 from sandbox_server.backends.nsjail import TOP_LEVEL_DIRS, MountKind, NsjailBackend, host_view
 from sandbox_server.backends.warm import POOL_CGROUP_SUFFIX, WarmPython
@@ -56,7 +56,7 @@ def cold(backend_policies: Path) -> Iterator[RunningServer]:
 @pytest.fixture(scope="module")
 def unpooled(backend_policies: Path) -> Iterator[RunningServer]:
     """Every sandbox forked when its request arrives, after the one before it has run."""
-    yield from start(backend_policies, warm_python=True, warm_python_pool=0)
+    yield from start(backend_policies, warm_python=True, warm_python_pool=0, warm_python_pool_max=0)
 
 
 @pytest.fixture
@@ -352,7 +352,8 @@ def test_what_differs_from_a_cold_start(warm: RunningServer, cold: RunningServer
 def test_recycled_after_n_forks(backend_policies: Path) -> None:
     """A fresh zygote (its own hash seed and ASLR layout) takes over after ``warm_python_recycle_after`` forks;
     the old one drains and exits."""
-    for srv in start(backend_policies, warm_python=True, warm_python_recycle_after=3, warm_python_pool=0):
+    for srv in start(backend_policies, warm_python=True, warm_python_recycle_after=3, warm_python_pool=0,
+                     warm_python_pool_max=0):
         first = zygote_pid(srv)
         code = "print(hash('same string'))"
         old_seeds = {checked(srv, code) for _ in range(3)}
@@ -374,7 +375,7 @@ def test_zygote_crash_recovery(backend_policies: Path,
                                assert_no_leftovers: Callable[[RunningServer], None]) -> None:
     """The zygote killed under a running execution: that execution finishes normally (its sandbox does not
     depend on the zygote); the next runs cold while a new zygote starts; then warm again."""
-    for srv in start(backend_policies, warm_python=True, warm_python_pool=0):
+    for srv in start(backend_policies, warm_python=True, warm_python_pool=0, warm_python_pool_max=0):
         first = zygote_pid(srv)
         with SandboxClient(srv.target, timeout=60) as sbx:
             stream = sbx.execute_stream("import sys, time\nprint('started', flush=True)\ntime.sleep(0.5)\n"
@@ -424,6 +425,51 @@ def test_closed_with_the_server(backend_policies: Path) -> None:
     assert not Path(f"/proc/{pid}").exists()
     for child in pool:
         assert not Path(f"/proc/{child}").exists()
+
+
+def wait_for_ready(warm_py: WarmPython, count: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(warm_py._pool) != count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(warm_py._pool) == count, f"{len(warm_py._pool)} ready, expected {count}: {warm_py.describe()}"
+
+
+def test_pool_grows_to_the_load_and_a_burst_finds_it_ready(backend_policies: Path) -> None:
+    """Four executions at once (the server's max_running) make the pool keep four ready (above its minimum of
+    one, below its maximum of six); the next burst of four then forks nothing on its request's path."""
+    for srv in start(backend_policies, warm_python=True, warm_python_pool=1, warm_python_pool_max=6):
+        warm_py = warm_path(srv)
+        zygote_pid(srv)
+        wait_for_ready(warm_py, 1)
+
+        async def burst(target: str = srv.target) -> list[ExecutionResult]:
+            async with AsyncSandboxClient(target, timeout=60) as sbx:
+                return list(await asyncio.gather(*(sbx.execute("import time; time.sleep(0.3); print('ok')")
+                                                   for _ in range(4))))
+
+        assert [r.stdout for r in asyncio.run(burst())] == ["ok\n"] * 4
+        wait_for_ready(warm_py, 4)
+        forks = warm_py.zygote.forks if warm_py.zygote else 0
+        launched = warm_py.launched
+        assert [r.stdout for r in asyncio.run(burst())] == ["ok\n"] * 4
+        assert warm_py.launched == launched + 4
+        assert warm_py.zygote is not None
+        # the burst took the four ready ones; what the zygote forked since is the refill, after each launch
+        assert warm_py.zygote.forks - forks <= 4
+        assert "target 4" in warm_py.describe()
+
+
+def test_host_memory_bounds_the_pool(backend_policies: Path) -> None:
+    """With almost none of the host's memory for the pool, nothing is kept ready, whatever the minimum says:
+    executions still take the warm path, each forked when it arrives."""
+    for srv in start(backend_policies, warm_python=True, warm_python_pool=3,
+                     warm_python_pool_memory_fraction=1e-9):
+        warm_py = warm_path(srv)
+        zygote_pid(srv)
+        assert checked(srv, "print(1)") == "1\n"
+        time.sleep(1.5)  # a tending round
+        assert len(warm_py._pool) == 0
+        assert warm_py.sizer.target(0) == 0
 
 
 def _parent(pid: int) -> int:
