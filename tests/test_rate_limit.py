@@ -231,3 +231,41 @@ def test_an_unusable_storage_fails_at_construction() -> None:
     with pytest.raises(ConfigurationError, match="unknown storage scheme"):
         RateLimitInterceptor(policies, "nosuch://x")
     assert RateLimitInterceptor(policies, "async+memory://").running("acme") == 0
+
+
+def test_in_process_limiter_starts_no_thread_per_hit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``limits``' memory store would start a fresh 10 ms Timer thread whenever its last one had fired (every
+    few calls at a few ms apart); ours sweeps inline instead, and the sweep still drops expired entries."""
+    import asyncio
+
+    import limits.storage.memory
+
+    from sandbox_server.interceptors import _limiter
+
+    limiter = _limiter.moving_window()
+    storage = limiter._limiter.storage  # type: ignore[attr-defined]
+    started: list[object] = []
+
+    class CountingTimer(threading.Timer):
+        def start(self) -> None:
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(limits.storage.memory.threading, "Timer", CountingTimer)
+    monkeypatch.setattr(_limiter, "SWEEP_INTERVAL_S", 0.5)
+    per_second = RateLimitItemPerSecond(5)
+
+    async def hits() -> list[bool]:
+        got = []
+        for _ in range(6):
+            got.append(await limiter.hit(per_second, "t", "a"))
+            await asyncio.sleep(0.02)  # past the library's 10 ms timer each time
+        return got
+
+    assert asyncio.run(hits()) == [True] * 5 + [False]
+    assert started == []
+    assert storage.events.get(per_second.key_for("t", "a"))
+    time.sleep(1.2)  # the entries expire (1 s) and the sweep interval passes
+    assert asyncio.run(limiter.hit(per_second, "t", "b"))
+    assert not storage.events.get(per_second.key_for("t", "a")), "the inline sweep dropped the expired entries"
+    assert started == []

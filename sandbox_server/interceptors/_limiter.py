@@ -7,6 +7,7 @@ request. Shared stores (``redis://`` ...) use ``limits``' asyncio stores, since 
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 from limits import RateLimitItem
@@ -17,6 +18,7 @@ from limits.strategies import MovingWindowRateLimiter
 from limits.util import WindowStats
 
 MEMORY_URIS = ("memory://", "async+memory://")
+SWEEP_INTERVAL_S = 1.0
 
 
 class Limiter(Protocol):
@@ -24,9 +26,26 @@ class Limiter(Protocol):
     async def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats: ...
 
 
+class _SweptMemoryStorage(MemoryStorage):
+    """``limits``' memory store, with its expiry sweep run inline at most once per SWEEP_INTERVAL_S instead of
+    on a ``threading.Timer`` it starts afresh (a new thread) whenever the previous 10 ms timer has fired: with
+    calls a few ms apart, that was a thread created for every third call. The sweep only bounds memory (a
+    moving window counts unexpired entries itself), so a coarser one changes no decision."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._swept = time.monotonic()
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # overrides the name-mangled hook
+        now = time.monotonic()
+        if now - self._swept >= SWEEP_INTERVAL_S:
+            self._swept = now
+            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+
+
 class _InProcess:
     def __init__(self) -> None:
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._limiter = MovingWindowRateLimiter(_SweptMemoryStorage())
 
     async def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
         return self._limiter.hit(item, *identifiers)

@@ -1,7 +1,10 @@
 """SQLite stores: the embedded default. One file may hold every store (each has its own tables).
 
 Each store owns one connection, guarded by a lock, in WAL mode with ``synchronous=FULL`` (a committed write
-survives a power cut). Calls are short; asyncio callers run writes through ``asyncio.to_thread``. Several
+survives a power cut). A write whose loss in a power cut would be harmless (a budget reservation: it only holds
+money back while its execution runs, and a power cut ends every execution) may skip the fsync
+(``_write(durable=False)``); it is still atomic and visible to every connection at once, and the next durable
+commit to the file syncs it too. Calls are short; asyncio callers run writes through ``asyncio.to_thread``. Several
 processes may open the same file (SQLite's own locking, with a busy timeout). A new database file is created
 readable by its owner only.
 
@@ -106,17 +109,24 @@ class _SqliteStore:
             raise
 
     @contextmanager
-    def _write(self) -> Iterator[_Tx]:
-        """One write transaction, under the lock; BEGIN IMMEDIATE takes SQLite's write lock up front."""
+    def _write(self, durable: bool = True) -> Iterator[_Tx]:
+        """One write transaction, under the lock; BEGIN IMMEDIATE takes SQLite's write lock up front.
+        ``durable=False``: committed without an fsync (see the module docstring for when that is allowed)."""
         with self._lock:
             self._check_open()
-            self._db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._db.execute("PRAGMA synchronous = NORMAL")  # a connection setting: restored below
             try:
-                yield _Tx(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _Tx(self._db)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous = FULL")
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

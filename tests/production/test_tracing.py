@@ -161,3 +161,27 @@ def test_spans_are_exported_over_otlp_to_the_configured_collector() -> None:
     assert "sandbox.v1.Sandbox/Execute" in names
     assert {"queue", "sandbox.run"} <= names
     assert all(service["service.name"] == "sandbox-under-test" for _, service in exported)
+
+
+def test_phase_spans_are_made_only_when_something_exports_them() -> None:
+    """With no exporter nothing could read a phase span, so none is made (each costs tens of microseconds);
+    the call keeps its trace id. With one, every phase is there (the tests above)."""
+    from sandbox_server.settings import load_settings
+    from sandbox_server.telemetry import build_telemetry, current_telemetry, phase
+
+    quiet = build_telemetry(load_settings())
+    loud = build_telemetry(load_settings(), span_exporters=[InMemorySpanExporter()])
+    try:
+        assert (quiet.exports_spans, loud.exports_spans) == (False, True)
+        for telemetry, made in ((quiet, False), (loud, True)):
+            token = current_telemetry.set(telemetry)
+            try:
+                with phase("queue") as span:
+                    assert (span is not None) is made
+            finally:
+                current_telemetry.reset(token)
+    finally:
+        quiet.shutdown()
+        loud.shutdown()
+    with server_in_thread() as srv, SandboxClient(srv.target) as sbx:
+        assert len(sbx.execute("print(1)").trace_id) == 32
