@@ -12,7 +12,6 @@ execution that is not running, for a kill) is NOT_FOUND with ResourceInfo.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import logging
 import time
@@ -316,7 +315,7 @@ def _live_execution(running: RunningExecution, now: float) -> pb.Execution:
         session_id=spec.session_id,
         language=spec.runtime.language,
         code_sha256=hashlib.sha256(spec.code).hexdigest(),
-        limits=dataclasses.asdict(spec.limits),
+        limits=spec.limits.as_dict(),
         outcome=RUNNING,
         wall_time_s=max(0.0, now - running.started_at),
         trace_id=running.trace_id,

@@ -261,6 +261,15 @@ class Cgroup:
         """Remove the cgroup and any below it, deepest first; False while processes (or zombies) hold one."""
         done = True
         for d in self.dirs():
+            # Usually empty with no child cgroup: one rmdir, without listing its ~30 control files first
+            try:
+                d.rmdir()
+                continue
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
             for sub in reversed(_tree(d)):
                 try:
                     sub.rmdir()

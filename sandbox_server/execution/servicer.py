@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import time
@@ -88,7 +87,7 @@ def _accept(spec: ExecutionSpec) -> None:
         session_id=spec.session_id,
         language=spec.runtime.language,
         code_sha256=hashlib.sha256(spec.code).hexdigest(),
-        limits=dataclasses.asdict(spec.limits),
+        limits=spec.limits.as_dict(),
     ))
 
 
@@ -120,7 +119,7 @@ class SandboxServicer:
             call.execution_id = spec.execution_id
             if policy.log_content.code:  # the tenant asked for code in its logs
                 call.log_extra["source"] = spec.code[:LOG_CONTENT_BYTES].decode(errors="replace")
-            call.attributes.update({f"sandbox.limits.{k}": v for k, v in dataclasses.asdict(spec.limits).items()})
+            call.attributes.update({f"sandbox.limits.{k}": v for k, v in spec.limits.as_dict().items()})
         return spec
 
     @contextlib.asynccontextmanager

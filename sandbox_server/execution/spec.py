@@ -21,6 +21,13 @@ class Limits:
     file_size_bytes: int
     scratch_bytes: int
 
+    def as_dict(self) -> dict[str, int]:
+        """The limits by name (dataclasses.asdict deep-copies each value: slow, on every request, for ints)."""
+        return {name: getattr(self, name) for name in _LIMIT_NAMES}
+
+
+_LIMIT_NAMES = tuple(Limits.__dataclass_fields__)
+
 
 @dataclass(frozen=True)
 class InputFile:

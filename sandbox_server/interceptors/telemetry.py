@@ -127,7 +127,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         service, _, name = method.lstrip("/").partition("/")
         span = self.telemetry.tracer.start_span(
             f"{service}/{name}", context=parent, kind=SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+            if self.telemetry.exports_spans else None,
         )
         call = CallRecord(method=method, started=time.monotonic())
         if isinstance(request, pb.ExecuteRequest):  # known before any check, so refusals are attributed too
@@ -164,7 +165,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         reason = rejection_reason(error)
         if reason is not None:
             attributes["sandbox.rejection"] = reason
-        span.set_attributes(attributes)
+        if self.telemetry.exports_spans:  # else no one could read them: the span is kept for its trace id only
+            span.set_attributes(attributes)
         if code in SERVER_FAULTS:
             span.set_status(Status(StatusCode.ERROR, getattr(error, "message", type(error).__name__)))
         metrics = self.telemetry.metrics
