@@ -2,13 +2,15 @@
 
     .venv/bin/python bench/warm.py [--n 300] [--hello-n 300] [--concurrency 1 2] [--json [PATH]]
 
-Three modes, each after an unmeasured warm-up, at every concurrency C (C threads), on two workloads:
+Four modes, each after an unmeasured warm-up, at every concurrency C (C threads), on two workloads:
 
   bare   subprocess.run(["/usr/bin/python3", "-c", program]) on the host: unisolated, a cold interpreter each
   cold   SandboxClient.execute(program) through a full server (the whole interceptor chain, audit, ...) whose
          Python executions each start a fresh nsjail jail and interpreter (warm_python off)
-  warm   the same server with the warm path on (warm_python): a fork of a clean warm interpreter per execution,
-         in fresh namespaces, cgroup, scratch and seccomp filter
+  fresh  the same server with the warm path in its default mode (warm_python_mode = "fresh"): a sandbox set up
+         ahead of its request, its interpreter exec'd and started ahead too (its own address-space layout)
+  fork   the warm path's "fork" mode: a fork of a clean warm interpreter per execution, in fresh namespaces,
+         cgroup, scratch and seccomp filter (every sandbox shares the zygote's layout)
 
   hello     print("hello"), --hello-n times
   workload  --n distinct small programs with test assertions (bench/workload.py), each printing "ok"
@@ -81,9 +83,9 @@ def sandboxed(client: SandboxClient, cycle: _Cycle, expected: str) -> Callable[[
 
 
 @contextlib.contextmanager
-def server(warm: bool, max_running: int) -> Iterator[str]:
-    with server_in_thread(max_running=max_running, max_queued=64, warm_python=warm,
-                          incidents={"enabled": False}) as srv:
+def server(mode: str, max_running: int) -> Iterator[str]:
+    warm = {"warm_python": False} if mode == "cold" else {"warm_python": True, "warm_python_mode": mode}
+    with server_in_thread(max_running=max_running, max_queued=64, incidents={"enabled": False}, **warm) as srv:
         yield srv.target
 
 
@@ -94,13 +96,14 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     }
     rows: list[dict[str, object]] = []
     top = max(args.concurrency)
-    with server(False, top) as cold_target, server(True, top) as warm_target, \
-            SandboxClient(cold_target) as cold, SandboxClient(warm_target) as warm:
+    with server("cold", top) as cold_target, server("fresh", top) as fresh_target, \
+            server("fork", top) as fork_target, SandboxClient(cold_target) as cold, \
+            SandboxClient(fresh_target) as fresh, SandboxClient(fork_target) as fork:
         for workload, (items, expected, n) in workloads.items():
             for c in args.concurrency:
                 base = measure("bare", bare(_Cycle(items), expected), n, c, WARMUP)
                 measured: list[Row] = [base]
-                for mode, client in (("cold", cold), ("warm", warm)):
+                for mode, client in (("cold", cold), ("fresh", fresh), ("fork", fork)):
                     measured.append(with_ratios(measure(mode, sandboxed(client, _Cycle(items), expected), n, c,
                                                         WARMUP), base))
                 print(f"\n{workload} (C={c})", file=sys.stderr)

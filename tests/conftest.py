@@ -16,10 +16,10 @@ from sandbox_server.backends.cgroups import CgroupsUnavailable, detect
 from sandbox_server.backends.docker import LABEL_OWNER, DockerBackend
 from sandbox_server.testing import RunningServer, server_in_thread
 
-# "nsjail": cold jails only. "nsjail-warm": Python forked from the warm zygote (docs/warm-path.md), everything
-# else cold. "nsjail-rootfs": the nsjail backend chrooted into the very root filesystem the Docker images are
-# made of.
-BACKENDS = ["nsjail", "nsjail-warm", "docker", "nsjail-rootfs"]
+# "nsjail": cold jails only. "nsjail-fresh" and "nsjail-fork": Python on the warm path (docs/warm-path.md) in
+# each of its modes (a fresh interpreter started ahead; a fork of the warm zygote), everything else cold.
+# "nsjail-rootfs": the nsjail backend chrooted into the very root filesystem the Docker images are made of.
+BACKENDS = ["nsjail", "nsjail-fresh", "nsjail-fork", "docker", "nsjail-rootfs"]
 ROOTFS = Path("/var/lib/sandbox-server/rootfs/bookworm")
 
 
@@ -62,8 +62,11 @@ def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     backend = request.param
     if backend == "docker":
         extra["docker_host"] = request.getfixturevalue("dockerd").host
-    if backend in ("nsjail", "nsjail-warm"):
-        backend, extra["warm_python"] = "nsjail", backend == "nsjail-warm"
+    if backend in ("nsjail", "nsjail-fresh", "nsjail-fork"):
+        extra["warm_python"] = backend != "nsjail"
+        if backend != "nsjail":
+            extra["warm_python_mode"] = backend.removeprefix("nsjail-")
+        backend = "nsjail"
     if backend == "nsjail-rootfs":
         request.getfixturevalue("dockerd")  # builds the images, and with them the root filesystem
         backend, extra["rootfs"] = "nsjail", ROOTFS

@@ -24,13 +24,16 @@ Trade-offs (docs/warm-path.md has the measurements and the reasoning):
   the program drop to the sandbox uid/gid with no capability in any set, no_new_privs and the seccomp filter.
   Seen from inside: the same uid, gid, mounts, processes and limits; /proc/self/uid_map shows the identity map,
   and host files owned by root show as root, not as the overflow id.
-- The hash seed and ASLR layout belong to the zygote, so every sandbox it forks shares them. Neither is a
-  channel between sandboxes (no shared memory, ptrace denied, separate PID namespaces); the zygote is
-  replaced after ``warm_python_recycle_after`` forks to bound how many share them.
-- Modules the zygote imported (PRELOAD, and what it needs itself) are already in ``sys.modules``, with state
-  reset where they keep any (``random`` reseeded from os.urandom, TZ re-read, warnings and linecache caches
-  dropped). The zygote never runs user code, so a program cannot leave state behind for the next one: each
-  sandbox is a fresh fork of the same pristine zygote.
+- Two modes (``warm_python_mode``). "fresh" (the default): the program process execs a fresh interpreter ahead
+  of its request, so every execution has its own ASLR layout and hash seed, as a cold start does. "fork": the
+  program process stays a fork of the zygote, with PRELOAD imported already: faster, but the hash seed and
+  ASLR layout belong to the zygote, so every sandbox it forks shares them. Neither is a channel between
+  sandboxes (no shared memory, ptrace denied, separate PID namespaces); the zygote is replaced after
+  ``warm_python_recycle_after`` forks to bound how many share them.
+- In the fork mode, modules the zygote imported (PRELOAD, and what it needs itself) are already in
+  ``sys.modules``, with state reset where they keep any (``random`` reseeded from os.urandom, TZ re-read,
+  warnings and linecache caches dropped). The zygote never runs user code, so a program cannot leave state
+  behind for the next one: each sandbox is a fresh fork of the same pristine zygote.
 - Pooled sandboxes exist before their request: a few idle processes each (uid 0 until a request makes them the
   sandbox user), in cgroups under ``<cgroup_parent>.warm``; their set-up CPU (about 2 ms) is counted in the
   execution's cpu_time.
@@ -44,6 +47,7 @@ import contextlib
 import errno
 import json
 import logging
+import marshal
 import os
 import signal
 import socket
@@ -59,6 +63,7 @@ from sandbox_server.backends import zygote as proto
 from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager
 from sandbox_server.backends.jail import Jail, pipe_reader, pipe_writer
 from sandbox_server.backends.nsjail import (
+    BASE_ENV,
     HOSTNAME,
     NICE_LEVEL,
     RLIMIT_NOFILE,
@@ -81,7 +86,7 @@ from sandbox_server.backends.seccomp import (
 from sandbox_server.errors import SandboxFailure
 from sandbox_server.execution.runtimes import Runtime, find_runtime
 from sandbox_server.execution.spec import ExecutionSpec, Limits
-from sandbox_server.settings import Settings
+from sandbox_server.settings import Settings, WarmPythonMode
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +242,7 @@ class WarmPython:
         self.layout = layout
         self.cgroups = cgroups
         self.recycle_after = settings.warm_python_recycle_after
+        self.mode = settings.warm_python_mode
         self.sizer = PoolSizer(settings.warm_python_pool, settings.warm_python_pool_max,
                                settings.warm_python_pool_memory_fraction)
         d = settings.defaults  # a pooled cgroup's limits until its request's own replace them (mostly the same)
@@ -264,6 +270,8 @@ class WarmPython:
             "plan": [[view.kind.value, view.source, view.target] for view in host_view(self.layout)],
             "mount_points": [WORKDIR, "/tmp", "/dev/shm", "/proc"],  # noqa: S108 - the sandbox's own tmpfs
             "python": [self.runtime.interpreter, *self.runtime.args],
+            "fresh": self.mode is WarmPythonMode.FRESH,
+            "program_env": [list(kv) for kv in BASE_ENV],  # a fresh interpreter starts as a cold one does
             "preload": list(PRELOAD),
             "seccomp": {
                 "eperm": [libseccomp_name(name) for name in DENIED_SYSCALLS],
@@ -518,7 +526,7 @@ class WarmPython:
             theirs.append(proto.open_tree(str(scratch)))
             # PID 1 first: if it is gone, nothing can have run, and the request may still go cold
             proto.send(ready.conn, json.dumps(init_run).encode(), theirs[3:])
-            proto.send(ready.program, json.dumps(program_run, ensure_ascii=False).encode(), theirs[:3])
+            proto.send(ready.program, marshal.dumps(program_run), theirs[:3])  # marshal: see zygote.py
         except OSError as exc:
             self._discard(ready)
             _close_all(ours)

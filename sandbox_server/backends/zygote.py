@@ -6,7 +6,7 @@ run. Uses only the standard library and Debian's ``python3-seccomp`` (libseccomp
 sandbox_server (the server's code does not exist in the zygote's file-system view). The server imports this
 module only for the protocol constants and syscall helpers below; nothing runs at import.
 
-One file, three roles:
+One file, four roles:
 
 bootstrap  ``python3 -I -S zygote.py --bootstrap CONFIG`` (root, host view, empty environment): a private mount
            namespace whose root is a read-only tmpfs "template" holding exactly what a jail sees of the host
@@ -37,6 +37,13 @@ sandbox    forked ahead of requests (the server keeps a few ready), so that all 
            capability survives: checked), its stdio, a cold start's /proc cmdline and environ, the environment,
            closes every other fd, lowers itself to nice 19 (nsjail's default) and runs the code at the top of
            this stack as ``python3 -B -s main.py`` would, ending as that interpreter ends (_finalize).
+program    in the "fresh" mode (the default), the program process does not stay a fork: it takes the sandbox
+           user for good (uid included), restores its signal mask and execs the runtime's interpreter with a
+           cold start's environment on this program, compiled once by the zygote and kept in a sealed memfd
+           (BOOT). That interpreter (its own address-space layout and hash seed) then waits for its request and
+           runs it exactly as a forked program process does (_take_request). Everything it imports before the
+           program runs is imported at the top of this file, so that list is kept to C modules and a few small
+           ones; the zygote's and PID 1's own needs are imported where they are used.
 
 Protocol (AF_UNIX SOCK_SEQPACKET; one message per datagram; JSON from the server, a tag byte towards it):
   control socket  server -> zygote: CONFIG, then FORK + [sandbox socket]; EOF: drain and exit.
@@ -45,33 +52,40 @@ Protocol (AF_UNIX SOCK_SEQPACKET; one message per datagram; JSON from the server
                   + [status pipe, scratch].
                   zygote -> server: FORKED + pid + [pidfd of PID 1].
                   PID 1 -> server: WAITING + [program socket] (ready for a request), or ERROR + text.
-  program socket  server -> program: RUN {argv, env, rlimits} + [stdin, stdout, stderr].
+  program socket  server -> program: RUN {argv, env, rlimits} (marshal, not JSON: no json module to import in
+                  a fresh interpreter) + [stdin, stdout, stderr].
                   program -> server: STARTED (user code runs next), or ERROR + text (nothing of it ran).
   EOF on either socket before RUN: the server has given up on the sandbox; its processes exit.
 """
 
 from __future__ import annotations
 
+# Only what a program process needs, and of that the C modules where Python's wrap them (_socket, _signal): a
+# fresh interpreter (the "fresh" mode) imports all of this before its program runs, so every import here costs
+# each execution. What only the zygote and PID 1 use (json, socket, select, fcntl) is imported where used.
+import _socket
 import atexit
 import builtins
-import contextlib
 import ctypes
 import errno
-import fcntl
 import gc
 import io
 import itertools
-import json
+import marshal
 import os
 import resource
-import select
-import signal
-import socket
 import struct
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any, NoReturn
+
+TYPE_CHECKING = False  # typing costs a fresh interpreter ~1.5 ms: imported for the type checker only
+if TYPE_CHECKING:
+    import signal
+    import socket
+    from collections.abc import Sequence
+    from typing import Any, NoReturn
+else:
+    import _signal as signal  # signal's own functions and numbers, without the enums signal.py adds (and imports)
 
 # ---- protocol ---------------------------------------------------------------------------------------------
 MSG_FORK = b"F"
@@ -87,6 +101,19 @@ MAX_FDS = 16
 FD_STATUS, FD_SCRATCH = range(2)
 FD_STDIN, FD_STDOUT, FD_STDERR = range(3)
 GO = b"G"  # PID 1 to the program: your /work, /tmp and /dev/shm are mounted
+
+class _Suppress:
+    """contextlib.suppress, without importing contextlib (and collections and functools with it)."""
+
+    def __init__(self, *exceptions: type[BaseException]) -> None:
+        self.exceptions = exceptions
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, value: object, traceback: object) -> bool:
+        return kind is not None and issubclass(kind, self.exceptions)
+
 
 # ---- Linux ------------------------------------------------------------------------------------------------
 CLONE_NEWNS = 0x00020000
@@ -139,6 +166,11 @@ _libc.sbrk.restype = ctypes.c_void_p
 # message touches.
 _RECEIVE_BUFFER = bytearray(0)
 _modules_at_start = 0  # len(sys.modules) when the program starts
+# This program compiled and marshalled, in a sealed memfd, for the fresh interpreters a zygote in "fresh" mode
+# has its program processes exec: BOOT reads it through the fd named by the last argument (no compiling of the
+# source, no decoding of a long argument in each)
+_COMPILED_FD = -1
+BOOT = "import marshal,os,sys;exec(marshal.loads(os.pread(int(sys.argv.pop()),1<<26,0)))"
 # Buffers the kernel points at for the life of the process (/proc/self/cmdline and environ): never freed.
 _PINNED: list[ctypes.Array[ctypes.c_char]] = []
 
@@ -217,9 +249,9 @@ def _make_readonly(path: str) -> None:
              ctypes.c_void_p(ctypes.addressof(attr)), ctypes.sizeof(attr))
 
 
-def send(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
+def send(sock: _socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
     """One message, with ``fds`` passed along (SCM_RIGHTS)."""
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))] if fds else []
+    anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))] if fds else []
     sock.sendmsg([data], anc)
 
 
@@ -227,7 +259,7 @@ def received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     """The fds of a received message's SCM_RIGHTS (the caller owns them)."""
     fds: list[int] = []
     for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             n = len(data) // 4
             fds += struct.unpack(f"{n}i", data[: n * 4])
     return fds
@@ -237,10 +269,10 @@ def _error_text(exc: BaseException) -> bytes:
     return f"{type(exc).__name__}: {exc}".encode(errors="replace")[:4096]
 
 
-def _report_error(sock: socket.socket | int, exc: BaseException) -> None:
+def _report_error(sock: _socket.socket | int, exc: BaseException) -> None:
     """Best effort: the server learns why, from the failure's own message."""
     try:
-        s = sock if isinstance(sock, socket.socket) else socket.socket(fileno=os.dup(sock))
+        s = sock if isinstance(sock, _socket.socket) else _socket.socket(fileno=os.dup(sock))
         s.send(MSG_ERROR + _error_text(exc))
     except OSError:
         pass
@@ -322,17 +354,25 @@ def _build_template(root: str, config: dict[str, Any]) -> None:
 # ---- stage 2: zygote --------------------------------------------------------------------------------------
 def _zygote(ctl_fd: int) -> _Program | None:
     """Serve forks until the server closes the control socket. Returns only in a sandboxed program process."""
+    source = os.pread(0, os.fstat(0).st_size, 0)  # the memfd holding this program
     null = os.open("/dev/null", os.O_RDWR)
-    os.dup2(null, 0)  # the memfd holding this program: not needed any more
+    os.dup2(null, 0)  # the memfd itself: not needed any more
     os.close(null)
     sys._xoptions.pop("utf8", None)  # our -X, not the program's
     if sys.path and sys.path[0] == "":
         del sys.path[0]  # the zygote's cwd; a program gets its own directory, as a cold start does
+    import json
+    import socket
+
     ctl = socket.socket(fileno=ctl_fd)
     try:
         config = json.loads(ctl.recv(MAX_MESSAGE))
-        for name in config["preload"]:
-            __import__(str(name))
+        if config.get("fresh"):  # its programs are fresh interpreters: warming this one's modules helps none
+            global _COMPILED_FD
+            _COMPILED_FD = _sealed(marshal.dumps(compile(source, "<sandbox-program>", "exec", dont_inherit=True)))
+        else:
+            for name in config["preload"]:
+                __import__(str(name))
         bpf = _compile_seccomp(config["seccomp"])
         drop_bounding_set()
         global _RECEIVE_BUFFER
@@ -346,6 +386,18 @@ def _zygote(ctl_fd: int) -> _Program | None:
         _report_error(ctl, exc)
         os._exit(1)
     return _serve(ctl, config, bpf)
+
+
+def _sealed(data: bytes) -> int:
+    """A memfd holding ``data`` that no one can change any more (sealed: no write, no resize), close-on-exec."""
+    import fcntl
+
+    fd = os.memfd_create("sandbox-program", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    return fd
 
 
 def _compile_seccomp(policy: dict[str, Any]) -> bytes:
@@ -373,6 +425,9 @@ def _compile_seccomp(policy: dict[str, Any]) -> bytes:
 
 
 def _serve(ctl: socket.socket, config: dict[str, Any], bpf: bytes) -> _Program | None:
+    import select
+    import socket
+
     poller = select.poll()
     poller.register(ctl, select.POLLIN)
     children: dict[int, int] = {}  # pidfd -> pid of each sandbox still running: reaped the moment it exits
@@ -383,7 +438,7 @@ def _serve(ctl: socket.socket, config: dict[str, Any], bpf: bytes) -> _Program |
                 pid = children.pop(pidfd)
                 poller.unregister(pidfd)
                 os.close(pidfd)
-                with contextlib.suppress(ChildProcessError):
+                with _Suppress(ChildProcessError):
                     os.waitpid(pid, 0)  # it has exited: no wait
             if ctl.fileno() not in ready:
                 continue
@@ -420,7 +475,7 @@ def _serve(ctl: socket.socket, config: dict[str, Any], bpf: bytes) -> _Program |
         os._exit(1)
     ctl.close()
     for pid in children.values():  # drain: running sandboxes end by their wall-time backstop at the latest
-        with contextlib.suppress(ChildProcessError):
+        with _Suppress(ChildProcessError):
             os.waitpid(pid, 0)
     os._exit(0)
 
@@ -455,23 +510,29 @@ def _restore_pid_ns(own: int) -> None:
 
 
 # ---- stage 3: sandbox -------------------------------------------------------------------------------------
-def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
-    """One JSON message from the server and its fds; None at EOF (the server has given up on us)."""
+def _receive(sock: _socket.socket, json: bool = True) -> tuple[dict[str, Any], list[int]] | None:
+    """One message from the server (JSON, or marshal for a program's RUN) and its fds; None at EOF (the server
+    has given up on us)."""
     buffer = _RECEIVE_BUFFER
-    size = sock.recv_into(buffer, len(buffer), socket.MSG_PEEK | socket.MSG_TRUNC)  # its whole length
+    size = sock.recv_into(buffer, len(buffer), _socket.MSG_PEEK | _socket.MSG_TRUNC)  # its whole length
     if size > len(buffer):
         if size > MAX_MESSAGE:
             raise ValueError(f"message from the server too long ({size} bytes)")
         buffer = bytearray(size)
-    n, anc, flags, _ = sock.recvmsg_into([buffer], socket.CMSG_SPACE(MAX_FDS * 4))
+    n, anc, flags, _ = sock.recvmsg_into([buffer], _socket.CMSG_SPACE(MAX_FDS * 4))
     fds = received_fds(anc)
     if n == 0:
         for fd in fds:
             os.close(fd)
         return None
-    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+    if flags & (_socket.MSG_TRUNC | _socket.MSG_CTRUNC):
         raise ValueError("message from the server cut short")
-    return json.loads(bytes(buffer[:n])), fds
+    data = bytes(buffer[:n])
+    if not json:
+        return marshal.loads(data), fds  # noqa: S302 - the server's own message (the sandbox already trusts it)
+    import json as json_module
+
+    return json_module.loads(data), fds
 
 
 def _sandbox(conn_fd: int, config: dict[str, Any], bpf: bytes) -> _Program:
@@ -479,6 +540,8 @@ def _sandbox(conn_fd: int, config: dict[str, Any], bpf: bytes) -> _Program:
     the program process, which gets as far as it can without a request and waits. At the request: mount the
     scratch, /tmp and /dev/shm, let the program go, drop to the sandbox user and be the program's init.
     Returns only in the program process."""
+    import socket
+
     conn = socket.socket(fileno=conn_fd)
     try:
         prepare = _receive(conn)
@@ -508,6 +571,8 @@ def _sandbox(conn_fd: int, config: dict[str, Any], bpf: bytes) -> _Program:
         conn.close()
         ours.close()
         go_ours.close()
+        if config.get("fresh"):
+            _exec_program(theirs, go_theirs, config, bpf, mask)
         return _program(theirs, go_theirs, config, bpf, mask, stat)
     try:
         theirs.close()
@@ -541,6 +606,9 @@ def _sandbox(conn_fd: int, config: dict[str, Any], bpf: bytes) -> _Program:
 
 def _loopback_up() -> None:
     """lo up in the new network namespace, as nsjail does: the program may talk to itself, to nothing else."""
+    import fcntl
+    import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         ifreq = struct.pack("16sh22x", b"lo", 0)
         flags = struct.unpack("16sh22x", fcntl.ioctl(s, SIOCGIFFLAGS, ifreq))[1]
@@ -637,7 +705,7 @@ def _init(program: int, status_fd: int, time_limit_s: float) -> NoReturn:
             if left <= 0:
                 break
             signal.sigtimedwait({signal.SIGCHLD}, left)
-    with contextlib.suppress(ProcessLookupError):  # ESRCH: nothing left
+    with _Suppress(ProcessLookupError):  # ESRCH: nothing left
         os.kill(-1, signal.SIGKILL)
     while True:
         try:
@@ -650,8 +718,8 @@ def _init(program: int, status_fd: int, time_limit_s: float) -> NoReturn:
     os._exit(0)
 
 
-def _program(sock: socket.socket, go: socket.socket, config: dict[str, Any], bpf: bytes,
-             mask: set[int | signal.Signals], stat: list[int]) -> _Program:
+def _program(sock: _socket.socket, go: _socket.socket, config: dict[str, Any], bpf: bytes,
+             mask: set[int], stat: list[int]) -> _Program:
     """The program process. Before any request: all of the sandbox user but the uid (no_new_privs, the seccomp
     filter, the gid; uid 0 keeps it apart from the sandboxes that run) and a cold interpreter's state as far as
     no request decides. At the request: the sandbox uid (no capability left), its limits, stdio, /proc strings
@@ -659,7 +727,62 @@ def _program(sock: socket.socket, go: socket.socket, config: dict[str, Any], bpf
     try:
         _restrict(int(config["gid"]), bpf)
         program = _Program(str(config["workdir"]), str(config["file"]))
-        run = _receive(sock)
+    except BaseException as exc:
+        _report_error(sock, exc)
+        os._exit(125)
+    return _take_request(sock, go, program, int(config["uid"]), int(config["nice"]), mask, stat)
+
+
+def _exec_program(sock: _socket.socket, go: _socket.socket, config: dict[str, Any], bpf: bytes,
+                  mask: set[int]) -> NoReturn:
+    """The program process of a fresh-interpreter sandbox: the sandbox user for good (uid included: a fresh
+    interpreter has no capability to drop to it later), its original signal mask, then exec the runtime's
+    interpreter, with a cold start's environment, on this program (``_fresh`` goes on from there). The exec
+    gives the program an address-space layout and a hash seed of its own."""
+    try:
+        _drop_privileges(int(config["uid"]), int(config["gid"]), bpf)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for fd in (sock.fileno(), go.fileno(), _COMPILED_FD):
+            os.set_inheritable(fd, True)
+        args = [str(sock.fileno()), str(go.fileno()), str(config["nice"]), str(config["workdir"]),
+                str(config["file"])]
+        python = [str(a) for a in config["python"]]
+        env = {str(k): str(v) for k, v in config["program_env"]}
+        os.execve(python[0], [*python, "-c", BOOT, "--program", *args, str(_COMPILED_FD)], env)  # noqa: S606
+    except BaseException as exc:
+        _report_error(sock, exc)
+    os._exit(125)
+
+
+def _fresh(sock_fd: int, go_fd: int, nice: int, workdir: str, file: str) -> _Program:
+    """A fresh interpreter's program process (see _exec_program), waiting for its request as a forked one."""
+    sock = _socket.socket(fileno=sock_fd)
+    try:
+        go = _socket.socket(fileno=go_fd)
+        low, high = sorted((sock_fd, go_fd))
+        for start, end in ((3, low), (low + 1, high), (high + 1, 1 << 20)):
+            os.closerange(start, end)  # the program's code (BOOT is done with its fd), anything else inherited
+        for s in (sock, go):
+            os.set_inheritable(s.fileno(), False)
+        if sys.path and sys.path[0] == "":
+            del sys.path[0]  # -c's cwd; a program gets its own directory, as a cold start does
+        global _RECEIVE_BUFFER
+        _RECEIVE_BUFFER = bytearray(RECEIVE_BUFFER_BYTES)
+        program = _Program(workdir, file)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+        stat = _proc_stat()
+    except BaseException as exc:
+        _report_error(sock, exc)
+        os._exit(125)
+    return _take_request(sock, go, program, None, nice, mask, stat)
+
+
+def _take_request(sock: _socket.socket, go: _socket.socket, program: _Program, uid: int | None, nice: int,
+                  mask: set[int], stat: list[int]) -> _Program:
+    """Wait for the request, then take it: its rlimits, the sandbox uid (``uid``; None: taken already), its
+    stdio, /proc strings and environment; once PID 1 says /work is mounted, nice 19. Returns the program."""
+    try:
+        run = _receive(sock, json=False)
         if run is None:
             os._exit(0)
         request, fds = run
@@ -668,7 +791,8 @@ def _program(sock: socket.socket, go: socket.socket, config: dict[str, Any], bpf
         for name, value in request["rlimits"].items():
             limit = resource.RLIM_INFINITY if int(value) < 0 else int(value)
             resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (limit, limit))
-        _become(int(config["uid"]))
+        if uid is not None:
+            _become(uid)
         for target in (FD_STDIN, FD_STDOUT, FD_STDERR):
             os.dup2(fds[target], target)
         argv = [str(a) for a in request["argv"]]
@@ -690,7 +814,7 @@ def _program(sock: socket.socket, go: socket.socket, config: dict[str, Any], bpf
     global _modules_at_start
     _modules_at_start = len(sys.modules)
     gc.freeze()  # our set-up's objects too: the collections at exit walk the program's own objects only
-    os.setpriority(os.PRIO_PROCESS, 0, int(config["nice"]))  # nsjail's default for jailed programs
+    os.setpriority(os.PRIO_PROCESS, 0, nice)  # nsjail's default for jailed programs
     return program
 
 
@@ -766,7 +890,7 @@ def _exit_status(code: object) -> int:
         return 0
     if isinstance(code, int):
         return ctypes.c_int(code).value if -(1 << 63) <= code < 1 << 63 else -1  # C's (int)PyLong_AsLong
-    with contextlib.suppress(BaseException):  # as CPython: nothing else to do with it
+    with _Suppress(BaseException):  # as CPython: nothing else to do with it
         print(code, file=sys.stderr)
     return 1
 
@@ -812,7 +936,7 @@ def _flush_stdio() -> bool:
         except BaseException as exc:
             ok = False
             hook: Any = sys.unraisablehook  # "Exception ignored in: <stdout>", as CPython reports it
-            with contextlib.suppress(BaseException):
+            with _Suppress(BaseException):
                 hook(_Unraisable(type(exc), exc, exc.__traceback__, None, stream))
     return ok
 
@@ -835,7 +959,7 @@ def _clear_module(namespace: dict[str, Any]) -> None:
                 continue
             single = key.startswith("_") and not key.startswith("__")
             if (single if first else key != "__builtins__"):
-                with contextlib.suppress(BaseException):
+                with _Suppress(BaseException):
                     namespace[key] = None
 
 
@@ -853,9 +977,13 @@ def _stdio(fd: int, name: str, like: Any) -> io.TextIOWrapper:
 
 def _main(argv: list[str]) -> _Program | None:
     if len(argv) == 3 and argv[1] == "--bootstrap":
+        import json
+
         _bootstrap(json.loads(argv[2]))
     if len(argv) == 2 and argv[0] == "-" and argv[1].isdigit():
         return _zygote(int(argv[1]))
+    if len(argv) == 7 and argv[0] == "-c" and argv[1] == "--program":
+        return _fresh(int(argv[2]), int(argv[3]), int(argv[4]), argv[5], argv[6])
     print("usage: zygote.py --bootstrap CONFIG (started by the sandbox server)", file=sys.stderr)
     raise SystemExit(2)
 

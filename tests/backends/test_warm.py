@@ -1,11 +1,11 @@
 """The warm Python path (docs/warm-path.md): what it must add to the backend contract.
 
-The contract and isolation suites already run against it (the "nsjail-warm" param of ``conftest.BACKENDS``);
-this module checks what only the warm path can get wrong: that one request cannot reach the next through
-the zygote (files, processes, environment, cwd, module state, random state); that the zygote never holds a
-request's data, a secret, or anything of the host; that a program cannot tell a warm start from a cold one
-(the same program gives the same result on a cold server); recycling, crash recovery, the fallback to cold
-jails; and that every limit holds on executions that really took the warm path.
+The contract and isolation suites already run against it (the "nsjail-fresh" and "nsjail-fork" params of
+``conftest.BACKENDS``); this module checks, in both modes, what only the warm path can get wrong: that one
+request cannot reach the next through the zygote (files, processes, environment, cwd, module state, random
+state); that the zygote never holds a request's data, a secret, or anything of the host; that a program cannot
+tell a warm start from a cold one (the same program gives the same result on a cold server); recycling, crash
+recovery, the fallback to cold jails; and that every limit holds on executions that really took the warm path.
 """
 
 from __future__ import annotations
@@ -43,9 +43,12 @@ def start(backend_policies: Path, **overrides: Any) -> Iterator[RunningServer]:
         yield srv
 
 
-@pytest.fixture(scope="module")
-def warm(backend_policies: Path) -> Iterator[RunningServer]:
-    yield from start(backend_policies, warm_python=True)
+MODES = ["fork", "fresh"]
+
+
+@pytest.fixture(scope="module", params=MODES)
+def warm(backend_policies: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    yield from start(backend_policies, warm_python=True, warm_python_mode=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +56,11 @@ def cold(backend_policies: Path) -> Iterator[RunningServer]:
     yield from start(backend_policies, warm_python=False)
 
 
-@pytest.fixture(scope="module")
-def unpooled(backend_policies: Path) -> Iterator[RunningServer]:
+@pytest.fixture(scope="module", params=MODES)
+def unpooled(backend_policies: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     """Every sandbox forked when its request arrives, after the one before it has run."""
-    yield from start(backend_policies, warm_python=True, warm_python_pool=0, warm_python_pool_max=0)
+    yield from start(backend_policies, warm_python=True, warm_python_pool=0, warm_python_pool_max=0,
+                     warm_python_mode=request.param)
 
 
 @pytest.fixture
@@ -157,12 +161,19 @@ print(json.dumps({
 """
 
 
-@pytest.mark.parametrize("server_name", ["warm", "unpooled"])
-def test_consecutive_requests_share_nothing(server_name: str, request: pytest.FixtureRequest,
+def test_consecutive_requests_share_nothing(warm: RunningServer,
                                             assert_no_leftovers: Callable[[RunningServer], None]) -> None:
+    share_nothing(warm, assert_no_leftovers)
+
+
+def test_consecutive_unpooled_requests_share_nothing(unpooled: RunningServer,
+                                                     assert_no_leftovers: Callable[[RunningServer], None]) -> None:
+    share_nothing(unpooled, assert_no_leftovers)
+
+
+def share_nothing(srv: RunningServer, assert_no_leftovers: Callable[[RunningServer], None]) -> None:
     """A first program litters its files, env, cwd, modules, random state and a background process; the next
     one (forked after it has run, on the unpooled server) finds none of it."""
-    srv: RunningServer = request.getfixturevalue(server_name)
     seeded = float(checked(srv, FIRST))
     seen = json.loads(checked(srv, SECOND))
     assert seen["files"] == []
@@ -208,6 +219,16 @@ def test_zygote_has_no_environment_and_no_files(warm: RunningServer) -> None:
     others = {fd: t for fd, t in links.items()
               if fd not in sockets and t != "/dev/null" and t != "anon_inode:[pidfd]"}
     assert len(sockets) == 1, links  # the control socket
+    if warm.settings.warm_python_mode == "fresh":  # and its own code, sealed, for the interpreters it starts
+        program = [fd for fd, t in others.items() if t == "/memfd:sandbox-program (deleted)"]
+        assert len(program) == 1, links
+        fd = os.open(f"/proc/{pid}/fd/{program[0]}", os.O_WRONLY)
+        try:
+            with pytest.raises(PermissionError):
+                os.write(fd, b"x")  # sealed: no one can change what the next sandbox runs
+        finally:
+            os.close(fd)
+        del others[program[0]]
     assert others == {}, links  # stdio on /dev/null, and a pidfd per running sandbox (to reap it at once)
     status = Path(f"/proc/{pid}/status").read_text()
     assert "CapBnd:\t0000000000000000" in status  # nothing it forks can regain a capability by exec
@@ -353,7 +374,7 @@ def test_recycled_after_n_forks(backend_policies: Path) -> None:
     """A fresh zygote (its own hash seed and ASLR layout) takes over after ``warm_python_recycle_after`` forks;
     the old one drains and exits."""
     for srv in start(backend_policies, warm_python=True, warm_python_recycle_after=3, warm_python_pool=0,
-                     warm_python_pool_max=0):
+                     warm_python_pool_max=0, warm_python_mode="fork"):  # fresh interpreters have a seed each
         first = zygote_pid(srv)
         code = "print(hash('same string'))"
         old_seeds = {checked(srv, code) for _ in range(3)}
@@ -525,7 +546,7 @@ def test_zygote_that_cannot_start_leaves_python_cold(backend_policies: Path,
     """Fail safe: a zygote that fails to start (here: a module it cannot import) turns the warm path off, with
     the reason in describe(); Python runs in cold jails meanwhile."""
     monkeypatch.setattr("sandbox_server.backends.warm.PRELOAD", ("no_such_module_anywhere",))
-    for srv in start(backend_policies, warm_python=True):
+    for srv in start(backend_policies, warm_python=True, warm_python_mode="fork"):  # fresh mode preloads none
         described = srv.app.backend.describe()["warm python"]
         assert "no_such_module_anywhere" in described, described
         assert checked(srv, INIT_CMDLINE, warm_expected=False) == "/usr/bin/perl\n"

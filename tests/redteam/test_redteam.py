@@ -40,7 +40,7 @@ SECRET_ENV = "REDTEAM_SERVER_SECRET"  # noqa: S105 (a variable name; its value i
 
 # (backend, case id) -> why it is not contained. Each is a security bug to fix, kept failing on purpose.
 KNOWN_FINDINGS: dict[tuple[str, str], str] = {
-    ("nsjail-warm", "info-shared-address-layout"): (
+    ("nsjail-fork", "info-shared-address-layout"): (
         "every Python execution forked from the warm zygote has the zygote's address-space layout (the same libc, "
         "heap and stack addresses in every sandbox until the zygote is recycled): ASLR no longer differs between "
         "executions; backends/warm.py documents it as a trade-off, bounded by warm_python_recycle_after"
