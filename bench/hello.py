@@ -73,13 +73,17 @@ def percentile(samples: list[float], pct: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def measure(mode: str, one: Callable[[], None], n: int, concurrency: int, warmup: int) -> Row:
-    """Run ``one`` n times on ``concurrency`` threads (after ``warmup`` unmeasured runs); time each call."""
+def measure(mode: str, one: Callable[[], None], n: int, concurrency: int, warmup: int, pause_s: float = 0.0) -> Row:
+    """Run ``one`` n times on ``concurrency`` threads (after ``warmup`` unmeasured runs); time each call. With
+    ``pause_s``, each thread waits that long after each call (an agent thinking between calls), untimed."""
 
     def timed(_: int) -> float:
         start = time.perf_counter()
         one()
-        return time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        if pause_s:
+            time.sleep(pause_s)
+        return elapsed
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"bench-{mode}") as pool:
         list(pool.map(timed, range(warmup)))

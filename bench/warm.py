@@ -14,6 +14,8 @@ Four modes, each after an unmeasured warm-up, at every concurrency C (C threads)
 
   hello     print("hello"), --hello-n times
   workload  --n distinct small programs with test assertions (bench/workload.py), each printing "ok"
+  paced     print("hello") at C=1 with --pace-ms between calls (an agent's pace: the server is idle between
+            them), --hello-n / 2 times; its exec/s counts the pauses, so only its latency means anything
 
 It prints p50/p99 latency and executions per second per mode, with ratios against bare at the same C
 (p50 ratio < 1 and throughput ratio > 1: faster than bare). Needs root (the server's jails).
@@ -109,6 +111,15 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
                 print(f"\n{workload} (C={c})", file=sys.stderr)
                 print(format_table(measured), file=sys.stderr)
                 rows.extend({"workload": workload, **asdict(r)} for r in measured)
+        hello, pause = [("hello", HELLO)], args.pace_ms / 1000
+        n = max(2, args.hello_n // 2)
+        base = measure("bare", bare(_Cycle(hello), HELLO_STDOUT), n, 1, WARMUP, pause)
+        measured = [base] + [with_ratios(measure(mode, sandboxed(client, _Cycle(hello), HELLO_STDOUT), n, 1,
+                                                 WARMUP, pause), base)
+                             for mode, client in (("cold", cold), ("fresh", fresh), ("fork", fork))]
+        print(f"\npaced (C=1, {args.pace_ms:g} ms between calls)", file=sys.stderr)
+        print(format_table(measured), file=sys.stderr)
+        rows.extend({"workload": "paced", **asdict(r)} for r in measured)
     return rows
 
 
@@ -117,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=300, help="workload programs per mode and concurrency")
     parser.add_argument("--hello-n", type=int, default=300, help="hello-world runs per mode and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--pace-ms", type=float, default=50.0, help="pause between the paced workload's calls")
     parser.add_argument("--json", nargs="?", const="-", default=None, help="write JSON to PATH (or stdout)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:

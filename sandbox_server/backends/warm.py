@@ -487,8 +487,14 @@ class WarmPython:
         except BaseException:
             self.sizer.finished()
             raise
-        jail.on_close = self.sizer.finished
+        jail.on_close = self._ended
         return jail
+
+    def _ended(self) -> None:
+        """An execution's jail is closed: one fewer in flight, and the pool made whole (see _launch)."""
+        self.sizer.finished()
+        if not self._closed:
+            self._refill()
 
     async def _launch(self, spec: ExecutionSpec, limits: Limits, scratch: Path) -> WarmJail:
         if self._pool:
@@ -498,7 +504,10 @@ class WarmPython:
             if z is None or not z.alive():
                 raise ZygoteUnavailable("no zygote is ready")
             ready = await self._fork(z)
-        self._refill()
+        # A fresh sandbox's interpreter takes ~10 ms of CPU to start: started now, it would compete with this
+        # execution for the cores, so it waits for its end, unless the pool is empty (requests are waiting)
+        if self.mode is WarmPythonMode.FORK or not self._pool:
+            self._refill()
         if ready.zygote.forks >= self.recycle_after and ready.zygote is self.zygote:
             self._schedule_replace()
         try:
