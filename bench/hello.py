@@ -9,7 +9,8 @@ needs what the server needs: root, cgroups). For every concurrency C it runs N e
 program with C threads in two modes, each after a short unmeasured warm-up:
 
   bare        subprocess.run([interpreter, "-c", code]) on the host: the floor any sandbox is compared against
-  nsjail      SandboxClient.execute(code, language=...) through gRPC, one fresh jail per execution
+  nsjail      SandboxClient.execute(code, language=...) through gRPC, one cold jail per execution (warm_python
+              off: bench/warm.py measures the warm path)
   docker      the same through a server on the Docker backend (fresh container per execution, warm pool)
   docker-run  a plain `docker run --rm --network none IMAGE interpreter -c code` of the same image
 
@@ -135,7 +136,7 @@ def server_target(args: argparse.Namespace, max_concurrency: int, backend: str,
 
     max_running = args.max_running or max_concurrency
     max_queued = args.max_queued if args.max_queued is not None else max_concurrency
-    extra: dict[str, object] = {}
+    extra: dict[str, object] = {"warm_python": False}  # the cold jail; bench/warm.py has the warm path
     if backend == "docker":
         extra = {"docker_host": docker_host, "docker_pool_size": max(2, max_concurrency)}
     with server_in_thread(backend=backend, max_running=max_running, max_queued=max_queued, **extra) as srv:
