@@ -469,7 +469,8 @@ class WarmPython:
     def describe(self) -> str:
         z = self.zygote
         if z is not None and z.alive():
-            return (f"on: zygote pid {z.pid} (generation {z.generation}, {z.forks}/{self.recycle_after} forks), "
+            return (f"on, {self.mode.value} mode: zygote pid {z.pid} "
+                    f"(generation {z.generation}, {z.forks}/{self.recycle_after} forks), "
                     f"{len(self._pool)} sandboxes ready (target {self.sizer.target(len(self._pool))}), "
                     f"{self.launched} runs; no user namespace; "
                     "other runtimes cold")

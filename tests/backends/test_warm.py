@@ -553,7 +553,8 @@ def test_zygote_that_cannot_start_leaves_python_cold(backend_policies: Path,
 
 
 def test_describe(warm: RunningServer, cold: RunningServer) -> None:
-    assert warm.app.backend.describe()["warm python"].startswith("on: zygote pid")
+    mode = warm.settings.warm_python_mode
+    assert warm.app.backend.describe()["warm python"].startswith(f"on, {mode} mode: zygote pid")
     assert cold.app.backend.describe()["warm python"].startswith("off")
 
 
