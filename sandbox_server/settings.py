@@ -164,6 +164,9 @@ class Settings(BaseSettings):
         default=True,
         description="Python executions in sandboxes set up ahead of their requests, same isolation as a cold jail "
                     "(docs/warm-path.md); off: every execution starts nsjail and its interpreter when it arrives")
+    warm_javascript: bool = Field(
+        default=True,
+        description="JavaScript in sandboxes whose node was started ahead of the request (docs/warm-path.md)")
     warm_python_mode: WarmPythonMode = Field(
         default=WarmPythonMode.FRESH,
         description="fresh: each program an interpreter exec'd ahead of its request (its own memory layout); "

@@ -17,7 +17,8 @@ from sandbox_server.backends.docker import LABEL_OWNER, DockerBackend
 from sandbox_server.testing import RunningServer, server_in_thread
 
 # "nsjail": cold jails only. "nsjail-fresh" and "nsjail-fork": Python on the warm path (docs/warm-path.md) in
-# each of its modes (a fresh interpreter started ahead; a fork of the warm zygote), everything else cold.
+# each of its modes (a fresh interpreter started ahead; a fork of the warm zygote), JavaScript on its node
+# started ahead, bash cold.
 # "nsjail-rootfs": the nsjail backend chrooted into the very root filesystem the Docker images are made of.
 BACKENDS = ["nsjail", "nsjail-fresh", "nsjail-fork", "docker", "nsjail-rootfs"]
 ROOTFS = Path("/var/lib/sandbox-server/rootfs/bookworm")
@@ -63,7 +64,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     if backend == "docker":
         extra["docker_host"] = request.getfixturevalue("dockerd").host
     if backend in ("nsjail", "nsjail-fresh", "nsjail-fork"):
-        extra["warm_python"] = backend != "nsjail"
+        extra["warm_python"] = extra["warm_javascript"] = backend != "nsjail"
         if backend != "nsjail":
             extra["warm_python_mode"] = backend.removeprefix("nsjail-")
         backend = "nsjail"

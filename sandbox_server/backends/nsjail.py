@@ -322,6 +322,8 @@ class NsjailBackend(Backend):
         self.cgroup_problem = ""
         self.layout: JailLayout | None = None
         self.warm: WarmPython | None = None
+        self.warm_js: WarmPython | None = None  # the same path for JavaScript: a node started ahead per sandbox
+        self.warm_js_problem = "" if settings.warm_javascript else "off (warm_javascript=false)"
         self.warm_problem = "" if settings.warm_python else "off (warm_python=false)"
         self._teardowns: set[asyncio.Task[None]] = set()
         self._live: dict[str, _Run] = {}  # running executions by id, for kill()
@@ -359,7 +361,7 @@ class NsjailBackend(Backend):
         write_etc(etc_dir, s.sandbox_uid, s.sandbox_gid)
         self.layout = JailLayout(nsjail=nsjail, uid=s.sandbox_uid, gid=s.sandbox_gid, etc_dir=etc_dir,
                                  rootfs=s.rootfs, use_cgroups=self.cgroups is not None)
-        if s.warm_python:
+        if s.warm_python or s.warm_javascript:
             await self._start_warm(self.layout)
 
     async def _start_warm(self, layout: JailLayout) -> None:
@@ -380,10 +382,15 @@ class NsjailBackend(Backend):
             except CgroupsUnavailable as exc:
                 self.warm_problem = f"off: no cgroup for warm sandboxes ({exc})"
             else:
-                self.warm = WarmPython(self.settings, layout, pool)
-                await self.warm.start()
+                if self.settings.warm_python:
+                    self.warm = WarmPython(self.settings, layout, pool)
+                    await self.warm.start()
+                if self.settings.warm_javascript:
+                    self.warm_js = WarmPython(self.settings, layout, pool, language="javascript")
+                    await self.warm_js.start()
                 return
-        log.warning("warm_python is set but the warm path is %s", self.warm_problem)
+        self.warm_js_problem = self.warm_js_problem or self.warm_problem
+        log.warning("the warm path is %s", self.warm_problem)
 
     def describe(self) -> dict[str, str]:
         layout = self.layout
@@ -397,12 +404,13 @@ class NsjailBackend(Backend):
             "seccomp": "deny-list (ptrace, mount, bpf, keyctl, new namespaces, io_uring, ...)",
             "rootfs": str(layout.rootfs) if layout and layout.rootfs else "host /usr, read-only",
             "warm python": self.warm.describe() if self.warm is not None else self.warm_problem,
+            "warm javascript": self.warm_js.describe() if self.warm_js is not None else self.warm_js_problem,
         }
 
     async def run(self, spec: ExecutionSpec, on_output: OutputCallback | None = None) -> ExecutionResult:
         if self.layout is None:
             raise SandboxFailure("backend not started")
-        warm = self.warm if self.warm is not None and self.warm.eligible(spec) else None
+        warm = next((w for w in (self.warm, self.warm_js) if w is not None and w.eligible(spec)), None)
         if warm is not None:
             from sandbox_server.backends.warm import ZygoteUnavailable
 
@@ -618,10 +626,12 @@ class NsjailBackend(Backend):
     async def aclose(self) -> None:
         if self._teardowns:
             await asyncio.gather(*self._teardowns, return_exceptions=True)
-        if self.warm is not None:
-            await self.warm.aclose()
-            self.warm.cgroups.reap()
-            self.warm.cgroups.remove_parents()
+        warm = [w for w in (self.warm, self.warm_js) if w is not None]
+        for w in warm:
+            await w.aclose()
+        if warm:
+            warm[0].cgroups.reap()  # one pool parent for both
+            warm[0].cgroups.remove_parents()
         if self.cgroups is not None:
             self.cgroups.reap()
             self.cgroups.remove_parents()

@@ -102,6 +102,26 @@ SOFT_RLIMITS = ("NPROC", "STACK", "MEMLOCK", "RTPRIO", "MSGQUEUE")
 # Read by the interpreter while it starts: the zygote started without them, so requests that set them run cold.
 STARTUP_ENV_PREFIXES = ("PYTHON", "LC_")
 STARTUP_ENV_NAMES = frozenset({"LANG", "LANGUAGE", "SETUPTOOLS_USE_DISTUTILS"})
+# What node reads while it starts (options, libuv, OpenSSL, ICU, locale): a request setting any runs cold
+NODE_STARTUP_ENV_PREFIXES = ("NODE_", "UV_", "OPENSSL_", "SSL_", "LC_")
+NODE_STARTUP_ENV_NAMES = frozenset({"LANG", "LANGUAGE", "ICU_DATA"})
+# Run by a pooled node (``node -e``) when PID 1 lets it go: read the request (environment, argv) from fd 3,
+# then become ``node main.js`` in /work, the program loaded as the main module as node itself loads it.
+NODE_STUB = """\
+'use strict';
+const fs = require('fs');
+const chunks = [];
+const buffer = Buffer.alloc(65536);
+for (let n; (n = fs.readSync(3, buffer, 0, buffer.length, null)) > 0;) chunks.push(Buffer.from(buffer.subarray(0, n)));
+fs.closeSync(3);
+const request = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+for (const name of Object.keys(process.env)) delete process.env[name];
+for (const [name, value] of request.env) process.env[name] = value;
+process.chdir('/work');
+process.argv = [process.execPath, require('path').resolve(request.argv[request.argv.length - 1])];
+process.execArgv = [];
+require('module').runMain();
+"""
 # Pooled sandboxes' cgroups: a sibling of the executions' parent (see WarmPython).
 POOL_CGROUP_SUFFIX = ".warm"
 READY_TIMEOUT_S = 30.0
@@ -207,10 +227,11 @@ class _Ready:
 
     zygote: Zygote
     cgroup: Cgroup
-    conn: socket.socket      # PID 1's
-    program: socket.socket   # the program process's
-    pidfd: int               # of PID 1: killing it ends every process of the sandbox
+    conn: socket.socket           # PID 1's
+    program: socket.socket | None  # the Python program process's (None for node, which PID 1 starts and feeds)
+    pidfd: int                    # of PID 1: killing it ends every process of the sandbox
     init_pid: int
+    stdio: list[int]              # node's: its stdin's write end, its stdout's and stderr's read ends
 
     def kill(self) -> None:
         if self.pidfd >= 0:
@@ -218,9 +239,12 @@ class _Ready:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
     def close(self) -> None:
-        """Release the sockets and the pidfd (idempotent; does not kill)."""
+        """Release the sockets, the pidfd and any stdio not handed on (idempotent; does not kill)."""
         self.conn.close()
-        self.program.close()
+        if self.program is not None:
+            self.program.close()
+        _close_all(self.stdio)
+        self.stdio = []
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
@@ -234,11 +258,17 @@ class WarmPython:
     execution, removed by its teardown), so that nothing under the executions' parent exists between
     executions."""
 
-    def __init__(self, settings: Settings, layout: JailLayout, cgroups: CgroupManager) -> None:
-        runtime = find_runtime("python")
+    def __init__(self, settings: Settings, layout: JailLayout, cgroups: CgroupManager,
+                 language: str = "python") -> None:
+        runtime = find_runtime(language)
         if runtime is None:
-            raise SandboxFailure("no python runtime in the runtime table")
+            raise SandboxFailure(f"no {language} runtime in the runtime table")
         self.runtime: Runtime = runtime
+        self.node = runtime.language == "javascript"  # PID 1 starts node and feeds it (zygote._node_sandbox)
+        python = find_runtime("python")
+        if python is None:
+            raise SandboxFailure("no python runtime in the runtime table (the zygote is a Python program)")
+        self.python: Runtime = python
         self.layout = layout
         self.cgroups = cgroups
         self.recycle_after = settings.warm_python_recycle_after
@@ -269,8 +299,10 @@ class WarmPython:
             "root": str(self.root),
             "plan": [[view.kind.value, view.source, view.target] for view in host_view(self.layout)],
             "mount_points": [WORKDIR, "/tmp", "/dev/shm", "/proc"],  # noqa: S108 - the sandbox's own tmpfs
-            "python": [self.runtime.interpreter, *self.runtime.args],
+            "python": [self.python.interpreter, *self.python.args],  # the zygote's own interpreter
             "fresh": self.mode is WarmPythonMode.FRESH,
+            "node": {"interpreter": self.runtime.interpreter, "stub": NODE_STUB,
+                     "env": [list(kv) for kv in BASE_ENV]} if self.node else None,
             "program_env": [list(kv) for kv in BASE_ENV],  # a fresh interpreter starts as a cold one does
             "preload": list(PRELOAD),
             "seccomp": {
@@ -389,7 +421,8 @@ class WarmPython:
             raise SandboxFailure(f"could not create a cgroup for a warm sandbox: {exc}") from exc
         conn, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         procs: list[int] = []
-        pidfd, init_pid, program = -1, 0, None
+        pidfd, init_pid, program, stdio = -1, 0, None, None
+        waiting = 3 if self.node else 1
         try:
             # PID 1 joins while it is single-threaded (it always is: a fork of the zygote, which has no threads)
             procs = [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in cgroup.single_thread_join_files()]
@@ -401,22 +434,26 @@ class WarmPython:
             finally:
                 child.close()
             async with asyncio.timeout(FORK_TIMEOUT_S):
-                while program is None or pidfd < 0:  # the zygote's FORKED and PID 1's WAITING, in any order
+                while stdio is None or pidfd < 0:  # the zygote's FORKED and PID 1's WAITING, in any order
                     msg, fds = await _recvmsg(conn)
                     kind = msg[:1]
                     if kind == proto.MSG_FORKED and fds and pidfd < 0:
                         pidfd, init_pid = fds.pop(0), struct.unpack("i", msg[1:5])[0]
-                    elif kind == proto.MSG_WAITING and fds:
-                        program = socket.socket(fileno=fds.pop(0))
+                    elif kind == proto.MSG_WAITING and len(fds) == waiting and stdio is None:
+                        if self.node:
+                            stdio, fds = fds, []
+                        else:
+                            program, stdio = socket.socket(fileno=fds.pop(0)), []
                     elif kind == proto.MSG_ERROR:
                         raise ZygoteUnavailable(f"a sandbox could not be set up: {msg[1:].decode(errors='replace')}")
                     elif not msg:
                         raise ZygoteUnavailable("the zygote dropped the sandbox (did it exit?)")
                     _close_all(fds)
-            program.setblocking(False)
+            if program is not None:
+                program.setblocking(False)
             with contextlib.suppress(OSError, ValueError):
                 self.sizer.measured(cgroup.peak_memory_bytes())  # what one more ready sandbox costs the host
-            return _Ready(zygote, cgroup, conn, program, pidfd, init_pid)
+            return _Ready(zygote, cgroup, conn, program, pidfd, init_pid, stdio)
         except BaseException as exc:
             _close_all(procs)
             if pidfd >= 0:
@@ -425,6 +462,7 @@ class WarmPython:
                 os.close(pidfd)
             if program is not None:
                 program.close()
+            _close_all(stdio or [])
             conn.close()
             self._remove_later(cgroup)
             if isinstance(exc, TimeoutError):
@@ -457,7 +495,9 @@ class WarmPython:
         """Whether ``spec`` can take the warm path now (else it runs cold)."""
         if spec.runtime != self.runtime:
             return False
-        if any(name.startswith(STARTUP_ENV_PREFIXES) or name in STARTUP_ENV_NAMES for name, _ in spec.env):
+        prefixes, names = ((NODE_STARTUP_ENV_PREFIXES, NODE_STARTUP_ENV_NAMES) if self.node
+                           else (STARTUP_ENV_PREFIXES, STARTUP_ENV_NAMES))
+        if any(name.startswith(prefixes) or name in names for name, _ in spec.env):
             return False
         if self._pool:
             return True
@@ -469,11 +509,11 @@ class WarmPython:
     def describe(self) -> str:
         z = self.zygote
         if z is not None and z.alive():
-            return (f"on, {self.mode.value} mode: zygote pid {z.pid} "
+            mode = "node started ahead" if self.node else f"{self.mode.value} mode"
+            return (f"on, {mode}: zygote pid {z.pid} "
                     f"(generation {z.generation}, {z.forks}/{self.recycle_after} forks), "
                     f"{len(self._pool)} sandboxes ready (target {self.sizer.target(len(self._pool))}), "
-                    f"{self.launched} runs; no user namespace; "
-                    "other runtimes cold")
+                    f"{self.launched} runs; no user namespace")
         return f"on, but {self.problem}: Python runs cold meanwhile"
 
     async def launch(self, spec: ExecutionSpec, limits: Limits, scratch: Path) -> WarmJail:
@@ -507,7 +547,7 @@ class WarmPython:
             ready = await self._fork(z)
         # A fresh sandbox's interpreter takes ~10 ms of CPU to start: started now, it would compete with this
         # execution for the cores, so it waits for its end, unless the pool is empty (requests are waiting)
-        if self.mode is WarmPythonMode.FORK or not self._pool:
+        if (self.mode is WarmPythonMode.FORK and not self.node) or not self._pool:
             self._refill()
         if ready.zygote.forks >= self.recycle_after and ready.zygote is self.zygote:
             self._schedule_replace()
@@ -518,7 +558,7 @@ class WarmPython:
             self._discard(ready)
             raise SandboxFailure(f"could not set the limits of a warm sandbox's cgroup: {exc}") from exc
         tmp, shm = tmpfs_bytes(limits)
-        init_run = {"time_limit_s": time_limit_s(limits), "tmp_bytes": tmp, "shm_bytes": shm}
+        init_run: dict[str, Any] = {"time_limit_s": time_limit_s(limits), "tmp_bytes": tmp, "shm_bytes": shm}
         program_run = {
             "argv": list(self.runtime.argv()),
             "env": [list(kv) for kv in jail_env(spec)],
@@ -528,15 +568,23 @@ class WarmPython:
         ours: list[int] = []
         theirs: list[int] = []
         try:
-            for _ in range(4):
+            if ready.program is None:  # node: its stdio exists already; PID 1 hands it the rest of the request
+                ours, ready.stdio = ready.stdio, []
+                init_run["program"] = program_run
                 r, w = os.pipe()
                 ours.append(r)
                 theirs.append(w)
-            ours[0], theirs[0] = theirs[0], ours[0]  # the program reads stdin; we read the other three
+            else:
+                for _ in range(4):
+                    r, w = os.pipe()
+                    ours.append(r)
+                    theirs.append(w)
+                ours[0], theirs[0] = theirs[0], ours[0]  # the program reads stdin; we read the other three
             theirs.append(proto.open_tree(str(scratch)))
             # PID 1 first: if it is gone, nothing can have run, and the request may still go cold
-            proto.send(ready.conn, json.dumps(init_run).encode(), theirs[3:])
-            proto.send(ready.program, marshal.dumps(program_run), theirs[:3])  # marshal: see zygote.py
+            proto.send(ready.conn, json.dumps(init_run).encode(), theirs[-2:])
+            if ready.program is not None:
+                proto.send(ready.program, marshal.dumps(program_run), theirs[:3])  # marshal: see zygote.py
         except OSError as exc:
             self._discard(ready)
             _close_all(ours)
@@ -620,8 +668,9 @@ class WarmJail(Jail):
             raise
         loop = asyncio.get_running_loop()
         jail._reports = loop.create_task(jail._read_status(status))
-        jail._tasks = [jail._reports, loop.create_task(jail._read(ready.conn)),
-                       loop.create_task(jail._read(ready.program))]
+        jail._tasks = [jail._reports, loop.create_task(jail._read(ready.conn))]
+        if ready.program is not None:
+            jail._tasks.append(loop.create_task(jail._read(ready.program)))
         return jail
 
     async def _read(self, sock: socket.socket) -> None:

@@ -367,7 +367,9 @@ def _zygote(ctl_fd: int) -> _Program | None:
     ctl = socket.socket(fileno=ctl_fd)
     try:
         config = json.loads(ctl.recv(MAX_MESSAGE))
-        if config.get("fresh"):  # its programs are fresh interpreters: warming this one's modules helps none
+        if config.get("node"):
+            pass  # its programs are node: nothing this interpreter imports reaches them
+        elif config.get("fresh"):  # its programs are fresh interpreters: warming this one's modules helps none
             global _COMPILED_FD
             _COMPILED_FD = _sealed(marshal.dumps(compile(source, "<sandbox-program>", "exec", dont_inherit=True)))
         else:
@@ -561,6 +563,8 @@ def _sandbox(conn_fd: int, config: dict[str, Any], bpf: bytes) -> _Program:
             resource.setrlimit(res, (soft, soft))
         stat = _proc_stat()
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # for the init's sigtimedwait
+        if config.get("node"):
+            _node_sandbox(conn, config, bpf, mask, stat)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         go_ours, go_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
@@ -579,24 +583,95 @@ def _sandbox(conn_fd: int, config: dict[str, Any], bpf: bytes) -> _Program:
         go_theirs.close()
         send(conn, MSG_WAITING, [ours.fileno()])
         ours.close()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # no handler: signals sent from inside never reach PID 1
-        set_proc_strings(["sandbox-init"], None, stat)
-        run = _receive(conn)
-        if run is None:
-            os._exit(0)  # never used: the kernel ends the waiting program with us
-        request, fds = run
-        if len(fds) != FD_SCRATCH + 1:
-            raise ValueError("RUN without the status pipe and the scratch")
-        uid, gid = int(config["uid"]), int(config["gid"])
-        move_mount(fds[FD_SCRATCH], str(config["workdir"]))
-        os.close(fds[FD_SCRATCH])
-        mount("none", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,  # noqa: S108 - the sandbox's own tmpfs
-              f"size={int(request['tmp_bytes'])},mode=1777,uid={uid},gid={gid}")
-        mount("none", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV,  # noqa: S108 - the sandbox's own tmpfs
-              f"size={int(request['shm_bytes'])},uid={uid},gid={gid}")
+        request, fds = _await_run(conn, config, stat)
         go_ours.send(GO)
         go_ours.close()
-        _drop_privileges(uid, gid, bpf)
+        _drop_privileges(int(config["uid"]), int(config["gid"]), bpf)
+    except BaseException as exc:
+        _report_error(conn, exc)
+        os._exit(125)
+    conn.close()
+    _init(pid, fds[FD_STATUS], float(request["time_limit_s"]))
+
+
+def _await_run(conn: socket.socket, config: dict[str, Any], stat: list[int]) -> tuple[dict[str, Any], list[int]]:
+    """PID 1, its program process forked: become the init by name, wait for RUN, then mount the scratch, /tmp
+    and /dev/shm. Returns RUN's request and fds (the status pipe, and the scratch, now closed)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # no handler: signals sent from inside never reach PID 1
+    set_proc_strings(["sandbox-init"], None, stat)
+    run = _receive(conn)
+    if run is None:
+        os._exit(0)  # never used: the kernel ends the waiting program with us
+    request, fds = run
+    if len(fds) != FD_SCRATCH + 1:
+        raise ValueError("RUN without the status pipe and the scratch")
+    uid, gid = int(config["uid"]), int(config["gid"])
+    move_mount(fds[FD_SCRATCH], str(config["workdir"]))
+    os.close(fds[FD_SCRATCH])
+    mount("none", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,  # noqa: S108 - the sandbox's own tmpfs
+          f"size={int(request['tmp_bytes'])},mode=1777,uid={uid},gid={gid}")
+    mount("none", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV,  # noqa: S108 - the sandbox's own tmpfs
+          f"size={int(request['shm_bytes'])},uid={uid},gid={gid}")
+    return request, fds
+
+
+def _node_sandbox(conn: socket.socket, config: dict[str, Any], bpf: bytes, mask: set[int],
+                  stat: list[int]) -> NoReturn:
+    """PID 1 of a JavaScript sandbox (a zygote started with a "node" config). Node cannot be handed its stdio
+    or its limits once started, so PID 1 makes its standard streams before it starts (their other ends go to
+    the server with WAITING) and a request pipe it reads when PID 1 lets it go: its environment and argv as
+    JSON, written once the scratch, /tmp and /dev/shm are mounted and PID 1 has set its rlimits (prlimit)."""
+    node = config["node"]
+    pairs = [os.pipe() for _ in range(4)]  # stdin, stdout, stderr, the request
+    child = [pairs[0][0], pairs[1][1], pairs[2][1], pairs[3][0]]  # the ends node holds, as its fds 0-3
+    server = [pairs[0][1], pairs[1][0], pairs[2][0]]
+    request_w = pairs[3][1]
+    pid = os.fork()
+    if pid == 0:
+        try:
+            conn.close()
+            for fd in (*server, request_w):
+                os.close(fd)
+            _drop_privileges(int(config["uid"]), int(config["gid"]), bpf)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            import fcntl
+
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in child]  # out of 0-3's way
+            for target, fd in enumerate(high):
+                os.dup2(fd, target)  # inheritable
+            os.setpriority(os.PRIO_PROCESS, 0, int(config["nice"]))  # its start is the pool's work, not a request's
+            env = {str(k): str(v) for k, v in node["env"]}
+            os.execve(str(node["interpreter"]), [str(node["interpreter"]), "-e", str(node["stub"])], env)  # noqa: S606
+        except BaseException as exc:
+            with _Suppress(OSError):  # its stderr, once made (PID 1 sees it gone and reports at the request)
+                os.write(2, b"sandbox: could not start node: " + _error_text(exc) + b"\n")
+        os._exit(127)
+    try:
+        for fd in child:
+            os.close(fd)
+        send(conn, MSG_WAITING, server)
+        for fd in server:
+            os.close(fd)
+        request, fds = _await_run(conn, config, stat)
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            raise OSError(errno.ECHILD, "node exited before its request came")
+        # The sandbox user first: the same uid and gid as node lets PID 1 set node's limits without
+        # CAP_SYS_RESOURCE (which a host may not grant); every limit is a lowering of what node inherited
+        _drop_privileges(int(config["uid"]), int(config["gid"]), bpf)
+        for name, value in request["program"]["rlimits"].items():
+            limit = resource.RLIM_INFINITY if int(value) < 0 else int(value)
+            try:
+                resource.prlimit(pid, getattr(resource, f"RLIMIT_{name}"), (limit, limit))
+            except OSError as exc:
+                raise OSError(exc.errno, f"node's RLIMIT_{name} to {limit}: {exc.strerror}") from exc
+        import json
+
+        data = json.dumps({"argv": request["program"]["argv"], "env": request["program"]["env"]}).encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(request_w, view):]
+        os.close(request_w)
+        conn.send(MSG_STARTED)
     except BaseException as exc:
         _report_error(conn, exc)
         os._exit(125)

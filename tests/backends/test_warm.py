@@ -53,7 +53,7 @@ def warm(backend_policies: Path, request: pytest.FixtureRequest) -> Iterator[Run
 
 @pytest.fixture(scope="module")
 def cold(backend_policies: Path) -> Iterator[RunningServer]:
-    yield from start(backend_policies, warm_python=False)
+    yield from start(backend_policies, warm_python=False, warm_javascript=False)
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -501,12 +501,74 @@ def _parent(pid: int) -> int:
 
 
 # ---- what runs cold -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("language", "code"), [
-    ("bash", "tr '\\0' '\\n' < /proc/1/cmdline | head -1"),
-    ("javascript", "console.log(require('fs').readFileSync('/proc/1/cmdline', 'utf8').split('\\0')[0])"),
-])
-def test_other_languages_run_cold(warm: RunningServer, language: str, code: str) -> None:
-    assert checked(warm, code, language=language, warm_expected=False) == "/usr/bin/perl\n"
+def test_bash_runs_cold(warm: RunningServer) -> None:
+    code = "tr '\\0' '\\n' < /proc/1/cmdline | head -1"
+    assert checked(warm, code, language="bash", warm_expected=False) == "/usr/bin/perl\n"
+
+
+# ---- JavaScript: a node started ahead per sandbox -------------------------------------------------------------
+JS_INIT_CMDLINE = "console.log(require('fs').readFileSync('/proc/1/cmdline', 'utf8').split('\\0')[0])"
+JS_SAME_AS_COLD: dict[str, tuple[str, dict[str, Any]]] = {
+    "main module": ("console.log(JSON.stringify([process.argv, process.cwd(), require.main === module, __filename, "
+                    "__dirname, module.id, process.execArgv, process.argv0]))", {}),
+    "environment": ("console.log(JSON.stringify(Object.entries(process.env).sort()))",
+                    {"env": {"ONE": "1", "UNICODE": "héllo ✓", "EMPTY": ""}}),
+    "time zone": ("console.log(new Date(0).toString(), Intl.DateTimeFormat().resolvedOptions().timeZone)",
+                  {"env": {"TZ": "Europe/Paris"}}),
+    "identity": ("const os = require('os'); console.log(process.getuid(), process.getgid(), process.getgroups(), "
+                 "process.pid, process.ppid, os.hostname(), os.userInfo().username, os.homedir(), "
+                 "os.getPriority())", {}),
+    "limits": ("console.log(require('fs').readFileSync('/proc/self/limits', 'utf8'))", {}),
+    "stdin": ("let d = ''; process.stdin.on('data', c => d += c).on('end', () => console.log(d.length, "
+              "JSON.stringify(d.slice(0, 12))))", {"stdin": "first line\nsecond ✓\n"}),
+    "exit code": ("process.exitCode = 7; console.log('set')", {}),
+    "stderr and status": ("console.error('to stderr'); process.exit(3)", {}),
+    "files": ("require('fs').writeFileSync('out.txt', 'written'); console.log(require('fs').readdirSync('.'))", {}),
+    "fds": ("console.log(require('fs').readdirSync('/proc/self/fd').length)", {}),
+    "privileges": ("console.log(require('fs').readFileSync('/proc/self/status', 'utf8').split('\\n').filter(l => "
+                   "/^(Uid|Gid|Groups|Cap|NoNewPrivs|Seccomp)/.test(l)).join('\\n'))", {}),
+}
+
+
+def js_launched(srv: RunningServer) -> int:
+    backend = srv.app.backend
+    assert isinstance(backend, NsjailBackend)
+    return backend.warm_js.launched if backend.warm_js is not None else 0
+
+
+def test_javascript_runs_warm(warm: RunningServer) -> None:
+    before = js_launched(warm)
+    assert checked(warm, JS_INIT_CMDLINE, language="javascript", warm_expected=None) == "sandbox-init\n"
+    assert js_launched(warm) == before + 1
+
+
+@pytest.mark.parametrize("name", sorted(JS_SAME_AS_COLD))
+def test_javascript_same_result_as_a_cold_start(name: str, warm: RunningServer, cold: RunningServer) -> None:
+    code, kwargs = JS_SAME_AS_COLD[name]
+    before = js_launched(warm)
+    warm_result = run(warm, code, language="javascript", warm_expected=None, **kwargs)
+    assert js_launched(warm) == before + 1
+    cold_result = run(cold, code, language="javascript", warm_expected=None, **kwargs)
+    assert comparable(warm_result) == comparable(cold_result)
+
+
+def test_javascript_uncaught_error_as_a_cold_start(warm: RunningServer, cold: RunningServer) -> None:
+    """The same status and message; the stack's last frames differ (node -e's own below runMain's)."""
+    code = "function f() { throw new TypeError('boom') }\nf()"
+    results = [run(srv, code, language="javascript", warm_expected=None) for srv in (warm, cold)]
+    assert {(r.status, r.exit_code) for r in results} == {(Status.NONZERO_EXIT, 1)}
+    heads = [r.stderr.split("    at Module._compile")[0] for r in results]
+    assert heads[0] == heads[1]
+    assert "TypeError: boom" in heads[0]
+
+
+@pytest.mark.parametrize(("name", "value"), [("NODE_OPTIONS", "--max-old-space-size=64"), ("UV_THREADPOOL_SIZE", "2"),
+                                             ("LC_CTYPE", "C.UTF-8"), ("OPENSSL_CONF", "/dev/null")])
+def test_javascript_startup_environment_runs_cold(warm: RunningServer, name: str, value: str) -> None:
+    before = js_launched(warm)
+    result = run(warm, JS_INIT_CMDLINE, language="javascript", warm_expected=None, env={name: value})
+    assert (result.status, result.stdout) == (Status.OK, "/usr/bin/perl\n"), result.stderr
+    assert js_launched(warm) == before
 
 
 @pytest.mark.parametrize(("name", "value"), [
