@@ -16,6 +16,8 @@ Four modes, each after an unmeasured warm-up, at every concurrency C (C threads)
   workload  --n distinct small programs with test assertions (bench/workload.py), each printing "ok"
   paced     print("hello") at C=1 with --pace-ms between calls (an agent's pace: the server is idle between
             them), --hello-n / 2 times; its exec/s counts the pauses, so only its latency means anything
+  node      console.log("hello") at C=1, back to back and paced (>= 100 ms), --js-n times each: bare `node -e`, the cold
+            jail and the warm path's node started ahead (the fresh server; fork is Python's alone)
 
 It prints p50/p99 latency and executions per second per mode, with ratios against bare at the same C
 (p50 ratio < 1 and throughput ratio > 1: faster than bare). Needs root (the server's jails).
@@ -46,6 +48,7 @@ from sandbox_server.testing import server_in_thread
 
 HELLO = 'print("hello")'
 HELLO_STDOUT = "hello\n"
+NODE_HELLO = 'console.log("hello")'
 WARMUP = 20
 
 
@@ -86,7 +89,8 @@ def sandboxed(client: SandboxClient, cycle: _Cycle, expected: str) -> Callable[[
 
 @contextlib.contextmanager
 def server(mode: str, max_running: int) -> Iterator[str]:
-    warm = {"warm_python": False} if mode == "cold" else {"warm_python": True, "warm_python_mode": mode}
+    warm = ({"warm_python": False, "warm_javascript": False} if mode == "cold"
+            else {"warm_python": True, "warm_javascript": True, "warm_python_mode": mode})
     with server_in_thread(max_running=max_running, max_queued=64, incidents={"enabled": False}, **warm) as srv:
         yield srv.target
 
@@ -120,7 +124,33 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
         print(f"\npaced (C=1, {args.pace_ms:g} ms between calls)", file=sys.stderr)
         print(format_table(measured), file=sys.stderr)
         rows.extend({"workload": "paced", **asdict(r)} for r in measured)
+        # node takes ~40 ms of CPU to start: paced, a call comes at least 100 ms after the last
+        for name, node_pause in (("node", 0.0), ("node paced", max(pause, 0.1))):
+            base = measure("bare", bare_node(), args.js_n, 1, WARMUP, node_pause)
+            measured = [base] + [with_ratios(measure(mode, sandboxed_node(client), args.js_n, 1, WARMUP, node_pause),
+                                             base) for mode, client in (("cold", cold), ("warm", fresh))]
+            print(f"\n{name} (C=1)", file=sys.stderr)
+            print(format_table(measured), file=sys.stderr)
+            rows.extend({"workload": name, **asdict(r)} for r in measured)
     return rows
+
+
+def bare_node() -> Callable[[], None]:
+    def one() -> None:
+        proc = subprocess.run(["/usr/bin/node", "-e", NODE_HELLO], capture_output=True, check=False)
+        if proc.returncode != 0 or proc.stdout.decode() != HELLO_STDOUT:
+            raise RuntimeError(f"bare node: exit {proc.returncode}, stderr {proc.stderr[-300:]!r}")
+
+    return one
+
+
+def sandboxed_node(client: SandboxClient) -> Callable[[], None]:
+    def one() -> None:
+        result = client.execute(NODE_HELLO, language="javascript")
+        if result.status != "OK" or result.stdout != HELLO_STDOUT:
+            raise RuntimeError(f"sandbox node: {result.status} {result.message!r} {result.stderr[-300:]!r}")
+
+    return one
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hello-n", type=int, default=300, help="hello-world runs per mode and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--pace-ms", type=float, default=50.0, help="pause between the paced workload's calls")
+    parser.add_argument("--js-n", type=int, default=100, help="node hello-world runs per mode, back to back and paced")
     parser.add_argument("--json", nargs="?", const="-", default=None, help="write JSON to PATH (or stdout)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:

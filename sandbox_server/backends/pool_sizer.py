@@ -2,7 +2,7 @@
 
 A burst of N requests should find N sandboxes ready, so the target is the peak number of warm executions in
 flight during the last ``window_s`` seconds (never below the operator's minimum or above their maximum). An idle
-sandbox holds memory (its private pages: what its cgroup is charged, measured on every sandbox made), so the
+sandbox holds memory (its private pages: what its cgroup is charged, read as each is taken by a request), so the
 pool may take at most ``memory_fraction`` of what the host has available (psutil), counting the pool's own
 sandboxes as available: a host short of memory keeps fewer, down to none, whatever the minimum says. After a
 burst the target falls back once the window has passed it.

@@ -451,8 +451,6 @@ class WarmPython:
                     _close_all(fds)
             if program is not None:
                 program.setblocking(False)
-            with contextlib.suppress(OSError, ValueError):
-                self.sizer.measured(cgroup.peak_memory_bytes())  # what one more ready sandbox costs the host
             return _Ready(zygote, cgroup, conn, program, pidfd, init_pid, stdio)
         except BaseException as exc:
             _close_all(procs)
@@ -551,6 +549,9 @@ class WarmPython:
             self._refill()
         if ready.zygote.forks >= self.recycle_after and ready.zygote is self.zygote:
             self._schedule_replace()
+        with contextlib.suppress(OSError, ValueError):
+            # What a ready sandbox holds, its interpreter started (a fresh one or node starts after WAITING)
+            self.sizer.measured(ready.cgroup.peak_memory_bytes())
         try:
             ready.cgroup.update(self._pool_limits,
                                 CgroupLimits(limits.memory_bytes, limits.max_pids + INIT_PIDS, spec.cpu_cores))
