@@ -584,9 +584,10 @@ def _sandbox(conn_fd: int, config: dict[str, Any], bpf: bytes) -> _Program:
         send(conn, MSG_WAITING, [ours.fileno()])
         ours.close()
         request, fds = _await_run(conn, config, stat)
+        # The sandbox user before the program may go: its code must never see (or race) a root PID 1
+        _drop_privileges(int(config["uid"]), int(config["gid"]), bpf)
         go_ours.send(GO)
         go_ours.close()
-        _drop_privileges(int(config["uid"]), int(config["gid"]), bpf)
     except BaseException as exc:
         _report_error(conn, exc)
         os._exit(125)
@@ -626,29 +627,37 @@ def _node_sandbox(conn: socket.socket, config: dict[str, Any], bpf: bytes, mask:
     child = [pairs[0][0], pairs[1][1], pairs[2][1], pairs[3][0]]  # the ends node holds, as its fds 0-3
     server = [pairs[0][1], pairs[1][0], pairs[2][0]]
     request_w = pairs[3][1]
+    exec_r, exec_w = os.pipe()  # close-on-exec: its EOF tells PID 1 the child is the sandbox user, and node
     pid = os.fork()
     if pid == 0:
+        import fcntl
+
         try:
             conn.close()
-            for fd in (*server, request_w):
+            for fd in (*server, request_w, exec_r):
                 os.close(fd)
+            exec_w = fcntl.fcntl(exec_w, fcntl.F_DUPFD_CLOEXEC, 10)  # out of 0-3's way, as are these:
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in child]
             _drop_privileges(int(config["uid"]), int(config["gid"]), bpf)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            import fcntl
-
-            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in child]  # out of 0-3's way
             for target, fd in enumerate(high):
                 os.dup2(fd, target)  # inheritable
             os.setpriority(os.PRIO_PROCESS, 0, int(config["nice"]))  # its start is the pool's work, not a request's
             env = {str(k): str(v) for k, v in node["env"]}
             os.execve(str(node["interpreter"]), [str(node["interpreter"]), "-e", str(node["stub"])], env)  # noqa: S606
         except BaseException as exc:
-            with _Suppress(OSError):  # its stderr, once made (PID 1 sees it gone and reports at the request)
-                os.write(2, b"sandbox: could not start node: " + _error_text(exc) + b"\n")
+            with _Suppress(OSError):
+                os.write(exec_w, _error_text(exc))
         os._exit(127)
     try:
-        for fd in child:
+        for fd in (*child, exec_w):
             os.close(fd)
+        # Until node runs (or failed to): before that its credentials are still PID 1's, and limits set on it
+        # now would be set on a root process as the sandbox user, which the kernel refuses
+        failure = b"".join(iter(lambda: os.read(exec_r, 4096), b""))
+        os.close(exec_r)
+        if failure:
+            raise OSError(errno.ENOEXEC, "could not start node: " + failure.decode(errors="replace"))
         send(conn, MSG_WAITING, server)
         for fd in server:
             os.close(fd)

@@ -501,6 +501,16 @@ def _parent(pid: int) -> int:
 
 
 # ---- what runs cold -----------------------------------------------------------------------------------------------
+def test_pid_1_is_the_sandbox_user_before_any_user_code(warm: RunningServer) -> None:
+    """PID 1 takes the sandbox user before it lets the program go: the program's first instruction already sees
+    it so (it could otherwise catch a root PID 1 for a moment; the red-team case info-foreign-processes)."""
+    python = "print(open('/proc/1/status').read().split('Uid:')[1].split()[0])"
+    js = "console.log(require('fs').readFileSync('/proc/1/status', 'utf8').split('Uid:')[1].trim().split(/\\s+/)[0])"
+    for _ in range(15):
+        assert checked(warm, python) == "65534\n"
+        assert checked(warm, js, language="javascript", warm_expected=None) == "65534\n"
+
+
 def test_bash_runs_cold(warm: RunningServer) -> None:
     code = "tr '\\0' '\\n' < /proc/1/cmdline | head -1"
     assert checked(warm, code, language="bash", warm_expected=False) == "/usr/bin/perl\n"
