@@ -30,7 +30,7 @@ sandbox    forked ahead of requests (the server keeps a few ready), so that all 
            fresh ``__main__``, sys.argv and sys.path, the standard streams, ``random`` reseeded from os.urandom,
            no cache of the zygote's).
            At the request, PID 1 mounts the scratch (a detached clone of the server's tmpfs, passed as an fd),
-           /tmp and /dev/shm, tells the program to go, drops to the sandbox user as well and becomes the minimal
+           /tmp and /dev/shm, drops to the sandbox user as well, tells the program to go and becomes the minimal
            init (the perl init's semantics, sandbox_init.py): reaps orphans, reports the program's raw wait
            status on the status pipe (which the program never holds), kills what is left, and kills everything
            at the wall-time backstop. The program sets the request's rlimits, takes the sandbox uid (no
@@ -540,7 +540,7 @@ def _receive(sock: _socket.socket, json: bool = True) -> tuple[dict[str, Any], l
 def _sandbox(conn_fd: int, config: dict[str, Any], bpf: bytes) -> _Program:
     """PID 1 of a new sandbox. Before any request: join its cgroup, new namespaces, /proc, hostname, lo; fork
     the program process, which gets as far as it can without a request and waits. At the request: mount the
-    scratch, /tmp and /dev/shm, let the program go, drop to the sandbox user and be the program's init.
+    scratch, /tmp and /dev/shm, drop to the sandbox user, let the program go and be the program's init.
     Returns only in the program process."""
     import socket
 
