@@ -510,6 +510,9 @@ def test_the_breaker_opens_fails_fast_probes_and_closes() -> None:
             with pytest.raises(CircuitOpenError) as still:  # open still, though the server is back
                 sbx.execute("print(1)")
             time.sleep(still.value.retry_after or 0)
+            # The channel may be between two reconnection attempts (the breaker is not what is tested there):
+            # connected first, without a call, so that the probe meets a ready channel
+            grpc.channel_ready_future(sbx._channel).result(timeout=10)
             assert sbx.execute("print('probe')").stdout == "probe\n"  # the probe goes, and closes it
             assert sbx._breaker.state == "closed"
             assert all(sbx.execute("print(2)").ok for _ in range(3))
