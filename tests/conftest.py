@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -120,7 +120,7 @@ def leftovers(server: RunningServer) -> list[str]:
     return found
 
 
-def assert_no_leftovers(server: RunningServer, wait_s: float = 5.0) -> None:
+def check_no_leftovers(server: RunningServer, wait_s: float = 5.0) -> None:
     """Teardown may still be finishing for a cancelled call: wait briefly, then fail with what is left."""
     deadline = time.monotonic() + wait_s
     while (left := leftovers(server)) and time.monotonic() < deadline:
@@ -129,9 +129,15 @@ def assert_no_leftovers(server: RunningServer, wait_s: float = 5.0) -> None:
 
 
 @pytest.fixture
+def assert_no_leftovers() -> Callable[..., None]:
+    """check_no_leftovers, for any test module (a fixture: conftest.py files cannot be imported by name)."""
+    return check_no_leftovers
+
+
+@pytest.fixture
 def no_leftovers(server: RunningServer) -> Iterator[None]:
     yield
-    assert_no_leftovers(server)
+    check_no_leftovers(server)
 
 
 def _docker_leftovers(server: RunningServer, backend: DockerBackend) -> list[str]:

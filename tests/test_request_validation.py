@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,7 +33,6 @@ pytestmark = pytest.mark.usefixtures("no_leftovers")
 
 KIB = 1024
 MIB = 1024 * KIB
-ROOT_CONFTEST = Path(__file__).resolve().parent / "conftest.py"
 LIMIT_FIELDS = ("wall_time_ms", "cpu_time_ms", "memory_bytes", "max_pids", "output_bytes", "file_size_bytes",
                 "scratch_bytes")
 EXECUTE = "/sandbox.v1.Sandbox/Execute"
@@ -61,17 +59,6 @@ def backend_runs(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> list
 
     monkeypatch.setattr(backend, "run", spy)
     return calls
-
-
-@pytest.fixture
-def assert_no_leftovers(pytestconfig: pytest.Config) -> Callable[[RunningServer], None]:
-    """tests/conftest.py's ``assert_no_leftovers``, from its registered plugin module (see test_contract)."""
-    for plugin in pytestconfig.pluginmanager.get_plugins():
-        path = getattr(plugin, "__file__", None)
-        if path is not None and Path(path).resolve() == ROOT_CONFTEST:
-            check: Callable[[RunningServer], None] = plugin.assert_no_leftovers
-            return check
-    raise AssertionError(f"{ROOT_CONFTEST} is not loaded")
 
 
 def identity(data: bytes) -> bytes:

@@ -38,26 +38,10 @@ pytestmark = pytest.mark.usefixtures("no_leftovers")
 
 KIB = 1024
 MIB = 1024 * KIB
-ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
 TAG_VAR = "CONTRACT_TEST_TAG"
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
-@pytest.fixture
-def assert_no_leftovers(pytestconfig: pytest.Config) -> Callable[[RunningServer], None]:
-    """tests/conftest.py's ``assert_no_leftovers``, taken from its registered plugin module.
-
-    conftest.py files outside packages all import as ``conftest``, so ``from conftest import ...`` would get
-    whichever one pytest imported last.
-    """
-    for plugin in pytestconfig.pluginmanager.get_plugins():
-        path = getattr(plugin, "__file__", None)
-        if path is not None and Path(path).resolve() == ROOT_CONFTEST:
-            check: Callable[[RunningServer], None] = plugin.assert_no_leftovers
-            return check
-    raise AssertionError(f"{ROOT_CONFTEST} is not loaded")
-
-
 def tagged_processes(tag: str) -> list[int]:
     """Host pids of the processes whose environment holds ``TAG_VAR=tag``: the sandboxes of one test.
 

@@ -31,7 +31,6 @@ from sandbox_server.testing import RunningServer, server_in_thread
 
 KIB = 1024
 MIB = 1024 * KIB
-ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
 ROOTFS = Path("/var/lib/sandbox-server/rootfs/bookworm")
 INIT_CMDLINE = "print(open('/proc/1/cmdline', 'rb').read().split(b'\\0')[0].decode())"
 
@@ -61,17 +60,6 @@ def unpooled(backend_policies: Path, request: pytest.FixtureRequest) -> Iterator
     """Every sandbox forked when its request arrives, after the one before it has run."""
     yield from start(backend_policies, warm_python=True, warm_python_pool=0, warm_python_pool_max=0,
                      warm_python_mode=request.param)
-
-
-@pytest.fixture
-def assert_no_leftovers(pytestconfig: pytest.Config) -> Callable[[RunningServer], None]:
-    """tests/conftest.py's ``assert_no_leftovers``, from its registered plugin module (see test_contract)."""
-    for plugin in pytestconfig.pluginmanager.get_plugins():
-        path = getattr(plugin, "__file__", None)
-        if path is not None and Path(path).resolve() == ROOT_CONFTEST:
-            check: Callable[[RunningServer], None] = plugin.assert_no_leftovers
-            return check
-    raise AssertionError(f"{ROOT_CONFTEST} is not loaded")
 
 
 def warm_path(srv: RunningServer) -> WarmPython:
