@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hello import Row, format_table, measure, with_ratios
+from hello import PROGRAMS, Row, bare_runner, format_table, measure, sandbox_runner, with_ratios
 from workload import EXPECTED_STDOUT as WORKLOAD_STDOUT
 from workload import programs
 
@@ -48,7 +48,6 @@ from sandbox_server.testing import server_in_thread
 
 HELLO = 'print("hello")'
 HELLO_STDOUT = "hello\n"
-NODE_HELLO = 'console.log("hello")'
 WARMUP = 20
 
 
@@ -124,33 +123,18 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
         print(f"\npaced (C=1, {args.pace_ms:g} ms between calls)", file=sys.stderr)
         print(format_table(measured), file=sys.stderr)
         rows.extend({"workload": "paced", **asdict(r)} for r in measured)
+        node_code, node_command = PROGRAMS["javascript"]
         # node takes ~40 ms of CPU to start: paced, a call comes at least 100 ms after the last
         for name, node_pause in (("node", 0.0), ("node paced", max(pause, 0.1))):
-            base = measure("bare", bare_node(), args.js_n, 1, WARMUP, node_pause)
-            measured = [base] + [with_ratios(measure(mode, sandboxed_node(client), args.js_n, 1, WARMUP, node_pause),
-                                             base) for mode, client in (("cold", cold), ("warm", fresh))]
+            base = measure("bare", bare_runner(node_command), args.js_n, 1, WARMUP, node_pause)
+            measured = [base] + [with_ratios(measure(mode, sandbox_runner(client, node_code, "javascript"), args.js_n,
+                                                     1, WARMUP, node_pause), base)
+                                 for mode, client in (("cold", cold), ("warm", fresh))]
             print(f"\n{name} (C=1)", file=sys.stderr)
             print(format_table(measured), file=sys.stderr)
             rows.extend({"workload": name, **asdict(r)} for r in measured)
     return rows
 
-
-def bare_node() -> Callable[[], None]:
-    def one() -> None:
-        proc = subprocess.run(["/usr/bin/node", "-e", NODE_HELLO], capture_output=True, check=False)
-        if proc.returncode != 0 or proc.stdout.decode() != HELLO_STDOUT:
-            raise RuntimeError(f"bare node: exit {proc.returncode}, stderr {proc.stderr[-300:]!r}")
-
-    return one
-
-
-def sandboxed_node(client: SandboxClient) -> Callable[[], None]:
-    def one() -> None:
-        result = client.execute(NODE_HELLO, language="javascript")
-        if result.status != "OK" or result.stdout != HELLO_STDOUT:
-            raise RuntimeError(f"sandbox node: {result.status} {result.message!r} {result.stderr[-300:]!r}")
-
-    return one
 
 
 def main(argv: list[str] | None = None) -> int:
