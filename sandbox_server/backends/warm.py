@@ -301,9 +301,8 @@ class WarmPython:
             "mount_points": [WORKDIR, "/tmp", "/dev/shm", "/proc"],  # noqa: S108 - the sandbox's own tmpfs
             "python": [self.python.interpreter, *self.python.args],  # the zygote's own interpreter
             "fresh": self.mode is WarmPythonMode.FRESH,
-            "node": {"interpreter": self.runtime.interpreter, "stub": NODE_STUB,
-                     "env": [list(kv) for kv in BASE_ENV]} if self.node else None,
-            "program_env": [list(kv) for kv in BASE_ENV],  # a fresh interpreter starts as a cold one does
+            "node": {"interpreter": self.runtime.interpreter, "stub": NODE_STUB} if self.node else None,
+            "program_env": [list(kv) for kv in BASE_ENV],  # a fresh interpreter or node starts as a cold one
             "preload": list(PRELOAD),
             "seccomp": {
                 "eperm": [libseccomp_name(name) for name in DENIED_SYSCALLS],

@@ -643,7 +643,7 @@ def _node_sandbox(conn: socket.socket, config: dict[str, Any], bpf: bytes, mask:
             for target, fd in enumerate(high):
                 os.dup2(fd, target)  # inheritable
             os.setpriority(os.PRIO_PROCESS, 0, int(config["nice"]))  # its start is the pool's work, not a request's
-            env = {str(k): str(v) for k, v in node["env"]}
+            env = {str(k): str(v) for k, v in config["program_env"]}
             os.execve(str(node["interpreter"]), [str(node["interpreter"]), "-e", str(node["stub"])], env)  # noqa: S606
         except BaseException as exc:
             with _Suppress(OSError):
