@@ -667,12 +667,7 @@ def _node_sandbox(conn: socket.socket, config: dict[str, Any], bpf: bytes, mask:
         # The sandbox user first: the same uid and gid as node lets PID 1 set node's limits without
         # CAP_SYS_RESOURCE (which a host may not grant); every limit is a lowering of what node inherited
         _drop_privileges(int(config["uid"]), int(config["gid"]), bpf)
-        for name, value in request["program"]["rlimits"].items():
-            limit = resource.RLIM_INFINITY if int(value) < 0 else int(value)
-            try:
-                resource.prlimit(pid, getattr(resource, f"RLIMIT_{name}"), (limit, limit))
-            except OSError as exc:
-                raise OSError(exc.errno, f"node's RLIMIT_{name} to {limit}: {exc.strerror}") from exc
+        _set_rlimits(request["program"]["rlimits"], pid)
         import json
 
         data = json.dumps({"argv": request["program"]["argv"], "env": request["program"]["env"]}).encode()
@@ -861,6 +856,16 @@ def _fresh(sock_fd: int, go_fd: int, nice: int, workdir: str, file: str) -> _Pro
     return _take_request(sock, go, program, None, nice, mask, stat)
 
 
+def _set_rlimits(rlimits: dict[str, int], pid: int = 0) -> None:
+    """A request's rlimits (by name; -1 for none), soft and hard, on process ``pid`` (0: this one)."""
+    for name, value in rlimits.items():
+        limit = resource.RLIM_INFINITY if int(value) < 0 else int(value)
+        try:
+            resource.prlimit(pid, getattr(resource, f"RLIMIT_{name}"), (limit, limit))
+        except OSError as exc:
+            raise OSError(exc.errno, f"RLIMIT_{name} to {limit}: {exc.strerror}") from exc
+
+
 def _take_request(sock: _socket.socket, go: _socket.socket, program: _Program, uid: int | None, nice: int,
                   mask: set[int], stat: list[int]) -> _Program:
     """Wait for the request, then take it: its rlimits, the sandbox uid (``uid``; None: taken already), its
@@ -872,9 +877,7 @@ def _take_request(sock: _socket.socket, go: _socket.socket, program: _Program, u
         request, fds = run
         if len(fds) != FD_STDERR + 1:
             raise ValueError("RUN without the program's stdio")
-        for name, value in request["rlimits"].items():
-            limit = resource.RLIM_INFINITY if int(value) < 0 else int(value)
-            resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (limit, limit))
+        _set_rlimits(request["rlimits"])
         if uid is not None:
             _become(uid)
         for target in (FD_STDIN, FD_STDOUT, FD_STDERR):
