@@ -199,10 +199,23 @@ def test_a_program_cannot_reach_its_zygote(warm: RunningServer) -> None:
 
 
 # ---- the zygote holds nothing -------------------------------------------------------------------------------
+def quiet_fds(srv: RunningServer, pid: int, timeout_s: float = 10.0) -> dict[str, str]:
+    """The zygote's open fds while it forks nothing: forking, it holds that sandbox's socket for a moment (the
+    pool refills when an execution ends, so a fork may be under way just as a test looks)."""
+    warm_py = warm_path(srv)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        while warm_py._filling and time.monotonic() < deadline:
+            time.sleep(0.01)
+        links = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        if not warm_py._filling or time.monotonic() >= deadline:  # none began while we read
+            return links
+
+
 def test_zygote_has_no_environment_and_no_files(warm: RunningServer) -> None:
     pid = zygote_pid(warm)
     assert Path(f"/proc/{pid}/environ").read_bytes() == b""
-    links = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    links = quiet_fds(warm, pid)
     sockets = [fd for fd, target in links.items() if target.startswith("socket:")]
     others = {fd: t for fd, t in links.items()
               if fd not in sockets and t != "/dev/null" and t != "anon_inode:[pidfd]"}
