@@ -100,10 +100,13 @@ def sbx(server: RunningServer) -> Iterator[SandboxClient]:
 def leftovers(server: RunningServer) -> list[str]:
     """Scratch mounts, cgroups, containers and jailed processes of this server that still exist
     (warm-pool containers, never used, excepted)."""
-    found: list[str] = []
+    # The admission slot is released only after the backend's teardown returns, a few awaits after the last
+    # process, mount or cgroup is gone: a held slot is a leftover too, until the call has really ended.
+    held = server.app.admission.running
+    found: list[str] = [f"admission slots held {held}"] if held else []
     backend = server.app.backend
     if isinstance(backend, DockerBackend):
-        return _docker_leftovers(server, backend)
+        return found + _docker_leftovers(server, backend)
     scratch = server.settings.state_dir / "scratch"
     if scratch.exists():
         found += [f"scratch {p.name}" for p in scratch.iterdir()]
