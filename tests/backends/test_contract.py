@@ -71,6 +71,8 @@ def sandbox_descendants(uid: int, since: float) -> list[psutil.Process]:
         try:
             if proc.uids().real != uid or proc.create_time() < since:
                 continue
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue  # dead, holding nothing: a warm sandbox's PID 1 is reaped by its zygote just after
             if any(parent.pid == me for parent in proc.parents()):
                 out.append(proc)
         except psutil.Error:
