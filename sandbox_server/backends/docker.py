@@ -50,7 +50,7 @@ from sandbox_server.backends.sandbox_init import DOCKER_INIT, FRAME_DATA, FRAME_
 from sandbox_server.backends.seccomp import docker_profile
 from sandbox_server.errors import BackendUnavailable, SandboxFailure
 from sandbox_server.execution.output import OutputCapture, select_outputs
-from sandbox_server.execution.runtimes import RUNTIMES, Runtime
+from sandbox_server.execution.runtimes import BASE_ENV, HOSTNAME, RUNTIMES, WORKDIR, Runtime
 from sandbox_server.execution.spec import (
     ExecutionResult,
     ExecutionSpec,
@@ -71,11 +71,7 @@ SECCOMP_OPT = "seccomp=" + json.dumps(docker_profile(), separators=(",", ":"))
 LABEL_MANAGED = "org.sandbox-server.managed"
 LABEL_OWNER = "org.sandbox-server.owner"
 LABEL_RUNTIME = "org.sandbox-server.runtime"
-WORKDIR = "/work"
-HOSTNAME = "sandbox"
 READ_CHUNK = 64 * 1024
-# Same fixed environment as the nsjail backend.
-BASE_ENV = (("PATH", "/usr/local/bin:/usr/bin:/bin"), ("HOME", WORKDIR), ("TMPDIR", "/tmp"), ("LANG", "C.UTF-8"))  # noqa: S108
 # Reads "<n>\n", then exactly n bytes of tar (dd never reads past n) into /work, then becomes the init.
 BOOTSTRAP = (
     'read -r n || exit 125\n'

@@ -43,6 +43,7 @@ from sandbox_server.backends.scratch import ScratchManager
 from sandbox_server.backends.seccomp import kafel_policy
 from sandbox_server.errors import FieldViolation, InvalidRequest, SandboxFailure
 from sandbox_server.execution.output import OutputCapture
+from sandbox_server.execution.runtimes import BASE_ENV, HOSTNAME, WORKDIR
 from sandbox_server.execution.spec import (
     ExecutionResult,
     ExecutionSpec,
@@ -60,16 +61,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WORKDIR = "/work"
-HOSTNAME = "sandbox"
 NSJAIL_LOG_CAP = 64 * 1024
-# Fixed environment; the request's own variables are added after these (validation keeps these names).
-BASE_ENV = (
-    ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-    ("HOME", WORKDIR),
-    ("TMPDIR", "/tmp"),  # noqa: S108 - the jail's own private tmpfs
-    ("LANG", "C.UTF-8"),
-)
 # Host directories that merged-/usr systems make links into /usr; bound or linked as the host has them.
 TOP_LEVEL_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 HOST_ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime")

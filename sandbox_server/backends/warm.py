@@ -63,11 +63,8 @@ from sandbox_server.backends import zygote as proto
 from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager
 from sandbox_server.backends.jail import Jail, pipe_reader, pipe_writer
 from sandbox_server.backends.nsjail import (
-    BASE_ENV,
-    HOSTNAME,
     NICE_LEVEL,
     RLIMIT_NOFILE,
-    WORKDIR,
     JailLayout,
     cpu_rlimit_s,
     host_view,
@@ -84,7 +81,7 @@ from sandbox_server.backends.seccomp import (
     libseccomp_name,
 )
 from sandbox_server.errors import SandboxFailure
-from sandbox_server.execution.runtimes import Runtime, find_runtime
+from sandbox_server.execution.runtimes import BASE_ENV, HOSTNAME, WORKDIR, Runtime, find_runtime
 from sandbox_server.execution.spec import ExecutionSpec, Limits
 from sandbox_server.settings import Settings, WarmPythonMode
 

@@ -1,4 +1,5 @@
-"""The one table of runtimes: interpreter path, file name and arguments for each language."""
+"""The one table of runtimes (interpreter path, file name and arguments for each language), and what every
+program starts in: working directory, host name, fixed environment."""
 
 from __future__ import annotations
 
@@ -6,6 +7,18 @@ import subprocess
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+# What every program starts in, whichever backend runs it: its working directory (the scratch), the sandbox's
+# host name, and the fixed environment that the request's own variables are added to (validation keeps these
+# names for it).
+WORKDIR = "/work"
+HOSTNAME = "sandbox"
+BASE_ENV = (
+    ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    ("HOME", WORKDIR),
+    ("TMPDIR", "/tmp"),  # noqa: S108 - the sandbox's own private tmpfs
+    ("LANG", "C.UTF-8"),
+)
 
 
 @dataclass(frozen=True)
