@@ -108,6 +108,7 @@ class App:
         admin = AdminServicer(policies, stores.keys, stores.versions, ops=Operations(
             audit=stores.audit, costs=stores.costs, incidents=self.incidents, executions=self.servicer))
         feed = IncidentFeed(self.incidents, metrics)
+        self.backend.on_teardown_failure = feed.on_teardown_failure
         self.idempotency = IdempotencyInterceptor(
             settings.idempotency_window_s, settings.idempotency_max_bytes, settings.idempotency_grace_s)
         chain = ChainDeps(

@@ -1,8 +1,9 @@
 """Feeds what the chain observes into incident response and the metrics that go with it.
 
-``IncidentFeed`` is both a call observer (telemetry link: refused requests, server failures, teardown
-failures) and an execution observer (audit link: how each accepted execution ended); ``IncidentMetrics`` is
-an alert sink that counts opened incidents for ``sandbox_incidents_total``.
+``IncidentFeed`` is a call observer (telemetry link: refused requests, server failures, teardown failures), the
+backend's ``on_teardown_failure`` (teardowns that fail after the reply) and an execution observer (audit link:
+how each accepted execution ended); ``IncidentMetrics`` is an alert sink that counts opened incidents for
+``sandbox_incidents_total``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Protocol
 
 import grpc
 
-from sandbox_server.context import CallRecord
+from sandbox_server.context import CallRecord, call_record
 from sandbox_server.errors import InvalidRequest, SandboxFailure
 from sandbox_server.interceptors.telemetry import SERVER_FAULTS
 from sandbox_server.stores.base import AuditRecord
@@ -40,9 +41,22 @@ class IncidentFeed:
                 self.incidents.on_violation(tenant=call.tenant, session_id=call.session_id,
                                             language=call.language, rules=rules)
         elif isinstance(error, SandboxFailure) and error.metadata.get("phase") == "teardown":
+            self._teardown_failed(call, error)
+
+    def on_teardown_failure(self, error: SandboxFailure) -> None:
+        """A teardown that failed after its execution's reply went out (Backend.on_teardown_failure), told in
+        that execution's context."""
+        call = call_record()
+        if call is not None:
+            self._teardown_failed(call, error)
+        else:
             self.metrics.teardown_failures.add(1, {"backend": error.metadata.get("backend", "")})
-            self.incidents.on_teardown_failure(tenant=call.tenant, session_id=call.session_id,
-                                               language=call.language, detail=error.message)
+            self.incidents.on_teardown_failure(tenant="", session_id="", language="", detail=error.message)
+
+    def _teardown_failed(self, call: CallRecord, error: SandboxFailure) -> None:
+        self.metrics.teardown_failures.add(1, {"backend": error.metadata.get("backend", "")})
+        self.incidents.on_teardown_failure(tenant=call.tenant, session_id=call.session_id,
+                                           language=call.language, detail=error.message)
 
     def on_execution(self, rec: AuditRecord) -> None:
         self.incidents.on_execution(tenant=rec.tenant, session_id=rec.session_id, language=rec.language,

@@ -3,20 +3,56 @@
 from __future__ import annotations
 
 import abc
+import asyncio
+import logging
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
+from sandbox_server.errors import SandboxFailure
 from sandbox_server.execution.spec import ExecutionResult, ExecutionSpec, OutputCallback
+from sandbox_server.telemetry import record_phase
+
+log = logging.getLogger(__name__)
 
 
 class Backend(abc.ABC):
     """Runs each spec in a fresh sandbox that is torn down in every outcome, cancellation included.
 
     ``run`` raises BackendUnavailable when the backend cannot run anything now, SandboxFailure when one
-    sandbox could not be set up; a program's own failure is a result, never an exception.
+    sandbox could not be set up; a program's own failure is a result, never an exception. It returns once the
+    program's outcome is known and none of the processes it started runs; what is left of the teardown then
+    (the sandbox's init exiting, cgroup, scratch, container removal) may finish after the reply, and a failure
+    there goes to ``on_teardown_failure``.
     """
 
     name: str
+    # Told of a teardown that failed after its execution's result was returned, in that execution's context
+    # (the server feeds it to its metrics and incident response). One that fails before is the call's error.
+    on_teardown_failure: Callable[[SandboxFailure], None] | None = None
+
+    def finish_teardown_later(self, task: asyncio.Task[None]) -> None:
+        """Let an execution's teardown go on after its result is returned. Call in the execution's context: the
+        teardown's span and, if it fails, the failure's report then belong to its call."""
+        began = time.time_ns()
+
+        def done(task: asyncio.Task[None]) -> None:
+            record_phase("sandbox.teardown", began)
+            if task.cancelled():
+                return
+            error = task.exception()
+            if not isinstance(error, SandboxFailure):
+                if error is not None:
+                    log.error("teardown failed", exc_info=error)
+                return
+            if self.on_teardown_failure is not None:
+                try:
+                    self.on_teardown_failure(error)
+                except Exception:  # a reporting fault must not hide the teardown's own log line
+                    log.exception("reporting a teardown failure failed")
+
+        task.add_done_callback(done)
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Prepare (reap leftovers of a crash, probe the host). Called once before the first run."""

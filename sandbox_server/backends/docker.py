@@ -307,11 +307,12 @@ class DockerBackend(Backend):
                 task = asyncio.get_running_loop().create_task(self._destroy(run.container))
                 self._teardowns.add(task)
                 task.add_done_callback(self._teardowns.discard)
-                task.add_done_callback(_log_failure)
                 # A container seen stopped has no process left: removing it is bookkeeping the reply need not
                 # wait for (aclose waits for it, the reaper backs it up). Any other must be gone first.
-                teardown_began = time.time_ns()
-                if not run.stopped:
+                if run.stopped:
+                    self.finish_teardown_later(task)
+                else:
+                    teardown_began = time.time_ns()
                     try:
                         await asyncio.shield(task)
                     finally:
@@ -696,11 +697,6 @@ class _Frames:
 
         files, truncated = select_outputs(((p, size, reader(off, size)) for p, (off, size) in found.items()), spec)
         return files, truncated or broken
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("deferred container teardown failed: %s", task.exception())
 
 
 def _quiet(fn: Any, *args: Any) -> None:

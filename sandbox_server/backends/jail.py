@@ -32,7 +32,16 @@ class Jail(abc.ABC):
 
     @abc.abstractmethod
     async def wait(self) -> None:
-        """Return once every process of the sandbox has ended."""
+        """Return once the program's outcome is known and none of the processes it started runs any more. The
+        sandbox's own init may still be exiting (``ended`` waits for that too)."""
+
+    async def ended(self) -> None:
+        """Return once every process of the sandbox, its init included, has ended."""
+        await self.wait()
+
+    def reported(self) -> bool:
+        """True once ``wait`` would return at once: what is left of the sandbox is only its init's exit."""
+        return not self.running()
 
     @abc.abstractmethod
     def outcome(self, killed: bool) -> tuple[int | None, int | None]:

@@ -29,6 +29,7 @@ import re
 import signal
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -318,6 +319,9 @@ class NsjailBackend(Backend):
         self.warm_js_problem = "" if settings.warm_javascript else "off (warm_javascript=false)"
         self.warm_problem = "" if settings.warm_python else "off (warm_python=false)"
         self._teardowns: set[asyncio.Task[None]] = set()
+        # The blocking part of teardowns (rmdir, umount, a busy cgroup's retries), off the event loop, and on
+        # threads of its own so that a stuck teardown cannot hold up the audit writes on the default executor.
+        self._teardown_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sandbox-teardown")
         self._live: dict[str, _Run] = {}  # running executions by id, for kill()
 
     async def start(self) -> None:
@@ -421,24 +425,31 @@ class NsjailBackend(Backend):
         run = _Run(spec=spec)
         self._live[spec.execution_id] = run
         begun = time.time_ns()
+        result: ExecutionResult | None = None
         try:
-            return await self._run(run, self.layout, applied_limits(spec.limits), on_output, warm)
+            result = await self._run(run, self.layout, applied_limits(spec.limits), on_output, warm)
+            return result
         finally:
             self._live.pop(spec.execution_id, None)
             record_phase("sandbox.start", begun, run.spawned_ns or None,
                          **{"sandbox.backend": self.name, "sandbox.warm": warm is not None})
             if run.spawned_ns:
                 record_phase("sandbox.run", run.spawned_ns, run.ended_ns or None)
-            teardown_began = time.time_ns()
-            # Teardown runs as its own task so that a cancelled request still waits for it, and aclose()
-            # can wait for one whose request has gone.
+            # Teardown runs as its own task, so that aclose() can wait for one whose request has gone.
             task = asyncio.get_running_loop().create_task(self._teardown(run))
             self._teardowns.add(task)
             task.add_done_callback(self._teardowns.discard)
-            try:
-                await asyncio.shield(task)
-            finally:
-                record_phase("sandbox.teardown", teardown_began)
+            if result is not None:
+                # The outcome is in and nothing the program started runs any more (Jail.wait): what is left (the
+                # init's exit, the cgroup, the scratch mount) is bookkeeping the reply need not wait for.
+                self.finish_teardown_later(task)
+            else:
+                # Cancelled, or failed: the sandbox may still run, and a cold retry (run) reuses its names
+                teardown_began = time.time_ns()
+                try:
+                    await asyncio.shield(task)
+                finally:
+                    record_phase("sandbox.teardown", teardown_began)
 
     def kill(self, execution_id: str) -> bool:
         run = self._live.get(execution_id)
@@ -589,20 +600,33 @@ class NsjailBackend(Backend):
         """Kill everything, wait for it, remove the cgroup and the scratch mount. Raises SandboxFailure."""
         problems: list[str] = []
         if run.jail is not None:
-            if run.jail.running():
+            if not run.jail.reported():  # the program may still run (a cancelled call, a failed start)
                 self._kill(run, run.killed_for or Status.KILLED)
-                try:
-                    await asyncio.wait_for(run.jail.wait(), timeout=10)
-                except TimeoutError:
-                    problems.append(f"{run.jail} did not exit")
+            try:
+                await asyncio.wait_for(run.jail.ended(), timeout=10)
+            except TimeoutError:
+                self._kill(run, run.killed_for or Status.KILLED)
+                problems.append(f"{run.jail} did not exit")
             await run.jail.aclose()
+        if run.cgroup is not None or run.scratch is not None:
+            still_running = run.jail is None or run.jail.running()
+            loop = asyncio.get_running_loop()
+            problems += await loop.run_in_executor(self._teardown_threads, self._remove, run, still_running)
+        if problems:
+            log.error("teardown of %s left: %s", run.spec.execution_id, "; ".join(problems))
+            raise SandboxFailure("sandbox teardown failed: " + "; ".join(problems),
+                                 metadata={"phase": "teardown", "backend": self.name})
+
+    def _remove(self, run: _Run, still_running: bool) -> list[str]:
+        """Remove the execution's cgroup and scratch mount (blocking: on a teardown thread); what was left."""
+        problems: list[str] = []
         if run.cgroup is not None:
             for attempt in range(200):
-                if attempt or run.jail is None or run.jail.running():
+                if attempt or still_running:
                     run.cgroup.kill_all()
                 if run.cgroup.try_remove():  # usually at once: the jail has ended, its cgroup is empty
                     break
-                await asyncio.sleep(0.01)
+                time.sleep(0.01)
             else:
                 problems.append(f"cgroup {run.spec.execution_id} still busy")
         if run.scratch is not None:
@@ -610,14 +634,12 @@ class NsjailBackend(Backend):
                 self.scratch.destroy(run.scratch)
             except OSError as exc:
                 problems.append(f"scratch {run.scratch}: {exc}")
-        if problems:
-            log.error("teardown of %s left: %s", run.spec.execution_id, "; ".join(problems))
-            raise SandboxFailure("sandbox teardown failed: " + "; ".join(problems),
-                                 metadata={"phase": "teardown", "backend": self.name})
+        return problems
 
     async def aclose(self) -> None:
         if self._teardowns:
             await asyncio.gather(*self._teardowns, return_exceptions=True)
+        self._teardown_threads.shutdown(wait=True)
         warm = [w for w in (self.warm, self.warm_js) if w is not None]
         for w in warm:
             await w.aclose()

@@ -639,6 +639,7 @@ class WarmJail(Jail):
         self._transports: list[asyncio.BaseTransport] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._reports: asyncio.Task[None] | None = None
+        self._reported = asyncio.Event()  # PID 1's report is in (or the status pipe's EOF came without one)
         self.on_close: Callable[[], None] | None = None  # told once, when the jail is closed
 
     def __str__(self) -> str:
@@ -678,9 +679,14 @@ class WarmJail(Jail):
                 self._error = self._error or msg[1:].decode(errors="replace")
 
     async def _read_status(self, reader: asyncio.StreamReader) -> None:
-        while chunk := await reader.read(REPORT_CAP):
-            if len(self._report) < REPORT_CAP:
-                self._report += chunk[: REPORT_CAP - len(self._report)]
+        try:
+            while chunk := await reader.read(REPORT_CAP):
+                if len(self._report) < REPORT_CAP:
+                    self._report += chunk[: REPORT_CAP - len(self._report)]
+                if b"\n" in self._report:  # one short write, so whole: "<code> <signal>\n"
+                    self._reported.set()
+        finally:
+            self._reported.set()
 
     def running(self) -> bool:
         return self._reports is not None and not self._reports.done()
@@ -692,8 +698,18 @@ class WarmJail(Jail):
     async def wait(self) -> None:
         if self._reports is None:
             return
-        await asyncio.wait({self._reports})  # the status pipe's EOF: PID 1, its last holder, has exited
+        # PID 1 reports only once it has killed and reaped every other process of its PID namespace
+        # (zygote._init), and then exits at once: from the report on, only its own exit is left (ended()).
+        await self._reported.wait()
         await asyncio.wait(self._tasks[1:], timeout=CONN_DRAIN_S)  # a set-up error sent just before that
+
+    def reported(self) -> bool:
+        return self._reports is None or self._reported.is_set()
+
+    async def ended(self) -> None:
+        await self.wait()
+        if self._reports is not None:
+            await asyncio.wait({self._reports})  # the status pipe's EOF: PID 1, its last holder, is exiting
         await self._exited()
 
     async def _exited(self) -> None:

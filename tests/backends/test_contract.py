@@ -83,17 +83,18 @@ def sandbox_descendants(uid: int, since: float) -> list[psutil.Process]:
 def leftover_sandbox_processes(server: RunningServer, since: float, wait_s: float = 2.0) -> list[psutil.Process]:
     """sandbox_descendants, but for the warm paths' ready sandboxes: their interpreters (fresh Python, node) run as
     the sandbox user ahead of any request (their own namespaces; nothing of a request is in them). A sandbox
-    still being set up joins the pool within moments, so what is left is looked at again for ``wait_s``."""
+    still being set up joins the pool within moments, and a finished one's init (which has reported only once
+    everything the program started was gone) exits within moments of the reply, so what is left is looked at
+    again for ``wait_s``."""
     backend = server.app.backend
     paths = [w for w in (getattr(backend, "warm", None), getattr(backend, "warm_js", None)) if w is not None]
     deadline = time.monotonic() + wait_s
     while True:
         found = sandbox_descendants(server.settings.sandbox_uid, since)
         # Looked at after the processes were listed: a sandbox that joined the pool since is counted as ready
-        filling = any(w._filling for w in paths)
         ready = {r.init_pid for w in paths for r in w._pool}
         left = [p for p in found if not any(parent.pid in ready for parent in _parents(p))]
-        if not left or not filling or time.monotonic() > deadline:
+        if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
 

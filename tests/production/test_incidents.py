@@ -23,6 +23,7 @@ from sandbox_client import (
     ResourceExhaustedError,
     SandboxClient,
     ServerError,
+    Status,
 )
 from sandbox_server.backends.nsjail import NsjailBackend
 from sandbox_server.errors import SandboxFailure
@@ -148,6 +149,16 @@ class _LeakyTeardown(NsjailBackend):
                              metadata={"phase": "teardown", "backend": self.name})
 
 
+class _LeakyDeferredTeardown(NsjailBackend):
+    """The real nsjail backend, whose teardown after the reply then reports a leak: fault injection for the
+    rule's other way in (Backend.on_teardown_failure)."""
+
+    async def _teardown(self, run: Any) -> None:
+        await super()._teardown(run)
+        raise SandboxFailure("sandbox teardown failed: scratch still mounted (injected)",
+                             metadata={"phase": "teardown", "backend": self.name})
+
+
 class _Failing(NsjailBackend):
     """Fails every execution as the server's fault (fault injection for the error-rate rule)."""
 
@@ -170,6 +181,23 @@ def test_a_teardown_failure_disables_the_language(tmp_path: Path) -> None:
         _run(srv, _manager(srv).resolve(incident.id, "admin/test", "fixed the host"))
         with pytest.raises(ServerError):  # allowed again (and this backend still fails)
             sbx.execute("print(1)")
+
+
+def test_a_teardown_failing_after_the_reply_disables_the_language(tmp_path: Path) -> None:
+    with server_with_policy(tmp_path, "", backend_factory=_LeakyDeferredTeardown) as srv, \
+            SandboxClient(srv.target, retry=None) as sbx:
+        result = sbx.execute("print(1)", session_id="leaky")
+        assert (result.status, result.stdout) == (Status.OK, "1\n")  # the reply went out before the teardown
+        _until(lambda: bool(_open(srv, "teardown_failure")), "the incident")
+        (incident,) = _open(srv, "teardown_failure")
+        assert (incident.severity, incident.scope, incident.subject) == ("critical", "language", "python")
+        assert "scratch still mounted" in incident.details.get("detail", "")
+        # told in the execution's own context, after its call had ended
+        assert (incident.details.get("tenant"), incident.details.get("session_id")) == ("default", "leaky")
+        with pytest.raises(PermissionDeniedError) as info:
+            sbx.execute("print(1)")
+        assert info.value.reason == "LANGUAGE_DISABLED"
+        assert metric(scrape(srv), "sandbox_teardown_failures_total", backend="nsjail") == 1
 
 
 def test_a_high_error_rate_alerts(tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]]) -> None:
