@@ -580,10 +580,14 @@ class DockerBackend(Backend):
         api = self._api
         if api is None:
             return 0
-        owned = self._live | {c.id for q in self._pool.values() for c in q}
-        found = await self._call(api.containers, all=True, quiet=True,
+        found = await self._call(api.containers, all=True,
                                  filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_OWNER}={self.owner}"]})
-        strays = [c["Id"] for c in found if c["Id"] not in owned]
+        # Looked at after the listing, by id and by name: a container being created while the list was made is
+        # registered by name from before its create call until its id is (a snapshot taken before the list,
+        # by id alone, let the reaper remove a request's brand-new container under it).
+        owned = self._live | {c.id for q in self._pool.values() for c in q}
+        strays = [c["Id"] for c in found
+                  if c["Id"] not in owned and not owned.intersection(_our_names(c.get("Names") or []))]
         for cid in strays:
             with contextlib.suppress(docker.errors.NotFound):
                 await self._call(api.remove_container, cid, force=True, v=True)
@@ -697,6 +701,11 @@ class _Frames:
 
         files, truncated = select_outputs(((p, size, reader(off, size)) for p, (off, size) in found.items()), spec)
         return files, truncated or broken
+
+
+def _our_names(names: list[str]) -> list[str]:
+    """The names _create gives (``sandbox-<name>``) as Docker lists them (``/sandbox-<name>``): the <name>s."""
+    return [n.lstrip("/").removeprefix("sandbox-") for n in names]
 
 
 def _quiet(fn: Any, *args: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -114,6 +115,27 @@ def test_reaper_removes_our_strays_and_only_ours(docker_server: RunningServer) -
         assert other["Id"] in ids
     finally:
         api.remove_container(other["Id"], force=True)
+
+
+def test_reaper_spares_a_container_being_created(docker_server: RunningServer) -> None:
+    """A request's container whose create call has not returned yet is known by name only: the reaper, listing
+    at that moment, must leave it alone (it used to remove it, and the request failed with a 404)."""
+    backend = docker_server.app.backend
+    assert isinstance(backend, DockerBackend)
+    api = _api(docker_server.settings.docker_host)
+    name = uuid.uuid4().hex
+    labels = {LABEL_MANAGED: "true", LABEL_OWNER: backend.owner}
+    backend._live.add(name)  # as _create does before its create call
+    created = api.create_container("sandbox-runtime-bash:bookworm", command=["true"], labels=labels,
+                                   name=f"sandbox-{name}")
+    loop = _loop_of(docker_server)
+    try:
+        asyncio.run_coroutine_threadsafe(backend._reap(), loop).result(timeout=60)
+        assert created["Id"] in {c["Id"] for c in api.containers(all=True)}
+    finally:
+        backend._live.discard(name)
+    asyncio.run_coroutine_threadsafe(backend._reap(), loop).result(timeout=60)  # now a stray
+    assert created["Id"] not in {c["Id"] for c in api.containers(all=True)}
 
 
 def test_dockerd_restart_mid_run_fails_cleanly_then_recovers(dockerd: Dockerd) -> None:
