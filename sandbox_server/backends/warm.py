@@ -539,9 +539,11 @@ class WarmPython:
             if z is None or not z.alive():
                 raise ZygoteUnavailable("no zygote is ready")
             ready = await self._fork(z)
-        # A fresh sandbox's interpreter takes ~10 ms of CPU to start: started now, it would compete with this
-        # execution for the cores, so it waits for its end, unless the pool is empty (requests are waiting)
-        if (self.mode is WarmPythonMode.FORK and not self.node) or not self._pool:
+        # The replacement waits for this execution's end (_ended), unless the pool is empty (requests are
+        # waiting): started now, it would compete with this execution for the cores and the event loop (a fresh
+        # interpreter's start is ~10 ms of CPU; even a fork's set-up here, cgroups and sockets, cost an agent's
+        # paced call ~2.5 ms of its latency)
+        if not self._pool:
             self._refill()
         if ready.zygote.forks >= self.recycle_after and ready.zygote is self.zygote:
             self._schedule_replace()
