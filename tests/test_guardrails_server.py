@@ -4,7 +4,7 @@ starts; secrets redacted (or the output withheld) after, also when streamed."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,9 +42,10 @@ def _violations(exc: InvalidRequestError) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def test_static_validation_rejects_before_any_sandbox(guarded: tuple[RunningServer, dict[str, str]]) -> None:
+def test_static_validation_rejects_before_any_sandbox(
+    guarded: tuple[RunningServer, dict[str, str]], assert_no_leftovers: Callable[[RunningServer], None]
+) -> None:
     srv, keys = guarded
-    scratch = srv.settings.state_dir / "scratch"
     with SandboxClient(srv.target, api_key=keys["research"]) as sbx:
         with pytest.raises(InvalidRequestError) as info:
             sbx.execute("import os\nimport ctypes\nos.system('id')\n")
@@ -59,7 +60,7 @@ def test_static_validation_rejects_before_any_sandbox(guarded: tuple[RunningServ
             sbx.execute("require('child_process').execSync('id')", language="javascript")
         assert "denied_module" in [r for r, _ in _violations(js.value)["code"]]
         assert sbx.execute("import json, math\nprint(json.dumps(math.pi))").status == "OK"
-    assert not any(scratch.iterdir())
+    assert_no_leftovers(srv)  # the one accepted execution's cleanup (it may finish just after its reply)
 
 
 def test_input_guardrails_per_tenant(guarded: tuple[RunningServer, dict[str, str]]) -> None:
