@@ -176,10 +176,14 @@ def test_a_bad_policy_file_is_rejected_whole_and_the_old_policy_stays(
     bad = policies_dir / "broken.yaml"
     bad.write_text("version: 1\ntenants:\n  broken:\n    languages: [python]\n    no_such_key: 1\n")
     try:
+        def rejected() -> bool:
+            return any(e.file == "broken.yaml" and "no_such_key" in e.location for e in registry.last_errors)
+
+        # The watcher may catch the file half-written first (empty: rejected too), then sees it whole
         deadline = time.monotonic() + 10
-        while not registry.last_errors and time.monotonic() < deadline:
+        while not rejected() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert any(e.file == "broken.yaml" and "no_such_key" in e.location for e in registry.last_errors)
+        assert rejected(), registry.last_errors
         assert registry.current().version == before
         with SandboxClient(srv.target, api_key=keys["acme"]) as acme:
             assert acme.execute("print(2)").stdout == "2\n"
