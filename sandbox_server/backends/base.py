@@ -6,9 +6,9 @@ import abc
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from sandbox_server.errors import SandboxFailure
 from sandbox_server.execution.spec import ExecutionResult, ExecutionSpec, OutputCallback
@@ -32,10 +32,22 @@ class Backend(abc.ABC):
     # (the server feeds it to its metrics and incident response). One that fails before is the call's error.
     on_teardown_failure: Callable[[SandboxFailure], None] | None = None
 
-    def finish_teardown_later(self, task: asyncio.Task[None]) -> None:
-        """Let an execution's teardown go on after its result is returned. Call in the execution's context: the
-        teardown's span and, if it fails, the failure's report then belong to its call."""
+    async def teardown(self, work: Coroutine[Any, Any, None], tracked: set[asyncio.Task[None]], *,
+                       after_reply: bool) -> None:
+        """Run an execution's teardown as a task of its own, held in ``tracked`` until it ends (so that aclose
+        can wait for one whose request has gone). ``after_reply``: return at once and let it finish after the
+        result is returned; its span and, if it fails, the failure's report then belong to the execution's
+        call (call this in its context). Otherwise wait for it, even when cancelled, and raise its failure."""
         began = time.time_ns()
+        task = asyncio.get_running_loop().create_task(work)
+        tracked.add(task)
+        task.add_done_callback(tracked.discard)
+        if not after_reply:
+            try:
+                await asyncio.shield(task)
+            finally:
+                record_phase("sandbox.teardown", began)
+            return
 
         def done(task: asyncio.Task[None]) -> None:
             record_phase("sandbox.teardown", began)

@@ -304,19 +304,9 @@ class DockerBackend(Backend):
             if run.started_ns:
                 record_phase("sandbox.run", run.started_ns, run.ended_ns or None)
             if run.container is not None:
-                task = asyncio.get_running_loop().create_task(self._destroy(run.container))
-                self._teardowns.add(task)
-                task.add_done_callback(self._teardowns.discard)
                 # A container seen stopped has no process left: removing it is bookkeeping the reply need not
                 # wait for (aclose waits for it, the reaper backs it up). Any other must be gone first.
-                if run.stopped:
-                    self.finish_teardown_later(task)
-                else:
-                    teardown_began = time.time_ns()
-                    try:
-                        await asyncio.shield(task)
-                    finally:
-                        record_phase("sandbox.teardown", teardown_began)
+                await self.teardown(self._destroy(run.container), self._teardowns, after_reply=run.stopped)
 
     def kill(self, execution_id: str) -> bool:
         run = self._runs.get(execution_id)

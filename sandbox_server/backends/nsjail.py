@@ -435,21 +435,10 @@ class NsjailBackend(Backend):
                          **{"sandbox.backend": self.name, "sandbox.warm": warm is not None})
             if run.spawned_ns:
                 record_phase("sandbox.run", run.spawned_ns, run.ended_ns or None)
-            # Teardown runs as its own task, so that aclose() can wait for one whose request has gone.
-            task = asyncio.get_running_loop().create_task(self._teardown(run))
-            self._teardowns.add(task)
-            task.add_done_callback(self._teardowns.discard)
-            if result is not None:
-                # The outcome is in and nothing the program started runs any more (Jail.wait): what is left (the
-                # init's exit, the cgroup, the scratch mount) is bookkeeping the reply need not wait for.
-                self.finish_teardown_later(task)
-            else:
-                # Cancelled, or failed: the sandbox may still run, and a cold retry (run) reuses its names
-                teardown_began = time.time_ns()
-                try:
-                    await asyncio.shield(task)
-                finally:
-                    record_phase("sandbox.teardown", teardown_began)
+            # A result: the outcome is in and nothing the program started runs any more (Jail.wait), so what is
+            # left (the init's exit, the cgroup, the scratch mount) is bookkeeping the reply need not wait for.
+            # Cancelled, or failed: the sandbox may still run, and a cold retry (run) reuses its names.
+            await self.teardown(self._teardown(run), self._teardowns, after_reply=result is not None)
 
     def kill(self, execution_id: str) -> bool:
         run = self._live.get(execution_id)
