@@ -1,8 +1,9 @@
 """Composition root: builds the backend, admission, servicer and server from Settings; owns start/stop order.
 
-Start: backend (reaps leftovers of a crash, probes the host) -> server (port bound) -> health SERVING.
+Start: backend (reaps leftovers of a crash, probes the host) -> sessions (closes the records a crash left
+open) -> server (port bound) -> health SERVING.
 Stop: health NOT_SERVING and admission closed -> server drains in-flight calls up to the grace period, then
-cancels the rest -> backend waits for every teardown.
+cancels the rest -> every session closed -> backend waits for every teardown.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from sandbox_server.observers import IncidentFeed, IncidentMetrics
 from sandbox_server.policy.embedded import seed_policies
 from sandbox_server.policy.registry import PolicyRegistry
 from sandbox_server.server import SERVICE_NAME, build_server, server_credentials
+from sandbox_server.sessions.manager import SessionManager
+from sandbox_server.sessions.servicer import SessionServicer
+from sandbox_server.sessions.snapshots import SnapshotArchive
 from sandbox_server.settings import Settings
 from sandbox_server.stores.embedded import Stores, open_stores
 from sandbox_server.stores.sqlite import record_version
@@ -56,6 +60,7 @@ class App:
         self.port = 0
         self.stores: Stores | None = None
         self.policies: PolicyRegistry | None = None
+        self.sessions: SessionManager | None = None
 
     def _open_stores_and_policies(self) -> tuple[Stores, PolicyRegistry]:
         """Raises PolicyLoadError: the server does not start on a policy directory that does not validate."""
@@ -87,6 +92,8 @@ class App:
         try:
             await self._start_serving(self.stores, self.policies, self.telemetry)
         except BaseException:
+            if self.sessions is not None:
+                await self.sessions.aclose()
             if self.incidents is not None:
                 await self.incidents.aclose()
             await self.policies.aclose()
@@ -104,7 +111,11 @@ class App:
         self.incidents = IncidentManager(stores.incidents, settings.incidents, sinks)
         await self.incidents.start()
         budgeter = Budgeter(stores.costs, metrics, events=self.incidents)
-        self.servicer = SandboxServicer(settings, self.backend, self.admission, policies, budgeter)
+        self.sessions = SessionManager(
+            settings, self.backend, stores.sessions, SnapshotArchive(settings.data_dir / "snapshots", stores.snapshots),
+            self.admission, policies, budgeter, metrics, events=self.incidents)
+        await self.sessions.start()
+        self.servicer = SandboxServicer(settings, self.backend, self.admission, policies, budgeter, self.sessions)
         admin = AdminServicer(policies, stores.keys, stores.versions, ops=Operations(
             audit=stores.audit, costs=stores.costs, incidents=self.incidents, executions=self.servicer))
         feed = IncidentFeed(self.incidents, metrics)
@@ -117,7 +128,8 @@ class App:
             call_observers=(feed,), execution_observers=(ExecutionMetrics(metrics), feed),
         )
         await policies.start()
-        self.server, self.health = build_server(settings, self.servicer, admin, build_chain(chain))
+        self.server, self.health = build_server(settings, self.servicer, admin, build_chain(chain),
+                                                SessionServicer(settings, self.sessions, policies))
         address = f"{_host(settings.host)}:{settings.port}"
         credentials = server_credentials(settings)
         if credentials is None:
@@ -139,6 +151,8 @@ class App:
                 await self.server.stop(grace)
         finally:
             try:
+                if self.sessions is not None:
+                    await self.sessions.aclose()
                 if self.idempotency is not None:
                     await self.idempotency.aclose()  # executions whose callers went away
                 if self.policies is not None:

@@ -111,10 +111,12 @@ class NotFound(SandboxError):
     code = grpc.StatusCode.NOT_FOUND
     reason = "NOT_FOUND"
 
-    def __init__(self, message: str, *, resource_type: str, resource_name: str) -> None:
+    def __init__(self, message: str, *, resource_type: str, resource_name: str,
+                 metadata: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.resource_type = resource_type
         self.resource_name = resource_name
+        self.metadata = dict(metadata or {})
 
     def details(self) -> list[any_pb2.Any]:
         resource = error_details_pb2.ResourceInfo(
@@ -122,7 +124,7 @@ class NotFound(SandboxError):
         )
         info = error_details_pb2.ErrorInfo(
             reason=self.reason, domain=ERROR_DOMAIN,
-            metadata={"resource_type": self.resource_type, "resource_name": self.resource_name},
+            metadata={"resource_type": self.resource_type, "resource_name": self.resource_name, **self.metadata},
         )
         return [_pack(resource), _pack(info)]
 

@@ -12,12 +12,18 @@ from grpc_reflection.v1alpha import reflection
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.admin.servicer import ADMIN_SERVICE_NAME, AdminServicer, admin_handler
 from sandbox_server.execution.servicer import SandboxServicer, tolerant
+from sandbox_server.sessions.servicer import SessionServicer
 from sandbox_server.settings import MIB, Settings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Sandbox"].full_name
 
 
-def sandbox_handler(servicer: SandboxServicer) -> grpc.GenericRpcHandler:
+def _unary(behaviour: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour, request_deserializer=tolerant(request), response_serializer=response.SerializeToString)
+
+
+def sandbox_handler(servicer: SandboxServicer, sessions: SessionServicer | None = None) -> grpc.GenericRpcHandler:
     handlers: dict[str, grpc.RpcMethodHandler] = {
         "Execute": grpc.unary_unary_rpc_method_handler(
             servicer.Execute,
@@ -40,6 +46,24 @@ def sandbox_handler(servicer: SandboxServicer) -> grpc.GenericRpcHandler:
             response_serializer=pb.ListRuntimesResponse.SerializeToString,
         ),
     }
+    if sessions is not None:
+        handlers.update({
+            "CreateSession": _unary(sessions.CreateSession, pb.CreateSessionRequest, pb.Session),
+            "GetSession": _unary(sessions.GetSession, pb.GetSessionRequest, pb.Session),
+            "ListSessions": _unary(sessions.ListSessions, pb.ListSessionsRequest, pb.ListSessionsResponse),
+            "CloseSession": _unary(sessions.CloseSession, pb.CloseSessionRequest, pb.Session),
+            "UploadFile": grpc.stream_unary_rpc_method_handler(
+                sessions.UploadFile, request_deserializer=tolerant(pb.UploadFileRequest),
+                response_serializer=pb.FileInfo.SerializeToString),
+            "DownloadFile": grpc.unary_stream_rpc_method_handler(
+                sessions.DownloadFile, request_deserializer=tolerant(pb.DownloadFileRequest),
+                response_serializer=pb.DownloadFileResponse.SerializeToString),
+            "ListFiles": _unary(sessions.ListFiles, pb.ListFilesRequest, pb.ListFilesResponse),
+            "DeleteFile": _unary(sessions.DeleteFile, pb.DeleteFileRequest, pb.DeleteFileResponse),
+            "SnapshotSession": _unary(sessions.SnapshotSession, pb.SnapshotSessionRequest, pb.Snapshot),
+            "ListSnapshots": _unary(sessions.ListSnapshots, pb.ListSnapshotsRequest, pb.ListSnapshotsResponse),
+            "DeleteSnapshot": _unary(sessions.DeleteSnapshot, pb.DeleteSnapshotRequest, pb.DeleteSnapshotResponse),
+        })
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
@@ -53,7 +77,7 @@ def message_caps(settings: Settings) -> list[tuple[str, Any]]:
 
 def build_server(
     settings: Settings, servicer: SandboxServicer, admin: AdminServicer,
-    interceptors: Sequence[grpc.aio.ServerInterceptor],
+    interceptors: Sequence[grpc.aio.ServerInterceptor], sessions: SessionServicer | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The server with its handlers and ``interceptors`` (outermost first; see interceptors.build_chain)."""
     server = grpc.aio.server(
@@ -61,7 +85,7 @@ def build_server(
         options=[("grpc.so_reuseport", 0), *message_caps(settings)],
         maximum_concurrent_rpcs=None,
     )
-    server.add_generic_rpc_handlers((sandbox_handler(servicer), admin_handler(admin)))
+    server.add_generic_rpc_handlers((sandbox_handler(servicer, sessions), admin_handler(admin)))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

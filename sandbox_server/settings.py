@@ -75,6 +75,21 @@ DEFAULT_CEILINGS = LimitValues(
 )
 
 
+# A session's limits when neither the request nor the tenant's policy sets them: its sandbox's (memory, pids,
+# workspace, file size) for its whole life, and each call's (wall, CPU, output). A session holds an interpreter,
+# a kernel and the data the agent works on, so more memory and workspace than one execution.
+DEFAULT_SESSION_LIMITS = LimitValues(
+    wall_time_ms=60_000,
+    cpu_time_ms=60_000,
+    memory_bytes=1 * GIB,
+    max_pids=128,
+    output_bytes=1 * MIB,
+    file_size_bytes=256 * MIB,
+    scratch_bytes=512 * MIB,
+)
+DEFAULT_MAX_SESSIONS = 64
+
+
 # Floors keep a request from asking for a jail too small to start an interpreter and blaming us.
 LIMIT_FLOORS = LimitValues(
     wall_time_ms=10,
@@ -151,6 +166,10 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=30.0, ge=0)
     defaults: LimitValues = DEFAULT_LIMITS
     ceilings: LimitValues = DEFAULT_CEILINGS
+    session_defaults: LimitValues = Field(
+        default=DEFAULT_SESSION_LIMITS, description="a session's limits when neither request nor policy sets them")
+    max_sessions: int = Field(default=DEFAULT_MAX_SESSIONS, ge=0,
+                              description="live sessions on this server at once, every tenant together (0: none)")
     caps: RequestCaps = RequestCaps()
     cpu_cores: float = Field(default=1.0, gt=0, description="CPU bandwidth of one sandbox, in cores")
     state_dir: Path = DEFAULT_STATE_DIR
@@ -210,12 +229,13 @@ class Settings(BaseSettings):
     log_format: LogFormat = LogFormat.JSON
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
 
-    @field_validator("defaults", "ceilings", mode="before")
+    @field_validator("defaults", "ceilings", "session_defaults", mode="before")
     @classmethod
     def _complete_partial_limits(cls, value: Any, info: ValidationInfo) -> Any:
         """A config may set only some limits; the rest keep their named defaults."""
         if isinstance(value, dict):
-            base = DEFAULT_LIMITS if info.field_name == "defaults" else DEFAULT_CEILINGS
+            base = {"defaults": DEFAULT_LIMITS, "ceilings": DEFAULT_CEILINGS,
+                    "session_defaults": DEFAULT_SESSION_LIMITS}[info.field_name or "defaults"]
             return {**base.model_dump(), **value}
         return value
 
@@ -224,6 +244,8 @@ class Settings(BaseSettings):
         for name in LimitValues.model_fields:
             if getattr(self.defaults, name) > getattr(self.ceilings, name):
                 raise ValueError(f"defaults.{name} is above ceilings.{name}")
+            if getattr(self.session_defaults, name) > getattr(self.ceilings, name):
+                raise ValueError(f"session_defaults.{name} is above ceilings.{name}")
         return self
 
     @model_validator(mode="after")

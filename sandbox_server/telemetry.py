@@ -44,6 +44,7 @@ INSTRUMENTATION_NAME = "sandbox_server"
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 QUEUE_BUCKETS_S = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
 MEMORY_BUCKETS_BYTES = tuple(float(2**n) for n in range(20, 34))  # 1 MiB .. 8 GiB
+SESSION_LIFETIME_BUCKETS_S = (1.0, 10.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0)
 
 
 class Metrics:
@@ -74,6 +75,14 @@ class Metrics:
         self.teardown_failures = meter.create_counter(
             "sandbox.teardown.failures", description="Sandboxes that could not be torn down (possible leaks)")
         self.incidents = meter.create_counter("sandbox.incidents", description="Incidents opened, by rule")
+        self.sessions_active = meter.create_up_down_counter(
+            "sandbox.sessions.active", description="Live sessions, by tenant")
+        self.session_closes = meter.create_counter("sandbox.sessions.closed", description="Sessions closed, by reason")
+        self.kernel_restarts = meter.create_counter(
+            "sandbox.sessions.kernel_restarts", description="Session kernels restarted (interrupt failed, died)")
+        self.session_lifetime = meter.create_histogram(
+            "sandbox.sessions.lifetime", unit="s", description="How long sessions lived, by close reason",
+            explicit_bucket_boundaries_advisory=SESSION_LIFETIME_BUCKETS_S)
 
 
 class ExecutionMetrics:

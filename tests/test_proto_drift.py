@@ -40,7 +40,9 @@ def test_every_service_is_served() -> None:
 
     methods = {m.name for m in sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"].methods}
     assert SERVICE_NAME == "sandbox.v1.Sandbox"
-    assert methods == {"Execute", "ExecuteStream", "ListRuntimes", "RecordUsage"}
+    assert methods == {"Execute", "ExecuteStream", "ListRuntimes", "RecordUsage", "CreateSession", "GetSession",
+                       "ListSessions", "CloseSession", "UploadFile", "DownloadFile", "ListFiles", "DeleteFile",
+                       "SnapshotSession", "ListSnapshots", "DeleteSnapshot"}
     from sandbox_client._proto.sandbox.v1 import admin_pb2
 
     admin = {m.name for m in admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods}

@@ -8,11 +8,14 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from sandbox_server.errors import SandboxFailure
-from sandbox_server.execution.spec import ExecutionResult, ExecutionSpec, OutputCallback
+from sandbox_server.errors import BackendUnavailable, SandboxFailure
+from sandbox_server.execution.spec import ExecutionResult, ExecutionSpec, OutputCallback, SessionSpec
 from sandbox_server.telemetry import record_phase
+
+if TYPE_CHECKING:
+    from sandbox_server.sessions.sandbox import SessionSandbox
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Wait for every teardown still in flight and release what the backend holds."""
+
+    async def open_session(self, spec: SessionSpec) -> SessionSandbox:
+        """Start one session's sandbox (sessions/sandbox.py) and wait for its agent to be ready. Raises
+        BackendUnavailable (this backend cannot now, or has no sessions) or SandboxFailure."""
+        raise BackendUnavailable(f"the {self.name} backend does not run sessions", retry_after_s=60)
 
     def kill(self, execution_id: str) -> bool:
         """Kill a running execution now: its ``run`` returns a KILLED result ("killed by an operator").

@@ -226,6 +226,18 @@ class Cgroup:
         peak = mem / "memory.peak"  # Linux >= 5.19; before that the current usage is the best we have
         return _read_int(peak if peak.exists() else mem / "memory.current")
 
+    def memory_bytes(self) -> int:
+        """What the cgroup holds now."""
+        mem = self.paths["memory"]
+        return _read_int(mem / ("memory.usage_in_bytes" if self.version is CgroupVersion.V1 else "memory.current"))
+
+    def reset_peak_memory(self) -> None:
+        """Restart the peak from the current usage (v1: writing max_usage_in_bytes; v2 has no such reset before
+        Linux 6.12, so its peak stays the cgroup's whole life)."""
+        if self.version is CgroupVersion.V1:
+            with contextlib.suppress(OSError):
+                _write(self.paths["memory"] / "memory.max_usage_in_bytes", 0)
+
     def cpu_time_ns(self) -> int:
         if self.version is CgroupVersion.V1:
             return _read_int(self.paths["cpuacct"] / "cpuacct.usage")

@@ -50,6 +50,7 @@ from sandbox_server.execution.spec import (
     ExecutionSpec,
     Limits,
     OutputCallback,
+    SessionSpec,
     Status,
     StreamName,
     Usage,
@@ -59,13 +60,16 @@ from sandbox_server.telemetry import record_phase
 
 if TYPE_CHECKING:
     from sandbox_server.backends.warm import WarmPython
+    from sandbox_server.sessions.sandbox import SessionSandbox
 
 log = logging.getLogger(__name__)
 
 NSJAIL_LOG_CAP = 64 * 1024
 # Host directories that merged-/usr systems make links into /usr; bound or linked as the host has them.
 TOP_LEVEL_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-HOST_ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime")
+# /etc/alternatives: Debian reaches some libraries through it (numpy's libblas.so.3, for one); Debian's
+# matplotlib keeps its default matplotlibrc in /etc, and asks fontconfig (/etc/fonts) for the fonts.
+HOST_ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives", "/etc/matplotlibrc", "/etc/fonts")
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 RLIMIT_NOFILE = 1024
 NICE_LEVEL = 19  # nsjail's default for the jailed process; the warm path sets the same
@@ -121,8 +125,8 @@ class HostPath:
 def host_view(layout: JailLayout) -> tuple[HostPath, ...]:
     """Everything of the host a jail sees besides its own scratch, /tmp, /dev/shm and /proc, in mount order:
     read-only binds of /usr, the top-level dirs (or their links into /usr as the host has them) and a few /etc
-    files, our generated passwd/group/hosts, and a few harmless devices. With a rootfs, only the generated files
-    and the devices (the rootfs brings the rest). Both paths build their jails from this one list."""
+    files and directories, our generated passwd/group/hosts, and a few harmless devices. With a rootfs, only the
+    generated files and the devices (the rootfs brings the rest). Both paths build their jails from this one list."""
     out: list[HostPath] = []
     if layout.rootfs is None:
         out.append(HostPath(MountKind.RO_BIND, "/usr", "/usr"))
@@ -131,7 +135,7 @@ def host_view(layout: JailLayout) -> tuple[HostPath, ...]:
                 out.append(HostPath(MountKind.SYMLINK, os.readlink(top), top))
             elif os.path.isdir(top):
                 out.append(HostPath(MountKind.RO_BIND, top, top))
-        out += [HostPath(MountKind.RO_BIND, etc, etc) for etc in HOST_ETC_FILES if os.path.isfile(etc)]
+        out += [HostPath(MountKind.RO_BIND, etc, etc) for etc in HOST_ETC_FILES if os.path.exists(etc)]
     out += [HostPath(MountKind.RO_BIND, str(layout.etc_dir / name), f"/etc/{name}")
             for name in ("passwd", "group", "hosts")]
     out += [HostPath(MountKind.RW_BIND, dev, dev) for dev in DEVICES]
@@ -162,13 +166,25 @@ def build_command(spec: ExecutionSpec, layout: JailLayout, scratch: Path, cgroup
                   log_fd: int, status_fd: int) -> list[str]:
     """The one place an ExecutionSpec becomes nsjail arguments."""
     lim = spec.limits
+    args = jail_args(layout, lim, jail_env(spec), scratch, log_fd=log_fd, time_limit=time_limit_s(lim),
+                     rlimit_cpu=cpu_rlimit_s(lim, layout.use_cgroups), extra_pids=INIT_PIDS)
+    args[1:1] = ["--pass_fd", str(status_fd)]
+    args += ["--", "/usr/bin/perl", "-e", NSJAIL_INIT, "--", str(status_fd), *spec.runtime.argv()]
+    return launcher(args, lim, cgroup)
+
+
+def jail_args(layout: JailLayout, lim: Limits, env: tuple[tuple[str, str], ...], scratch: Path, *, log_fd: int,
+              time_limit: int, rlimit_cpu: int, extra_pids: int,
+              extra_mounts: tuple[str, ...] = ()) -> list[str]:
+    """nsjail's arguments for a jail with these limits, environment and scratch (the program's argv follows,
+    after ``--``): the one description of a jail's isolation, for one-shot executions and sessions alike."""
     mib = 1024 * 1024
     args: list[str] = [
-        str(layout.nsjail), "--mode", "o", "--log_fd", str(log_fd), "--pass_fd", str(status_fd),
+        str(layout.nsjail), "--mode", "o", "--log_fd", str(log_fd),
         "--hostname", HOSTNAME, "--cwd", WORKDIR,
         "--user", f"{layout.uid}:{layout.uid}:1", "--group", f"{layout.gid}:{layout.gid}:1",
-        "--time_limit", str(time_limit_s(lim)),  # backstop; the server kills first
-        "--rlimit_cpu", str(cpu_rlimit_s(lim, layout.use_cgroups)),
+        "--time_limit", str(time_limit),  # backstop; the server kills first
+        "--rlimit_cpu", str(rlimit_cpu),
         "--rlimit_fsize", "max",
         "--rlimit_nofile", str(RLIMIT_NOFILE),
         "--rlimit_core", "0",
@@ -178,7 +194,7 @@ def build_command(spec: ExecutionSpec, layout: JailLayout, scratch: Path, cgroup
         args += ["--rlimit_as", "inf"]  # the cgroup limits memory precisely, counting every process
     else:
         args += ["--rlimit_as", str(math.ceil(lim.memory_bytes / mib)),
-                 "--rlimit_nproc", str(lim.max_pids + INIT_PIDS)]
+                 "--rlimit_nproc", str(lim.max_pids + extra_pids)]
     if layout.rootfs is not None:
         args += ["--chroot", str(layout.rootfs)]
     for view in host_view(layout):
@@ -193,12 +209,16 @@ def build_command(spec: ExecutionSpec, layout: JailLayout, scratch: Path, cgroup
         "--mount", f"none:/tmp:tmpfs:size={tmp},mode=1777",
         "--mount", f"none:/dev/shm:tmpfs:size={shm}",
     ]
-    for key, value in jail_env(spec):
+    for mount in extra_mounts:
+        args += ["--mount", mount]
+    for key, value in env:
         args += ["--env", f"{key}={value}"]
-    args += ["--", "/usr/bin/perl", "-e", NSJAIL_INIT, "--", str(status_fd), *spec.runtime.argv()]
+    return args
 
-    # The launcher: join the cgroups (the shell has one thread: the cheap way, see single_thread_join_files),
-    # set the byte-precise file-size limit, become nsjail.
+
+def launcher(args: list[str], lim: Limits, cgroup: Cgroup | None) -> list[str]:
+    """The launcher around nsjail's arguments: join the cgroups (the shell has one thread: the cheap way, see
+    single_thread_join_files), set the byte-precise file-size limit, become nsjail."""
     steps = [f"echo 0 > {p}" for p in (cgroup.single_thread_join_files() if cgroup else [])]
     steps.append(f"ulimit -f {math.ceil(lim.file_size_bytes / 512)}")
     steps.append('exec "$@"')
@@ -439,6 +459,15 @@ class NsjailBackend(Backend):
             # left (the init's exit, the cgroup, the scratch mount) is bookkeeping the reply need not wait for.
             # Cancelled, or failed: the sandbox may still run, and a cold retry (run) reuses its names.
             await self.teardown(self._teardown(run), self._teardowns, after_reply=result is not None)
+
+    async def open_session(self, spec: SessionSpec) -> SessionSandbox:
+        if self.layout is None:
+            raise SandboxFailure("backend not started")
+        from sandbox_server.backends.nsjail_session import NsjailSession
+
+        session = NsjailSession(self, spec)
+        await session.start()
+        return session
 
     def kill(self, execution_id: str) -> bool:
         run = self._live.get(execution_id)

@@ -41,6 +41,9 @@ from sandbox_server.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 
+# The ledger's name for a live session's held memory (a "usage" entry, as model tokens are: cost that is not an
+# execution's).
+HELD_MEMORY_MODEL = "session:held-memory"
 # A reservation outlives its execution's wall limit by this much before it stops counting (a crashed server's
 # reservations free themselves); settling happens well before.
 RESERVATION_GRACE_S = 300.0
@@ -199,6 +202,39 @@ class Budgeter:
             cost = 0.0  # a retried report: recorded once already
         after = await asyncio.to_thread(self.store.spent, tenant, session_id, self.clock())
         return cost, after.session, _states(policy, session_id, after)
+
+    async def check(self, tenant: str, policy: TenantPolicy, session_id: str) -> None:
+        """Refuse (BudgetExceeded) when a budget the tenant (or ``session_id``) draws on is already spent, as a new
+        session's first step; nothing is held."""
+        budgets = budgets_of(policy)
+        if budgets == Budgets():
+            return
+        now = self.clock()
+        probe = uuid.uuid4().hex
+        refusals = await asyncio.to_thread(self.store.reserve, probe, tenant, session_id, 0.0, budgets, now + 1, now)
+        if refusals:
+            raise _exceeded(tenant, session_id, refusals, now)
+        await asyncio.to_thread(self.store.release, probe)
+
+    async def charge_held(self, tenant: str, policy: TenantPolicy, session_id: str, cost: float, key: str) -> bool:
+        """Charge a live session's held memory (``key`` makes a repeated charge count once). True when a budget
+        the session draws on is now exhausted."""
+        now = self.clock()
+        entry = UsageEntry(tenant, session_id, HELD_MEMORY_MODEL, 0, 0, cost, key)
+
+        def write() -> tuple[Spend, bool, Spend]:
+            before = self.store.spent(tenant, session_id, now)
+            recorded = self.store.record_usage(entry, now)
+            return before, recorded, self.store.spent(tenant, session_id, now)
+
+        before, recorded, after = await asyncio.to_thread(write)
+        if recorded:
+            self._after_charge(tenant, session_id, policy, cost, before_spent=before)
+        return any(state.exceeded for state in _states(policy, session_id, after))
+
+    async def session_spent(self, tenant: str, session_id: str) -> float:
+        """What a session has cost so far: its calls, its held time and the model usage reported for it."""
+        return (await asyncio.to_thread(self.store.spent, tenant, session_id, self.clock())).session
 
     def _after_charge(self, tenant: str, session_id: str, policy: TenantPolicy, cost: float, *,
                       before_spent: Spend | None) -> None:

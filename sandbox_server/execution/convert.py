@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
-from sandbox_server.execution.spec import ExecutionResult, Limits, StreamName
+from sandbox_server.execution.spec import DisplayData, ExecutionResult, Limits, StreamName
 
 
 def limits_to_proto(limits: Limits) -> pb.Limits:
@@ -34,7 +34,19 @@ def result_to_proto(result: ExecutionResult) -> pb.ExecuteResult:
         limits=limits_to_proto(result.limits),
         language=result.language,
         backend=result.backend,
+        value=result.value,
+        outputs=[display_to_proto(d) for d in result.outputs],
+        error=pb.CodeError(name=result.error.name, value=result.error.value, traceback=result.error.traceback)
+        if result.error is not None else None,
+        kernel_restarted=result.kernel_restarted,
+        warnings=result.warnings,
+        execution_count=result.execution_count,
     )
+
+
+def display_to_proto(display: DisplayData) -> pb.DisplayData:
+    return pb.DisplayData(mime_type=display.mime_type, data=display.data, alternatives=dict(display.alternatives),
+                          is_result=display.is_result, display_id=display.display_id, update=display.update)
 
 
 def chunk_to_proto(stream: StreamName, data: bytes) -> pb.ExecuteEvent:

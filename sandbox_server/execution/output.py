@@ -40,6 +40,15 @@ class OutputCapture:
                 await self.on_output(stream, kept)
         return not self.exceeded
 
+    def charge(self, size: int) -> bool:
+        """Count ``size`` bytes of other output (a session call's rich outputs, kept by the caller) against the
+        same limit; False, and nothing counted, when they do not fit (the call must then be stopped)."""
+        if self.exceeded or size > self.limit - self.total:
+            self.exceeded = True
+            return False
+        self.total += size
+        return True
+
     def data(self, stream: StreamName) -> bytes:
         return bytes(self._buffers[stream])
 

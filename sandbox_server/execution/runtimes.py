@@ -18,6 +18,10 @@ BASE_ENV = (
     ("HOME", WORKDIR),
     ("TMPDIR", "/tmp"),  # noqa: S108 - the sandbox's own private tmpfs
     ("LANG", "C.UTF-8"),
+    # Caches (fontconfig's, pip's, ...) and matplotlib's config and font cache: in the sandbox's own /tmp, not in
+    # HOME (the workspace), where they would come back as output files.
+    ("XDG_CACHE_HOME", "/tmp/.cache"),  # noqa: S108
+    ("MPLCONFIGDIR", "/tmp/matplotlib"),  # noqa: S108
 )
 
 

@@ -21,11 +21,16 @@ from sandbox_server.context import Acceptance, accept, budget_gate, call_record,
 from sandbox_server.cost.budgeter import Budgeter
 from sandbox_server.errors import BackendUnavailable, FieldViolation, InvalidRequest
 from sandbox_server.execution.admission import Admission
-from sandbox_server.execution.convert import chunk_to_proto, result_to_proto
+from sandbox_server.execution.convert import chunk_to_proto, display_to_proto, result_to_proto
 from sandbox_server.execution.runtimes import RUNTIMES, host_version
-from sandbox_server.execution.spec import ExecutionResult, ExecutionSpec, StreamName
+from sandbox_server.execution.spec import DisplayData, ExecutionResult, ExecutionSpec, OutputCallback, StreamName
 from sandbox_server.policy.caller import TenantPolicies, caller_policy
 from sandbox_server.policy.enforce import enforce
+from sandbox_server.policy.models import TenantPolicy
+from sandbox_server.sessions.calls import DisplayCallback
+from sandbox_server.sessions.ids import is_session_id
+from sandbox_server.sessions.manager import LiveSession, SessionManager
+from sandbox_server.sessions.requests import call_spec
 from sandbox_server.settings import Settings
 from sandbox_server.telemetry import current_trace_id, metrics, phase
 from sandbox_server.validation.request import MAX_ID_CHARS, build_spec, check_usage_request
@@ -70,6 +75,15 @@ def ensure_request(request: M | MalformedRequest) -> M:
 
 
 @dataclass(frozen=True)
+class Target:
+    """Where a checked request runs: a fresh sandbox, or a live session (with its tenant's policy)."""
+
+    spec: ExecutionSpec
+    session: LiveSession | None = None
+    policy: TenantPolicy | None = None
+
+
+@dataclass(frozen=True)
 class RunningExecution:
     """An execution holding a sandbox now (for the admin's list and kill)."""
 
@@ -94,33 +108,52 @@ def _accept(spec: ExecutionSpec) -> None:
 class SandboxServicer:
     def __init__(
         self, settings: Settings, backend: Backend, admission: Admission, policies: TenantPolicies,
-        budgeter: Budgeter | None = None,
+        budgeter: Budgeter | None = None, sessions: SessionManager | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
         self.admission = admission
         self.policies = policies
         self.budgeter = budgeter
+        self.sessions = sessions
         self.running: dict[str, RunningExecution] = {}
 
-    def _spec(self, request: pb.ExecuteRequest | MalformedRequest) -> ExecutionSpec:
-        """Validate the request, then apply the caller's tenant policy (fails closed without a caller)."""
+    async def _target(self, request: pb.ExecuteRequest | MalformedRequest) -> Target:
+        """Validate the request, then apply the caller's tenant policy (fails closed without a caller). A
+        session id names the session it runs in (NOT_FOUND unless it is a live session of the caller's tenant);
+        any other session_id is a label."""
         checked = ensure_request(request)
         call = call_record()
         if call is not None:
             call.session_id = checked.session_id[:MAX_ID_CHARS]
             call.language = checked.language[:40]
+        session: LiveSession | None = None
         with phase("policy"):
-            spec = build_spec(checked, self.settings, uuid.uuid4().hex)
             tenant, policy = caller_policy(self.policies)
-            spec = enforce(checked, spec, tenant, policy, self.settings.ceilings)
+            if self.sessions is not None and is_session_id(checked.session_id):
+                session = await self.sessions.get(tenant, checked.session_id)
+                params = session.params
+                spec = call_spec(checked, self.settings, uuid.uuid4().hex, params.limits, params.languages,
+                                 tenant, policy)
+            else:
+                spec = build_spec(checked, self.settings, uuid.uuid4().hex)
+                spec = enforce(checked, spec, tenant, policy, self.settings.ceilings)
         if call is not None:
             call.language = spec.runtime.language
             call.execution_id = spec.execution_id
             if policy.log_content.code:  # the tenant asked for code in its logs
                 call.log_extra["source"] = spec.code[:LOG_CONTENT_BYTES].decode(errors="replace")
             call.attributes.update({f"sandbox.limits.{k}": v for k, v in spec.limits.as_dict().items()})
-        return spec
+            if session is not None:
+                call.attributes["sandbox.in_session"] = True
+        return Target(spec, session, policy if session is not None else None)
+
+    async def _run(self, target: Target, on_output: OutputCallback | None = None,
+                   on_display: DisplayCallback | None = None) -> ExecutionResult:
+        """Run the checked request where it belongs (holding its admission slot: see ``_running``)."""
+        if target.session is not None and target.policy is not None and self.sessions is not None:
+            return await self.sessions.run(target.session, target.spec, target.policy, on_output, on_display)
+        return await self.backend.run(target.spec, on_output)
 
     @contextlib.asynccontextmanager
     async def _running(self, spec: ExecutionSpec) -> AsyncIterator[None]:
@@ -168,23 +201,28 @@ class SandboxServicer:
     async def Execute(
         self, request: pb.ExecuteRequest | MalformedRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExecuteResult:
-        spec = self._spec(request)
+        target = await self._target(request)
+        spec = target.spec
         async with self._running(spec):
-            result = await self.backend.run(spec)
+            result = await self._run(target)
         return await self._finish(spec, result)
 
     async def ExecuteStream(
         self, request: pb.ExecuteRequest | MalformedRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ExecuteEvent]:
-        spec = self._spec(request)
+        target = await self._target(request)
+        spec = target.spec
         events: asyncio.Queue[pb.ExecuteEvent] = asyncio.Queue(maxsize=STREAM_BUFFER_CHUNKS)
 
         async def on_output(stream: StreamName, data: bytes) -> None:
             await events.put(chunk_to_proto(stream, data))
 
+        async def on_display(display: DisplayData) -> None:
+            await events.put(pb.ExecuteEvent(display=display_to_proto(display)))
+
         async def run() -> ExecutionResult:
             async with self._running(spec):
-                return await self.backend.run(spec, on_output)
+                return await self._run(target, on_output, on_display)
 
         task = asyncio.create_task(run())
         getter: asyncio.Future[pb.ExecuteEvent] | None = None
@@ -234,6 +272,8 @@ class SandboxServicer:
         """Kill a running execution (its result says KILLED); False if it is not running here."""
         if execution_id not in self.running:
             return False
+        if self.sessions is not None and self.sessions.interrupt(execution_id):
+            return True
         return self.backend.kill(execution_id)
 
     async def ListRuntimes(

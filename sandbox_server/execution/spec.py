@@ -1,4 +1,5 @@
-"""ExecutionSpec (what to run, frozen) and ExecutionResult (what happened), shared by every backend."""
+"""ExecutionSpec (what to run, frozen) and ExecutionResult (what happened), shared by every backend; SessionSpec
+(what a session's sandbox is made with)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,31 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class DisplayData:
+    """A rich output of a session's Python call (see sandbox.proto's DisplayData)."""
+
+    mime_type: str
+    data: bytes
+    alternatives: tuple[tuple[str, bytes], ...] = ()
+    is_result: bool = False
+    display_id: str = ""
+    update: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.data) + sum(len(value) for _, value in self.alternatives)
+
+
+@dataclass(frozen=True)
+class CodeError:
+    """The exception that ended a session's Python call."""
+
+    name: str
+    value: str
+    traceback: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ExecutionResult:
     execution_id: str
     status: Status
@@ -103,6 +129,27 @@ class ExecutionResult:
     limits: Limits
     language: str
     backend: str
+    # A call in a session (see sandbox.proto): the last expression's value, rich outputs, the exception.
+    value: str = ""
+    outputs: tuple[DisplayData, ...] = ()
+    error: CodeError | None = None
+    kernel_restarted: bool = False
+    warnings: tuple[str, ...] = ()
+    execution_count: int = 0
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """Everything a backend needs to start one session's sandbox. Its limits hold for the sandbox's whole life
+    (memory, pids, workspace, file size); the calls' own limits (wall, CPU, output) are the session layer's."""
+
+    session_id: str
+    limits: Limits
+    cpu_total_ms: int  # the CPU-time backstop of the whole sandbox (RLIMIT_CPU); the session layer counts it
+    max_lifetime_s: float  # the sandbox's own backstop; the session layer closes it first
+    env: tuple[tuple[str, str], ...]  # the fixed environment and the session's variables, in order
+    kernel: bool  # start a Python kernel
+    cpu_cores: float
 
 
 # Called by a backend with each chunk of output, in order; awaiting it applies back-pressure.

@@ -11,6 +11,8 @@ What each rule watches, and the scope of the incidents it opens (fixed by the ru
 - ``teardown_failure`` (language): a sandbox that could not be torn down; the host may be left unclean.
 - ``error_rate`` (server): the share of Execute calls that ended with a server-side error.
 - ``budget_exceeded`` (tenant, or session for a session budget): a budget refused an execution.
+- ``session_loop`` (session): the same failing call repeated in a row in one session (the number is the tenant
+  policy's ``sessions.loop_detection.repeats``): an agent stuck in a loop.
 """
 
 from __future__ import annotations
@@ -126,12 +128,22 @@ class BudgetExceededRule(_Model):
     severity: Severity = "medium"
 
 
+class SessionLoopRule(_Model):
+    """A session repeated the same failing call (same code, same error) as many times in a row as its tenant's
+    ``sessions.loop_detection.repeats``: an agent in a loop. Low by default: an alert; the caller is warned in
+    the result."""
+
+    enabled: bool = True
+    severity: Severity = "low"
+
+
 class IncidentRules(_Model):
     escape_attempts: EscapeAttemptsRule = EscapeAttemptsRule()
     repeated_timeouts: RepeatedTimeoutsRule = RepeatedTimeoutsRule()
     teardown_failure: TeardownFailureRule = TeardownFailureRule()
     error_rate: ErrorRateRule = ErrorRateRule()
     budget_exceeded: BudgetExceededRule = BudgetExceededRule()
+    session_loop: SessionLoopRule = SessionLoopRule()
 
 
 class IncidentSettings(_Model):

@@ -54,6 +54,7 @@ RULE_REPEATED_TIMEOUTS = "repeated_timeouts"
 RULE_TEARDOWN_FAILURE = "teardown_failure"
 RULE_ERROR_RATE = "error_rate"
 RULE_BUDGET_EXCEEDED = "budget_exceeded"
+RULE_SESSION_LOOP = "session_loop"
 SERVER_SUBJECT = "server"
 MAX_NAME_CHARS = 256
 """Tenants, session ids and languages are cut to this length in subjects (requests already cap them lower)."""
@@ -202,6 +203,7 @@ class IncidentManager:
         self._teardown_on = on and rules.teardown_failure.enabled
         self._error_rate_on = on and rules.error_rate.enabled
         self._budget_on = on and rules.budget_exceeded.enabled
+        self._loop_on = on and rules.session_loop.enabled
         self._escape_rules = frozenset(rules.escape_attempts.rules)
         self._timeout_statuses = frozenset(rules.repeated_timeouts.statuses)
 
@@ -375,6 +377,19 @@ class IncidentManager:
             RULE_BUDGET_EXCEEDED, rule.severity, scope, subject, _name(tenant),
             f"{scope} {subject}: the {budget} budget is exceeded",
             {"budget": budget, "session_id": session_id},
+            self._clock(),
+        )
+
+    def on_session_loop(self, *, tenant: str, session_id: str, language: str, repeats: int, failure: str) -> None:
+        """A session ran the same failing call ``repeats`` times in a row (``failure``: how it failed)."""
+        if not self._loop_on:
+            return
+        rule = self._settings.rules.session_loop
+        subject = _session_subject(tenant, session_id)
+        self._fire(
+            RULE_SESSION_LOOP, rule.severity, "session", subject, _name(tenant),
+            f"session {subject}: the same {language} call failed the same way {repeats} times in a row",
+            {"repeats": str(repeats), "failure": failure[:300], "language": language},
             self._clock(),
         )
 

@@ -133,16 +133,70 @@ class ModelPrice(_Model):
 
 class Pricing(_Model):
     """Read by the cost interceptor: an execution costs cpu_second * CPU-seconds + memory_gb_second * peak
-    memory (GB) * wall seconds + wall_second * wall seconds + per_execution; reported LLM usage is priced from
-    ``models``. Amounts in the tenant's currency units."""
+    memory (GB) * wall seconds + wall_second * wall seconds + per_execution; a session's held time costs
+    session_memory_gb_second * its memory limit (GB) * seconds alive, on top of its calls; reported LLM usage is
+    priced from ``models``. Amounts in the tenant's currency units."""
 
     cpu_second: float = Field(default=0.0, ge=0)
     memory_gb_second: float = Field(default=0.0, ge=0)
+    session_memory_gb_second: float = Field(
+        default=0.0, ge=0, description="a live session's held memory (its memory limit, in GB) per second")
     wall_second: float = Field(default=0.0, ge=0)
     per_execution: float = Field(default=0.0, ge=0)
     models: dict[Annotated[str, Field(min_length=1, max_length=200)], ModelPrice] = Field(
         default_factory=dict, description="model name -> token prices, for RecordUsage"
     )
+
+
+class Bounded(_Model):
+    """A duration a request may choose: ``default`` when it does not, never above ``max``."""
+
+    default: int = Field(gt=0)
+    max: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> Self:
+        if self.default > self.max:
+            raise ValueError(f"default ({self.default}) is above max ({self.max})")
+        return self
+
+
+class LoopDetection(_Model):
+    """The same failing call (same code, same error) repeated ``repeats`` times in a row in one session: the
+    result carries a warning and an incident opens. 0 turns it off."""
+
+    repeats: int = Field(default=3, ge=0, le=1000)
+
+
+class SnapshotSettings(_Model):
+    enabled: bool = True
+    max_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="one snapshot's files, together")
+    max_count: int = Field(default=32, ge=0, description="snapshots a tenant keeps at once")
+
+
+class SessionSettings(_Model):
+    """Sessions: sandboxes kept across calls (docs/sessions.md). Limits left unset take the server's session
+    defaults (the ``session_defaults`` setting); the server's own ceilings always hold."""
+
+    enabled: bool = True
+    max_active: int = Field(default=8, gt=0, description="live sessions of the tenant at once")
+    idle_timeout_s: Bounded = Bounded(default=600, max=3600)
+    max_lifetime_s: Bounded = Bounded(default=3600, max=86400)
+    cpu_total_ms: Bounded = Field(default=Bounded(default=600_000, max=3_600_000),
+                                  description="CPU time of a session's whole life")
+    defaults: LimitSet = Field(default=LimitSet(), description="the session's limits when CreateSession sets none")
+    ceilings: LimitSet = LimitSet()
+    max_waiting_calls: int = Field(default=4, ge=0, description="calls that may wait while one runs; more: refused")
+    loop_detection: LoopDetection = LoopDetection()
+    snapshots: SnapshotSettings = SnapshotSettings()
+
+    @model_validator(mode="after")
+    def _defaults_within_ceilings(self) -> Self:
+        for name in LimitSet.model_fields:
+            default, ceiling = getattr(self.defaults, name), getattr(self.ceilings, name)
+            if default is not None and ceiling is not None and default > ceiling:
+                raise ValueError(f"sessions.defaults.{name} ({default}) is above sessions.ceilings.{name} ({ceiling})")
+        return self
 
 
 class LogContent(_Model):
@@ -169,6 +223,7 @@ class TenantPolicy(_Model):
     rate: RateSettings = RateSettings()
     budget: BudgetSettings = BudgetSettings()
     pricing: Pricing = Pricing()
+    sessions: SessionSettings = SessionSettings()
     log_content: LogContent = LogContent()
 
     @model_validator(mode="after")

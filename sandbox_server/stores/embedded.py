@@ -8,6 +8,7 @@ from pathlib import Path
 from sandbox_server.stores.sqlite import SqliteAuditStore, SqliteKeyStore, SqlitePolicyVersionStore
 from sandbox_server.stores.sqlite_costs import SqliteCostStore
 from sandbox_server.stores.sqlite_incidents import SqliteIncidentStore
+from sandbox_server.stores.sqlite_sessions import SqliteSessionStore, SqliteSnapshotStore
 
 DB_NAME = "state.db"
 
@@ -21,9 +22,12 @@ class Stores:
     audit: SqliteAuditStore
     costs: SqliteCostStore
     incidents: SqliteIncidentStore
+    sessions: SqliteSessionStore
+    snapshots: SqliteSnapshotStore
 
     def close(self) -> None:
-        for store in (self.keys, self.versions, self.audit, self.costs, self.incidents):
+        for store in (self.keys, self.versions, self.audit, self.costs, self.incidents, self.sessions,
+                      self.snapshots):
             store.close()
 
 
@@ -32,7 +36,7 @@ def open_stores(data_dir: Path) -> Stores:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = data_dir / DB_NAME
     opened: list[SqliteKeyStore | SqlitePolicyVersionStore | SqliteAuditStore | SqliteCostStore
-                 | SqliteIncidentStore] = []
+                 | SqliteIncidentStore | SqliteSessionStore] = []
     try:
         keys = SqliteKeyStore(path)
         opened.append(keys)
@@ -43,8 +47,13 @@ def open_stores(data_dir: Path) -> Stores:
         costs = SqliteCostStore(path)
         opened.append(costs)
         incidents = SqliteIncidentStore(path)
+        opened.append(incidents)
+        sessions = SqliteSessionStore(path)
+        opened.append(sessions)
+        snapshots = SqliteSnapshotStore(path)
     except BaseException:
         for store in opened:
             store.close()
         raise
-    return Stores(keys=keys, versions=versions, audit=audit, costs=costs, incidents=incidents)
+    return Stores(keys=keys, versions=versions, audit=audit, costs=costs, incidents=incidents, sessions=sessions,
+                  snapshots=snapshots)

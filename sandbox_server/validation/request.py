@@ -6,14 +6,14 @@ Pure: no I/O, no clock. Limits: unset takes the default; a set value must lie wi
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.errors import FieldViolation, InvalidRequest
 from sandbox_server.execution.runtimes import RUNTIMES, find_runtime
 from sandbox_server.execution.spec import ExecutionSpec, InputFile, Limits
-from sandbox_server.settings import LIMIT_FLOORS, Settings
+from sandbox_server.settings import LIMIT_FLOORS, LimitValues, Settings
 
 MAX_ID_CHARS = 128
 MAX_MODEL_CHARS = 200
@@ -28,11 +28,14 @@ _PATH_PART_RE = re.compile(r"[^\x00-\x1f\x7f/\\]+")
 # Fixed by the sandbox; a request may not replace them (the rest of the env is the request's own business).
 RESERVED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "PWD", "LANG", "LC_ALL", "HOSTNAME"})
 
-_Bad = Callable[[FieldViolation], None]
+Bad = Callable[[FieldViolation], None]
+_Bad = Bad
 
 
-def build_spec(request: pb.ExecuteRequest, settings: Settings, execution_id: str) -> ExecutionSpec:
-    """Validate ``request`` whole; raise InvalidRequest with every violation found."""
+def build_spec(request: pb.ExecuteRequest, settings: Settings, execution_id: str,
+               defaults: LimitValues | None = None) -> ExecutionSpec:
+    """Validate ``request`` whole; raise InvalidRequest with every violation found. ``defaults``: the limits of
+    fields the request leaves unset (the server's defaults when None; a session's own in a session)."""
     violations: list[FieldViolation] = []
     bad = violations.append
     caps = settings.caps
@@ -52,9 +55,9 @@ def build_spec(request: pb.ExecuteRequest, settings: Settings, execution_id: str
     if len(request.stdin) > caps.stdin_bytes:
         bad(FieldViolation("stdin", f"{len(request.stdin)} bytes is over the {caps.stdin_bytes}-byte cap"))
 
-    files = _files(request, settings, runtime.file_name if runtime else None, bad)
-    env = _env(request, settings, bad)
-    limits = _limits(request, settings, bad)
+    files = check_files(request.files, settings, runtime.file_name if runtime else None, bad)
+    env = check_env(request.env, settings, bad)
+    limits = check_limits(request.limits, settings, defaults or settings.defaults, bad)
     _ids(request, bad)
 
     if limits is not None:
@@ -103,9 +106,13 @@ def check_usage_request(request: pb.RecordUsageRequest) -> pb.RecordUsageRequest
 
 def _ids(request: pb.ExecuteRequest | pb.RecordUsageRequest, bad: _Bad) -> None:
     for name in ("session_id", "idempotency_key"):
-        value = getattr(request, name)
-        if len(value) > MAX_ID_CHARS or not _ID_RE.fullmatch(value):
-            bad(FieldViolation(name, f"at most {MAX_ID_CHARS} printable ASCII characters, no spaces"))
+        check_id(getattr(request, name), name, bad)
+
+
+def check_id(value: str, name: str, bad: _Bad) -> None:
+    """An opaque id: at most MAX_ID_CHARS printable ASCII characters, no spaces."""
+    if len(value) > MAX_ID_CHARS or not _ID_RE.fullmatch(value):
+        bad(FieldViolation(name, f"at most {MAX_ID_CHARS} printable ASCII characters, no spaces"))
 
 
 def _utf8(data: bytes, field: str, bad: _Bad) -> None:
@@ -115,21 +122,22 @@ def _utf8(data: bytes, field: str, bad: _Bad) -> None:
         bad(FieldViolation(field, f"not valid UTF-8 (byte offset {exc.start})"))
 
 
-def _files(
-    request: pb.ExecuteRequest, settings: Settings, code_name: str | None, bad: _Bad
+def check_files(
+    files: Sequence[pb.InputFile], settings: Settings, code_name: str | None, bad: _Bad, field_name: str = "files"
 ) -> tuple[InputFile, ...]:
+    """Input files: within the caps, each at a relative, normalised path, none clashing."""
     caps = settings.caps
-    if len(request.files) > caps.input_files:
-        bad(FieldViolation("files", f"{len(request.files)} files is over the cap of {caps.input_files}"))
+    if len(files) > caps.input_files:
+        bad(FieldViolation(field_name, f"{len(files)} files is over the cap of {caps.input_files}"))
         return ()
-    total = sum(len(f.content) for f in request.files)
+    total = sum(len(f.content) for f in files)
     if total > caps.input_file_bytes:
-        bad(FieldViolation("files", f"{total} bytes in all is over the {caps.input_file_bytes}-byte cap"))
+        bad(FieldViolation(field_name, f"{total} bytes in all is over the {caps.input_file_bytes}-byte cap"))
     out: list[InputFile] = []
     seen: set[str] = set()
-    for i, f in enumerate(request.files):
-        field = f"files[{i}].path"
-        problem = _path_problem(f.path)
+    for i, f in enumerate(files):
+        field = f"{field_name}[{i}].path"
+        problem = path_problem(f.path)
         if problem is None and code_name is not None and (f.path == code_name or f.path.startswith(code_name + "/")):
             problem = f"{f.path!r} clashes with the code file {code_name!r}"
         if problem is None and (f.path in seen or any(s.startswith(f.path + "/") for s in seen)
@@ -143,7 +151,8 @@ def _files(
     return tuple(out)
 
 
-def _path_problem(path: str) -> str | None:
+def path_problem(path: str) -> str | None:
+    """Why ``path`` is not a relative, normalised path of at most MAX_PATH_DEPTH parts, or None."""
     if not path:
         return "required"
     if len(path.encode()) > MAX_PATH_BYTES:
@@ -164,17 +173,18 @@ def _path_problem(path: str) -> str | None:
     return None
 
 
-def _env(request: pb.ExecuteRequest, settings: Settings, bad: _Bad) -> tuple[tuple[str, str], ...]:
+def check_env(env: Mapping[str, str], settings: Settings, bad: _Bad) -> tuple[tuple[str, str], ...]:
+    """Environment variables: within the caps, well-named, none of the sandbox's own; sorted by name."""
     caps = settings.caps
-    if len(request.env) > caps.env_vars:
-        bad(FieldViolation("env", f"{len(request.env)} variables is over the cap of {caps.env_vars}"))
+    if len(env) > caps.env_vars:
+        bad(FieldViolation("env", f"{len(env)} variables is over the cap of {caps.env_vars}"))
         return ()
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in request.env.items())
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in env.items())
     if size > caps.env_bytes:
         bad(FieldViolation("env", f"{size} bytes is over the {caps.env_bytes}-byte cap"))
     out: list[tuple[str, str]] = []
-    for name in sorted(request.env):
-        value = request.env[name]
+    for name in sorted(env):
+        value = env[name]
         if not _ENV_NAME_RE.fullmatch(name):
             bad(FieldViolation(f"env[{name[:40]!r}]", "names are letters, digits and _, not starting with a digit"))
         elif name in RESERVED_ENV:
@@ -186,15 +196,16 @@ def _env(request: pb.ExecuteRequest, settings: Settings, bad: _Bad) -> tuple[tup
     return tuple(out)
 
 
-def _limits(request: pb.ExecuteRequest, settings: Settings, bad: _Bad) -> Limits | None:
+def check_limits(requested: pb.Limits, settings: Settings, defaults: LimitValues, bad: _Bad) -> Limits | None:
+    """The requested limits, each within [floor, the server's ceiling]; unset ones take ``defaults``."""
     values: dict[str, int] = {}
     ok = True
     for name in Limits.__dataclass_fields__:
-        default = getattr(settings.defaults, name)
-        if not request.limits.HasField(name):
+        default = getattr(defaults, name)
+        if not requested.HasField(name):
             values[name] = default
             continue
-        value = getattr(request.limits, name)
+        value = getattr(requested, name)
         floor, ceiling = getattr(LIMIT_FLOORS, name), getattr(settings.ceilings, name)
         if value <= 0:
             bad(FieldViolation(f"limits.{name}", f"must be positive (got {value}); leave unset for {default}"))

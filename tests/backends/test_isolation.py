@@ -22,7 +22,7 @@ from sandbox_client import Limits, SandboxClient, Status
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
 # The only variables a program may find besides the request's own.
-BASE_ENV_NAMES = {"PATH", "HOME", "TMPDIR", "LANG"}
+BASE_ENV_NAMES = {"PATH", "HOME", "TMPDIR", "LANG", "XDG_CACHE_HOME", "MPLCONFIGDIR"}
 
 
 def host_shadow() -> bytes:

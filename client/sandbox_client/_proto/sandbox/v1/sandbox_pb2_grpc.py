@@ -55,6 +55,61 @@ class SandboxStub:
                 request_serializer=sandbox_dot_v1_dot_sandbox__pb2.RecordUsageRequest.SerializeToString,
                 response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.RecordUsageResponse.FromString,
                 _registered_method=True)
+        self.CreateSession = channel.unary_unary(
+                '/sandbox.v1.Sandbox/CreateSession',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.CreateSessionRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.Session.FromString,
+                _registered_method=True)
+        self.GetSession = channel.unary_unary(
+                '/sandbox.v1.Sandbox/GetSession',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.GetSessionRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.Session.FromString,
+                _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/sandbox.v1.Sandbox/ListSessions',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
+        self.CloseSession = channel.unary_unary(
+                '/sandbox.v1.Sandbox/CloseSession',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.CloseSessionRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.Session.FromString,
+                _registered_method=True)
+        self.UploadFile = channel.stream_unary(
+                '/sandbox.v1.Sandbox/UploadFile',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.UploadFileRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.FileInfo.FromString,
+                _registered_method=True)
+        self.DownloadFile = channel.unary_stream(
+                '/sandbox.v1.Sandbox/DownloadFile',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.DownloadFileRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.DownloadFileResponse.FromString,
+                _registered_method=True)
+        self.ListFiles = channel.unary_unary(
+                '/sandbox.v1.Sandbox/ListFiles',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.ListFilesRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.ListFilesResponse.FromString,
+                _registered_method=True)
+        self.DeleteFile = channel.unary_unary(
+                '/sandbox.v1.Sandbox/DeleteFile',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.DeleteFileRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.DeleteFileResponse.FromString,
+                _registered_method=True)
+        self.SnapshotSession = channel.unary_unary(
+                '/sandbox.v1.Sandbox/SnapshotSession',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.SnapshotSessionRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.Snapshot.FromString,
+                _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/sandbox.v1.Sandbox/ListSnapshots',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSnapshot = channel.unary_unary(
+                '/sandbox.v1.Sandbox/DeleteSnapshot',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.DeleteSnapshotRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.DeleteSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class SandboxServicer:
@@ -91,6 +146,89 @@ class SandboxServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSession(self, request, context):
+        """Sessions: one sandbox kept across an agent's calls, with a stateful Python kernel and a workspace.
+        Execute and ExecuteStream with a session's id as their session_id run inside that session (see
+        ExecuteRequest.session_id). A session belongs to the tenant that created it: for any other caller its id
+        is NOT_FOUND, the same answer as for an id that never existed.
+
+        Starts a session (its sandbox, its kernel when Python is among its languages) and returns it READY.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSession(self, request, context):
+        """One live session of the caller's tenant; a closed, expired or unknown one is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """The caller's tenant's live sessions, oldest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseSession(self, request, context):
+        """Closes a session now (a call running in it ends KILLED) and returns its final state. NOT_FOUND once closed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadFile(self, request_iterator, context):
+        """Writes one file into a session's workspace: a header first, then the content in chunks. The file appears
+        whole or not at all (written aside, then renamed over the path).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadFile(self, request, context):
+        """Reads one file of a session's workspace: its FileInfo first, then the content in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFiles(self, request, context):
+        """Lists a directory of a session's workspace (recursively on request).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteFile(self, request, context):
+        """Deletes a file, a link, or (recursively on request) a directory of a session's workspace.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SnapshotSession(self, request, context):
+        """Saves a session's workspace (regular files only) durably; CreateSession can start from it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSnapshots(self, request, context):
+        """The caller's tenant's snapshots, newest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSnapshot(self, request, context):
+        """Deletes one of the caller's tenant's snapshots.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +251,61 @@ def add_SandboxServicer_to_server(servicer, server):
                     servicer.RecordUsage,
                     request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.RecordUsageRequest.FromString,
                     response_serializer=sandbox_dot_v1_dot_sandbox__pb2.RecordUsageResponse.SerializeToString,
+            ),
+            'CreateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSession,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.CreateSessionRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.Session.SerializeToString,
+            ),
+            'GetSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSession,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.GetSessionRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.Session.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.ListSessionsRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'CloseSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseSession,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.CloseSessionRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.Session.SerializeToString,
+            ),
+            'UploadFile': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadFile,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.UploadFileRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.FileInfo.SerializeToString,
+            ),
+            'DownloadFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadFile,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.DownloadFileRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.DownloadFileResponse.SerializeToString,
+            ),
+            'ListFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFiles,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.ListFilesRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.ListFilesResponse.SerializeToString,
+            ),
+            'DeleteFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteFile,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.DeleteFileRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.DeleteFileResponse.SerializeToString,
+            ),
+            'SnapshotSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotSession,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.SnapshotSessionRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.Snapshot.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.ListSnapshotsResponse.SerializeToString,
+            ),
+            'DeleteSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSnapshot,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.DeleteSnapshotRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.DeleteSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +417,303 @@ class Sandbox:
             '/sandbox.v1.Sandbox/RecordUsage',
             sandbox_dot_v1_dot_sandbox__pb2.RecordUsageRequest.SerializeToString,
             sandbox_dot_v1_dot_sandbox__pb2.RecordUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Sandbox/CreateSession',
+            sandbox_dot_v1_dot_sandbox__pb2.CreateSessionRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Sandbox/GetSession',
+            sandbox_dot_v1_dot_sandbox__pb2.GetSessionRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Sandbox/ListSessions',
+            sandbox_dot_v1_dot_sandbox__pb2.ListSessionsRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Sandbox/CloseSession',
+            sandbox_dot_v1_dot_sandbox__pb2.CloseSessionRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadFile(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/sandbox.v1.Sandbox/UploadFile',
+            sandbox_dot_v1_dot_sandbox__pb2.UploadFileRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.FileInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sandbox.v1.Sandbox/DownloadFile',
+            sandbox_dot_v1_dot_sandbox__pb2.DownloadFileRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.DownloadFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Sandbox/ListFiles',
+            sandbox_dot_v1_dot_sandbox__pb2.ListFilesRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.ListFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Sandbox/DeleteFile',
+            sandbox_dot_v1_dot_sandbox__pb2.DeleteFileRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.DeleteFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Sandbox/SnapshotSession',
+            sandbox_dot_v1_dot_sandbox__pb2.SnapshotSessionRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.Snapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Sandbox/ListSnapshots',
+            sandbox_dot_v1_dot_sandbox__pb2.ListSnapshotsRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.ListSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Sandbox/DeleteSnapshot',
+            sandbox_dot_v1_dot_sandbox__pb2.DeleteSnapshotRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.DeleteSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

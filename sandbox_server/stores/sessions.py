@@ -1,0 +1,139 @@
+"""The records of sessions and snapshots, and the protocols of their stores.
+
+A live session is a sandbox in one server process; the store keeps what must outlive it: who created it and
+when, how and why it ended (the lifecycle audit trail: one event per created, closed, snapshot, restore, file
+change), and the index of snapshots (their files live under the data dir). A server that starts closes the
+records its predecessor left open (its sessions died with it), so a restarted server answers for them with a
+clear NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+EVENTS = ("created", "closed", "snapshot", "restored", "uploaded", "deleted", "kernel_restarted", "loop_detected")
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A session as stored. Times are epoch seconds; ``closed_at`` is None while it lives."""
+
+    session_id: str
+    tenant: str
+    key_id: str
+    owner: str  # the server that runs it (its state dir): a restart closes its own orphans only
+    backend: str
+    languages: tuple[str, ...]
+    limits: Mapping[str, int]
+    labels: Mapping[str, str]
+    snapshot_id: str
+    created_at: float
+    closed_at: float | None = None
+    close_reason: str = ""
+    calls: int = 0
+    cpu_time_s: float = 0.0
+    cost: float = 0.0
+    kernel_restarts: int = 0
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    """One lifecycle event of a session: the audit trail of sessions (executions have their own records)."""
+
+    session_id: str
+    tenant: str
+    key_id: str
+    event: str  # one of EVENTS
+    at: float
+    detail: Mapping[str, str | int | float | bool] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class SessionEnd:
+    """How a session ended, with its totals."""
+
+    closed_at: float
+    reason: str
+    calls: int
+    cpu_time_s: float
+    cost: float
+    kernel_restarts: int
+
+
+class SessionStore(Protocol):
+    """Sessions and their lifecycle events. Every write is durable before it returns."""
+
+    def create(self, rec: SessionRecord, event: SessionEvent) -> None:
+        """Record a new session and its ``created`` event in one transaction.
+
+        Raises:
+            ValueError: the session id is already recorded.
+        """
+        ...
+
+    def end(self, session_id: str, end: SessionEnd, event: SessionEvent) -> bool:
+        """Mark the session closed and record its ``closed`` event, in one transaction. False (nothing written)
+        when it is unknown or already closed."""
+        ...
+
+    def record_event(self, event: SessionEvent) -> None: ...
+
+    def get(self, session_id: str) -> SessionRecord | None: ...
+
+    def list(self, tenant: str | None = None, open_only: bool = False,
+             limit: int = 100) -> builtins.list[SessionRecord]:
+        """Newest first."""
+        ...
+
+    def events(self, session_id: str, limit: int = 1000) -> builtins.list[SessionEvent]:
+        """Oldest first."""
+        ...
+
+    def close_orphans(self, owner: str, reason: str, at: float) -> builtins.list[str]:
+        """Close every session of ``owner`` still open (a previous run of that server died with them), with a
+        ``closed`` event each; returns their ids."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """A saved workspace: its files are a tar under the data dir, named by ``file``."""
+
+    snapshot_id: str
+    tenant: str
+    session_id: str
+    name: str
+    created_at: float
+    size_bytes: int
+    files: int
+    skipped: int
+    file: str  # the archive's name under the snapshots directory
+    sha256: str  # of the archive, checked before a restore
+
+
+class SnapshotStore(Protocol):
+    def add(self, rec: SnapshotRecord, max_count: int) -> bool:
+        """Index a snapshot whose archive is already durable. False (nothing written) when the tenant already
+        keeps ``max_count`` snapshots."""
+        ...
+
+    def get(self, snapshot_id: str) -> SnapshotRecord | None: ...
+
+    def list(self, tenant: str, limit: int = 50, before: tuple[float, str] | None = None
+             ) -> builtins.list[SnapshotRecord]:
+        """Newest first; ``before`` (created_at, id) pages on."""
+        ...
+
+    def delete(self, snapshot_id: str) -> bool:
+        """Drop the index entry (the caller removes the archive). False when unknown."""
+        ...
+
+    def count(self, tenant: str) -> int: ...
+
+    def close(self) -> None: ...
