@@ -9,12 +9,17 @@
 set -euo pipefail
 
 # Bump when a change to this script changes the tree it builds: it invalidates every cached rootfs.
-SCRIPT_VERSION=2
+SCRIPT_VERSION=3
 SUITE=bookworm
 VARIANT=minbase
 # Beyond minbase (which already has bash, coreutils, dpkg, apt). python3, not python3-minimal: the full
-# standard library (json, sqlite3, ssl, ...). No compilers, no ca-certificates: sandboxes have no network.
-PACKAGES=(python3 nodejs)
+# standard library (json, sqlite3, ssl, ...). The data stack (numpy, pandas, matplotlib) so that it imports
+# offline, and the IPython kernel with jupyter_client for sessions (their agent and kernel run in the image).
+# No compilers, no ca-certificates: sandboxes have no network.
+# debootstrap resolves no virtual package, so the real packages behind the ones these depend on are named too
+# (python3-zmq needs python3-cffi-backend-api-*, gdb, which ipykernel's debugger pulls in, libboost-regex).
+PACKAGES=(python3 nodejs python3-numpy python3-pandas python3-matplotlib python3-ipykernel python3-jupyter-client
+    python3-cffi-backend libboost-regex1.74.0)
 RUNTIMES=(python node bash)
 declare -A RUNTIME_CMD=([python]=/usr/bin/python3 [node]=/usr/bin/node [bash]=/bin/bash)
 DEFAULT_MIRROR=http://deb.debian.org/debian

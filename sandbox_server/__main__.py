@@ -165,6 +165,8 @@ def _banner(app: App) -> None:
             lines.append("  WARNING: development mode runs calls as tenant 'default', which these policies do not "
                          "define: every call will be refused")
     lines.append(f"  admission: {s.max_running} running, {s.max_queued} queued")
+    lines.append(f"  sessions: at most {s.max_sessions} live, {s.session_pool_size} started ahead "
+                 f"(a Python kernel each; see docs/sessions.md)")
     metrics = f"http://{s.metrics_host}:{app.metrics_port}/metrics" if app.metrics_port is not None else "off"
     lines.append(f"  metrics: {metrics}")
     lines.append(f"  traces: {'OTLP to ' + s.otlp_endpoint if s.otlp_endpoint else 'not exported'}")

@@ -117,7 +117,8 @@ class App:
         await self.sessions.start()
         self.servicer = SandboxServicer(settings, self.backend, self.admission, policies, budgeter, self.sessions)
         admin = AdminServicer(policies, stores.keys, stores.versions, ops=Operations(
-            audit=stores.audit, costs=stores.costs, incidents=self.incidents, executions=self.servicer))
+            audit=stores.audit, costs=stores.costs, incidents=self.incidents, executions=self.servicer,
+            sessions=self.sessions))
         feed = IncidentFeed(self.incidents, metrics)
         self.backend.on_teardown_failure = feed.on_teardown_failure
         self.idempotency = IdempotencyInterceptor(

@@ -88,6 +88,7 @@ DEFAULT_SESSION_LIMITS = LimitValues(
     scratch_bytes=512 * MIB,
 )
 DEFAULT_MAX_SESSIONS = 64
+DEFAULT_SESSION_POOL_SIZE = 1
 
 
 # Floors keep a request from asking for a jail too small to start an interpreter and blaming us.
@@ -170,6 +171,9 @@ class Settings(BaseSettings):
         default=DEFAULT_SESSION_LIMITS, description="a session's limits when neither request nor policy sets them")
     max_sessions: int = Field(default=DEFAULT_MAX_SESSIONS, ge=0,
                               description="live sessions on this server at once, every tenant together (0: none)")
+    session_pool_size: int = Field(
+        default=DEFAULT_SESSION_POOL_SIZE, ge=0,
+        description="session sandboxes (with a kernel) started ahead of CreateSession, for the default limits")
     caps: RequestCaps = RequestCaps()
     cpu_cores: float = Field(default=1.0, gt=0, description="CPU bandwidth of one sandbox, in cores")
     state_dir: Path = DEFAULT_STATE_DIR

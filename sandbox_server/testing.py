@@ -51,6 +51,7 @@ def private_settings(**overrides: Any) -> Settings:
         "data_dir": state_dir / "data",
         "cgroup_parent": f"sandbox-test-{unique}",
         "drain_timeout_s": 5.0,
+        "session_pool_size": 0,  # a test that wants kernels started ahead asks for them
     }
     base.update(overrides)
     return load_settings(**base)

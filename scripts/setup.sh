@@ -21,10 +21,14 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------------------------------------- host packages
 # docker.io and debootstrap serve the Docker backend and its offline image build; util-linux gives unshare.
+# The data stack and the Jupyter kernel are for the sandboxes (they run the host's /usr/bin/python3): numpy,
+# pandas and matplotlib import offline in every execution, and sessions run an IPython kernel driven with
+# jupyter_client.
 APT_PACKAGES=(python3 python3-venv python3-pip nodejs bash ca-certificates iproute2 procps util-linux perl
-    docker.io debootstrap tar openssl prometheus python3-seccomp)
+    docker.io debootstrap tar openssl prometheus python3-seccomp
+    python3-numpy python3-pandas python3-matplotlib python3-ipykernel python3-jupyter-client)
 # Paths the jails (and this script) rely on, beyond "the package is installed".
-REQUIRED_PATHS=(/usr/bin/python3 /usr/bin/node /bin/bash)
+REQUIRED_PATHS=(/usr/bin/python3 /usr/bin/node /bin/bash /usr/lib/python3/dist-packages/ipykernel)
 
 pkg_installed() {
     [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" == "installed" ]]
@@ -38,7 +42,7 @@ if command -v dpkg-query >/dev/null 2>&1; then
 fi
 missing_paths=()
 for path in "${REQUIRED_PATHS[@]}"; do
-    [[ -x "$path" ]] || missing_paths+=("$path")
+    [[ -e "$path" ]] || missing_paths+=("$path")
 done
 
 if ((${#missing[@]} > 0)) || ((${#missing_paths[@]} > 0)); then
@@ -63,7 +67,7 @@ if ((${#missing[@]} > 0)) || ((${#missing_paths[@]} > 0)); then
         || { ((added_policy)) && rm -f "$policy"; die "apt-get install failed"; }
     ((added_policy)) && rm -f "$policy"
     for path in "${REQUIRED_PATHS[@]}"; do
-        [[ -x "$path" ]] || die "$path is still missing after installing packages"
+        [[ -e "$path" ]] || die "$path is still missing after installing packages"
     done
 else
     log "host packages present"

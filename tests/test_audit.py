@@ -114,7 +114,8 @@ def test_no_record_is_lost_when_the_server_is_killed_right_after_replying(tmp_pa
     unique = uuid.uuid4().hex[:8]
     # The state dir must be traversable by the sandbox user (pytest's tmp_path is 0700); data may stay private.
     state, data, parent = Path(f"/tmp/sandbox-audit-{unique}"), tmp_path / "data", f"sandbox-audit-{unique}"
-    env = {**os.environ, "SANDBOX_CGROUP_PARENT": parent, "SANDBOX_DATA_DIR": str(data)}
+    env = {**os.environ, "SANDBOX_CGROUP_PARENT": parent, "SANDBOX_DATA_DIR": str(data),
+           "SANDBOX_SESSION_POOL_SIZE": "0"}
     server = Path(sys.executable).parent / "sandbox-server"
     proc = subprocess.Popen([str(server), "serve", "--port", "0", "--state-dir", str(state)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)

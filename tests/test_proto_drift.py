@@ -49,4 +49,4 @@ def test_every_service_is_served() -> None:
     assert admin == {"ListPolicies", "GetPolicy", "ValidatePolicy", "ApplyPolicy", "ListPolicyVersions",
                      "ListTenants", "CreateApiKey", "RevokeApiKey", "ListApiKeys", "ListIncidents", "GetIncident",
                      "ResolveIncident", "CostReport", "ListExecutions", "GetExecution", "KillExecution",
-                     "ListQuarantines", "LiftQuarantine"}
+                     "ListQuarantines", "LiftQuarantine", "ListSessions", "GetSession", "CloseSession"}

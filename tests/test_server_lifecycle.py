@@ -28,8 +28,9 @@ SERVER = Path(sys.executable).parent / "sandbox-server"
 
 class ServerProcess:
     def __init__(self, state_dir: Path, cgroup_parent: str, *extra: str) -> None:
+        # No session sandboxes started ahead: these tests count the jails and scratch dirs of executions.
         env = {**os.environ, "SANDBOX_CGROUP_PARENT": cgroup_parent, "SANDBOX_DRAIN_TIMEOUT_S": "20",
-               "SANDBOX_DATA_DIR": str(state_dir / "data")}
+               "SANDBOX_DATA_DIR": str(state_dir / "data"), "SANDBOX_SESSION_POOL_SIZE": "0"}
         self.proc = subprocess.Popen(
             [str(SERVER), "serve", "--port", "0", "--state-dir", str(state_dir), *extra],
             stdout=subprocess.PIPE,

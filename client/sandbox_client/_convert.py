@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
 
 from sandbox_client._errors import protocol_error
 from sandbox_client._models import (
     BudgetState,
+    CodeError,
+    DisplayData,
     ExecutionResult,
+    FileInfo,
+    FileType,
+    FrozenMapping,
     Limits,
     OutputChunk,
     OutputFile,
     ResourceUsage,
     Runtime,
+    SessionInfo,
+    SessionState,
+    SessionUsage,
+    SnapshotInfo,
     Status,
     UsageReport,
 )
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2
 
 _STATUS_PREFIX = "STATUS_"
+_SESSION_STATE_PREFIX = "SESSION_STATE_"
 
 
 def status_from_proto(value: int) -> Status:
@@ -102,10 +116,14 @@ def build_request(
 
 
 def result_from_proto(
-    message: sandbox_pb2.ExecuteResult, *, stdout: bytes | None = None, stderr: bytes | None = None
+    message: sandbox_pb2.ExecuteResult,
+    *,
+    stdout: bytes | None = None,
+    stderr: bytes | None = None,
+    outputs: Sequence[DisplayData] | None = None,
 ) -> ExecutionResult:
-    """The ExecutionResult for ``message``; ``stdout``/``stderr``, when given, replace the message's own
-    (``execute_stream`` passes the streamed chunks, joined)."""
+    """The ExecutionResult for ``message``; ``stdout``/``stderr``/``outputs``, when given, replace the message's
+    own (``execute_stream`` passes the streamed chunks, joined, and the streamed rich outputs)."""
     return ExecutionResult(
         execution_id=message.execution_id,
         status=status_from_proto(message.status),
@@ -131,7 +149,28 @@ def result_from_proto(
         redactions=message.redactions,
         cost=message.cost,
         trace_id=message.trace_id,
+        value=message.value,
+        outputs=tuple(display_from_proto(d) for d in message.outputs) if outputs is None else tuple(outputs),
+        error=code_error_from_proto(message.error) if message.HasField("error") else None,
+        kernel_restarted=message.kernel_restarted,
+        warnings=tuple(message.warnings),
+        execution_count=message.execution_count,
     )
+
+
+def display_from_proto(message: sandbox_pb2.DisplayData) -> DisplayData:
+    return DisplayData(
+        mime_type=message.mime_type,
+        data=message.data,
+        alternatives=FrozenMapping(sorted(message.alternatives.items())),
+        is_result=message.is_result,
+        display_id=message.display_id,
+        update=message.update,
+    )
+
+
+def code_error_from_proto(message: sandbox_pb2.CodeError) -> CodeError:
+    return CodeError(name=message.name, value=message.value, traceback=tuple(message.traceback))
 
 
 def usage_report_from_proto(message: sandbox_pb2.RecordUsageResponse) -> UsageReport:
@@ -159,3 +198,159 @@ def runtime_from_proto(message: sandbox_pb2.Runtime) -> Runtime:
         version=message.version,
         file_name=message.file_name,
     )
+
+
+# ---- sessions --------------------------------------------------------------------------------------------------
+
+
+def _datetime(stamp: timestamp_pb2.Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _optional_datetime(message: sandbox_pb2.Session, name: str) -> datetime | None:
+    """The Timestamp field ``name``; None when unset (the proto's way to say "not yet" or "never")."""
+    return _datetime(getattr(message, name)) if message.HasField(name) else None
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int of seconds, not {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return value
+
+
+def build_session_request(
+    *,
+    languages: Sequence[str] | None,
+    limits: Limits | None,
+    idle_timeout_s: int | None,
+    max_lifetime_s: int | None,
+    cpu_total_s: float | None,
+    env: Mapping[str, str] | None,
+    files: Mapping[str, bytes | str] | None,
+    labels: Mapping[str, str] | None,
+    snapshot_id: str,
+    idempotency_key: str,
+) -> sandbox_pb2.CreateSessionRequest:
+    """The CreateSessionRequest for ``session``'s arguments; None leaves a field to the tenant's default.
+
+    Raises:
+        TypeError: a timeout that is not an int, a CPU total that is not a number, ``languages`` given as one str.
+        ValueError: a timeout or CPU total that is not positive (or not finite).
+    """
+    if isinstance(languages, str):
+        raise TypeError("languages must be a sequence of language names, not one str")
+    request = sandbox_pb2.CreateSessionRequest(
+        languages=list(languages or ()),
+        limits=limits_to_proto(limits) if limits is not None else None,
+        idle_timeout_s=_positive_int("idle_timeout_s", idle_timeout_s) if idle_timeout_s is not None else 0,
+        max_lifetime_s=_positive_int("max_lifetime_s", max_lifetime_s) if max_lifetime_s is not None else 0,
+        env=dict(env or {}),
+        files=[sandbox_pb2.InputFile(path=path, content=_as_bytes(content)) for path, content in (files or {}).items()],
+        labels=dict(labels or {}),
+        snapshot_id=snapshot_id,
+        idempotency_key=idempotency_key,
+    )
+    if cpu_total_s is not None:
+        if isinstance(cpu_total_s, bool) or not isinstance(cpu_total_s, int | float):
+            raise TypeError(f"cpu_total_s must be a number of seconds, not {type(cpu_total_s).__name__}")
+        if not (math.isfinite(cpu_total_s) and cpu_total_s > 0):
+            raise ValueError(f"cpu_total_s must be positive and finite, got {cpu_total_s!r}")
+        request.cpu_total_ms = _seconds_to_ms(cpu_total_s)
+    return request
+
+
+def session_state_from_proto(value: int) -> SessionState:
+    """``SESSION_STATE_READY`` -> ``SessionState.READY``; an unknown number -> ``SessionState.UNSPECIFIED``."""
+    try:
+        return SessionState(sandbox_pb2.SessionState.Name(value).removeprefix(_SESSION_STATE_PREFIX))
+    except ValueError:
+        return SessionState.UNSPECIFIED
+
+
+def session_from_proto(message: sandbox_pb2.Session) -> SessionInfo:
+    usage = message.usage
+    return SessionInfo(
+        id=message.id,
+        state=session_state_from_proto(message.state),
+        created_at=_datetime(message.created_at),
+        last_used_at=_datetime(message.last_used_at),
+        expires_at=_optional_datetime(message, "expires_at"),
+        closed_at=_optional_datetime(message, "closed_at"),
+        limits=limits_from_proto(message.limits),
+        idle_timeout_s=message.idle_timeout_s,
+        max_lifetime_s=message.max_lifetime_s,
+        cpu_total_s=message.cpu_total_ms / 1000,
+        languages=tuple(message.languages),
+        labels=FrozenMapping(sorted(message.labels.items())),
+        usage=SessionUsage(
+            calls=usage.calls,
+            cpu_time_s=usage.cpu_time_s,
+            memory_bytes=usage.memory_bytes,
+            peak_memory_bytes=usage.peak_memory_bytes,
+            workspace_bytes=usage.workspace_bytes,
+            cost=usage.cost,
+            kernel_restarts=usage.kernel_restarts,
+        ),
+        close_reason=message.close_reason,
+        backend=message.backend,
+        snapshot_id=message.snapshot_id,
+    )
+
+
+def snapshot_from_proto(message: sandbox_pb2.Snapshot) -> SnapshotInfo:
+    return SnapshotInfo(
+        id=message.id,
+        session_id=message.session_id,
+        name=message.name,
+        created_at=_datetime(message.created_at),
+        size_bytes=message.size_bytes,
+        files=message.files,
+        skipped=message.skipped,
+    )
+
+
+_FILE_TYPES: Mapping[int, FileType] = {
+    sandbox_pb2.FILE_TYPE_FILE: "file",
+    sandbox_pb2.FILE_TYPE_DIRECTORY: "directory",
+    sandbox_pb2.FILE_TYPE_SYMLINK: "symlink",
+    sandbox_pb2.FILE_TYPE_OTHER: "other",
+}
+
+
+def file_info_from_proto(message: sandbox_pb2.FileInfo) -> FileInfo:
+    """An unknown (or unset) type, from a newer server, is "other": listed, never to be read as a file."""
+    return FileInfo(
+        path=message.path,
+        size=message.size,
+        mtime=_datetime(message.mtime),
+        type=_FILE_TYPES.get(message.type, "other"),
+    )
+
+
+def upload_header(session_id: str, path: str, size: int | None) -> sandbox_pb2.UploadFileRequest:
+    """UploadFile's first message; ``size`` (when known) lets the server refuse an oversized file at once."""
+    return sandbox_pb2.UploadFileRequest(
+        header=sandbox_pb2.UploadHeader(session_id=session_id, path=path, size=size)
+    )
+
+
+def upload_requests(
+    header: sandbox_pb2.UploadFileRequest, chunks: Iterable[bytes]
+) -> Iterator[sandbox_pb2.UploadFileRequest]:
+    """UploadFile's messages: ``header``, then one message per (non-empty) chunk, read as they are sent."""
+    yield header
+    for chunk in chunks:
+        if chunk:
+            yield sandbox_pb2.UploadFileRequest(chunk=chunk)
+
+
+async def aupload_requests(
+    header: sandbox_pb2.UploadFileRequest, chunks: AsyncIterable[bytes]
+) -> AsyncIterator[sandbox_pb2.UploadFileRequest]:
+    """``upload_requests`` for chunks read asynchronously."""
+    yield header
+    async for chunk in chunks:
+        if chunk:
+            yield sandbox_pb2.UploadFileRequest(chunk=chunk)

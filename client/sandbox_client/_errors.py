@@ -4,20 +4,23 @@
     ├── InvalidRequestError    INVALID_ARGUMENT: .field_violations (BadRequest)
     ├── AuthenticationError    UNAUTHENTICATED
     ├── PermissionDeniedError  PERMISSION_DENIED
-    ├── NotFoundError          NOT_FOUND: .resource_type, .resource_name (ErrorInfo metadata)
+    ├── NotFoundError          NOT_FOUND: .resource_type, .resource_name (ResourceInfo, ErrorInfo metadata)
+    │   └── SessionNotFoundError   the session named is not live (never was, or closed): .session_id, .close_reason
     ├── ResourceExhaustedError RESOURCE_EXHAUSTED: .quota_violations (QuotaFailure), .retry_after (RetryInfo)
+    │   └── SessionBusyError       a call runs in the session and as many as may wait already wait (SESSION_BUSY)
     ├── UnavailableError       UNAVAILABLE: .retry_after (RetryInfo)
     │   ├── CircuitOpenError   the client's breaker is open (failures in a row): not called; .retry_after
-    │   └── StreamInterruptedError  a stream cut after it yielded output: .chunks, .idempotency_key
+    │   └── StreamInterruptedError  a stream cut after it yielded output: .chunks, .outputs, .idempotency_key
     ├── DeadlineExceededError  DEADLINE_EXCEEDED: the call's deadline passed
     ├── RequestCancelledError  CANCELLED
     └── ServerError            INTERNAL, UNKNOWN and every other code; also a server breaking the protocol
 
 A gRPC error becomes one of these in one place, ``error_for_status``, through the ``_ERROR_CLASSES`` table
-(a test fails when a status code is missing from it). The two UNAVAILABLE subclasses never come from a status
-alone: the client raises them itself, so code that handles "the server is down" handles them too. An
-execution that ran and failed (non-zero exit, timeout, ...) is not an exception: it is an ``ExecutionResult``
-with its ``status``.
+(a test fails when a status code is missing from it), refined by the details for the two session errors: a
+NOT_FOUND whose resource type is "session", a RESOURCE_EXHAUSTED whose reason is SESSION_BUSY. The two
+UNAVAILABLE subclasses never come from a status alone: the client raises them itself, so code that handles "the
+server is down" handles them too. An execution that ran and failed (non-zero exit, timeout, a Python exception
+in a session, ...) is not an exception: it is an ``ExecutionResult`` with its ``status``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from sandbox_client._models import OutputChunk
+from sandbox_client._models import DisplayData, OutputChunk
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +80,10 @@ class ErrorDetails:
     quota_violations: tuple[QuotaViolation, ...] = ()
     retry_after: float | None = None
     """RetryInfo.retry_delay in seconds: the server's advice on when to try again."""
+    resource_type: str | None = None
+    """ResourceInfo.resource_type: what a NOT_FOUND call looked for ("session", "file", "snapshot", ...)."""
+    resource_name: str | None = None
+    """ResourceInfo.resource_name: the id or path that was looked for."""
 
 
 class SandboxError(Exception):
@@ -127,13 +134,35 @@ class NotFoundError(SandboxError):
 
     @property
     def resource_type(self) -> str | None:
-        """What was looked for ("incident", "execution", ...); None when the server did not say."""
-        return self.details.metadata.get("resource_type")
+        """What was looked for ("incident", "execution", "session", "file", "snapshot", ...), from ResourceInfo
+        or else ErrorInfo's metadata; None when the server did not say."""
+        return self.details.resource_type or self.details.metadata.get("resource_type")
 
     @property
     def resource_name(self) -> str | None:
-        """The id that was looked for; None when the server did not say."""
-        return self.details.metadata.get("resource_name")
+        """The id (or workspace path) that was looked for; None when the server did not say."""
+        return self.details.resource_name or self.details.metadata.get("resource_name")
+
+
+class SessionNotFoundError(NotFoundError):
+    """The session named is not a live session of the caller's tenant: it was closed (by ``close``, its idle
+    timeout, its lifetime, its CPU total, a budget, a failure, the server's restart), or it never existed, or it is
+    another tenant's (the same answer, so that ids leak nothing). Nothing ran; a new session starts afresh
+    (``session(snapshot_id=...)`` from a snapshot, to get its files back).
+
+    ``close_reason`` says why, when the server tells the session's own tenant ("closed", "idle_timeout",
+    "max_lifetime", "cpu_limit", "budget_exceeded", "sandbox_failed", "server_shutdown", ...); "" when unknown.
+    """
+
+    @property
+    def session_id(self) -> str:
+        """The session's id, as the server reports it ("" when it did not say)."""
+        return self.resource_name or ""
+
+    @property
+    def close_reason(self) -> str:
+        """Why the session closed; "" when the server did not say (an unknown id says nothing)."""
+        return self.details.metadata.get("close_reason", "")
 
 
 class ResourceExhaustedError(SandboxError):
@@ -147,6 +176,12 @@ class ResourceExhaustedError(SandboxError):
     def retry_after(self) -> float | None:
         """Seconds to wait before retrying, from RetryInfo; None when the server gave no advice."""
         return self.details.retry_after
+
+
+class SessionBusyError(ResourceExhaustedError):
+    """A call came while one runs in the session and as many calls as may wait already wait (reason
+    ``SESSION_BUSY``). The server sends RetryInfo, so the client's retry policy retries it by default; it is raised
+    once the retries are spent. Calls to one session run one at a time: wait for yours, or use another session."""
 
 
 class UnavailableError(SandboxError):
@@ -172,7 +207,8 @@ class StreamInterruptedError(UnavailableError):
     """``execute_stream`` lost its connection after it had yielded output: the stream was cut, and it is not
     restarted behind the caller's back (the caller has already seen part of the output).
 
-    ``chunks`` is every chunk received before the cut, in order (``stdout_bytes``/``stderr_bytes`` join them).
+    ``chunks`` is every chunk received before the cut, in order (``stdout_bytes``/``stderr_bytes`` join them);
+    ``outputs`` every rich output (``DisplayData``) of a session's call received before it.
     The execution itself was not cancelled by the cut: the server runs it to the end and keeps its result, so
     ``execute(...)`` with the same arguments and ``idempotency_key=error.idempotency_key`` returns that result
     (the same ``execution_id``, the whole output) without running the code again, within the server's dedupe
@@ -187,10 +223,12 @@ class StreamInterruptedError(UnavailableError):
         details: ErrorDetails | None = None,
         chunks: tuple[OutputChunk, ...] = (),
         idempotency_key: str = "",
+        outputs: tuple[DisplayData, ...] = (),
     ) -> None:
         super().__init__(message, code=code, details=details)
         self.chunks = chunks
         self.idempotency_key = idempotency_key
+        self.outputs = outputs
 
     @property
     def stdout_bytes(self) -> bytes:
@@ -213,13 +251,20 @@ class StreamInterruptedError(UnavailableError):
         return self.stderr_bytes.decode("utf-8", errors="replace")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_interrupted, (self.message, self.code, self.details, self.chunks, self.idempotency_key))
+        return (_rebuild_interrupted,
+                (self.message, self.code, self.details, self.chunks, self.idempotency_key, self.outputs))
 
 
 def _rebuild_interrupted(
-    message: str, code: grpc.StatusCode, details: ErrorDetails, chunks: tuple[OutputChunk, ...], key: str
+    message: str,
+    code: grpc.StatusCode,
+    details: ErrorDetails,
+    chunks: tuple[OutputChunk, ...],
+    key: str,
+    outputs: tuple[DisplayData, ...] = (),
 ) -> StreamInterruptedError:
-    return StreamInterruptedError(message, code=code, details=details, chunks=chunks, idempotency_key=key)
+    return StreamInterruptedError(message, code=code, details=details, chunks=chunks, idempotency_key=key,
+                                  outputs=outputs)
 
 
 def circuit_open_error(
@@ -237,17 +282,23 @@ def circuit_open_error(
 
 
 def stream_interrupted_error(
-    cause: SandboxError, chunks: tuple[OutputChunk, ...], idempotency_key: str
+    cause: SandboxError,
+    chunks: tuple[OutputChunk, ...],
+    idempotency_key: str,
+    outputs: tuple[DisplayData, ...] = (),
 ) -> StreamInterruptedError:
-    """The error of a stream cut after it yielded ``chunks``; ``cause`` is what the cut looked like."""
+    """The error of a stream cut after it yielded ``chunks`` and ``outputs``; ``cause`` is what the cut looked
+    like."""
+    rich = f" and {len(outputs)} rich output(s)" if outputs else ""
     return StreamInterruptedError(
-        f"the stream was cut after {len(chunks)} output chunk(s) ({cause.message}); the server completes the"
+        f"the stream was cut after {len(chunks)} output chunk(s){rich} ({cause.message}); the server completes the"
         f" execution: execute() with the same arguments and idempotency_key={idempotency_key!r} returns its"
         " result without running the code again",
         code=cause.code,
         details=cause.details,
         chunks=chunks,
         idempotency_key=idempotency_key,
+        outputs=outputs,
     )
 
 
@@ -283,17 +334,38 @@ _ERROR_CLASSES: Mapping[grpc.StatusCode, type[SandboxError]] = {
 }
 
 
+SESSION_RESOURCE = "session"
+"""The resource type of a session in the server's NOT_FOUND details."""
+FILE_RESOURCE = "file"
+"""The resource type of a session's workspace path in the server's NOT_FOUND details."""
+SESSION_BUSY = "SESSION_BUSY"
+"""ErrorInfo.reason of a call refused because its session is running one and its queue is full."""
+
+
 def error_for_status(code: grpc.StatusCode, message: str, rich_status: status_pb2.Status | None = None) -> SandboxError:
-    """The typed exception for a failed call: the one place status codes become exception classes."""
+    """The typed exception for a failed call: the one place status codes (and, for the session errors, their
+    details) become exception classes."""
     cls = _ERROR_CLASSES.get(code, ServerError)
     if rich_status is None:
         return cls(message, code=code)
-    return cls(rich_status.message or message, code=code, details=details_from_status(rich_status))
+    details = details_from_status(rich_status)
+    return _refined(cls, details)(rich_status.message or message, code=code, details=details)
+
+
+def _refined(cls: type[SandboxError], details: ErrorDetails) -> type[SandboxError]:
+    """The subclass of ``cls`` the details call for: the session errors."""
+    if cls is NotFoundError and SESSION_RESOURCE in (details.resource_type, details.metadata.get("resource_type")):
+        return SessionNotFoundError
+    if cls is ResourceExhaustedError and details.reason == SESSION_BUSY:
+        return SessionBusyError
+    return cls
 
 
 def details_from_status(rich_status: status_pb2.Status) -> ErrorDetails:
-    """Decode the google.rpc details we know; others are ignored. The first ErrorInfo/RetryInfo wins."""
+    """Decode the google.rpc details we know; others are ignored. The first ErrorInfo/ResourceInfo/RetryInfo
+    wins."""
     info: error_details_pb2.ErrorInfo | None = None
+    resource: error_details_pb2.ResourceInfo | None = None
     retry_after: float | None = None
     field_violations: list[FieldViolation] = []
     quota_violations: list[QuotaViolation] = []
@@ -309,6 +381,9 @@ def details_from_status(rich_status: status_pb2.Status) -> ErrorDetails:
             quota = error_details_pb2.QuotaFailure()
             packed.Unpack(quota)
             quota_violations.extend(QuotaViolation(v.subject, v.description) for v in quota.violations)
+        elif packed.Is(error_details_pb2.ResourceInfo.DESCRIPTOR) and resource is None:
+            resource = error_details_pb2.ResourceInfo()
+            packed.Unpack(resource)
         elif packed.Is(error_details_pb2.RetryInfo.DESCRIPTOR) and retry_after is None:
             retry = error_details_pb2.RetryInfo()
             packed.Unpack(retry)
@@ -320,6 +395,8 @@ def details_from_status(rich_status: status_pb2.Status) -> ErrorDetails:
         field_violations=tuple(field_violations),
         quota_violations=tuple(quota_violations),
         retry_after=retry_after,
+        resource_type=(resource.resource_type or None) if resource is not None else None,
+        resource_name=(resource.resource_name or None) if resource is not None else None,
     )
 
 

@@ -6,10 +6,14 @@ Conversions to and from the wire types live in ``_convert`` and nowhere else.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
 from enum import StrEnum
 from functools import cached_property
-from typing import Literal
+from typing import Literal, TypeVar
+
+_V = TypeVar("_V")
 
 
 class Status(StrEnum):
@@ -131,9 +135,84 @@ class OutputChunk:
         return self.data.decode("utf-8", errors="replace")
 
 
+class FrozenMapping(Mapping[str, _V]):
+    """An immutable ``str``-keyed mapping: the mappings inside the frozen models (equal to a dict with the same
+    items, hashable when its values are, picklable)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, _V] | Iterable[tuple[str, _V]] = ()) -> None:
+        self._items: dict[str, _V] = dict(items)
+
+    def __getitem__(self, key: str) -> _V:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+    def __getstate__(self) -> dict[str, _V]:
+        return self._items
+
+    def __setstate__(self, state: dict[str, _V]) -> None:
+        self._items = state
+
+
+@dataclass(frozen=True)
+class DisplayData:
+    """A rich output of a Python call in a session: a ``display()``, a matplotlib figure, a rich last value.
+
+    ``data`` is the richest representation, of type ``mime_type`` ("image/png", "image/svg+xml", "text/html",
+    "application/json", ...): images as raw bytes (not base64), text as UTF-8, JSON as JSON text.
+    """
+
+    mime_type: str
+    data: bytes
+    alternatives: Mapping[str, bytes] = field(default_factory=FrozenMapping[bytes])
+    """The same output in its other MIME types (e.g. "text/plain"), immutable."""
+    is_result: bool = False
+    """The call's last value (``Out[n]``), not a ``display()`` call."""
+    display_id: str = ""
+    """Set when the output can be updated later (``display(..., display_id=True)``)."""
+    update: bool = False
+    """This output replaces the earlier one with the same ``display_id``."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.alternatives, FrozenMapping):  # a dict given by hand: frozen like the rest
+            object.__setattr__(self, "alternatives", FrozenMapping(self.alternatives))
+
+    @property
+    def text(self) -> str:
+        """``data`` decoded as UTF-8 (invalid bytes replaced): the text of a text/* or JSON output."""
+        return self.data.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class CodeError:
+    """The exception that ended a Python call in a session (the session's kernel survives it)."""
+
+    name: str
+    """The exception's class, e.g. "ZeroDivisionError"."""
+    value: str
+    """``str()`` of the exception."""
+    traceback: tuple[str, ...]
+    """The formatted traceback, one entry per frame (plain text); it is on the call's stderr too."""
+
+
 @dataclass(frozen=True)
 class ExecutionResult:
-    """The outcome of one execution: the same value from ``execute`` and, last, from ``execute_stream``."""
+    """The outcome of one execution: the same value from ``execute`` and, last, from ``execute_stream``.
+
+    The fields from ``value`` on are a session's (``Session.run``): empty, or false, for a one-shot execution.
+    """
 
     execution_id: str
     status: Status
@@ -163,6 +242,18 @@ class ExecutionResult:
     """What this execution cost, priced by the tenant's policy (currency units)."""
     trace_id: str = ""
     """The OpenTelemetry trace id of the call (32 hex digits), to find it in traces, logs and the audit."""
+    value: str = ""
+    """Python in a session: the text/plain repr of the call's last expression ("" when there is none)."""
+    outputs: tuple[DisplayData, ...] = ()
+    """Python in a session: the call's rich outputs (figures, ``display()``, a rich last value), in order."""
+    error: CodeError | None = None
+    """Python in a session: the exception that ended the call (``status`` is then NONZERO_EXIT)."""
+    kernel_restarted: bool = False
+    """The session's Python kernel was restarted during this call: the session's variables are gone."""
+    warnings: tuple[str, ...] = ()
+    """Things the caller should know, in words (e.g. the same failing call repeated)."""
+    execution_count: int = 0
+    """Python in a session: the kernel's execution counter (``In[n]``)."""
 
     @cached_property
     def stdout(self) -> str:
@@ -223,3 +314,116 @@ class UsageReport:
     session_cost: float
     """The session's whole cost so far: executions and model usage."""
     budgets: tuple[BudgetState, ...]
+
+
+FileType = Literal["file", "directory", "symlink", "other"]
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A file, directory or link of a session's workspace."""
+
+    path: str
+    """Relative to the workspace, e.g. "data/in.csv"."""
+    size: int
+    """Bytes (of a regular file; 0 or the file system's figure otherwise)."""
+    mtime: datetime
+    """Last modification, timezone-aware (UTC)."""
+    type: FileType = "file"
+    """"file", "directory", "symlink" (listed, never followed) or "other" (a FIFO, socket or device; or a kind
+    this client version does not know)."""
+
+
+class SessionState(StrEnum):
+    """Where a session stands. The proto's ``SESSION_STATE_*`` names without the prefix."""
+
+    READY = "READY"
+    """Waiting for a call."""
+    BUSY = "BUSY"
+    """A call runs in it (more may be waiting)."""
+    CLOSED = "CLOSED"
+    """Gone (only ``close`` ever answers with it: every other call then raises ``SessionNotFoundError``)."""
+    UNSPECIFIED = "UNSPECIFIED"
+    """The server sent no state, or one this client version does not know."""
+
+
+@dataclass(frozen=True)
+class SessionUsage:
+    """What a session has consumed so far."""
+
+    calls: int
+    """Calls that ran in it."""
+    cpu_time_s: float
+    """CPU seconds of its whole sandbox (counted against ``SessionInfo.cpu_total_s``)."""
+    memory_bytes: int
+    """Memory it holds now."""
+    peak_memory_bytes: int
+    """The most memory it held."""
+    workspace_bytes: int
+    """Bytes used in its workspace."""
+    cost: float
+    """What it cost so far, its calls and its held time (currency units of the tenant's pricing)."""
+    kernel_restarts: int
+    """Times its Python kernel was restarted (each time its variables were lost)."""
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A session as the server describes it."""
+
+    id: str
+    """"ses_" + 32 base-32 characters: unguessable, and visible to its own tenant only."""
+    state: SessionState
+    created_at: datetime
+    """Timezone-aware (UTC), as every time here."""
+    last_used_at: datetime
+    """The end of its last call (or its creation)."""
+    expires_at: datetime | None
+    """When it closes unless a call comes first; None once closed."""
+    closed_at: datetime | None
+    """When it closed; None while it lives."""
+    limits: Limits
+    """Applied limits: ``memory_bytes``, ``max_pids``, ``scratch_bytes`` (the workspace) and ``file_size_bytes``
+    hold for the session's whole life; ``wall_time_s``, ``cpu_time_s`` and ``output_bytes`` are each call's
+    defaults."""
+    idle_timeout_s: int
+    """Seconds without a call after which it closes."""
+    max_lifetime_s: int
+    """Seconds after its creation at which it closes, whatever it is doing."""
+    cpu_total_s: float
+    """CPU seconds for its whole life; it closes when they are spent."""
+    languages: tuple[str, ...]
+    """What its calls may run."""
+    labels: Mapping[str, str]
+    """The caller's own tags, given at creation (immutable)."""
+    usage: SessionUsage
+    close_reason: str
+    """When closed: "closed" (asked), "idle_timeout", "max_lifetime", "cpu_limit", "budget_exceeded", ...;
+    "" while it lives."""
+    backend: str
+    """The sandbox backend that runs it."""
+    snapshot_id: str
+    """The snapshot it started from ("" if none)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.labels, FrozenMapping):  # a dict given by hand: frozen like the rest
+            object.__setattr__(self, "labels", FrozenMapping(self.labels))
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A saved workspace (regular files only), from which a new session can start (``session(snapshot_id=)``)."""
+
+    id: str
+    """"snap_" + 32 base-32 characters."""
+    session_id: str
+    """The session it was taken from."""
+    name: str
+    created_at: datetime
+    """Timezone-aware (UTC)."""
+    size_bytes: int
+    """The files' content, together."""
+    files: int
+    """Regular files saved."""
+    skipped: int
+    """Links, FIFOs and devices left out."""

@@ -13,6 +13,13 @@ Nothing else is retried: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, I
 DEADLINE_EXCEEDED (the call's deadline covers all its attempts, so it has passed), CANCELLED, ...; nor the errors
 the client raises itself (an open circuit breaker, a stream cut after it yielded output).
 
+Session calls follow the same rules where a repeat is harmless (``Retrying.SAFE``): creating one (it carries an
+idempotency key), reading (GetSession, ListSessions, ListFiles, a download before anything of the file arrived),
+closing, writing a whole file again from bytes (UploadFile puts it in place whole), deleting a file. A call whose
+repeat would do the work twice retries only the refusals that did nothing, RESOURCE_EXHAUSTED with RetryInfo
+(``Retrying.REFUSALS``: SnapshotSession, whose repeat would save a second snapshot). An upload read from a
+stream is not retried at all (``Retrying.NEVER``): what the first attempt read is gone.
+
 The wait before retry *n* is "full jitter" exponential backoff: uniform in
 ``(0, min(max_backoff_s, initial_backoff_s * multiplier ** (n - 1))]``, raised to the server's RetryInfo delay
 when there is one. A call never waits past its deadline (its ``timeout`` bounds every attempt and every wait),
@@ -27,6 +34,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 import grpc
 
@@ -99,12 +107,24 @@ DEFAULT_RETRY_POLICY = RetryPolicy()
 10 s of waiting per call."""
 
 
-def is_retryable(error: SandboxError) -> bool:
+class Retrying(Enum):
+    """Which failures of one call may be retried (this module's docstring says which calls take which)."""
+
+    SAFE = "safe"
+    """Every failure ``is_retryable`` allows: the call may be repeated whole, even after it took effect."""
+    REFUSALS = "refusals"
+    """Only refusals that did nothing (RESOURCE_EXHAUSTED with RetryInfo): a repeat after UNAVAILABLE might do
+    the call's work a second time."""
+    NEVER = "never"
+    """No retry: a new attempt could not send the same request (an upload read from a stream)."""
+
+
+def is_retryable(error: SandboxError, retrying: Retrying = Retrying.SAFE) -> bool:
     """Whether a new attempt after ``error`` is safe and may succeed (the rules in this module's docstring)."""
-    if isinstance(error, CircuitOpenError | StreamInterruptedError):
+    if retrying is Retrying.NEVER or isinstance(error, CircuitOpenError | StreamInterruptedError):
         return False
     if error.code is grpc.StatusCode.UNAVAILABLE:
-        return True
+        return retrying is Retrying.SAFE
     return error.code is grpc.StatusCode.RESOURCE_EXHAUSTED and error.details.retry_after is not None
 
 
@@ -120,8 +140,11 @@ class Attempts:
         timeout: float,
         rng: random.Random,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        retrying: Retrying = Retrying.SAFE,
     ) -> None:
         self._policy = policy
+        self._retrying = retrying
         self._rng = rng
         self._clock = clock
         self._deadline = clock() + timeout
@@ -144,7 +167,7 @@ class Attempts:
         stays open past it (``blocked_for``: seconds until the breaker admits an attempt; a call does not wait
         out an open breaker, it fails fast)."""
         policy = self._policy
-        if policy is None or self.made >= policy.max_attempts or not is_retryable(error):
+        if policy is None or self.made >= policy.max_attempts or not is_retryable(error, self._retrying):
             return None
         wait = policy.backoff_s(self.made, self._rng.random())
         advice = error.details.retry_after

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -22,11 +22,29 @@ from sandbox_client._common import (
     check_timeout,
     new_idempotency_key,
 )
-from sandbox_client._convert import build_request, result_from_proto, runtime_from_proto, usage_report_from_proto
+from sandbox_client._convert import (
+    build_request,
+    build_session_request,
+    result_from_proto,
+    runtime_from_proto,
+    session_from_proto,
+    snapshot_from_proto,
+    usage_report_from_proto,
+)
 from sandbox_client._errors import CircuitOpenError, SandboxError, from_rpc_error, stream_interrupted_error
-from sandbox_client._models import ExecutionResult, Limits, OutputChunk, Runtime, UsageReport
+from sandbox_client._models import (
+    DisplayData,
+    ExecutionResult,
+    Limits,
+    OutputChunk,
+    Runtime,
+    SessionInfo,
+    SnapshotInfo,
+    UsageReport,
+)
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
-from sandbox_client._retry import DEFAULT_RETRY_POLICY, Attempts, RetryPolicy
+from sandbox_client._retry import DEFAULT_RETRY_POLICY, Attempts, Retrying, RetryPolicy
+from sandbox_client._session import Session
 from sandbox_client._stream import StreamAssembler
 from sandbox_client._tracing import Metadata, trace_injector
 
@@ -39,6 +57,8 @@ class SandboxClient:
 
         with SandboxClient("127.0.0.1:50051", api_key="...") as sbx:
             result = sbx.execute("print(6*7)")
+            with sbx.session() as s:              # one sandbox kept across calls (see ``session``)
+                s.run("x = 6 * 7")
 
     Args:
         target: the server's address, ``host:port`` (any gRPC target string).
@@ -152,17 +172,19 @@ class SandboxClient:
         session_id: str = "",
         idempotency_key: str = "",
         timeout: float | None = None,
-    ) -> Iterator[OutputChunk | ExecutionResult]:
-        """Like ``execute``, but yields the output as it is produced: ``OutputChunk`` items, then, last, the
-        ``ExecutionResult`` (with the streamed stdout/stderr joined in it, equal to ``execute``'s).
+    ) -> Iterator[OutputChunk | DisplayData | ExecutionResult]:
+        """Like ``execute``, but yields the output as it is produced: ``OutputChunk`` items (and, for Python in a
+        session, ``DisplayData`` items: figures, ``display()``), then, last, the ``ExecutionResult`` (with the
+        streamed stdout/stderr joined in it and the streamed rich outputs as its ``outputs``, equal to
+        ``execute``'s). Skip the kinds of item you do not use: test for the ones you want with ``isinstance``.
 
         The call starts at the first ``next()``; ``timeout`` bounds the whole stream, retries included. Closing
         the iterator early (``break``, ``close()``) cancels the call. The trace context is taken when this
         method is called.
 
-        Failures before the first chunk are retried as ``execute``'s are (with the same idempotency key). A
-        connection cut after chunks were yielded is not: it raises ``StreamInterruptedError``, which carries the
-        chunks received and the key with which ``execute`` fetches the whole result.
+        Failures before the first item are retried as ``execute``'s are (with the same idempotency key). A
+        connection cut after items were yielded is not: it raises ``StreamInterruptedError``, which carries the
+        chunks (and rich outputs) received and the key with which ``execute`` fetches the whole result.
 
         Raises:
             SandboxError: while iterating, when the call fails (possibly after some chunks).
@@ -216,6 +238,156 @@ class SandboxClient:
         response = self._unary(self._stub.ListRuntimes, sandbox_pb2.ListRuntimesRequest(), timeout)
         return tuple(runtime_from_proto(runtime) for runtime in response.runtimes)
 
+    # -- sessions --------------------------------------------------------------------------------------------------
+
+    def session(
+        self,
+        language: str = "python",
+        *,
+        languages: Sequence[str] | None = None,
+        limits: Limits | None = None,
+        idle_timeout_s: int | None = None,
+        max_lifetime_s: int | None = None,
+        cpu_total_s: float | None = None,
+        env: Mapping[str, str] | None = None,
+        files: Mapping[str, bytes | str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        snapshot_id: str = "",
+        idempotency_key: str = "",
+        timeout: float | None = None,
+    ) -> Session:
+        """Start a session: one sandbox kept across calls, with a stateful Python kernel (variables, imports and
+        figures live on between ``run`` calls) and a workspace of files. Returned READY; used as a context
+        manager, it is closed on leaving the block.
+
+            with sbx.session() as s:
+                s.run("x = 41")
+                s.run("x + 1").value   # "42"
+
+        ``language`` is the default language of ``Session.run``. ``languages`` restricts what the session may run
+        (None: every language the tenant allows). ``limits`` are the session's (see ``SessionInfo.limits``: memory,
+        pids, workspace and file size for its life; wall, CPU and output the default of each call); unset ones
+        take the tenant's session defaults. ``idle_timeout_s``, ``max_lifetime_s`` (int seconds) and
+        ``cpu_total_s`` (CPU seconds for its whole life) take the tenant's defaults when None. ``env`` is every
+        call's environment (a Python call cannot set its own); ``files`` are placed in the workspace first
+        (relative paths; str is sent as UTF-8); ``labels`` are tags of your own (``list_sessions`` filters on
+        them); ``snapshot_id`` starts it from a snapshot's files.
+
+        ``idempotency_key`` ("" makes a fresh one) is sent on every retry of this call, so a retried create
+        returns the same session rather than a second one.
+
+        Raises:
+            TypeError, ValueError: an argument is invalid (before anything is sent).
+            SandboxError: the call failed; e.g. PermissionDeniedError (the tenant's policy), ResourceExhaustedError
+                (too many live sessions), NotFoundError (the snapshot).
+        """
+        request = build_session_request(
+            languages=languages,
+            limits=limits,
+            idle_timeout_s=idle_timeout_s,
+            max_lifetime_s=max_lifetime_s,
+            cpu_total_s=cpu_total_s,
+            env=env,
+            files=files,
+            labels=labels,
+            snapshot_id=snapshot_id,
+            idempotency_key=idempotency_key or new_idempotency_key(),
+        )
+        self._check_open()
+        response = self._unary(self._stub.CreateSession, request, timeout)
+        return Session(self, session_from_proto(response), language)
+
+    def attach_session(self, session_id: str, language: str = "python", *, timeout: float | None = None) -> Session:
+        """A ``Session`` for a live session of the caller's tenant, made elsewhere (another process, an earlier
+        run of the agent), checked with ``get_session``. ``language`` is the default of its ``run``.
+
+        Raises:
+            SessionNotFoundError: it is closed, or no session of the tenant has this id.
+            SandboxError: the call failed otherwise.
+        """
+        return Session(self, self.get_session(session_id, timeout=timeout), language)
+
+    def get_session(self, session_id: str, *, timeout: float | None = None) -> SessionInfo:
+        """A live session of the caller's tenant, as it stands now.
+
+        Raises:
+            SessionNotFoundError: it is closed (``close_reason`` says why), or no session of the tenant has this id.
+            SandboxError: the call failed otherwise.
+        """
+        self._check_open()
+        response = self._unary(self._stub.GetSession, sandbox_pb2.GetSessionRequest(session_id=session_id), timeout)
+        return session_from_proto(response)
+
+    def list_sessions(
+        self, labels: Mapping[str, str] | None = None, page_size: int = 0, *, timeout: float | None = None
+    ) -> Iterator[SessionInfo]:
+        """The caller's tenant's live sessions, oldest first, carrying every one of ``labels`` (None: all).
+
+        Fetched a page at a time as the iteration goes (``page_size`` sessions a call; 0: the server's default,
+        50); ``timeout`` is each page's deadline. A session that closes meanwhile may be left out.
+
+        Raises:
+            SandboxError: while iterating, when a page's call fails.
+        """
+        self._check_open()
+        request = sandbox_pb2.ListSessionsRequest(page_size=page_size, labels=dict(labels or {}))
+        return self._pages(request, timeout)
+
+    def _pages(self, request: sandbox_pb2.ListSessionsRequest, timeout: float | None) -> Iterator[SessionInfo]:
+        while True:
+            response = self._unary(self._stub.ListSessions, request, timeout)
+            for message in response.sessions:
+                yield session_from_proto(message)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    def close_session(self, session_id: str, *, timeout: float | None = None) -> SessionInfo:
+        """Close a session now (a call running in it ends KILLED) and return its final state (CLOSED, with its
+        usage). ``Session.close`` is the forgiving form: it returns None for a session already gone.
+
+        Raises:
+            SessionNotFoundError: it was closed already, or no session of the tenant has this id (also when a
+                retry follows an attempt that closed it but whose answer was lost).
+            SandboxError: the call failed otherwise.
+        """
+        self._check_open()
+        request = sandbox_pb2.CloseSessionRequest(session_id=session_id)
+        return session_from_proto(self._unary(self._stub.CloseSession, request, timeout))
+
+    def list_snapshots(self, page_size: int = 0, *, timeout: float | None = None) -> Iterator[SnapshotInfo]:
+        """The caller's tenant's snapshots, newest first, fetched a page at a time as the iteration goes
+        (``page_size`` a call; 0: the server's default); ``timeout`` is each page's deadline.
+
+        Raises:
+            SandboxError: while iterating, when a page's call fails.
+        """
+        self._check_open()
+        return self._snapshot_pages(sandbox_pb2.ListSnapshotsRequest(page_size=page_size), timeout)
+
+    def _snapshot_pages(
+        self, request: sandbox_pb2.ListSnapshotsRequest, timeout: float | None
+    ) -> Iterator[SnapshotInfo]:
+        while True:
+            response = self._unary(self._stub.ListSnapshots, request, timeout)
+            for message in response.snapshots:
+                yield snapshot_from_proto(message)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    def delete_snapshot(self, snapshot_id: str, *, timeout: float | None = None) -> None:
+        """Delete one of the caller's tenant's snapshots (sessions started from it keep their files).
+
+        Raises:
+            NotFoundError: no snapshot of the tenant has this id (also when a retry follows an attempt that
+                deleted it but whose answer was lost).
+            SandboxError: the call failed otherwise.
+        """
+        self._check_open()
+        request = sandbox_pb2.DeleteSnapshotRequest(snapshot_id=snapshot_id)
+        self._unary(self._stub.DeleteSnapshot, request, timeout)
+
     # -- the call loop ---------------------------------------------------------------------------------------------
 
     def _call_metadata(self) -> Metadata:
@@ -235,10 +407,16 @@ class SandboxClient:
             raise error from cause  # the last attempt's own error, not "the circuit is open"
 
     def _unary(
-        self, rpc: Callable[..., _Response], request: Message, timeout: float | None
+        self,
+        rpc: Callable[..., _Response],
+        request: Message,
+        timeout: float | None,
+        *,
+        retrying: Retrying = Retrying.SAFE,
     ) -> _Response:
-        """Call ``rpc`` with retries and the breaker, under one deadline for all attempts."""
-        attempts = Attempts(self._retry, call_timeout(timeout, self._timeout), self._random)
+        """Call ``rpc`` with retries (those ``retrying`` allows) and the breaker, under one deadline for all
+        attempts."""
+        attempts = Attempts(self._retry, call_timeout(timeout, self._timeout), self._random, retrying=retrying)
         metadata = self._call_metadata()
         last: tuple[SandboxError, grpc.RpcError] | None = None
         while True:
@@ -262,7 +440,7 @@ class SandboxClient:
 
     def _stream(
         self, request: sandbox_pb2.ExecuteRequest, timeout: float, metadata: Metadata
-    ) -> Iterator[OutputChunk | ExecutionResult]:
+    ) -> Iterator[OutputChunk | DisplayData | ExecutionResult]:
         attempts = Attempts(self._retry, timeout, self._random)
         last: tuple[SandboxError, grpc.RpcError] | None = None
         while True:
@@ -274,9 +452,9 @@ class SandboxClient:
             try:
                 call = self._stub.ExecuteStream(request, timeout=attempts.start(), metadata=metadata)
                 for event in call:
-                    chunk = assembler.feed(event)
-                    if chunk is not None:
-                        yield chunk
+                    item = assembler.feed(event)
+                    if item is not None:
+                        yield item
                 ended = True
             except grpc.RpcError as rpc_error:
                 failure = (from_rpc_error(rpc_error), rpc_error)
@@ -293,11 +471,55 @@ class SandboxClient:
                 yield assembler.finish()
                 return
             error, cause = failure
-            if assembler.chunks:  # the caller has seen output: a retry must not happen behind its back
+            if assembler.handed_out:  # the caller has seen output: a retry must not happen behind its back
                 if error.code is grpc.StatusCode.UNAVAILABLE:
-                    raise stream_interrupted_error(error, assembler.chunks, request.idempotency_key) from cause
+                    raise stream_interrupted_error(
+                        error, assembler.chunks, request.idempotency_key, assembler.outputs) from cause
                 raise error from cause
             wait = attempts.next_wait(error, self._breaker.blocked_for())
+            if wait is None:
+                raise error from cause
+            last = failure
+            time.sleep(wait)
+
+    def _server_stream(
+        self, rpc: Callable[..., grpc.Future], request: Message, timeout: float | None
+    ) -> Generator[_Response, None, None]:
+        """Call the server-streaming ``rpc`` with the breaker, under one deadline for all attempts (``timeout``
+        is read now; the call starts at the first ``next()``). A failure before the first response is retried as
+        ``_unary``'s are; after it, the caller has had part of the answer, and gets the error."""
+        attempts = Attempts(self._retry, call_timeout(timeout, self._timeout), self._random)
+        return self._server_stream_attempts(rpc, request, attempts, self._call_metadata())
+
+    def _server_stream_attempts(
+        self, rpc: Callable[..., grpc.Future], request: Message, attempts: Attempts, metadata: Metadata
+    ) -> Generator[_Response, None, None]:
+        last: tuple[SandboxError, grpc.RpcError] | None = None
+        while True:
+            permit = self._admit(attempts, last)
+            failure: tuple[SandboxError, grpc.RpcError] | None = None
+            received = ended = False
+            call: grpc.Future | None = None
+            try:
+                call = rpc(request, timeout=attempts.start(), metadata=metadata)
+                for response in call:
+                    received = True
+                    yield response
+                ended = True
+            except grpc.RpcError as rpc_error:
+                failure = (from_rpc_error(rpc_error), rpc_error)
+                ended = True
+            finally:
+                if call is not None:
+                    call.cancel()  # a no-op once the call is done; stops the server when the caller stops early
+                if ended:
+                    self._breaker.record(permit, None if failure is None else failure[0])
+                else:  # the caller stopped early
+                    self._breaker.release(permit)
+            if failure is None:
+                return
+            error, cause = failure
+            wait = None if received else attempts.next_wait(error, self._breaker.blocked_for())
             if wait is None:
                 raise error from cause
             last = failure

@@ -13,6 +13,7 @@ from sandbox_server.stores.costs import CostStore
 if TYPE_CHECKING:
     from sandbox_server.execution.servicer import RunningExecution
     from sandbox_server.incidents.manager import IncidentManager
+    from sandbox_server.sessions.manager import SessionManager
 
 
 class LiveExecutions(Protocol):
@@ -30,3 +31,4 @@ class Operations:
     costs: CostStore
     incidents: IncidentManager
     executions: LiveExecutions
+    sessions: SessionManager | None = None

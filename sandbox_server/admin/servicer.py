@@ -258,8 +258,10 @@ def admin_handler(servicer: AdminServicer) -> grpc.GenericRpcHandler:
     become INVALID_ARGUMENT (through the errors interceptor), never UNKNOWN."""
     # Imported here: the operational calls build on this module's admin check, so it cannot import them first.
     from sandbox_server.admin.operations_servicer import OperationsServicer
+    from sandbox_server.admin.sessions_servicer import AdminSessionsServicer
 
     ops = OperationsServicer(servicer.ops)
+    sessions = AdminSessionsServicer(servicer.ops)
     methods: dict[
         str, tuple[Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]], type[Message], type[Message]]
     ] = {
@@ -285,6 +287,9 @@ def admin_handler(servicer: AdminServicer) -> grpc.GenericRpcHandler:
         "KillExecution": (ops.KillExecution, pb.KillExecutionRequest, pb.KillExecutionResponse),
         "ListQuarantines": (ops.ListQuarantines, pb.ListQuarantinesRequest, pb.ListQuarantinesResponse),
         "LiftQuarantine": (ops.LiftQuarantine, pb.LiftQuarantineRequest, pb.Mitigation),
+        "ListSessions": (sessions.ListSessions, pb.AdminListSessionsRequest, pb.AdminListSessionsResponse),
+        "GetSession": (sessions.GetSession, pb.AdminGetSessionRequest, pb.AdminSession),
+        "CloseSession": (sessions.CloseSession, pb.AdminCloseSessionRequest, pb.AdminSession),
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(

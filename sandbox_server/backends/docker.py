@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
@@ -57,6 +57,7 @@ from sandbox_server.execution.spec import (
     Limits,
     OutputCallback,
     OutputFile,
+    SessionSpec,
     Status,
     StreamName,
     Usage,
@@ -64,7 +65,12 @@ from sandbox_server.execution.spec import (
 from sandbox_server.settings import Settings
 from sandbox_server.telemetry import record_phase
 
+if TYPE_CHECKING:
+    from sandbox_server.sessions.sandbox import SessionSandbox
+
 log = logging.getLogger(__name__)
+# Sessions run in the python image: its agent and kernel are Python, and it holds node and bash too.
+SESSION_RUNTIME = next(rt for rt in RUNTIMES if rt.language == "python")
 MAX_DATA_FRAME = 65536  # the init's sysread size (sandbox_init.DOCKER_INIT): no real frame is larger
 SECCOMP_OPT = "seccomp=" + json.dumps(docker_profile(), separators=(",", ":"))
 
@@ -100,21 +106,31 @@ class ContainerConfig:
     gid: int
     labels: tuple[tuple[str, str], ...]
     cgroup_parent: str | None
+    # A session's sandbox: its agent as the command (instead of the bootstrap and the init), a private /run,
+    # and its CPU total as the CPU backstop.
+    session_command: tuple[str, ...] = ()
+    run_bytes: int = 0
+    cpu_backstop_ms: int = 0
+    extra_pids: int = INIT_PIDS
 
     def to_create_kwargs(self, api: docker.APIClient) -> dict[str, Any]:
         lim = self.limits
-        cpu_s = math.ceil(lim.cpu_time_ms / 1000) + 1  # a backstop; the cgroup counter is polled
+        # A backstop; the cgroup counter is polled
+        cpu_s = math.ceil((self.cpu_backstop_ms or lim.cpu_time_ms) / 1000) + 1
         tmpfs_opts = f"rw,exec,nosuid,nodev,size={lim.scratch_bytes},uid={self.uid},gid={self.gid}"
+        tmpfs = {WORKDIR: tmpfs_opts + ",mode=0755", "/tmp": tmpfs_opts + ",mode=1777"}  # noqa: S108
+        if self.run_bytes:  # the agent's own directory (Docker mounts /run itself root-owned, whatever the mode)
+            tmpfs["/run/sandbox"] = f"rw,nosuid,nodev,size={self.run_bytes},uid={self.uid},gid={self.gid},mode=0700"
         host_config = api.create_host_config(
             network_mode="none",
             read_only=True,
-            tmpfs={WORKDIR: tmpfs_opts + ",mode=0755", "/tmp": tmpfs_opts + ",mode=1777"},  # noqa: S108
+            tmpfs=tmpfs,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true", SECCOMP_OPT],
             mem_limit=lim.memory_bytes,
             memswap_limit=lim.memory_bytes,
             nano_cpus=int(self.cpu_cores * 1e9),
-            pids_limit=lim.max_pids + INIT_PIDS,
+            pids_limit=lim.max_pids + self.extra_pids,
             shm_size=min(lim.scratch_bytes, 64 * 1024 * 1024),
             ulimits=[
                 Ulimit(name="nofile", soft=1024, hard=1024),
@@ -129,7 +145,7 @@ class ContainerConfig:
         )
         return {
             "image": self.image,
-            "command": ["/bin/sh", "-c", BOOTSTRAP, DOCKER_INIT, *self.argv],
+            "command": list(self.session_command) or ["/bin/sh", "-c", BOOTSTRAP, DOCKER_INIT, *self.argv],
             "user": f"{self.uid}:{self.gid}",
             "working_dir": WORKDIR,
             "hostname": HOSTNAME,
@@ -307,6 +323,23 @@ class DockerBackend(Backend):
                 # A container seen stopped has no process left: removing it is bookkeeping the reply need not
                 # wait for (aclose waits for it, the reaper backs it up). Any other must be gone first.
                 await self.teardown(self._destroy(run.container), self._teardowns, after_reply=run.stopped)
+
+    async def open_session(self, spec: SessionSpec) -> SessionSandbox:
+        if self._api is None:
+            raise BackendUnavailable(f"the Docker backend is unavailable: {self.problem}")
+        image = image_for(self.settings, SESSION_RUNTIME)
+        if image in self.missing_images:
+            raise BackendUnavailable(
+                f"runtime image {image} is missing; build it with `sandbox-server images build`", retry_after_s=30)
+        from sandbox_server.backends.docker_session import DockerSession
+
+        session = DockerSession(self, spec)
+        try:
+            await session.start()
+        except _DOCKER_ERRORS as exc:
+            self._lost(exc)
+            raise BackendUnavailable(f"the Docker backend failed starting a session: {_short(exc)}") from exc
+        return session
 
     def kill(self, execution_id: str) -> bool:
         run = self._runs.get(execution_id)
@@ -497,7 +530,7 @@ class DockerBackend(Backend):
             lim = config.limits
             # The same limits as the container's own: the container's cgroup, checked first, is the one that
             # hits them (so Docker sees its OOM kills), and ours never reads more than the limit.
-            cgroup = self.cgroups.create(name, CgroupLimits(lim.memory_bytes, lim.max_pids + INIT_PIDS,
+            cgroup = self.cgroups.create(name, CgroupLimits(lim.memory_bytes, lim.max_pids + config.extra_pids,
                                                             config.cpu_cores))
             config = ContainerConfig(**{**config.__dict__,
                                         "cgroup_parent": f"/sandbox-docker-{self.owner}/{name}"})

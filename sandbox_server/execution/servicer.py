@@ -150,10 +150,14 @@ class SandboxServicer:
 
     async def _run(self, target: Target, on_output: OutputCallback | None = None,
                    on_display: DisplayCallback | None = None) -> ExecutionResult:
-        """Run the checked request where it belongs (holding its admission slot: see ``_running``)."""
-        if target.session is not None and target.policy is not None and self.sessions is not None:
-            return await self.sessions.run(target.session, target.spec, target.policy, on_output, on_display)
-        return await self.backend.run(target.spec, on_output)
+        """Run the checked request where it belongs: its budget reserved, its admission slot held (see
+        ``_running``), and, in a session, the session's turn taken first."""
+        session, policy, spec = target.session, target.policy, target.spec
+        if session is None or policy is None or self.sessions is None:
+            async with self._running(spec):
+                return await self.backend.run(spec, on_output)
+        async with self.sessions.turn(session, policy), self._running(spec):
+            return await self.sessions.call(session, spec, policy, on_output, on_display)
 
     @contextlib.asynccontextmanager
     async def _running(self, spec: ExecutionSpec) -> AsyncIterator[None]:
@@ -202,10 +206,8 @@ class SandboxServicer:
         self, request: pb.ExecuteRequest | MalformedRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExecuteResult:
         target = await self._target(request)
-        spec = target.spec
-        async with self._running(spec):
-            result = await self._run(target)
-        return await self._finish(spec, result)
+        result = await self._run(target)
+        return await self._finish(target.spec, result)
 
     async def ExecuteStream(
         self, request: pb.ExecuteRequest | MalformedRequest, context: grpc.aio.ServicerContext
@@ -221,8 +223,7 @@ class SandboxServicer:
             await events.put(pb.ExecuteEvent(display=display_to_proto(display)))
 
         async def run() -> ExecutionResult:
-            async with self._running(spec):
-                return await self._run(target, on_output, on_display)
+            return await self._run(target, on_output, on_display)
 
         task = asyncio.create_task(run())
         getter: asyncio.Future[pb.ExecuteEvent] | None = None

@@ -48,23 +48,29 @@ _STREAM_END = object()
 
 @dataclass(frozen=True)
 class Kept:
-    """A completed response, in a form both methods can replay: the output, and the result without it."""
+    """A completed response, in a form both methods can replay: the output, and the result without it (a
+    session call's rich outputs stay in the result: a replayed stream sends them as display events)."""
 
     stdout: bytes
     stderr: bytes
-    result: bytes  # a serialized ExecuteResult with empty stdout and stderr
+    result: bytes  # a serialized ExecuteResult with empty stdout and stderr, its outputs in it
 
     @property
     def size(self) -> int:
         return len(self.stdout) + len(self.stderr) + len(self.result)
 
     @classmethod
-    def of(cls, result: pb.ExecuteResult, stdout: bytes | None = None, stderr: bytes | None = None) -> Kept:
+    def of(cls, result: pb.ExecuteResult, stdout: bytes | None = None, stderr: bytes | None = None,
+           outputs: list[pb.DisplayData] | None = None) -> Kept:
+        """``outputs``: the rich outputs a stream sent as events (its final result carries none)."""
         bare = pb.ExecuteResult()
         bare.CopyFrom(result)
         out = bytes(result.stdout) if stdout is None else stdout
         err = bytes(result.stderr) if stderr is None else stderr
         bare.stdout, bare.stderr = b"", b""
+        if outputs is not None:
+            del bare.outputs[:]
+            bare.outputs.extend(outputs)
         return cls(out, err, bare.SerializeToString())
 
     def unary(self) -> pb.ExecuteResult:
@@ -73,9 +79,12 @@ class Kept:
         return result
 
     def events(self) -> list[pb.ExecuteEvent]:
+        result = pb.ExecuteResult.FromString(self.result)
         events = [pb.ExecuteEvent(output=pb.OutputChunk(stream=stream, data=data))
                   for stream, data in ((pb.STREAM_STDOUT, self.stdout), (pb.STREAM_STDERR, self.stderr)) if data]
-        return [*events, pb.ExecuteEvent(result=pb.ExecuteResult.FromString(self.result))]
+        events += [pb.ExecuteEvent(display=display) for display in result.outputs]
+        del result.outputs[:]  # streamed, as the first response streamed them
+        return [*events, pb.ExecuteEvent(result=result)]
 
 
 @dataclass
@@ -274,13 +283,16 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
         """Run the stream to its end whether or not its caller is still there; keep its response. ``live``
         gets every event as it comes, then _STREAM_END or the exception that ended it."""
         out = {pb.STREAM_STDOUT: bytearray(), pb.STREAM_STDERR: bytearray()}
+        displays: list[pb.DisplayData] = []
         try:
             async for event in events:
                 if event.HasField("output"):
                     out[event.output.stream] += event.output.data
-                else:
+                elif event.HasField("display"):
+                    displays.append(event.display)
+                elif event.HasField("result"):
                     self._keep(key, entry, Kept.of(event.result, bytes(out[pb.STREAM_STDOUT]),
-                                                   bytes(out[pb.STREAM_STDERR])))
+                                                   bytes(out[pb.STREAM_STDERR]), displays))
                 live.put_nowait(event)  # unbounded, but the output limit bounds it (and it is kept anyway)
         except BaseException as exc:
             if not entry.done.done():

@@ -23,9 +23,10 @@ from sandbox_server.execution.runtimes import find_runtime
 from sandbox_server.incidents.manager import Verdict
 from sandbox_server.interceptors._limiter import moving_window
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
+from sandbox_server.interceptors.methods import EXECUTE, SESSION
 from sandbox_server.telemetry import phase
 
-MITIGATED = frozenset({"/sandbox.v1.Sandbox/Execute", "/sandbox.v1.Sandbox/ExecuteStream"})
+MITIGATED = EXECUTE | SESSION
 MIN_RETRY_S = 0.001
 
 
@@ -40,19 +41,24 @@ class MitigationsInterceptor(grpc.aio.ServerInterceptor):
         self._items: dict[float, RateLimitItemPerMinute] = {}
 
     async def enforce(self, request: Any) -> None:
-        """Raises PermissionDenied (quarantine, disabled language) or ResourceExhausted (throttled)."""
+        """Raises PermissionDenied (quarantine, disabled language) or ResourceExhausted (throttled). A session
+        method is held to its tenant's (and, when it names one, its session's) mitigations; an upload's stream
+        names none before it is read, so its tenant's apply."""
         who = principal()
-        if who is None or not isinstance(request, pb.ExecuteRequest):
-            return  # auth refused it already / malformed: refused further in
-        runtime = find_runtime(request.language)
-        verdict = self.mitigations.check(
-            tenant=who.tenant, session_id=request.session_id,
-            language=runtime.language if runtime is not None else request.language[:40])
+        if who is None:
+            return  # auth refused it already
+        language = ""
+        if isinstance(request, pb.ExecuteRequest):
+            runtime = find_runtime(request.language)
+            language = runtime.language if runtime is not None else request.language[:40]
+        session_id = getattr(request, "session_id", "")
+        verdict = self.mitigations.check(tenant=who.tenant, session_id=session_id if isinstance(session_id, str)
+                                         else "", language=language)
         mitigation = verdict.mitigation
         names = {"mitigation_id": mitigation.id, "incident_id": mitigation.incident_id} if mitigation else {}
         if verdict.refusal == "language_disabled":
             raise PermissionDenied(
-                f"language {request.language[:40]!r} is disabled by incident response; an operator must lift it",
+                f"language {language!r} is disabled by incident response; an operator must lift it",
                 reason="LANGUAGE_DISABLED", metadata=names)
         if verdict.refusal == "quarantine":
             subject = f"{mitigation.scope} {mitigation.subject!r}" if mitigation else "the caller"

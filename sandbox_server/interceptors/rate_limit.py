@@ -1,4 +1,5 @@
-"""Rate limits and concurrency around Execute and ExecuteStream, per the caller's tenant policy.
+"""Rate limits and concurrency around Execute, ExecuteStream and the session methods, per the caller's tenant
+policy. Every such call counts against the tenant's rates; only executions take a concurrency slot.
 
 Per tenant: ``requests_per_second`` and ``requests_per_minute``; per session (``request.session_id``, when set;
 keyed by tenant and session): ``session_requests_per_minute``; and ``concurrent_executions`` per tenant, an
@@ -39,6 +40,7 @@ from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.errors import QuotaViolation, ResourceExhausted
 from sandbox_server.interceptors._limiter import moving_window
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
+from sandbox_server.interceptors.methods import EXECUTE, SESSION
 from sandbox_server.policy.caller import TenantPolicies, caller_policy
 from sandbox_server.policy.models import RateSettings
 from sandbox_server.telemetry import phase
@@ -46,7 +48,7 @@ from sandbox_server.validation.request import MAX_ID_CHARS
 
 log = logging.getLogger(__name__)
 
-RATE_LIMITED = frozenset({"/sandbox.v1.Sandbox/Execute", "/sandbox.v1.Sandbox/ExecuteStream"})
+RATE_LIMITED = EXECUTE | SESSION
 DEFAULT_STORAGE_URI = "memory://"
 KEY_NAMESPACE = "sandbox"  # prefix of every key in the store (it may be shared, e.g. one Redis)
 CONCURRENCY_RETRY_S = 0.5  # a slot frees when some execution ends: no window to read, so a short retry
@@ -66,13 +68,15 @@ class _RateCheck:
 
 
 class _Slot:
-    """One admitted execution's place in its tenant's concurrency count; release() is idempotent."""
+    """One admitted execution's place in its tenant's concurrency count; release() is idempotent. A call that
+    is not an execution holds no place (``counted`` False)."""
 
-    def __init__(self, running: dict[str, int], tenant: str) -> None:
+    def __init__(self, running: dict[str, int], tenant: str, counted: bool = True) -> None:
         self._running = running
         self._tenant = tenant
-        self._released = False
-        running[tenant] = running.get(tenant, 0) + 1
+        self._released = not counted
+        if counted:
+            running[tenant] = running.get(tenant, 0) + 1
 
     def release(self) -> None:
         if self._released:
@@ -136,7 +140,7 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
                 ("session", tenant, session_id, "rpm")))
         return checks
 
-    async def admit(self, request: Any) -> _Slot:
+    async def admit(self, request: Any, execution: bool = True) -> _Slot:
         """Count the request against its tenant's (and session's) limits and take a concurrency slot.
 
         Raises:
@@ -144,9 +148,9 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
             Unauthenticated, PermissionDenied: no caller, or a tenant without a policy (from caller_policy).
         """
         with phase("rate_limit"):
-            return await self._admit(request)
+            return await self._admit(request, execution)
 
-    async def _admit(self, request: Any) -> _Slot:
+    async def _admit(self, request: Any, execution: bool) -> _Slot:
         tenant, policy = caller_policy(self.policies)
         rate = policy.rate
         session_id = request.session_id if isinstance(request, pb.ExecuteRequest) else ""
@@ -166,7 +170,7 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
                             retry_after = max(retry_after, stats.reset_time - time.time())
             except Exception as exc:
                 raise self._unavailable(tenant, exc) from exc
-            limit = rate.concurrent_executions
+            limit = rate.concurrent_executions if execution else None
             if limit is not None and self.running(tenant) >= limit:
                 violations.append(QuotaViolation(
                     f"tenant:{tenant}/concurrent_executions",
@@ -186,7 +190,7 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
                 raise
             except Exception as exc:
                 raise self._unavailable(tenant, exc) from exc
-            return _Slot(self._running, tenant)
+            return _Slot(self._running, tenant, counted=execution)
 
     @staticmethod
     def _unavailable(tenant: str, exc: Exception) -> ResourceExhausted:
@@ -205,7 +209,10 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler_call_details.method not in RATE_LIMITED:
             return handler
-        admit = self.admit
+        execution = handler_call_details.method in EXECUTE
+
+        async def admit(request: Any) -> _Slot:
+            return await self.admit(request, execution)
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -61,10 +61,22 @@ LOG_TAIL = 8192
 PR_SET_DUMPABLE = 4
 # The sandbox's processes start through this shell: in the workspace, and first in line for the OOM killer.
 WRAPPER = 'cd /work || exit 126; echo 1000 > /proc/self/oom_score_adj 2>/dev/null; exec "$@"'
-# Blocks debugpy (ipykernel imports it when present: 30 MB and a debugger nobody can reach here).
+# Blocks debugpy (ipykernel imports it when present: 30 MB and a debugger nobody can reach here). Gives stdout and
+# stderr back-pressure: ipykernel buffers what a cell writes until its I/O thread flushes (every 0.2 s), so a
+# tight printing loop would grow that buffer by hundreds of MB first; here a writer past 1 MiB waits for the
+# flush, and the output limit stops the call long before memory is at stake.
 KERNEL_LAUNCHER = (
     "import sys\n"
     "sys.modules['debugpy'] = None\n"
+    "from ipykernel import iostream\n"
+    "_write = iostream.OutStream.write\n"
+    "def write(self, string):\n"
+    "    n = _write(self, string)\n"
+    "    buffer = getattr(self, '_buffer', None)\n"
+    "    if buffer is not None and buffer.tell() > 1048576:\n"
+    "        self.flush()\n"
+    "    return n\n"
+    "iostream.OutStream.write = write\n"
     "from ipykernel.kernelapp import IPKernelApp\n"
     "IPKernelApp.launch_instance()\n"
 )
@@ -379,11 +391,11 @@ class Kernel:
             # Lines of the call's stdin, in order; then end of file (ipykernel raises EOFError for "\x04").
             self.client.input(call.lines.popleft() if call is not None and call.lines else "\x04")
 
-    async def execute(self, call_id: int, code: str, stdin: bytes) -> dict[str, Any]:
+    async def execute(self, call_id: int, code: str, stdin: bytes, silent: bool = False) -> dict[str, Any]:
         exited = self.exited
         if exited is None:
             raise Refused("kernel_failed", "the Python kernel was not started")
-        msg_id = self.client.execute(code, silent=False, store_history=True, allow_stdin=True,
+        msg_id = self.client.execute(code, silent=silent, store_history=not silent, allow_stdin=not silent,
                                      stop_on_error=False)
         call = PythonCall(self.agent, call_id, msg_id, stdin)
         self.calls[msg_id] = call
@@ -776,7 +788,7 @@ class Agent:
             if env and self.kernel_ready is not None:
                 kernel = await self.ready_kernel()
                 code = "import os as _o\n_o.environ.update(" + json.dumps(env) + ")\ndel _o\n"
-                result = await kernel.execute(0, code, b"")
+                result = await kernel.execute(0, code, b"", silent=True)
                 if result.get("error"):
                     raise Refused("configure_failed", "could not set the kernel's environment")
             return {}

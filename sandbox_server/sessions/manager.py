@@ -44,6 +44,7 @@ from sandbox_server.policy.models import TenantPolicy
 from sandbox_server.sessions import files
 from sandbox_server.sessions.calls import CallControl, DisplayCallback, run_call
 from sandbox_server.sessions.ids import is_session_id, new_session_id
+from sandbox_server.sessions.pool import SessionPool
 from sandbox_server.sessions.requests import SessionParams
 from sandbox_server.sessions.sandbox import SessionSandbox
 from sandbox_server.sessions.snapshots import SnapshotArchive, SnapshotLimits
@@ -178,6 +179,8 @@ class SessionManager:
         self._live: dict[str, LiveSession] = {}
         self._starting: dict[str, int] = {}
         self._by_key: dict[tuple[str, str], tuple[str, float]] = {}
+        self._creating: dict[tuple[str, str], asyncio.Future[LiveSession]] = {}
+        self.pool = SessionPool(settings, backend)
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -190,6 +193,7 @@ class SessionManager:
             log.warning("%d sessions of a previous run were lost with it: closed as %s", len(orphans), SERVER_RESTART)
         self.archive.setup()
         self._sweeper = asyncio.create_task(self._sweep(), name="sessions-sweeper")
+        self.pool.start()
 
     async def aclose(self) -> None:
         """Close every session (reason server_shutdown) and stop."""
@@ -199,7 +203,7 @@ class SessionManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await asyncio.gather(*(self.close(s, SERVER_SHUTDOWN) for s in list(self._live.values())),
-                             return_exceptions=True)
+                             self.pool.aclose(), return_exceptions=True)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -238,13 +242,34 @@ class SessionManager:
     # ---- create and close --------------------------------------------------------------------------------------
     async def create(self, params: SessionParams, tenant: str, key_id: str, policy: TenantPolicy) -> LiveSession:
         """Start a session. Raises ResourceExhausted (a quota, the server's capacity), BudgetExceeded,
-        NotFound (the snapshot), BackendUnavailable, SandboxFailure."""
-        if params.idempotency_key:
-            known = self._by_key.get((tenant, params.idempotency_key))
-            if known is not None and time.monotonic() - known[1] < IDEMPOTENCY_WINDOW_S:
-                live = self._live.get(known[0])
-                if live is not None and not live.closed:
-                    return live
+        NotFound (the snapshot), BackendUnavailable, SandboxFailure. A retry with the idempotency key of a
+        create that is running or done (and whose session lives) gets that same session."""
+        key = (tenant, params.idempotency_key)
+        if not params.idempotency_key:
+            return await self._create(params, tenant, key_id, policy)
+        running = self._creating.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        known = self._by_key.get(key)
+        if known is not None and time.monotonic() - known[1] < IDEMPOTENCY_WINDOW_S:
+            live = self._live.get(known[0])
+            if live is not None and not live.closed:
+                return live
+        future: asyncio.Future[LiveSession] = asyncio.get_running_loop().create_future()
+        self._creating[key] = future
+        try:
+            session = await self._create(params, tenant, key_id, policy)
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            future.exception()  # retrieved: no retry may be waiting
+            raise
+        finally:
+            del self._creating[key]
+        future.set_result(session)
+        self._by_key[key] = (session.id, time.monotonic())
+        return session
+
+    async def _create(self, params: SessionParams, tenant: str, key_id: str, policy: TenantPolicy) -> LiveSession:
         if self._closing:
             raise ResourceExhausted("the server is shutting down", violations=[
                 QuotaViolation("server", "draining: no new sessions")], retry_after_s=SERVER_FULL_RETRY_S)
@@ -270,8 +295,17 @@ class SessionManager:
             spec = SessionSpec(session_id=session_id, limits=params.limits, cpu_total_ms=params.cpu_total_ms,
                                max_lifetime_s=params.max_lifetime_s, env=(*BASE_ENV, *params.env),
                                kernel=params.kernel, cpu_cores=self.settings.cpu_cores)
-            async with self.admission.slot():  # starting a sandbox and a kernel costs as much as an execution
-                sandbox = await self.backend.open_session(spec)
+            sandbox = self.pool.take() if self.pool.eligible(params) else None
+            if sandbox is None:
+                async with self.admission.slot():  # a sandbox and a kernel cost as much to start as an execution
+                    sandbox = await self.backend.open_session(spec)
+            elif params.env:
+                try:
+                    await sandbox.channel.request("configure", {"env": dict(params.env)})
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(sandbox.close())
+                    raise
             try:
                 session = await self._adopt(session_id, tenant, key_id, params, sandbox, snapshot)
             except BaseException:
@@ -282,8 +316,6 @@ class SessionManager:
             self._starting[tenant] -= 1
             if not self._starting[tenant]:
                 del self._starting[tenant]
-        if params.idempotency_key:
-            self._by_key[(tenant, params.idempotency_key)] = (session.id, time.monotonic())
         return session
 
     async def _snapshot_for(self, tenant: str, params: SessionParams) -> SnapshotRecord:
@@ -378,11 +410,11 @@ class SessionManager:
         task.add_done_callback(self._tasks.discard)
 
     # ---- calls ------------------------------------------------------------------------------------------------
-    async def run(self, session: LiveSession, spec: ExecutionSpec, policy: TenantPolicy,
-                  on_output: OutputCallback | None = None,
-                  on_display: DisplayCallback | None = None) -> ExecutionResult:
-        """Run one call in the session, after the calls before it. Raises SessionClosed, ResourceExhausted
-        (too many calls waiting), or the errors of placing its input files."""
+    @contextlib.asynccontextmanager
+    async def turn(self, session: LiveSession, policy: TenantPolicy) -> AsyncIterator[None]:
+        """Wait for the session's turn (calls run one at a time, in arrival order) and hold it for the block.
+        Taken before anything else a call holds (its admission slot, its budget), so that waiting for a busy
+        session holds nothing of the server's. Raises SessionClosed, or SessionBusy when too many wait."""
         if session.closed:
             raise SessionClosed(session.id, session.close_reason)
         if session.lock.locked() and session.waiting >= policy.sessions.max_waiting_calls:
@@ -399,8 +431,20 @@ class SessionManager:
         try:
             if session.closed:
                 raise SessionClosed(session.id, session.close_reason)
-            await self._charge_held(session)
-            session.running = spec.execution_id
+            yield
+        finally:
+            if not session.closed:
+                session.last_used_at, session.last_used_mono = time.time(), time.monotonic()
+            session.lock.release()
+
+    async def call(self, session: LiveSession, spec: ExecutionSpec, policy: TenantPolicy,
+                   on_output: OutputCallback | None = None,
+                   on_display: DisplayCallback | None = None) -> ExecutionResult:
+        """Run one call in the session; the caller holds its turn. Raises the errors of placing the call's
+        input files in the workspace."""
+        await self._charge_held(session)
+        session.running = spec.execution_id
+        try:
             limits = session.params.limits
             for f in spec.files:
                 await files.upload(session.sandbox, session.id, f.path, _one(f.content),
@@ -409,36 +453,31 @@ class SessionManager:
             session.control = CallControl()
             result, facts = await run_call(session.sandbox, spec, cpu_left_ns=max(1, cpu_left),
                                            on_output=on_output, on_display=on_display, control=session.control)
-            session.calls += 1
-            session.last_used_at, session.last_used_mono = time.time(), time.monotonic()
-            session.peak_memory_bytes = max(session.peak_memory_bytes, result.usage.peak_memory_bytes)
-            warnings = list(result.warnings)
-            if facts.kernel_restarted:
-                session.kernel_restarts += 1
-                if self.metrics is not None:
-                    self.metrics.kernel_restarts.add(1, {"tenant": session.tenant})
-                await asyncio.to_thread(self.store.record_event, self._event(
-                    session, "kernel_restarted", {"execution_id": spec.execution_id, "status": result.status.name}))
-            warnings += await self._loop_check(session, spec, facts.error_signature, policy)
-            if session.closed:
-                result = _closed_during(result, session.close_reason)
-            elif facts.broken:
-                log.error("session %s: its sandbox failed during a call: %s (%s)", session.id, facts.broken,
-                          session.sandbox.log_tail()[-500:])
-                self._close_later(session, SANDBOX_FAILED)
-            elif facts.session_cpu_exhausted or session.cpu_used_ns() >= session.params.cpu_total_ms * 1_000_000:
-                warnings.append(f"the session's CPU total of {session.params.cpu_total_ms} ms is spent: it is "
-                                "closed")
-                self._close_later(session, CPU_LIMIT)
-            if warnings:
-                result = dataclasses.replace(result, warnings=tuple(warnings))
-            return result
         finally:
             session.running = ""
             session.control = None
-            session.last_used_mono = max(session.last_used_mono, time.monotonic()) if not session.closed \
-                else session.last_used_mono
-            session.lock.release()
+        session.calls += 1
+        session.peak_memory_bytes = max(session.peak_memory_bytes, result.usage.peak_memory_bytes)
+        warnings = list(result.warnings)
+        if facts.kernel_restarted:
+            session.kernel_restarts += 1
+            if self.metrics is not None:
+                self.metrics.kernel_restarts.add(1, {"tenant": session.tenant})
+            await asyncio.to_thread(self.store.record_event, self._event(
+                session, "kernel_restarted", {"execution_id": spec.execution_id, "status": result.status.name}))
+        warnings += await self._loop_check(session, spec, facts.error_signature, policy)
+        if session.closed:
+            result = _closed_during(result, session.close_reason)
+        elif facts.broken:
+            log.error("session %s: its sandbox failed during a call: %s (%s)", session.id, facts.broken,
+                      session.sandbox.log_tail()[-500:])
+            self._close_later(session, SANDBOX_FAILED)
+        elif facts.session_cpu_exhausted or session.cpu_used_ns() >= session.params.cpu_total_ms * 1_000_000:
+            warnings.append(f"the session's CPU total of {session.params.cpu_total_ms} ms is spent: it is closed")
+            self._close_later(session, CPU_LIMIT)
+        if warnings:
+            result = dataclasses.replace(result, warnings=tuple(warnings))
+        return result
 
     async def _loop_check(self, session: LiveSession, spec: ExecutionSpec, signature: str,
                           policy: TenantPolicy) -> list[str]:
@@ -463,7 +502,7 @@ class SessionManager:
                 "seems to be in a loop; change the code or stop"]
 
     def interrupt(self, execution_id: str) -> bool:
-        """Kill the session call running as ``execution_id`` (the admin's kill): its kernel is interrupted, or
+        """Stop the session call running as ``execution_id`` (the admin's kill): its kernel is interrupted, or
         its command killed, and its result says KILLED."""
         session = self.running(execution_id)
         if session is None or session.control is None:

@@ -54,27 +54,8 @@ class SessionServicer:
         tenant, _ = caller_policy(self.policies)
         return await self.sessions.get(tenant, session_id)
 
-    async def to_proto(self, session: LiveSession, *, live: bool = True) -> pb.Session:
-        params = session.params
-        used, cost = await self.sessions.usage(session) if live else (0, session.held_cost)
-        state = (pb.SESSION_STATE_CLOSED if session.closed
-                 else pb.SESSION_STATE_BUSY if session.busy else pb.SESSION_STATE_READY)
-        out = pb.Session(
-            id=session.id, state=state, created_at=timestamp(session.created_at),
-            last_used_at=timestamp(session.last_used_at), limits=limits_to_proto(params.limits),
-            idle_timeout_s=params.idle_timeout_s, max_lifetime_s=params.max_lifetime_s,
-            cpu_total_ms=params.cpu_total_ms, languages=params.languages, labels=dict(params.labels),
-            usage=pb.SessionUsage(
-                calls=session.calls, cpu_time_s=session.cpu_used_ns() / 1e9 if live else 0.0,
-                memory_bytes=session.sandbox.memory_bytes() if live else 0,
-                peak_memory_bytes=max(session.peak_memory_bytes, session.sandbox.peak_memory_bytes() if live else 0),
-                workspace_bytes=used, cost=cost, kernel_restarts=session.kernel_restarts),
-            close_reason=session.close_reason, backend=session.sandbox.backend, snapshot_id=params.snapshot_id)
-        if session.closed:
-            out.closed_at.CopyFrom(timestamp(session.closed_at))
-        else:
-            out.expires_at.CopyFrom(timestamp(session.expires_at()))
-        return out
+    async def to_proto(self, session: LiveSession) -> pb.Session:
+        return await session_to_proto(self.sessions, session)
 
     # ---- sessions ----------------------------------------------------------------------------------------------
     async def CreateSession(self, request: pb.CreateSessionRequest | MalformedRequest,
@@ -206,6 +187,31 @@ class SessionServicer:
                            resource_name=checked.snapshot_id[:80])
         await self.sessions.archive.delete(record)
         return pb.DeleteSnapshotResponse()
+
+
+async def session_to_proto(sessions: SessionManager, session: LiveSession) -> pb.Session:
+    """A live session (or one closing) as the API shows it."""
+    params = session.params
+    live = not session.closed
+    used, cost = await sessions.usage(session) if live else (0, session.held_cost)
+    state = (pb.SESSION_STATE_CLOSED if session.closed
+             else pb.SESSION_STATE_BUSY if session.busy else pb.SESSION_STATE_READY)
+    out = pb.Session(
+        id=session.id, state=state, created_at=timestamp(session.created_at),
+        last_used_at=timestamp(session.last_used_at), limits=limits_to_proto(params.limits),
+        idle_timeout_s=params.idle_timeout_s, max_lifetime_s=params.max_lifetime_s,
+        cpu_total_ms=params.cpu_total_ms, languages=params.languages, labels=dict(params.labels),
+        usage=pb.SessionUsage(
+            calls=session.calls, cpu_time_s=session.cpu_used_ns() / 1e9 if live else 0.0,
+            memory_bytes=session.sandbox.memory_bytes() if live else 0,
+            peak_memory_bytes=max(session.peak_memory_bytes, session.sandbox.peak_memory_bytes() if live else 0),
+            workspace_bytes=used, cost=cost, kernel_restarts=session.kernel_restarts),
+        close_reason=session.close_reason, backend=session.sandbox.backend, snapshot_id=params.snapshot_id)
+    if session.closed:
+        out.closed_at.CopyFrom(timestamp(session.closed_at))
+    else:
+        out.expires_at.CopyFrom(timestamp(session.expires_at()))
+    return out
 
 
 def snapshot_to_proto(record: SnapshotRecord) -> pb.Snapshot:

@@ -14,14 +14,20 @@ PUBLIC_NAMES = [
     "DEFAULT_RETRY_POLICY",
     "DEFAULT_TIMEOUT",
     "AsyncSandboxClient",
+    "AsyncSession",
+    "AsyncSessionContext",
+    "AsyncSessionFiles",
     "AuthenticationError",
     "BreakerPolicy",
     "BudgetState",
     "CircuitOpenError",
+    "CodeError",
     "DeadlineExceededError",
+    "DisplayData",
     "ErrorDetails",
     "ExecutionResult",
     "FieldViolation",
+    "FileInfo",
     "InvalidRequestError",
     "Limits",
     "NotFoundError",
@@ -37,6 +43,14 @@ PUBLIC_NAMES = [
     "SandboxClient",
     "SandboxError",
     "ServerError",
+    "Session",
+    "SessionBusyError",
+    "SessionFiles",
+    "SessionInfo",
+    "SessionNotFoundError",
+    "SessionState",
+    "SessionUsage",
+    "SnapshotInfo",
     "Status",
     "StreamInterruptedError",
     "TLSConfig",
@@ -47,6 +61,28 @@ PUBLIC_NAMES = [
 CLIENT_PARAMETERS = ["target", "api_key", "timeout", "credentials", "tls", "options", "retry", "breaker"]
 
 RECORD_USAGE_PARAMETERS = ["session_id", "model", "input_tokens", "output_tokens", "idempotency_key", "timeout"]
+
+SESSION_PARAMETERS = [
+    "language",
+    "languages",
+    "limits",
+    "idle_timeout_s",
+    "max_lifetime_s",
+    "cpu_total_s",
+    "env",
+    "files",
+    "labels",
+    "snapshot_id",
+    "idempotency_key",
+    "timeout",
+]
+
+RUN_PARAMETERS = ["code", "language", "stdin", "files", "env", "limits", "idempotency_key", "timeout"]
+
+CLIENT_METHODS = ["__init__", "execute", "execute_stream", "record_usage", "runtimes", "session", "attach_session",
+                  "get_session", "list_sessions", "close_session", "list_snapshots", "delete_snapshot"]
+SESSION_METHODS = ["run", "run_stream", "refresh", "snapshot", "close"]
+FILES_METHODS = ["upload", "download", "iter_download", "download_to", "list", "delete"]
 
 EXECUTE_PARAMETERS = [
     "code",
@@ -68,20 +104,34 @@ def test_all_is_pinned() -> None:
 
 
 def test_every_error_is_a_sandbox_error() -> None:
-    errors = [getattr(sandbox_client, n) for n in PUBLIC_NAMES if n.endswith("Error")]
-    assert len(errors) == 12
+    errors = [getattr(sandbox_client, n) for n in PUBLIC_NAMES if n.endswith("Error") and n != "CodeError"]
+    assert len(errors) == 14
     assert all(issubclass(e, sandbox_client.SandboxError) for e in errors)
+    assert not issubclass(sandbox_client.CodeError, Exception)  # a program's exception is a result, not an error
+    # The session errors are the errors code already handles: "not found", "try again later".
+    assert issubclass(sandbox_client.SessionNotFoundError, sandbox_client.NotFoundError)
+    assert issubclass(sandbox_client.SessionBusyError, sandbox_client.ResourceExhaustedError)
     # Raised by the client itself, they are "the server is unavailable" to code that catches that.
     assert issubclass(sandbox_client.CircuitOpenError, sandbox_client.UnavailableError)
     assert issubclass(sandbox_client.StreamInterruptedError, sandbox_client.UnavailableError)
 
 
-def test_both_clients_take_the_same_arguments() -> None:
-    for method in ("__init__", "execute", "execute_stream", "record_usage", "runtimes"):
-        sync = inspect.signature(getattr(SandboxClient, method))
-        aio = inspect.signature(getattr(AsyncSandboxClient, method))
+def _same_signatures(sync_class: type, aio_class: type, methods: list[str]) -> None:
+    for method in methods:
+        sync = inspect.signature(getattr(sync_class, method))
+        aio = inspect.signature(getattr(aio_class, method))
         assert list(sync.parameters) == list(aio.parameters), method
         assert [p.default for p in sync.parameters.values()] == [p.default for p in aio.parameters.values()]
+        assert [p.kind for p in sync.parameters.values()] == [p.kind for p in aio.parameters.values()], method
+
+
+def test_both_clients_take_the_same_arguments() -> None:
+    _same_signatures(SandboxClient, AsyncSandboxClient, CLIENT_METHODS)
+    _same_signatures(sandbox_client.Session, sandbox_client.AsyncSession, SESSION_METHODS)
+    _same_signatures(sandbox_client.SessionFiles, sandbox_client.AsyncSessionFiles, FILES_METHODS)
+    assert list(inspect.signature(SandboxClient.session).parameters)[1:] == SESSION_PARAMETERS
+    assert list(inspect.signature(sandbox_client.Session.run).parameters)[1:] == RUN_PARAMETERS
+    assert list(inspect.signature(sandbox_client.Session.run_stream).parameters)[1:] == RUN_PARAMETERS
     execute = inspect.signature(SandboxClient.execute)
     assert list(execute.parameters)[1:] == EXECUTE_PARAMETERS
     assert list(inspect.signature(SandboxClient.execute_stream).parameters)[1:] == EXECUTE_PARAMETERS

@@ -17,6 +17,7 @@ from sandbox_client import (
     AsyncSandboxClient,
     AuthenticationError,
     DeadlineExceededError,
+    DisplayData,
     ErrorDetails,
     FieldViolation,
     InvalidRequestError,
@@ -29,6 +30,8 @@ from sandbox_client import (
     SandboxClient,
     SandboxError,
     ServerError,
+    SessionBusyError,
+    SessionNotFoundError,
     UnavailableError,
 )
 from sandbox_client._errors import (
@@ -36,7 +39,9 @@ from sandbox_client._errors import (
     _rich_status_from_trailers,
     details_from_status,
     error_for_status,
+    stream_interrupted_error,
 )
+from sandbox_client._retry import is_retryable
 
 
 def rich_status(code: int, message: str, *details: object) -> status_pb2.Status:
@@ -152,6 +157,86 @@ def test_errors_survive_pickling() -> None:
         "bad",
         (FieldViolation("code", "empty"),),
     )
+
+
+# --- the session errors: refined from the details ---------------------------------------------------
+
+
+def resource_info(resource_type: str, name: str) -> error_details_pb2.ResourceInfo:
+    return error_details_pb2.ResourceInfo(resource_type=resource_type, resource_name=name, description="gone")
+
+
+def test_resource_info_is_decoded() -> None:
+    status = rich_status(code_pb2.NOT_FOUND, "no incident", resource_info("incident", "inc-1"),
+                         resource_info("second", "ignored"))
+    assert details_from_status(status) == ErrorDetails(resource_type="incident", resource_name="inc-1")
+    error = error_for_status(grpc.StatusCode.NOT_FOUND, "x", status)
+    assert type(error) is NotFoundError
+    assert (error.resource_type, error.resource_name) == ("incident", "inc-1")
+
+
+def test_a_closed_session_is_a_session_not_found_error_that_says_why() -> None:
+    """What the server sends its own tenant for a session that closed: ResourceInfo + ErrorInfo."""
+    status = rich_status(code_pb2.NOT_FOUND, "session ses_1 is closed (idle_timeout)",
+                         resource_info("session", "ses_1"),
+                         error_info("SESSION_CLOSED", resource_type="session", resource_name="ses_1",
+                                    close_reason="idle_timeout"))
+    error = error_for_status(grpc.StatusCode.NOT_FOUND, "x", status)
+    assert type(error) is SessionNotFoundError
+    assert isinstance(error, NotFoundError)
+    assert (error.session_id, error.close_reason, error.reason, error.resource_type) == (
+        "ses_1", "idle_timeout", "SESSION_CLOSED", "session")
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 (our own bytes)
+    assert type(copy) is SessionNotFoundError
+    assert (copy.session_id, copy.close_reason) == ("ses_1", "idle_timeout")
+
+
+def test_an_unknown_session_is_a_session_not_found_error_without_reason() -> None:
+    only_metadata = rich_status(code_pb2.NOT_FOUND, "no session",
+                                error_info("SESSION_NOT_FOUND", resource_type="session", resource_name="ses_2"))
+    error = error_for_status(grpc.StatusCode.NOT_FOUND, "x", only_metadata)
+    assert type(error) is SessionNotFoundError
+    assert (error.session_id, error.close_reason) == ("ses_2", "")
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        rich_status(code_pb2.NOT_FOUND, "no file", resource_info("file", "a.txt"),
+                    error_info("NOT_FOUND", resource_type="file", resource_name="a.txt")),
+        rich_status(code_pb2.NOT_FOUND, "no snapshot", resource_info("snapshot", "snap_1")),
+        rich_status(code_pb2.NOT_FOUND, "bare"),
+    ],
+    ids=["file", "snapshot", "bare"],
+)
+def test_other_not_founds_stay_not_found_errors(status: status_pb2.Status) -> None:
+    assert type(error_for_status(grpc.StatusCode.NOT_FOUND, "x", status)) is NotFoundError
+    assert type(error_for_status(grpc.StatusCode.NOT_FOUND, "x")) is NotFoundError
+
+
+def test_a_busy_session_is_a_session_busy_error_that_is_retried() -> None:
+    status = rich_status(
+        code_pb2.RESOURCE_EXHAUSTED, "session ses_1 is running a call and 4 more are waiting",
+        error_details_pb2.QuotaFailure(violations=[error_details_pb2.QuotaFailure.Violation(
+            subject="session:ses_1/max_waiting_calls", description="at most 4 calls may wait")]),
+        retry_info(1), error_info("SESSION_BUSY"))
+    error = error_for_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "x", status)
+    assert type(error) is SessionBusyError
+    assert isinstance(error, ResourceExhaustedError)
+    assert (error.retry_after, error.quota_violations[0].subject) == (1.0, "session:ses_1/max_waiting_calls")
+    assert is_retryable(error)
+    other = rich_status(code_pb2.RESOURCE_EXHAUSTED, "queue full", retry_info(1), error_info("QUEUE_FULL"))
+    assert type(error_for_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "x", other)) is ResourceExhaustedError
+
+
+def test_an_interrupted_stream_keeps_its_rich_outputs_through_pickling() -> None:
+    cause = error_for_status(grpc.StatusCode.UNAVAILABLE, "cut")
+    error = stream_interrupted_error(cause, (OutputChunk("stdout", b"a"),), "key",
+                                     (DisplayData("image/png", b"png"),))
+    assert "1 rich output" in error.message
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 (our own bytes)
+    assert (copy.chunks, copy.outputs, copy.idempotency_key) == (
+        (OutputChunk("stdout", b"a"),), (DisplayData("image/png", b"png"),), "key")
 
 
 # --- through a real server ----------------------------------------------------------------------------

@@ -125,6 +125,21 @@ class AdminStub:
                 request_serializer=sandbox_dot_v1_dot_admin__pb2.LiftQuarantineRequest.SerializeToString,
                 response_deserializer=sandbox_dot_v1_dot_admin__pb2.Mitigation.FromString,
                 _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/sandbox.v1.Admin/ListSessions',
+                request_serializer=sandbox_dot_v1_dot_admin__pb2.AdminListSessionsRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_admin__pb2.AdminListSessionsResponse.FromString,
+                _registered_method=True)
+        self.GetSession = channel.unary_unary(
+                '/sandbox.v1.Admin/GetSession',
+                request_serializer=sandbox_dot_v1_dot_admin__pb2.AdminGetSessionRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_admin__pb2.AdminSession.FromString,
+                _registered_method=True)
+        self.CloseSession = channel.unary_unary(
+                '/sandbox.v1.Admin/CloseSession',
+                request_serializer=sandbox_dot_v1_dot_admin__pb2.AdminCloseSessionRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_admin__pb2.AdminSession.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -260,6 +275,27 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSessions(self, request, context):
+        """Sessions of every tenant (or one): the live ones, and with include_closed the recently closed ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSession(self, request, context):
+        """One session, live or closed, with its lifecycle events. An unknown id is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseSession(self, request, context):
+        """Closes a live session now (close reason "admin"; a call running in it ends KILLED). NOT_FOUND otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -352,6 +388,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.LiftQuarantine,
                     request_deserializer=sandbox_dot_v1_dot_admin__pb2.LiftQuarantineRequest.FromString,
                     response_serializer=sandbox_dot_v1_dot_admin__pb2.Mitigation.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=sandbox_dot_v1_dot_admin__pb2.AdminListSessionsRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_admin__pb2.AdminListSessionsResponse.SerializeToString,
+            ),
+            'GetSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSession,
+                    request_deserializer=sandbox_dot_v1_dot_admin__pb2.AdminGetSessionRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_admin__pb2.AdminSession.SerializeToString,
+            ),
+            'CloseSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseSession,
+                    request_deserializer=sandbox_dot_v1_dot_admin__pb2.AdminCloseSessionRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_admin__pb2.AdminSession.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -841,6 +892,87 @@ class Admin:
             '/sandbox.v1.Admin/LiftQuarantine',
             sandbox_dot_v1_dot_admin__pb2.LiftQuarantineRequest.SerializeToString,
             sandbox_dot_v1_dot_admin__pb2.Mitigation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Admin/ListSessions',
+            sandbox_dot_v1_dot_admin__pb2.AdminListSessionsRequest.SerializeToString,
+            sandbox_dot_v1_dot_admin__pb2.AdminListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Admin/GetSession',
+            sandbox_dot_v1_dot_admin__pb2.AdminGetSessionRequest.SerializeToString,
+            sandbox_dot_v1_dot_admin__pb2.AdminSession.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Admin/CloseSession',
+            sandbox_dot_v1_dot_admin__pb2.AdminCloseSessionRequest.SerializeToString,
+            sandbox_dot_v1_dot_admin__pb2.AdminSession.FromString,
             options,
             channel_credentials,
             insecure,
