@@ -1,5 +1,5 @@
 """A blocking client for the Admin service: tenant policies, API keys, and operations (incidents, costs,
-executions, quarantines). Every call needs an admin key.
+executions, quarantines, sessions). Every call needs an admin key.
 
     from sandbox_client.admin import AdminClient
 
@@ -9,16 +9,18 @@ executions, quarantines). Every call needs an admin key.
         print(created.secret)  # shown once: store it now
         for incident in admin.list_incidents(open_only=True):
             admin.resolve_incident(incident.id, note="looked into it")
+        for live in admin.list_sessions(tenant="acme"):
+            print(live.session.id, live.session.usage.cost)
 
 Methods mirror the RPCs (``proto/sandbox/v1/admin.proto``) and return frozen dataclasses; times are aware UTC
 datetimes. A failed call raises a ``sandbox_client.SandboxError`` subclass, e.g. ``InvalidRequestError`` whose
 ``field_violations`` name each problem of a refused policy as ``"<file>:<location>"``, or ``NotFoundError`` for
-an unknown incident, execution or mitigation id.
+an unknown incident, execution, mitigation or session id.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -29,13 +31,16 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from sandbox_client._common import auth_metadata, call_timeout, check_timeout, open_channel
+from sandbox_client._convert import session_from_proto
 from sandbox_client._errors import NotFoundError, from_rpc_error
+from sandbox_client._models import FrozenMapping, SessionInfo
 from sandbox_client._proto.sandbox.v1 import admin_pb2, admin_pb2_grpc
 
 __all__ = [
     "DEFAULT_ADMIN_TIMEOUT",
     "RUNNING",
     "AdminClient",
+    "AdminSession",
     "ApiKey",
     "AppliedPolicy",
     "CostGroupBy",
@@ -52,6 +57,8 @@ __all__ = [
     "PolicySnapshot",
     "PolicyVersion",
     "Role",
+    "SessionEvent",
+    "SessionInfo",
     "Severity",
     "Tenant",
 ]
@@ -265,6 +272,39 @@ class Execution:
     @property
     def running(self) -> bool:
         return self.outcome == RUNNING
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    """One lifecycle event of a session, from the session store's durable audit trail."""
+
+    event: str
+    """"created", "closed", "snapshot", "restored", "uploaded", "deleted", "kernel_restarted" or
+    "loop_detected"."""
+    at: datetime
+    """Timezone-aware (UTC)."""
+    detail: Mapping[str, str]
+    """What happened, as text: "reason" of a "closed" event (its ``close_reason``), "path" and "size" of an
+    "uploaded" one, ...; sorted by name."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.detail, FrozenMapping):  # a dict given by hand: frozen like the rest
+            object.__setattr__(self, "detail", FrozenMapping(self.detail))
+
+
+@dataclass(frozen=True)
+class AdminSession:
+    """A session of any tenant, as an operator sees it."""
+
+    tenant: str
+    key_id: str
+    """The API key that created it."""
+    session: SessionInfo
+    """Its live state, or the record of a closed one (state CLOSED, with its ``close_reason`` and ``closed_at``).
+    A closed one's record keeps less than a live session shows: its ``last_used_at`` is the epoch (unknown), its
+    timeouts, CPU total and memory and workspace figures are zero."""
+    events: tuple[SessionEvent, ...]
+    """Its lifecycle events, oldest first: filled by ``get_session`` only (empty in ``list_sessions``)."""
 
 
 class AdminClient:
@@ -543,6 +583,43 @@ class AdminClient:
         )
         return _mitigation(response)
 
+    # -- sessions -----------------------------------------------------------------------------------------------
+
+    def list_sessions(
+        self,
+        tenant: str | None = None,
+        *,
+        include_closed: bool = False,
+        limit: int = 50,
+        timeout: float | None = None,
+    ) -> tuple[AdminSession, ...]:
+        """At most ``limit`` sessions (1 to 1000) of every tenant, or of ``tenant``: the live ones, oldest first;
+        with ``include_closed``, then closed ones from the session records, the most recently created first.
+        Without their events (``get_session`` has them)."""
+        request = admin_pb2.AdminListSessionsRequest(tenant=tenant or "", include_closed=include_closed, limit=limit)
+        response: admin_pb2.AdminListSessionsResponse = self._call("ListSessions", request, timeout)
+        return tuple(_admin_session(s) for s in response.sessions)
+
+    def get_session(self, session_id: str, *, timeout: float | None = None) -> AdminSession:
+        """One session of any tenant, live or closed, with its lifecycle events (oldest first).
+
+        Raises:
+            NotFoundError: no session with this id (a ``SessionNotFoundError``).
+        """
+        request = admin_pb2.AdminGetSessionRequest(session_id=session_id)
+        return _admin_session(self._call("GetSession", request, timeout))
+
+    def close_session(self, session_id: str, *, timeout: float | None = None) -> AdminSession:
+        """Close a live session of any tenant now (a call running in it ends KILLED) and return its final state:
+        CLOSED, with close reason "admin". Its tenant's next call on it raises ``SessionNotFoundError`` (close
+        reason "admin").
+
+        Raises:
+            NotFoundError: no live session with this id (unknown, or closed already; a ``SessionNotFoundError``).
+        """
+        request = admin_pb2.AdminCloseSessionRequest(session_id=session_id)
+        return _admin_session(self._call("CloseSession", request, timeout))
+
 
 _ROLE_TO_PROTO: dict[str, admin_pb2.ApiKeyRole] = {
     "tenant": admin_pb2.API_KEY_ROLE_TENANT,
@@ -646,6 +723,21 @@ def _execution(message: admin_pb2.Execution) -> Execution:
         trace_id=message.trace_id,
         started_at=_optional_datetime(message, "started_at"),
         ended_at=_optional_datetime(message, "ended_at"),
+    )
+
+
+def _session_event(message: admin_pb2.SessionEvent) -> SessionEvent:
+    return SessionEvent(
+        event=message.event, at=_datetime(message.at), detail=FrozenMapping(sorted(message.detail.items()))
+    )
+
+
+def _admin_session(message: admin_pb2.AdminSession) -> AdminSession:
+    return AdminSession(
+        tenant=message.tenant,
+        key_id=message.key_id,
+        session=session_from_proto(message.session),
+        events=tuple(_session_event(e) for e in message.events),
     )
 
 

@@ -7,6 +7,7 @@
     sandbox-admin costs report [--by tenant|session|day] [--tenant T] [--since ISO] [--until ISO]
     sandbox-admin executions list [--tenant T] [--session S] [--running] [--limit N] | show ID | kill ID
     sandbox-admin quarantine list [--all] | lift ID
+    sandbox-admin sessions list [--tenant T] [--all] [--limit N] | show SESSION_ID | close SESSION_ID
 
 Global options: ``--target`` (env SANDBOX_TARGET, default 127.0.0.1:50051), ``--api-key`` (env SANDBOX_ADMIN_KEY),
 ``--json`` (machine-readable output on stdout; errors as JSON on stderr; the operational commands also take it
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -33,11 +34,13 @@ from sandbox_client._errors import SandboxError
 from sandbox_client.admin import (
     DEFAULT_ADMIN_TIMEOUT,
     AdminClient,
+    AdminSession,
     ApiKey,
     Execution,
     Incident,
     Mitigation,
     PolicyProblem,
+    SessionInfo,
 )
 from sandbox_client.evaluation.cli import register as register_eval
 from sandbox_client.redteam.cli import register as register_redteam
@@ -87,7 +90,8 @@ class Options:
 
 app = typer.Typer(
     name="sandbox-admin",
-    help="Administer a sandbox server: tenant policies, API keys, incidents, costs, executions, quarantines.",
+    help="Administer a sandbox server: tenant policies, API keys, incidents, costs, executions, quarantines, "
+    "sessions.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -108,7 +112,11 @@ quarantine_app = typer.Typer(
 app.add_typer(incidents_app, name="incidents")
 app.add_typer(costs_app, name="costs")
 app.add_typer(executions_app, name="executions")
+sessions_app = typer.Typer(
+    help="Sessions of every tenant, live and recently closed: list, show, close.", no_args_is_help=True
+)
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(sessions_app, name="sessions")
 register_eval(app)
 register_redteam(app)
 
@@ -663,6 +671,108 @@ def quarantine_lift(
     )
 
 
+# -- sessions ---------------------------------------------------------------------------------------------------
+
+SessionId = Annotated[str, typer.Argument(metavar="SESSION_ID", help="The session's id (ses_...).")]
+
+
+@sessions_app.command("list")
+def sessions_list(
+    ctx: typer.Context,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's sessions.")] = None,
+    include_closed: Annotated[
+        bool, typer.Option("--all", help="Recently closed sessions too, after the live ones.")
+    ] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")] = 50,
+    json_output: JsonFlag = False,
+) -> None:
+    """Live sessions, oldest first; with --all, then recently closed ones, newest first."""
+    opts = _options(ctx, json_output)
+    with _server_call(opts), opts.client() as admin:
+        sessions = admin.list_sessions(tenant, include_closed=include_closed, limit=limit)
+    if opts.json:
+        _print_json([_session_json(s) for s in sessions])
+        return
+    if not sessions:
+        _stdout().print(Text("No sessions." if include_closed else "No live sessions."))
+        return
+    table = Table()
+    table.add_column("Session ID", no_wrap=True)
+    table.add_column("Tenant", no_wrap=True)
+    table.add_column("State", no_wrap=True)
+    table.add_column("Created (UTC)", no_wrap=True)
+    table.add_column("Last used / closed (UTC)", no_wrap=True)
+    table.add_column("Calls", justify="right")
+    table.add_column("CPU (s)", justify="right")
+    table.add_column("Memory", justify="right")
+    table.add_column("Cost", justify="right")
+    table.add_column("Close reason")
+    for s in sessions:
+        info = s.session
+        ended = info.closed_at if info.closed_at is not None else _last_used(info)
+        table.add_row(
+            Text(info.id),
+            Text(s.tenant),
+            Text(info.state, style=_SESSION_STATE_STYLES.get(info.state, "")),
+            _when(info.created_at, zone=False),
+            _when(ended, zone=False) if ended is not None else "",
+            str(info.usage.calls),
+            f"{info.usage.cpu_time_s:.3f}",
+            _size(info.usage.memory_bytes) if info.closed_at is None else "",
+            _money(info.usage.cost),
+            Text(info.close_reason),
+        )
+    _stdout().print(table)
+
+
+@sessions_app.command("show")
+def sessions_show(ctx: typer.Context, session_id: SessionId, json_output: JsonFlag = False) -> None:
+    """One session, live or closed: its state, limits, usage, labels and lifecycle events."""
+    opts = _options(ctx, json_output)
+    with _server_call(opts), opts.client() as admin:
+        found = admin.get_session(session_id)
+    if opts.json:
+        _print_json(_session_json(found))
+        return
+    out = _stdout()
+    info = found.session
+    out.print(Text(f"Session {info.id} ({info.state})", style="bold"), soft_wrap=True)
+    out.print(_fields_table(_session_rows(found)))
+    if not found.events:
+        out.print(Text("No lifecycle events recorded."))
+        return
+    table = Table(title="Lifecycle events", title_justify="left")
+    table.add_column("At (UTC)", no_wrap=True)
+    table.add_column("Event", no_wrap=True)
+    table.add_column("Detail")
+    for e in found.events:
+        table.add_row(
+            _when(e.at, zone=False), Text(e.event), Text(", ".join(f"{k}={v}" for k, v in e.detail.items()))
+        )
+    out.print(table)
+
+
+@sessions_app.command("close")
+def sessions_close(ctx: typer.Context, session_id: SessionId, json_output: JsonFlag = False) -> None:
+    """Close a live session now (a call running in it ends KILLED); its tenant's next call gets NOT_FOUND with
+    close reason "admin"."""
+    opts = _options(ctx, json_output)
+    with _server_call(opts), opts.client() as admin:
+        closed = admin.close_session(session_id)
+    if opts.json:
+        _print_json(_session_json(closed))
+        return
+    info = closed.session
+    calls = f"{info.usage.calls} call" + ("" if info.usage.calls == 1 else "s")
+    _stdout().print(
+        Text(
+            f"Session {info.id} of tenant {closed.tenant} is closed ({info.close_reason or 'admin'}) after "
+            f"{calls}; its tenant's next call on it gets NOT_FOUND."
+        ),
+        soft_wrap=True,
+    )
+
+
 def main() -> None:
     """The ``sandbox-admin`` console script."""
     app(prog_name="sandbox-admin")
@@ -702,6 +812,8 @@ def _print_json(data: Any) -> None:
 def _json_default(value: object) -> object:
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, Mapping):  # the frozen mappings of the models (labels, details)
+        return dict(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
@@ -857,6 +969,81 @@ def _mitigations_table(mitigations: Sequence[Mitigation]) -> Table:
             Text(f"lifted by {m.lifted_by}" if state == "lifted" else state, style="bold" if state == "active" else ""),
         )
     return table
+
+
+_SESSION_STATE_STYLES = {"READY": "green", "BUSY": "bold cyan", "CLOSED": ""}
+
+
+def _last_used(info: SessionInfo) -> datetime | None:
+    """When its last call ended; None when the server did not say (a closed session's record keeps no such time:
+    the field arrives unset, as the epoch)."""
+    return info.last_used_at if info.last_used_at >= info.created_at else None
+
+
+def _session_json(found: AdminSession) -> dict[str, Any]:
+    """The model as JSON, with an unknown ``last_used_at`` as null rather than the epoch."""
+    data = asdict(found)
+    data["session"]["last_used_at"] = _last_used(found.session)
+    return data
+
+
+def _size(count: int) -> str:
+    """Bytes for people: "0 B", "512 B", "1.5 KiB", "120.0 MiB"."""
+    if count < 1024:
+        return f"{count} B"
+    amount, unit = count / 1024, "KiB"
+    for larger in ("MiB", "GiB", "TiB"):
+        if amount < 1024:
+            break
+        amount, unit = amount / 1024, larger
+    return f"{amount:.1f} {unit}"
+
+
+def _session_rows(found: AdminSession) -> list[tuple[str, str]]:
+    """The name/value lines of ``sessions show``. Settings a closed session's record does not keep (its timeouts
+    and CPU total, figures of its sandbox) are left out rather than shown as zero."""
+    info, usage = found.session, found.session.usage
+    live = info.closed_at is None
+    last_used = _last_used(info)
+    limits = {k: v for k, v in asdict(info.limits).items() if v is not None}
+    settings = (
+        ("idle timeout", f"{info.idle_timeout_s} s", info.idle_timeout_s > 0),
+        ("max lifetime", f"{info.max_lifetime_s} s", info.max_lifetime_s > 0),
+        ("cpu total", f"{info.cpu_total_s:g} s", info.cpu_total_s > 0),
+    )
+    return [
+        ("tenant", found.tenant),
+        ("key", found.key_id),
+        ("state", info.state),
+        *([] if live else [("close reason", info.close_reason or "unknown")]),
+        ("backend", info.backend),
+        ("languages", ", ".join(info.languages)),
+        ("created", _when(info.created_at)),
+        *([] if last_used is None else [("last used", _when(last_used))]),
+        ("expires", _when(info.expires_at)) if live else ("closed", _when(info.closed_at)),
+        *((name, value) for name, value, known in settings if known),
+        *([("snapshot", info.snapshot_id)] if info.snapshot_id else []),
+        ("calls", str(usage.calls)),
+        ("cpu time", f"{usage.cpu_time_s:.3f} s"),
+        *(
+            [
+                ("memory", f"{_size(usage.memory_bytes)} (peak {_size(usage.peak_memory_bytes)})"),
+                ("workspace", _size(usage.workspace_bytes)),
+            ]
+            if live
+            else []
+        ),
+        ("cost", _money(usage.cost)),
+        ("kernel restarts", str(usage.kernel_restarts)),
+        *((f"labels.{k}", v) for k, v in info.labels.items()),
+        *((f"limits.{k}", _limit(k, v)) for k, v in limits.items()),
+    ]
+
+
+def _limit(name: str, value: float) -> str:
+    if name.endswith("_s"):
+        return f"{value:g} s"
+    return _size(int(value)) if name.endswith("_bytes") else str(value)
 
 
 def _fields_table(rows: Sequence[tuple[str, str]]) -> Table:

@@ -14,7 +14,7 @@ from sandbox_server.admin.operations import Operations
 from sandbox_server.admin.servicer import _require_admin
 from sandbox_server.errors import BackendUnavailable, FieldViolation, InvalidRequest, NotFound
 from sandbox_server.sessions.manager import ADMIN, LiveSession, SessionManager
-from sandbox_server.sessions.servicer import session_to_proto, timestamp
+from sandbox_server.sessions.servicer import finish_closed, session_to_proto, timestamp
 from sandbox_server.stores.sessions import SessionEvent, SessionRecord
 
 DEFAULT_LIMIT = 50
@@ -44,7 +44,7 @@ class AdminSessionsServicer:
         if len(request.tenant) > MAX_ID_CHARS:
             raise InvalidRequest([FieldViolation("tenant", f"at most {MAX_ID_CHARS} characters")])
         limit = request.limit or DEFAULT_LIMIT
-        live = sessions.live(request.tenant or None)
+        live = sessions.live(request.tenant or None, closing=True)
         out = [await self._live(s) for s in live[:limit]]
         if request.include_closed and len(out) < limit:
             records = await asyncio.to_thread(sessions.store.list, request.tenant or None, False, limit * 2)
@@ -58,7 +58,7 @@ class AdminSessionsServicer:
         session_id = _id(request.session_id)
         events = await asyncio.to_thread(sessions.store.events, session_id)
         live = sessions.find(session_id)
-        if live is not None and not live.closed:
+        if live is not None:  # alive, or closing (its record is written once the close is done)
             out = await self._live(live)
         else:
             record = await asyncio.to_thread(sessions.store.get, session_id)
@@ -77,10 +77,7 @@ class AdminSessionsServicer:
             raise NotFound(f"no live session {session_id!r}", resource_type="session", resource_name=session_id)
         out = await self._live(live)
         await sessions.close(live, ADMIN)
-        out.session.state = sandbox_pb2.SESSION_STATE_CLOSED
-        out.session.close_reason = ADMIN
-        out.session.closed_at.CopyFrom(timestamp(live.closed_at))
-        out.session.ClearField("expires_at")
+        finish_closed(out.session, live)
         return out
 
 
@@ -95,9 +92,13 @@ def _closed(record: SessionRecord) -> pb.AdminSession:
     session = sandbox_pb2.Session(
         id=record.session_id, state=sandbox_pb2.SESSION_STATE_CLOSED, created_at=timestamp(record.created_at),
         limits=limits, languages=record.languages, labels=dict(record.labels),
+        idle_timeout_s=record.idle_timeout_s, max_lifetime_s=record.max_lifetime_s, cpu_total_ms=record.cpu_total_ms,
         usage=sandbox_pb2.SessionUsage(calls=record.calls, cpu_time_s=record.cpu_time_s, cost=record.cost,
-                                       kernel_restarts=record.kernel_restarts),
+                                       kernel_restarts=record.kernel_restarts,
+                                       peak_memory_bytes=record.peak_memory_bytes),
         close_reason=record.close_reason, backend=record.backend, snapshot_id=record.snapshot_id)
+    session.last_used_at.CopyFrom(timestamp(record.last_used_at if record.last_used_at is not None
+                                            else record.created_at))
     if record.closed_at is not None:
         session.closed_at.CopyFrom(timestamp(record.closed_at))
     return pb.AdminSession(tenant=record.tenant, key_id=record.key_id, session=session)

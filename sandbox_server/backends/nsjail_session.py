@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+EXIT_GRACE_S = 2.0  # nsjail's own exit once its PID 1 has ended
+
 
 class NsjailSession(SessionSandbox):
     backend = "nsjail"
@@ -119,6 +121,9 @@ class NsjailSession(SessionSandbox):
         finally:
             transport.close()
 
+    def channel_ended(self) -> bool:
+        return hasattr(self, "channel") and self.channel.closed.done()
+
     def log_tail(self) -> str:
         own = super().log_tail()
         jail = bytes(self.nsjail_log).decode("utf-8", "replace").strip().splitlines()[-5:]
@@ -126,6 +131,11 @@ class NsjailSession(SessionSandbox):
 
     async def destroy(self) -> None:
         proc = self.proc
+        if proc is not None and proc.returncode is None and self.channel_ended():
+            # The agent has gone (shutdown): nsjail follows it at once. Killing a process that has exited but is
+            # not reaped yet would reap it under asyncio's watcher (Popen.send_signal polls first).
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.wait()), EXIT_GRACE_S)
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGKILL)  # PID 1 dies with nsjail (PDEATHSIG), and with it the jail

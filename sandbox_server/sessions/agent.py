@@ -90,6 +90,12 @@ COMMANDS = {
     "javascript": ("/usr/bin/node",),
 }
 CODE_SUFFIX = {"bash": ".sh", "javascript": ".js"}
+# Evaluated by the kernel (as a user expression: it binds no name) in the readiness probe: True once the probe's
+# message, sent on the stdin channel just before, has reached the kernel's stdin socket, which proves the kernel
+# can route an input request to us. The kernel drops whatever is left there before each input() anyway.
+STDIN_PROBE = ("(lambda k: bool(k.stdin_socket.poll(100)) and bool(k.stdin_socket.recv_multipart()))"
+               "(get_ipython().kernel)")
+PROBE_WAIT_S = 0.5
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -296,6 +302,7 @@ class Kernel:
         for reader in (self._iopub, self._shell, self._stdin):
             self.tasks.append(asyncio.create_task(reader()))
         await self._wait_ready()
+        await self._wait_connected()
 
     async def _log(self, chunk: bytes) -> None:
         self.log.append(chunk)
@@ -321,6 +328,37 @@ class Kernel:
             self.client.kernel_info()
             either: list[asyncio.Future[Any]] = [ready, exited]
             await asyncio.wait(either, timeout=0.25)
+
+    async def _wait_connected(self) -> None:
+        """ZeroMQ connects in the background, each channel on its own (re)connect timer: answering on the shell
+        channel does not mean the kernel can reach us on the others yet. A kernel publishing to iopub before our
+        subscription has reached it drops the message (a call's output, or its idle status, and the call would
+        never end); one sending an input request before our stdin connection is known drops it too (and input()
+        waits forever). So: silent probes until one's idle status arrives on iopub and its reply says the stdin
+        message sent just before it arrived."""
+        exited = self.exited
+        if exited is None:
+            raise Refused("kernel_failed", "the Python kernel was not started")
+        deadline = time.monotonic() + KERNEL_START_TIMEOUT_S
+        while True:
+            self.client.stdin_channel.send(self.client.session.msg("sandbox_probe", {}))
+            msg_id = self.client.execute("", silent=True, store_history=False, allow_stdin=False,
+                                         user_expressions={"stdin": STDIN_PROBE}, stop_on_error=False)
+            probe = PythonCall(self.agent, 0, msg_id, b"")
+            self.calls[msg_id] = probe
+            try:
+                either: list[asyncio.Future[Any]] = [probe.done, exited]
+                await asyncio.wait(either, timeout=PROBE_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                del self.calls[msg_id]
+            if probe.done.done():
+                found = (probe.reply or {}).get("user_expressions", {}).get("stdin", {})
+                if isinstance(found, dict) and found.get("data", {}).get("text/plain") == "True":
+                    return
+            if exited.done():
+                raise Refused("kernel_failed", "the Python kernel exited while starting: " + self.log_tail())
+            if time.monotonic() > deadline:
+                raise Refused("kernel_failed", "the Python kernel's channels did not connect in time")
 
     async def _iopub(self) -> None:
         while True:

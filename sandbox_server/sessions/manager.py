@@ -132,6 +132,7 @@ class LiveSession:
     closed_at: float = 0.0
     closing: asyncio.Task[None] | None = None
     peak_memory_bytes: int = 0
+    final_cost: float | None = None  # once closed: what it cost in all
 
     def __post_init__(self) -> None:
         self.last_used_at = self.last_used_at or self.created_at
@@ -229,10 +230,12 @@ class SessionManager:
         """Any tenant's live session (the admin API)."""
         return self._live.get(session_id)
 
-    def live(self, tenant: str | None, labels: Mapping[str, str] | None = None) -> list[LiveSession]:
-        """Live sessions, oldest first; of one tenant unless None; carrying every one of ``labels``."""
+    def live(self, tenant: str | None, labels: Mapping[str, str] | None = None,
+             closing: bool = False) -> list[LiveSession]:
+        """Live sessions, oldest first; of one tenant unless None; carrying every one of ``labels``; with
+        ``closing``, also those whose close has begun and not finished."""
         wanted = dict(labels or {})
-        out = [s for s in self._live.values() if (tenant is None or s.tenant == tenant) and not s.closed
+        out = [s for s in self._live.values() if (tenant is None or s.tenant == tenant) and (closing or not s.closed)
                and all(s.params.labels and dict(s.params.labels).get(k) == v for k, v in wanted.items())]
         return sorted(out, key=lambda s: (s.created_at, s.id))
 
@@ -346,7 +349,9 @@ class SessionManager:
         record = SessionRecord(
             session_id=session_id, tenant=tenant, key_id=key_id, owner=self.owner, backend=sandbox.backend,
             languages=params.languages, limits=MappingProxyType(limits.as_dict()),
-            labels=MappingProxyType(dict(params.labels)), snapshot_id=params.snapshot_id, created_at=now)
+            labels=MappingProxyType(dict(params.labels)), snapshot_id=params.snapshot_id, created_at=now,
+            idle_timeout_s=params.idle_timeout_s, max_lifetime_s=params.max_lifetime_s,
+            cpu_total_ms=params.cpu_total_ms)
         detail: dict[str, str | int | float | bool] = {"languages": ",".join(params.languages),
                                                        "memory_bytes": limits.memory_bytes,
                                                        "idle_timeout_s": params.idle_timeout_s,
@@ -390,7 +395,9 @@ class SessionManager:
             with contextlib.suppress(Exception):
                 cost = await self.budgeter.session_spent(session.tenant, session.id)
         end = SessionEnd(closed_at=session.closed_at, reason=reason, calls=session.calls, cpu_time_s=cpu_s,
-                         cost=cost, kernel_restarts=session.kernel_restarts)
+                         cost=cost, kernel_restarts=session.kernel_restarts, last_used_at=session.last_used_at,
+                         peak_memory_bytes=session.peak_memory_bytes)
+        session.final_cost = cost
         event = self._event(session, "closed",
                             {"reason": reason, "calls": session.calls, "cpu_time_s": round(cpu_s, 3)})
         try:

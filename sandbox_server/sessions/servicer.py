@@ -93,10 +93,7 @@ class SessionServicer:
         session = await self._session(ensure_request(request).session_id)
         final = await self.to_proto(session)  # its usage, measured while it still lives
         await self.sessions.close(session, CLOSED)
-        final.state = pb.SESSION_STATE_CLOSED
-        final.close_reason = session.close_reason
-        final.closed_at.CopyFrom(timestamp(session.closed_at))
-        final.ClearField("expires_at")
+        finish_closed(final, session)
         return final
 
     # ---- files -------------------------------------------------------------------------------------------------
@@ -212,6 +209,18 @@ async def session_to_proto(sessions: SessionManager, session: LiveSession) -> pb
     else:
         out.expires_at.CopyFrom(timestamp(session.expires_at()))
     return out
+
+
+def finish_closed(out: pb.Session, session: LiveSession) -> None:
+    """``out`` (the session measured just before its close) as its close left it: how and when it closed (whoever
+    closed it first), nothing held any more, what it cost in all."""
+    out.state = pb.SESSION_STATE_CLOSED
+    out.close_reason = session.close_reason
+    out.closed_at.CopyFrom(timestamp(session.closed_at))
+    out.ClearField("expires_at")
+    out.usage.memory_bytes = 0
+    if session.final_cost is not None:
+        out.usage.cost = session.final_cost
 
 
 def snapshot_to_proto(record: SnapshotRecord) -> pb.Snapshot:

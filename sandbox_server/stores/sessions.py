@@ -32,12 +32,17 @@ class SessionRecord:
     labels: Mapping[str, str]
     snapshot_id: str
     created_at: float
+    idle_timeout_s: int = 0
+    max_lifetime_s: int = 0
+    cpu_total_ms: int = 0
     closed_at: float | None = None
     close_reason: str = ""
     calls: int = 0
     cpu_time_s: float = 0.0
     cost: float = 0.0
     kernel_restarts: int = 0
+    last_used_at: float | None = None
+    peak_memory_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ class SessionEnd:
     cpu_time_s: float
     cost: float
     kernel_restarts: int
+    last_used_at: float | None = None
+    peak_memory_bytes: int = 0
 
 
 class SessionStore(Protocol):

@@ -35,12 +35,17 @@ class SqliteSessionStore(_SqliteStore):
             labels TEXT NOT NULL,
             snapshot_id TEXT NOT NULL,
             created_at REAL NOT NULL,
+            idle_timeout_s INTEGER NOT NULL,
+            max_lifetime_s INTEGER NOT NULL,
+            cpu_total_ms INTEGER NOT NULL,
             closed_at REAL,
             close_reason TEXT NOT NULL DEFAULT '',
             calls INTEGER NOT NULL DEFAULT 0,
             cpu_time_s REAL NOT NULL DEFAULT 0,
             cost REAL NOT NULL DEFAULT 0,
-            kernel_restarts INTEGER NOT NULL DEFAULT 0
+            kernel_restarts INTEGER NOT NULL DEFAULT 0,
+            last_used_at REAL,
+            peak_memory_bytes INTEGER NOT NULL DEFAULT 0
         );
         CREATE INDEX IF NOT EXISTS sessions_tenant_time ON sessions (tenant, created_at);
         CREATE INDEX IF NOT EXISTS sessions_open ON sessions (owner) WHERE closed_at IS NULL;
@@ -59,20 +64,23 @@ class SqliteSessionStore(_SqliteStore):
     def create(self, rec: SessionRecord, event: SessionEvent) -> None:
         row = (rec.session_id, rec.tenant, rec.key_id, rec.owner, rec.backend, json.dumps(list(rec.languages)),
                json.dumps(dict(rec.limits), sort_keys=True), json.dumps(dict(rec.labels), sort_keys=True),
-               rec.snapshot_id, rec.created_at)
+               rec.snapshot_id, rec.created_at, rec.idle_timeout_s, rec.max_lifetime_s, rec.cpu_total_ms)
         with self._write() as db:
             if db.execute("SELECT 1 FROM sessions WHERE session_id = ?", (rec.session_id,)).fetchone():
                 raise ValueError(f"session {rec.session_id} is already recorded")
             db.execute("INSERT INTO sessions (session_id, tenant, key_id, owner, backend, languages, limits, labels,"
-                       " snapshot_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                       " snapshot_id, created_at, idle_timeout_s, max_lifetime_s, cpu_total_ms)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
             _insert_event(db, event)
 
     def end(self, session_id: str, end: SessionEnd, event: SessionEvent) -> bool:
         with self._write() as db:
             cursor = db.execute(
                 "UPDATE sessions SET closed_at = ?, close_reason = ?, calls = ?, cpu_time_s = ?, cost = ?,"
-                " kernel_restarts = ? WHERE session_id = ? AND closed_at IS NULL",
-                (end.closed_at, end.reason, end.calls, end.cpu_time_s, end.cost, end.kernel_restarts, session_id))
+                " kernel_restarts = ?, last_used_at = ?, peak_memory_bytes = ?"
+                " WHERE session_id = ? AND closed_at IS NULL",
+                (end.closed_at, end.reason, end.calls, end.cpu_time_s, end.cost, end.kernel_restarts, end.last_used_at,
+                 end.peak_memory_bytes, session_id))
             if cursor.rowcount != 1:
                 return False
             _insert_event(db, event)
@@ -126,11 +134,12 @@ def _insert_event(db: _Tx, event: SessionEvent) -> None:
 
 
 def _session(row: tuple[Any, ...]) -> SessionRecord:
-    (sid, tenant, key_id, owner, backend, languages, limits, labels, snapshot_id, created_at, closed_at, reason,
-     calls, cpu, cost, restarts) = row
+    (sid, tenant, key_id, owner, backend, languages, limits, labels, snapshot_id, created_at, idle, lifetime,
+     cpu_total, closed_at, reason, calls, cpu, cost, restarts, last_used, peak) = row
     return SessionRecord(sid, tenant, key_id, owner, backend, tuple(json.loads(languages)),
                          MappingProxyType(json.loads(limits)), MappingProxyType(json.loads(labels)), snapshot_id,
-                         created_at, closed_at, reason, calls, cpu, cost, restarts)
+                         created_at, idle, lifetime, cpu_total, closed_at, reason, calls, cpu, cost, restarts,
+                         last_used, peak)
 
 
 class SqliteSnapshotStore(_SqliteStore):

@@ -315,6 +315,7 @@ def test_the_client_module_api_is_pinned() -> None:
             "DEFAULT_ADMIN_TIMEOUT",
             "RUNNING",
             "AdminClient",
+            "AdminSession",
             "ApiKey",
             "AppliedPolicy",
             "CostGroupBy",
@@ -331,6 +332,8 @@ def test_the_client_module_api_is_pinned() -> None:
             "PolicySnapshot",
             "PolicyVersion",
             "Role",
+            "SessionEvent",
+            "SessionInfo",
             "Severity",
             "Tenant",
         ]

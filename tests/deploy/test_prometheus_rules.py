@@ -29,11 +29,15 @@ COUNTERS_AND_GAUGES = frozenset({
     "sandbox_budget_warnings_total",
     "sandbox_teardown_failures_total",
     "sandbox_incidents_total",
+    "sandbox_sessions_active",
+    "sandbox_sessions_closed_total",
+    "sandbox_sessions_kernel_restarts_total",
 })
 HISTOGRAMS = frozenset({
     "sandbox_execution_duration_seconds",
     "sandbox_queue_wait_seconds",
     "sandbox_execution_peak_memory_bytes",
+    "sandbox_sessions_lifetime_seconds",
 })
 # A histogram exists in the exposition only as these three series; its bare name selects nothing.
 EXPORTED = COUNTERS_AND_GAUGES | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}

@@ -276,7 +276,8 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSessions(self, request, context):
-        """Sessions of every tenant (or one): the live ones, and with include_closed the recently closed ones.
+        """Sessions of every tenant (or one): the live ones (and those closing), and with include_closed closed ones
+        from the session records, the most recently created first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
