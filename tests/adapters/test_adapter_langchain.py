@@ -9,14 +9,22 @@ from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 
 import sandbox_client.adapters.langchain as langchain_module
-from sandbox_client import AsyncSandboxClient, Limits, SandboxClient
-from sandbox_client.adapters.langchain import ExecuteCodeInput, SandboxTool
+from sandbox_client import AsyncSandboxClient, Limits, SandboxClient, SessionNotFoundError
+from sandbox_client.adapters.langchain import (
+    SESSION_TOOL_DESCRIPTION,
+    ExecuteCodeInput,
+    SandboxSessionTool,
+    SandboxTool,
+    SessionCodeInput,
+)
 from sandbox_client.adapters.tool import TOOL_DESCRIPTION, ToolDispatcher
 from sandbox_server.testing import RunningServer
 
 
 def test_the_public_names_are_pinned() -> None:
-    assert sorted(langchain_module.__all__) == ["ExecuteCodeInput", "SandboxTool", "validation_error_text"]
+    assert sorted(langchain_module.__all__) == [
+        "ExecuteCodeInput", "SESSION_TOOL_DESCRIPTION", "SESSION_TOOL_NAME", "SandboxSessionTool", "SandboxTool",
+        "SessionCodeInput", "validation_error_text"]
 
 
 def test_it_is_a_langchain_tool_with_the_tools_schema(adapter_client: SandboxClient) -> None:
@@ -90,3 +98,94 @@ def test_a_tool_needs_a_client() -> None:
         SandboxTool()
     with pytest.raises(pydantic.ValidationError):
         SandboxTool(client=None, async_client=None, max_output_chars=0)
+
+
+# -- the session tool ------------------------------------------------------------------------------------------------
+
+
+def test_the_session_tool_is_a_langchain_tool(adapter_client: SandboxClient) -> None:
+    tool = SandboxSessionTool(client=adapter_client)
+    assert isinstance(tool, BaseTool)
+    assert (tool.name, tool.description) == ("run_code_in_session", SESSION_TOOL_DESCRIPTION)
+    assert tool.args_schema is SessionCodeInput
+    schema = tool.tool_call_schema.model_json_schema()  # type: ignore[union-attr]
+    assert schema["required"] == ["code"]
+    assert set(schema["properties"]) == {"code", "language", "timeout_s"}
+    for fact in ("persist", "send only the new code", "closes by itself", "no network"):
+        assert fact in tool.description, fact
+    assert tool.session_id is None  # nothing is started before the first call
+
+
+def test_the_session_tool_keeps_state_across_invocations(adapter_client: SandboxClient) -> None:
+    with SandboxSessionTool(client=adapter_client, languages=("python", "bash"), labels={"test": "lc"}) as tool:
+        first = tool.invoke({"code": "x = 41"})
+        assert first.startswith("Status: succeeded\n")
+        sid = tool.session_id
+        assert sid is not None
+        assert sid.startswith("ses_")
+        second = tool.invoke({"code": "x + 1"})
+        assert "\nOut[2]: 42\n" in second
+        assert "run_code_in_session" in second  # the advice names this tool
+        assert tool.session_id == sid
+        # Files persist for bash too; a model's tool call gets a ToolMessage.
+        tool.invoke({"code": "open('from_python.txt', 'w').write('hi')"})
+        message = tool.invoke({"type": "tool_call", "id": "call_7", "name": "run_code_in_session",
+                               "args": {"code": "cat from_python.txt", "language": "sh"}})
+        assert isinstance(message, ToolMessage)
+        assert "<stdout>\nhi\n</stdout>" in message.content
+        info = adapter_client.get_session(sid)
+        assert (info.languages, info.labels["test"]) == (("python", "bash"), "lc")
+    # Leaving the block closed it.
+    assert tool.session_id is None
+    with pytest.raises(SessionNotFoundError):
+        adapter_client.get_session(sid)
+
+
+def test_the_session_tool_starts_afresh_when_its_session_closed(adapter_client: SandboxClient) -> None:
+    tool = SandboxSessionTool(client=adapter_client)
+    try:
+        tool.invoke({"code": "x = 1"})
+        old = tool.session_id
+        assert old is not None
+        adapter_client.close_session(old)  # as its idle timeout would
+        text = tool.invoke({"code": "x"})
+        assert text.startswith("Note: the session had closed (it was closed), so this ran in a new session: the "
+                               "variables, imports and files from before are gone; set up again what you need.\n"
+                               "Status: failed: the code raised NameError\n")
+        assert tool.session_id not in (None, old)
+    finally:
+        tool.close()
+    tool.close()  # idempotent
+
+
+def test_the_session_tools_bad_arguments_become_text(adapter_client: SandboxClient) -> None:
+    tool = SandboxSessionTool(client=adapter_client, name="python_session")
+    text = tool.invoke({"language": "cobol", "session_id": "x"})
+    assert text.startswith("Status: invalid arguments for python_session (nothing ran)\n")
+    assert "- code: Field required" in text
+    assert "- session_id: Extra inputs are not permitted" in text
+    assert tool.session_id is None
+
+
+async def test_the_session_tool_over_asyncio(adapter_server: RunningServer, adapter_client: SandboxClient) -> None:
+    async with AsyncSandboxClient(adapter_server.target, timeout=60) as client:
+        tool = SandboxSessionTool(async_client=client, client=adapter_client)
+        try:
+            await tool.ainvoke({"code": "y = 20"})
+            assert "Out[2]: 40" in await tool.ainvoke({"code": "y * 2"})
+            # The sync path uses the same session.
+            assert "Out[3]: 20" in tool.invoke({"code": "y"})
+            refused = await tool.ainvoke({"code": "import ctypes"})
+            assert refused.startswith("Status: refused: the sandbox's checks rejected the code")
+        finally:
+            await tool.aclose()
+        assert tool.session_id is None
+        only_async = SandboxSessionTool(async_client=client)
+        with pytest.raises(RuntimeError, match="async_client"):
+            only_async.invoke({"code": "print(1)"})
+        await only_async.aclose()  # nothing started: nothing to do
+
+
+def test_the_session_tool_needs_a_client() -> None:
+    with pytest.raises(pydantic.ValidationError, match="needs client"):
+        SandboxSessionTool()
