@@ -11,8 +11,8 @@ sandbox:
 - bash and JavaScript calls, each a fresh process in the same workspace;
 - the workspace file operations (upload, download, list, delete), done with the sandbox's own rights, one
   directory component at a time without following links, so nothing outside the workspace is reachable;
-- the processes: as PID 1 it reaps every orphan, and when a call ends it kills every process but itself and
-  the kernel, so nothing a call started outlives it.
+- the processes: as PID 1 it reaps every orphan, and when a call ends (and again when the next one begins) it
+  kills every process but itself and the kernel, so nothing a call started outlives it.
 
 Why PID 1: the kernel does not deliver a signal sent from inside the namespace to its init unless the init
 handles it, so the session's code cannot kill or stop the agent; and the agent makes itself non-dumpable
@@ -875,6 +875,9 @@ class Agent:
     # -- calls ------------------------------------------------------------------------------------------------
     async def exec_python(self, call_id: int, payload: bytes, code_len: int) -> dict[str, Any]:
         kernel = await self.ready_kernel()
+        # Calls run one at a time: anything alive now was started since the last call ended (by a thread the
+        # kernel keeps), and must not watch this one.
+        await self.procs.kill_strays()
         code = payload[:code_len].decode("utf-8", "replace")
         result = await kernel.execute(call_id, code, payload[code_len:])
         result["stray_processes"] = await self.procs.kill_strays()
@@ -886,6 +889,7 @@ class Agent:
         command = COMMANDS.get(lang)
         if command is None:
             raise Refused("bad_language", f"no command runtime for {lang!r}")
+        await self.procs.kill_strays()  # as for a Python call: nothing started since the last call may watch
         path = f"{RUN_DIR}/code/call-{call_id}{CODE_SUFFIX[lang]}"
         fd = os.open(path, O_CREATE, 0o600)
         with os.fdopen(fd, "wb") as f:

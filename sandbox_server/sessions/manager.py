@@ -50,7 +50,7 @@ from sandbox_server.sessions.sandbox import SessionSandbox
 from sandbox_server.sessions.snapshots import SnapshotArchive, SnapshotLimits
 from sandbox_server.settings import Settings
 from sandbox_server.stores.sessions import SessionEnd, SessionEvent, SessionRecord, SessionStore, SnapshotRecord
-from sandbox_server.telemetry import Metrics
+from sandbox_server.telemetry import Metrics, phase
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +432,8 @@ class SessionManager:
                 retry_after_s=BUSY_RETRY_S)
         session.waiting += 1
         try:
-            await session.lock.acquire()
+            with phase("session.turn", **{"sandbox.session_waiting": session.waiting}):
+                await session.lock.acquire()
         finally:
             session.waiting -= 1
         try:
@@ -458,8 +459,9 @@ class SessionManager:
                                    file_size_bytes=limits.file_size_bytes, scratch_bytes=limits.scratch_bytes)
             cpu_left = session.params.cpu_total_ms * 1_000_000 - session.cpu_used_ns()
             session.control = CallControl()
-            result, facts = await run_call(session.sandbox, spec, cpu_left_ns=max(1, cpu_left),
-                                           on_output=on_output, on_display=on_display, control=session.control)
+            with phase("session.call", **{"sandbox.backend": session.sandbox.backend}):
+                result, facts = await run_call(session.sandbox, spec, cpu_left_ns=max(1, cpu_left),
+                                               on_output=on_output, on_display=on_display, control=session.control)
         finally:
             session.running = ""
             session.control = None
