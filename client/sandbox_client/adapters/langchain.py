@@ -50,6 +50,9 @@ from sandbox_client._errors import SandboxError, SessionNotFoundError
 from sandbox_client._models import ExecutionResult, Limits
 from sandbox_client._session import Session
 from sandbox_client._sync import SandboxClient
+from sandbox_client.adapters._calls import _session_call
+from sandbox_client.adapters._session_text import _restarted_note
+from sandbox_client.adapters._specs import _kept_session_description
 from sandbox_client.adapters.tool import (
     DEFAULT_MAX_OUTPUT_CHARS,
     LANGUAGE_ALIASES,
@@ -58,9 +61,6 @@ from sandbox_client.adapters.tool import (
     TOOL_NAME,
     AsyncToolDispatcher,
     ToolDispatcher,
-    _kept_session_description,
-    _restarted_note,
-    _session_call,
     format_session_error,
     format_session_result,
     parameters_schema,

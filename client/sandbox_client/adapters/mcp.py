@@ -54,6 +54,9 @@ from sandbox_client._aio_session import AsyncSession
 from sandbox_client._common import DEFAULT_TIMEOUT
 from sandbox_client._errors import SandboxError, SessionNotFoundError
 from sandbox_client._models import ExecutionResult, Limits, Runtime
+from sandbox_client.adapters._calls import _session_call, _workspace_action
+from sandbox_client.adapters._session_text import _restarted_note
+from sandbox_client.adapters._specs import _kept_session_description
 from sandbox_client.adapters.tool import (
     DEFAULT_MAX_OUTPUT_CHARS,
     LANGUAGES,
@@ -64,10 +67,6 @@ from sandbox_client.adapters.tool import (
     AsyncToolDispatcher,
     SessionFilesArguments,
     ToolArgumentError,
-    _kept_session_description,
-    _restarted_note,
-    _session_call,
-    _session_files_async,
     format_error,
     format_session_error,
     format_session_result,
@@ -384,8 +383,8 @@ async def _session_files(conversation: _Conversation, arguments: Mapping[str, An
     cap = max(2**20, 4 * conversation.max_output_chars)
 
     async def files(session: AsyncSession) -> str:
-        return await _session_files_async(session.files, args, max_chars=conversation.max_output_chars, cap=cap,
-                                          run_tool=TOOL_NAME)
+        return await _workspace_action(session.files, args, max_chars=conversation.max_output_chars, cap=cap,
+                                       run_tool=TOOL_NAME)
 
     try:
         text, note = await conversation.call(files)
