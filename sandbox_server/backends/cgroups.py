@@ -215,9 +215,17 @@ class Cgroup:
 
     # ---- counters -------------------------------------------------------------------------------------
     def oom_kills(self) -> int:
-        """Processes the kernel's OOM killer killed in this cgroup."""
-        name = "memory.oom_control" if self.version is CgroupVersion.V1 else "memory.events"
-        return _keyed(self.paths["memory"] / name).get("oom_kill", 0)
+        """Processes the kernel's OOM killer killed in this cgroup and the ones below it (a Docker container's own
+        cgroup sits below ours and hits the limit first). v2's memory.events counts the subtree already; v1's
+        memory.oom_control counts its own cgroup only, so the children are added."""
+        mem = self.paths["memory"]
+        if self.version is CgroupVersion.V2:
+            return _keyed(mem / "memory.events").get("oom_kill", 0)
+        total = 0
+        for directory, subdirs, _ in os.walk(mem):  # cgroupfs: directories the kernel made; no links followed
+            total += _keyed(Path(directory) / "memory.oom_control").get("oom_kill", 0)
+            del subdirs[64:]  # a bound, should a cgroup ever hold many
+        return total
 
     def peak_memory_bytes(self) -> int:
         mem = self.paths["memory"]

@@ -27,6 +27,28 @@ NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0
 CLONE_NAMESPACE_FLAGS = sum(NAMESPACE_FLAGS)  # 0x7e020000
 KAFEL_TO_LIBSECCOMP = {"umount": "umount2"}  # x86_64 has only umount2; kafel calls it umount
 
+# Calls that change another process's resource limits, scheduling or I/O priority, refused when they aim at the
+# sandbox's PID 1 (its init, or a session's agent) or at every process of the user (PID 1 included). They need
+# no privilege against a process of the same user, and neither the PID-1 signal rule nor non-dumpability covers
+# them: lowering the agent's open-file limit would break a session. Aimed at the caller itself (0) or at its
+# own processes they stay allowed. Each rule: (syscall, ((argument name, index, value), ...)), the conditions
+# all holding; several rules for one call hold each on its own.
+PRIO_PROCESS, PRIO_PGRP, PRIO_USER = 0, 1, 2
+IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP, IOPRIO_WHO_USER = 1, 2, 3
+PID1_RULES: tuple[tuple[str, tuple[tuple[str, int, int], ...]], ...] = (
+    ("prlimit64", (("pid", 0, 1),)),
+    ("sched_setaffinity", (("pid", 0, 1),)),
+    ("sched_setscheduler", (("pid", 0, 1),)),
+    ("sched_setparam", (("pid", 0, 1),)),
+    ("sched_setattr", (("pid", 0, 1),)),
+    ("setpriority", (("which", 0, PRIO_PROCESS), ("who", 1, 1))),
+    ("setpriority", (("which", 0, PRIO_PGRP), ("who", 1, 1))),
+    ("setpriority", (("which", 0, PRIO_USER),)),
+    ("ioprio_set", (("which", 0, IOPRIO_WHO_PROCESS), ("who", 1, 1))),
+    ("ioprio_set", (("which", 0, IOPRIO_WHO_PGRP), ("who", 1, 1))),
+    ("ioprio_set", (("which", 0, IOPRIO_WHO_USER),)),
+)
+
 
 def libseccomp_name(name: str) -> str:
     return KAFEL_TO_LIBSECCOMP.get(name, name)
@@ -38,8 +60,17 @@ def kafel_policy() -> str:
         f"ERRNO({errno.EPERM}) {{ {', '.join(DENIED_SYSCALLS)} }}"
         f" ERRNO({errno.ENOSYS}) {{ {', '.join(ENOSYS_SYSCALLS)} }}"
         f" ERRNO({errno.EPERM}) {{ clone {{ (clone_flags & {CLONE_NAMESPACE_FLAGS:#x}) != 0 }} }}"
+        f" ERRNO({errno.EPERM}) {{ {_kafel_pid1_rules()} }}"
         " DEFAULT ALLOW"
     )
+
+
+def _kafel_pid1_rules() -> str:
+    """PID1_RULES in kafel: one entry per call, its rules joined with ||."""
+    by_call: dict[str, list[str]] = {}
+    for name, conditions in PID1_RULES:
+        by_call.setdefault(name, []).append(" && ".join(f"{arg} == {value}" for arg, _, value in conditions))
+    return ", ".join(f"{name} {{ {' || '.join(f'({rule})' for rule in rules)} }}" for name, rules in by_call.items())
 
 
 def docker_profile() -> dict[str, Any]:
@@ -56,6 +87,11 @@ def docker_profile() -> dict[str, Any]:
         {"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM,
          "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}]}
         for flag in NAMESPACE_FLAGS
+    ]
+    rules += [
+        {"names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM,
+         "args": [{"index": index, "value": value, "op": "SCMP_CMP_EQ"} for _, index, value in conditions]}
+        for name, conditions in PID1_RULES
     ]
     return {
         "defaultAction": "SCMP_ACT_ALLOW",

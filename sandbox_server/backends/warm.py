@@ -78,6 +78,7 @@ from sandbox_server.backends.seccomp import (
     CLONE_NAMESPACE_FLAGS,
     DENIED_SYSCALLS,
     ENOSYS_SYSCALLS,
+    PID1_RULES,
     libseccomp_name,
 )
 from sandbox_server.errors import SandboxFailure
@@ -305,6 +306,8 @@ class WarmPython:
                 "eperm": [libseccomp_name(name) for name in DENIED_SYSCALLS],
                 "enosys": list(ENOSYS_SYSCALLS),
                 "clone_flags": CLONE_NAMESPACE_FLAGS,
+                "arg_rules": [[name, [[index, value] for _, index, value in conditions]]
+                              for name, conditions in PID1_RULES],
             },
             "uid": self.layout.uid,
             "gid": self.layout.gid,

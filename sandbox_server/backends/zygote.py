@@ -404,7 +404,8 @@ def _sealed(data: bytes) -> int:
 
 def _compile_seccomp(policy: dict[str, Any]) -> bytes:
     """The BPF program, compiled once: EPERM for ``eperm``, ENOSYS for ``enosys``, EPERM for clone with any
-    of ``clone_flags``, everything else allowed; another architecture's syscalls (i386, x32) kill."""
+    of ``clone_flags`` and for every ``arg_rules`` match, everything else allowed; another architecture's
+    syscalls (i386, x32) kill."""
     seccomp: Any = __import__("seccomp")
     filt = seccomp.SyscallFilter(seccomp.ALLOW)
     filt.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)
@@ -416,6 +417,9 @@ def _compile_seccomp(policy: dict[str, Any]) -> bytes:
     flags = int(policy["clone_flags"])
     for bit in (1 << i for i in range(64) if flags >> i & 1):
         filt.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, bit, bit))
+    for name, conditions in policy.get("arg_rules", ()):  # every condition of one rule must hold
+        filt.add_rule(seccomp.ERRNO(errno.EPERM), name,
+                      *(seccomp.Arg(int(index), seccomp.EQ, int(value)) for index, value in conditions))
     fd = os.memfd_create("seccomp")
     with os.fdopen(fd, "r+b", buffering=0) as out:
         filt.export_bpf(out)

@@ -9,5 +9,6 @@ SESSION = frozenset(PREFIX + name for name in (
     "CreateSession", "GetSession", "ListSessions", "CloseSession", "UploadFile", "DownloadFile", "ListFiles",
     "DeleteFile", "SnapshotSession", "ListSnapshots", "DeleteSnapshot"))
 CREATE_SESSION = PREFIX + "CreateSession"
+CLOSE_SESSION = PREFIX + "CloseSession"
 UPLOAD_FILE = PREFIX + "UploadFile"
 DOWNLOAD_FILE = PREFIX + "DownloadFile"

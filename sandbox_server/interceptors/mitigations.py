@@ -2,9 +2,9 @@
 
 A disabled language or a quarantined tenant or session is refused with PERMISSION_DENIED (ErrorInfo reason
 LANGUAGE_DISABLED or QUARANTINED, naming the mitigation and its incident, so an agent knows to stop and an
-operator knows what to lift). A throttled tenant or session gets the mitigation's rate (a moving window in
-this process): beyond it RESOURCE_EXHAUSTED + QuotaFailure + RetryInfo. The verdict comes from memory
-(``IncidentManager.check``), microseconds per request.
+operator knows what to lift); CloseSession, which only ends work, is never refused. A throttled tenant or
+session gets the mitigation's rate (a moving window in this process): beyond it RESOURCE_EXHAUSTED +
+QuotaFailure + RetryInfo. The verdict comes from memory (``IncidentManager.check``), microseconds per request.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from sandbox_server.execution.runtimes import find_runtime
 from sandbox_server.incidents.manager import Verdict
 from sandbox_server.interceptors._limiter import moving_window
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
-from sandbox_server.interceptors.methods import EXECUTE, SESSION
+from sandbox_server.interceptors.methods import CLOSE_SESSION, EXECUTE, SESSION
 from sandbox_server.telemetry import phase
 
-MITIGATED = EXECUTE | SESSION
+# Closing a session only ends work and frees what it holds: a quarantined or throttled caller may still do it.
+MITIGATED = (EXECUTE | SESSION) - {CLOSE_SESSION}
 MIN_RETRY_S = 0.001
 
 

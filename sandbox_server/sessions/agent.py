@@ -36,6 +36,7 @@ import ctypes
 import errno
 import json
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -57,6 +58,8 @@ MAX_LIST_ENTRIES = 10_000
 MAX_LIST_DEPTH = 16
 MAX_OPEN_FILES = 16
 KERNEL_START_TIMEOUT_S = 60.0
+STRAY_ROUNDS = 25  # of listing and killing before every process goes at once
+READ_POLL_S = 0.25
 LOG_TAIL = 8192
 PR_SET_DUMPABLE = 4
 # The sandbox's processes start through this shell: in the workspace, and first in line for the OOM killer.
@@ -97,6 +100,7 @@ STDIN_PROBE = ("(lambda k: bool(k.stdin_socket.poll(100)) and bool(k.stdin_socke
                "(get_ipython().kernel)")
 PROBE_WAIT_S = 0.5
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+UPLOAD_TEMP_RE = re.compile(r"\.upload-[0-9a-f]{16}")
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -184,36 +188,58 @@ class Processes:
         self.on_sigchld()  # it may have ended already
         return pid, waiter
 
-    async def kill_strays(self) -> int:
-        """SIGKILL every process but PID 1 and the ones kept, until none is left (zombies aside); how many."""
+    async def kill_strays(self) -> tuple[int, bool]:
+        """SIGKILL every process but PID 1 and the ones kept, until none is left; (how many, purged). A process
+        is always seen while it lives (a child exists before its parent can exit), so one listing without a
+        stray means there is none. Processes that keep forking can outrun kills by pid, though: still there
+        after STRAY_ROUNDS rounds, everything goes at once with kill(-1) (which a fork cannot escape), the
+        kernel included (purged: True; the kernel is then restarted)."""
         killed = 0
-        for _ in range(200):
+        for _ in range(STRAY_ROUNDS):
             strays = [pid for pid in _live_pids() if pid != 1 and pid not in self.keep]
             if not strays:
-                return killed
+                return killed, False
             for pid in strays:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)  # a zombie leader's live threads die with it
                     killed += 1
             await asyncio.sleep(0.002)
             self.on_sigchld()
-        return killed
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(-1, signal.SIGKILL)  # from PID 1: every other process of the namespace
+        for _ in range(500):
+            self.on_sigchld()
+            if not [pid for pid in _live_pids() if pid != 1]:
+                break
+            await asyncio.sleep(0.002)
+        return killed, True
 
 
 def _live_pids() -> list[int]:
-    """Every process of this PID namespace that is not a zombie."""
+    """Every process of this PID namespace with a thread still running: a zombie whose threads are all gone is
+    dead, but a thread-group leader that called pthread_exit is a zombie whose other threads run on."""
     out = []
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields and fields[0] not in (b"Z", b"X"):
+        if name.isdigit() and (_running(f"/proc/{name}/stat") or any(
+                _running(f"/proc/{name}/task/{tid}/stat") for tid in _tasks(name))):
             out.append(int(name))
     return out
+
+
+def _running(stat_path: str) -> bool:
+    try:
+        with open(stat_path, "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return False
+    return bool(fields) and fields[0] not in (b"Z", b"X")
+
+
+def _tasks(pid: str) -> list[str]:
+    try:
+        return [tid for tid in os.listdir(f"/proc/{pid}/task") if tid != pid]
+    except OSError:
+        return []
 
 
 def wait_outcome(status: int) -> tuple[int, int]:
@@ -264,6 +290,7 @@ class Kernel:
     def __init__(self, agent: Agent, generation: int) -> None:
         self.agent = agent
         self.generation = generation
+        self.base = f"{RUN_DIR}/kernel-{secrets.token_hex(8)}"
         self.pid = 0
         self.exited: asyncio.Future[int] | None = None
         self.client: Any = None
@@ -275,7 +302,8 @@ class Kernel:
     async def start(self, env: dict[str, str]) -> None:
         from jupyter_client.asynchronous import AsyncKernelClient
 
-        base = f"{RUN_DIR}/kernel-{self.generation}"
+        # An unguessable name: the session's code (the agent's user) could plant files at a predictable one.
+        base = self.base
         info = {
             "transport": "ipc", "ip": base, "shell_port": 1, "iopub_port": 2, "stdin_port": 3,
             "control_port": 4, "hb_port": 5, "key": secrets.token_hex(32), "signature_scheme": "hmac-sha256",
@@ -360,9 +388,20 @@ class Kernel:
             if time.monotonic() > deadline:
                 raise Refused("kernel_failed", "the Python kernel's channels did not connect in time")
 
+    async def _next(self, get: Any) -> dict[str, Any]:
+        """The channel's next message. Each wait ends after READ_POLL_S and starts over: ZeroMQ signals a socket's
+        readiness by an edge that a send on the same socket can consume, and a lost wakeup must not leave a
+        message unread (a call that never ends)."""
+        while True:
+            try:
+                msg: dict[str, Any] = await get(timeout=READ_POLL_S)
+            except queue.Empty:
+                continue
+            return msg
+
     async def _iopub(self) -> None:
         while True:
-            msg = await self.client.get_iopub_msg()
+            msg = await self._next(self.client.get_iopub_msg)
             call = self.calls.get(msg.get("parent_header", {}).get("msg_id", ""))
             if call is not None:
                 await self._on_iopub(call, msg)
@@ -410,7 +449,7 @@ class Kernel:
 
     async def _shell(self) -> None:
         while True:
-            msg = await self.client.get_shell_msg()
+            msg = await self._next(self.client.get_shell_msg)
             kind = msg.get("msg_type")
             if kind == "kernel_info_reply" and not self.ready.done():
                 self.ready.set_result(None)
@@ -422,7 +461,7 @@ class Kernel:
 
     async def _stdin(self) -> None:
         while True:
-            msg = await self.client.get_stdin_msg()
+            msg = await self._next(self.client.get_stdin_msg)
             if msg.get("msg_type") != "input_request":
                 continue
             call = self.calls.get(msg.get("parent_header", {}).get("msg_id", ""))
@@ -474,7 +513,7 @@ class Kernel:
                 self.client.stop_channels()
         for suffix in (".json", "-1", "-2", "-3", "-4", "-5"):
             with contextlib.suppress(OSError):
-                os.unlink(f"{RUN_DIR}/kernel-{self.generation}{suffix}")
+                os.unlink(f"{self.base}{suffix}")
 
 
 def _mime_bytes(mime: str, value: Any) -> bytes | None:
@@ -622,8 +661,8 @@ class Workspace:
                             if len(entries) >= MAX_LIST_ENTRIES:
                                 truncated = True
                                 break
-                            if entry.name.startswith(".upload-"):
-                                continue
+                            if UPLOAD_TEMP_RE.fullmatch(entry.name):
+                                continue  # an upload in progress: not there until it is whole
                             try:
                                 st = entry.stat(follow_symlinks=False)
                             except OSError:
@@ -701,6 +740,21 @@ def _refusal(path: str, exc: OSError) -> Refused:
     return Refused(code, f"{path}: {os.strerror(exc.errno or 0)}")
 
 
+def _code_file(lang: str, code: bytes) -> str:
+    """The code of a bash or JavaScript call in a file of its own, under an unguessable name (the session's
+    code shares the agent's user and could plant a file at a predictable one)."""
+    directory = f"{RUN_DIR}/code"
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        path = f"{directory}/call-{secrets.token_hex(8)}{CODE_SUFFIX[lang]}"
+        fd = os.open(path, O_CREATE, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(code)
+    except OSError as exc:
+        raise Refused("code_file", f"the call's code could not be written ({os.strerror(exc.errno or 0)})") from exc
+    return path
+
+
 # ---------------------------------------------------------------------------------------------- the agent
 class Agent:
     def __init__(self, channel: Channel) -> None:
@@ -770,12 +824,21 @@ class Agent:
         return time.monotonic() - began
 
     async def ready_kernel(self) -> Kernel:
-        if self.kernel_ready is None:
-            raise Refused("no_kernel", "this session has no Python kernel")
-        await self.kernel_ready
-        if self.kernel is None:
-            raise Refused("kernel_failed", "the Python kernel is not running")
-        return self.kernel
+        """The running kernel; waits for one being (re)started."""
+        deadline = time.monotonic() + KERNEL_START_TIMEOUT_S
+        while True:
+            ready = self.kernel_ready
+            if ready is None:
+                raise Refused("no_kernel", "this session has no Python kernel")
+            await ready
+            kernel = self.kernel
+            if kernel is None:
+                raise Refused("kernel_failed", "the Python kernel is not running")
+            if kernel.exited is None or not kernel.exited.done():
+                return kernel
+            if time.monotonic() > deadline:
+                raise Refused("kernel_failed", "the Python kernel did not come back")
+            await asyncio.sleep(0.01)  # it has just died: its exit watch is starting another
 
     # -- requests ---------------------------------------------------------------------------------------------
     def _spawn_task(self, coro: Any) -> None:
@@ -874,26 +937,29 @@ class Agent:
 
     # -- calls ------------------------------------------------------------------------------------------------
     async def exec_python(self, call_id: int, payload: bytes, code_len: int) -> dict[str, Any]:
-        kernel = await self.ready_kernel()
         # Calls run one at a time: anything alive now was started since the last call ended (by a thread the
         # kernel keeps), and must not watch this one.
-        await self.procs.kill_strays()
+        purged = await self.sweep()
+        kernel = await self.ready_kernel()
         code = payload[:code_len].decode("utf-8", "replace")
         result = await kernel.execute(call_id, code, payload[code_len:])
-        result["stray_processes"] = await self.procs.kill_strays()
-        result["restarts"] = self.restarts
+        killed, purged_after = await self.procs.kill_strays()
+        result.update(stray_processes=killed, restarts=self.restarts, purged=purged or purged_after)
         return result
+
+    async def sweep(self) -> bool:
+        """Kill what runs besides the agent and the kernel; True when the kernel had to go too (its exit
+        watch starts another: ready_kernel waits for it)."""
+        _, purged = await self.procs.kill_strays()
+        return purged
 
     async def run_command(self, call_id: int, lang: str, env: dict[str, Any], payload: bytes,
                           code_len: int) -> dict[str, Any]:
         command = COMMANDS.get(lang)
         if command is None:
             raise Refused("bad_language", f"no command runtime for {lang!r}")
-        await self.procs.kill_strays()  # as for a Python call: nothing started since the last call may watch
-        path = f"{RUN_DIR}/code/call-{call_id}{CODE_SUFFIX[lang]}"
-        fd = os.open(path, O_CREATE, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload[:code_len])
+        purged = await self.sweep()  # as for a Python call: nothing started since the last call may watch
+        path = _code_file(lang, payload[:code_len])
         stdin = payload[code_len:]
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -920,13 +986,13 @@ class Agent:
         finally:
             del self.commands[call_id]
             # What it left running (a background job holding the pipes open) ends with it, as in a one-shot run.
-            strays = await self.procs.kill_strays()
+            strays, purged_after = await self.procs.kill_strays()
             feeder.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
             with contextlib.suppress(OSError):
                 os.unlink(path)
         exit_code, sig = wait_outcome(status)
-        return {"exit_code": exit_code, "signal": sig, "stray_processes": strays}
+        return {"exit_code": exit_code, "signal": sig, "stray_processes": strays, "purged": purged or purged_after}
 
     async def _feed(self, fd: int, data: bytes) -> None:
         loop = asyncio.get_running_loop()

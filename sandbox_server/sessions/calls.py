@@ -141,6 +141,7 @@ async def run_call(sandbox: SessionSandbox, spec: ExecutionSpec, *, cpu_left_ns:
     request = asyncio.create_task(channel.request(op, fields, spec.code + spec.stdin,
                                                   events=CallEvents(on_out, on_rich), rid=rid))
     reply: dict[str, Any] | None = None
+    refused: AgentError | None = None
     try:
         reply = await _watch(request, state, sandbox, cpu0, cpu_left_ns, started, python, interrupt, facts)
     except asyncio.CancelledError:
@@ -150,7 +151,9 @@ async def run_call(sandbox: SessionSandbox, spec: ExecutionSpec, *, cpu_left_ns:
     except ChannelClosed as exc:
         facts.broken = exc.reason
     except AgentError as exc:
-        facts.broken = f"the session's agent refused the call: {exc.message}"
+        # The agent is there and answering: the call could not run (no kernel, its code file), the session can
+        # go on.
+        refused = exc
     finally:
         if state.restart is not None:
             with contextlib.suppress(Exception):
@@ -160,7 +163,7 @@ async def run_call(sandbox: SessionSandbox, spec: ExecutionSpec, *, cpu_left_ns:
     usage = Usage(wall_time_s=ended - started, cpu_time_s=facts.cpu_ns / 1e9,
                   peak_memory_bytes=sandbox.peak_memory_bytes())
     oom = sandbox.oom_kills() - oom0
-    result = await _result(state, reply, facts, usage, oom, python, sandbox.backend)
+    result = await _result(state, reply, facts, usage, oom, python, sandbox.backend, refused)
     return result, facts
 
 
@@ -227,7 +230,7 @@ def _fire(coro: Awaitable[None]) -> None:
 
 
 async def _result(state: _State, reply: dict[str, Any] | None, facts: CallFacts, usage: Usage, oom: int,
-                  python: bool, backend: str) -> ExecutionResult:
+                  python: bool, backend: str, refused: AgentError | None = None) -> ExecutionResult:
     spec, limits, capture = state.spec, state.spec.limits, state.capture
     killed_for = state.killed_for
     value, error, count = "", None, 0
@@ -236,7 +239,10 @@ async def _result(state: _State, reply: dict[str, Any] | None, facts: CallFacts,
     message = ""
     status: Status
     restarted = state.restarted
-    if reply is None:
+    if refused is not None:
+        status, exit_code = Status.KILLED, None
+        message = f"the call could not run: {refused.message}"
+    elif reply is None:
         status, exit_code, sig = Status.KILLED, None, signal.SIGKILL
         message = f"the session's sandbox ended during the call ({facts.broken or 'closed'})"
     elif python and reply.get("kernel_died"):
@@ -268,6 +274,13 @@ async def _result(state: _State, reply: dict[str, Any] | None, facts: CallFacts,
         status, message = classify(killed_for, exit_code, sig, oom, usage.cpu_time_s, limits)
     if reply is not None:
         facts.stray_processes = _int(reply.get("stray_processes"), 0)
+        if reply.get("purged") is True:
+            # Processes that kept forking (started by this call or since the last one) outran the kills by pid:
+            # everything was killed at once, the kernel with them.
+            restarted = True
+            note = ("processes left running kept forking and were killed together with the kernel, which was "
+                    "restarted: its state is gone")
+            message = f"{message}; {note}" if message else note
     facts.kernel_restarted = restarted
     if status is not Status.OK:
         how = f"{error.name}:{error.value[:200]}" if error else f":{exit_code}"

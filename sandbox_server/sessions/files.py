@@ -30,6 +30,7 @@ class FileEntry:
     kind: str  # file, directory, symlink, other
     size: int
     mtime: float
+    links: int = 1  # hard links to it: a download (and a snapshot) takes only a singly-linked file
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ async def listdir(sandbox: SessionSandbox, session_id: str, path: str, recursive
         if (isinstance(item, list) and len(item) >= 4 and isinstance(item[0], str) and item[1] in FILE_KINDS
                 and 0 < len(item[0]) <= MAX_PATH_CHARS):
             entries.append(FileEntry(path=_printable(item[0]), kind=FILE_KINDS[item[1]], size=_int(item[2]),
-                                     mtime=_float(item[3])))
+                                     mtime=_float(item[3]), links=_int(item[4]) if len(item) > 4 else 1))
     entries.sort(key=lambda e: e.path)
     return Listing(entries=tuple(entries), truncated=reply.get("truncated") is True,
                    used_bytes=_int(reply.get("used")), total_bytes=_int(reply.get("total")))

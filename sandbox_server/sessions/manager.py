@@ -151,6 +151,11 @@ class LiveSession:
     def lifetime_deadline(self) -> float:
         return self.created_mono + self.params.max_lifetime_s
 
+    def touch(self) -> None:
+        """A file operation counts as use: the idle timeout starts over (a long download is not cut by it)."""
+        if not self.closed:
+            self.last_used_at, self.last_used_mono = time.time(), time.monotonic()
+
     def expires_at(self) -> float:
         """Epoch seconds at which it closes unless a call comes first."""
         deadline = self.lifetime_deadline if self.busy else min(self.idle_deadline, self.lifetime_deadline)
@@ -521,14 +526,19 @@ class SessionManager:
 
     # ---- files and snapshots ----------------------------------------------------------------------------------
     async def upload(self, session: LiveSession, path: str, chunks: AsyncIterator[bytes]) -> files.FileEntry:
+        session.touch()
         limits = session.params.limits
-        entry = await files.upload(session.sandbox, session.id, path, chunks, file_size_bytes=limits.file_size_bytes,
-                                   scratch_bytes=limits.scratch_bytes)
+        try:
+            entry = await files.upload(session.sandbox, session.id, path, chunks,
+                                       file_size_bytes=limits.file_size_bytes, scratch_bytes=limits.scratch_bytes)
+        finally:
+            session.touch()
         await asyncio.to_thread(self.store.record_event, self._event(
             session, "uploaded", {"path": path[:1024], "size": entry.size}))
         return entry
 
     async def delete(self, session: LiveSession, path: str, recursive: bool) -> None:
+        session.touch()
         await files.delete(session.sandbox, session.id, path, recursive)
         await asyncio.to_thread(self.store.record_event, self._event(
             session, "deleted", {"path": path[:1024], "recursive": recursive}))
@@ -541,6 +551,7 @@ class SessionManager:
         async with session.lock:
             if session.closed:
                 raise SessionClosed(session.id, session.close_reason)
+            session.touch()
             record = await self.archive.take(session.sandbox, session.tenant, session.id, name,
                                              SnapshotLimits(max_bytes=rules.max_bytes, max_count=rules.max_count))
         await asyncio.to_thread(self.store.record_event, self._event(

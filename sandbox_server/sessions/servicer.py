@@ -129,6 +129,7 @@ class SessionServicer:
         path = check_path(checked.path)
         session = await self._session(checked.session_id)
         async for item in files.download(session.sandbox, session.id, path):
+            session.touch()
             if isinstance(item, files.FileEntry):
                 yield pb.DownloadFileResponse(info=_file_info(item))
             else:
@@ -140,6 +141,7 @@ class SessionServicer:
         checked = ensure_request(request)
         path = check_path(checked.path, allow_root=True)
         session = await self._session(checked.session_id)
+        session.touch()
         listing = await files.listdir(session.sandbox, session.id, path, checked.recursive)
         return pb.ListFilesResponse(files=[_file_info(e) for e in listing.entries], truncated=listing.truncated,
                                     workspace_bytes=listing.used_bytes,

@@ -4,8 +4,8 @@ new session.
 Taking one: the files are listed and read through the session's agent (sessions/files.py: nothing of the
 sandbox is touched from the host), each is spooled to a private temp file, and the archive is written by the
 server itself (a tar of regular files with normalised paths), fsynced, renamed into place, then indexed.
-Links, FIFOs and devices are left out and counted. Restoring: the archive's checksum must match its index
-entry, and every member is checked again (regular, normalised path) before it is uploaded.
+Links (symbolic or hard), FIFOs and devices are left out and counted. Restoring: the archive's checksum must
+match its index entry, and every member is checked again (regular, normalised path) before it is uploaded.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class SnapshotArchive:
                                     violations=[QuotaViolation(f"session:{session_id}/snapshot",
                                                                "too many files in the workspace")],
                                     retry_after_s=None)
-        regular = [e for e in listing.entries if e.kind == "file" and path_problem(e.path) is None]
+        regular = [e for e in listing.entries
+                   if e.kind == "file" and e.links == 1 and path_problem(e.path) is None]
         skipped = sum(1 for e in listing.entries if e.kind != "directory") - len(regular)
         total = sum(e.size for e in regular)
         if total > limits.max_bytes:

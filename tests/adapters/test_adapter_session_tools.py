@@ -277,7 +277,7 @@ def test_a_session_round_trip(adapter_client: SandboxClient, conversation: str) 
         assert not closed.is_error
         assert closed.text.startswith(f"Status: closed the session {sid}: its sandbox, variables and files are "
                                       "gone\nUsage: ")
-        assert dispatcher.sessions == ()
+        assert not dispatcher.sessions
 
         gone = dispatcher.dispatch_outcome("run_in_session", {"session_id": sid, "code": "x"})
         assert gone.is_error
@@ -497,7 +497,7 @@ def test_session_tools_can_be_turned_off(adapter_client: SandboxClient) -> None:
                             "What to do: the tool that runs code is 'execute_code'; call it instead.")
     # A client without sessions (anything with execute) gets the same.
     executor = SimpleNamespace(execute=adapter_client.execute)
-    assert not ToolDispatcher(executor).session_tools  # type: ignore[arg-type]
+    assert not ToolDispatcher(executor).session_tools
     with pytest.raises(ValueError, match="max_sessions"):
         ToolDispatcher(adapter_client, max_sessions=0)
     with pytest.raises(ValueError, match="session tool"):

@@ -26,6 +26,7 @@ import pytest
 
 from sandbox_client import (
     DeadlineExceededError,
+    DisplayData,
     ExecutionResult,
     Limits,
     OutputChunk,
@@ -570,7 +571,7 @@ def test_cancelled_stream_leaves_nothing(
     first = next(stream)
     assert first == OutputChunk(stream="stderr", data=b"started\n")
     assert len(tagged_processes(tag)) >= 2  # the check sees the sandbox (program and sleep) while it runs
-    stream.close()  # cancels the call
+    stream.close()  # type: ignore[attr-defined]  # a generator; closing it cancels the call
     assert_no_leftovers(server)
     deadline = time.monotonic() + 5
     while tagged_processes(tag) and time.monotonic() < deadline:
@@ -596,7 +597,7 @@ def test_cancelled_stream_leaves_no_pending_task(
     stream = sbx.execute_stream("import sys, time\nprint('started', file=sys.stderr, flush=True)\ntime.sleep(30)",
                                 limits=Limits(wall_time_s=30), timeout=20)
     assert next(stream) == OutputChunk(stream="stderr", data=b"started\n")
-    stream.close()
+    stream.close()  # type: ignore[attr-defined]  # a generator
     assert_no_leftovers(server)
     deadline = time.monotonic() + 2
     while pending_queue_gets() and time.monotonic() < deadline:
@@ -650,7 +651,7 @@ def test_stream_yields_chunks_in_order(sbx: SandboxClient) -> None:
         "    print('err', i, file=sys.stderr, flush=True)\n"
         "    time.sleep(0.15)\n"
     )
-    items: list[tuple[float, OutputChunk | ExecutionResult]] = [
+    items: list[tuple[float, OutputChunk | DisplayData | ExecutionResult]] = [
         (time.monotonic(), item) for item in sbx.execute_stream(code, limits=Limits(wall_time_s=5))
     ]
     *chunks, (end, result) = items

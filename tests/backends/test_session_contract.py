@@ -162,7 +162,7 @@ def test_the_memory_limit_holds_across_calls_and_restarts_the_kernel(sbx: Sandbo
         for _ in range(2):  # memory taken in one call stays taken in the next
             assert s.run("blocks.append(b'x' * (100 << 20))").ok
         r = s.run("blocks.append(b'x' * (400 << 20))")
-        assert r.status is Status.MEMORY_LIMIT
+        assert r.status is Status.MEMORY_LIMIT, r.message
         assert r.kernel_restarted
         assert s.run("'blocks' in globals()").value == "False"
         assert s.run("1 + 1").value == "2"

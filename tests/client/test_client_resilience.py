@@ -26,6 +26,7 @@ from sandbox_client import (
     AsyncSandboxClient,
     BreakerPolicy,
     CircuitOpenError,
+    DisplayData,
     ExecutionResult,
     InvalidRequestError,
     Limits,
@@ -47,7 +48,7 @@ SLOW = "import time; time.sleep(1); print('done once')"
 TWO_PARTS = "import time\nprint('first', flush=True)\ntime.sleep(1)\nprint('second')"
 
 T = TypeVar("T")
-Item = OutputChunk | ExecutionResult
+Item = OutputChunk | DisplayData | ExecutionResult
 
 # Retries without long waits, for tests that count attempts.
 QUICK_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)

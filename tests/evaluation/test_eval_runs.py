@@ -1,6 +1,6 @@
 """``sandbox-admin eval`` end to end against a real server (nsjail): the shipped suites pass, HumanEval
-completions are judged as HumanEval's harness judges them, deliberate failures are reported for what they are,
-and the JSON and HTML reports hold what they promise."""
+completions are judged as HumanEval's harness judges them, deliberate failures are reported for what they are
+(in multi-step cases, with the step that failed), and the JSON and HTML reports hold what they promise."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import pytest
 from eval_helpers import PRICE_PER_EXECUTION, report_of, run_eval, write
 from typer.testing import CliRunner
 
+from sandbox_client import SandboxClient
 from sandbox_client.admin_cli import EXIT_FAILURE
+from sandbox_client.evaluation.runner import RUN_LABEL
 from sandbox_client.evaluation.suite import load_suite, shipped_suites
 from sandbox_server.testing import RunningServer
 
@@ -26,7 +28,7 @@ SUMMARY_KEYS = {"runs", "passed", "failed", "errors", "not_run", "success_rate",
 LATENCY_KEYS = {"count", "mean", "min", "p50", "p90", "p99", "max"}
 RESULT_KEYS = {"id", "repeat", "source", "language", "tags", "task_id", "outcome", "reason", "detail", "status",
                "exit_code", "client_time_s", "server_wall_time_s", "cost", "execution_id", "error_type",
-               "error_code"}
+               "error_code", "steps", "failed_step", "session_id"}
 
 FAILURES = """\
 name: deliberate-failures
@@ -342,3 +344,144 @@ def test_sandbox_admin_eval_basic_as_a_subprocess(eval_server: RunningServer) ->
     assert "p99" in done.stdout
     assert "Slowest" in done.stdout
     assert done.stderr == ""  # no progress bar when stderr is not a terminal
+
+
+# ---- multi-step cases: one session per case ---------------------------------------------------------------------
+
+
+def sessions_left(srv: RunningServer) -> list[str]:
+    """Sessions an evaluation run created that are still live (each case must close its own)."""
+    with SandboxClient(srv.target, timeout=30) as sbx:
+        return [s.id for s in sbx.list_sessions() if RUN_LABEL in s.labels]
+
+
+def test_the_sessions_suite_passes_on_a_real_server(
+    runner: CliRunner, eval_server: RunningServer, tmp_path: Path
+) -> None:
+    html = tmp_path / "sessions.html"
+    result = run_eval(runner, eval_server, "sessions", "--json", "--html", str(html), "--session-id", "eval-sessions-1")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    report = report_of(result)
+    suite = load_suite(shipped_suites()["sessions"])
+    cases = len(suite.cases)
+    assert 6 <= cases <= 12
+    failing = [(r["id"], r["reason"], r["failed_step"], r["detail"]) for r in report["results"]
+               if r["outcome"] != "passed"]
+    assert not failing
+    summary = report["summary"]
+    assert summary["runs"] == summary["passed"] == summary["cases_passed"] == cases
+    assert summary["success_rate"] == 1.0
+    steps = {c.case.id: len(c.case.steps or ()) for c in suite.cases}
+    for r in report["results"]:
+        assert r["steps"] == steps[r["id"]] >= 2
+        assert r["failed_step"] is None
+        assert r["session_id"].startswith("ses_")
+    assert len({r["session_id"] for r in report["results"]}) == cases  # a session of its own per case
+    assert {r["language"] for r in report["results"]} >= {"python", "bash, python, javascript"}
+    # Every step is an execution priced as such, and so is each check program.
+    checks = sum(1 for c in suite.cases for step in c.case.steps or () if step.check is not None)
+    assert summary["total_cost"] == pytest.approx(PRICE_PER_EXECUTION * (sum(steps.values()) + checks))
+    html_text = html.read_text(encoding="utf-8")
+    assert html_text.count('<tr class="passed">') == cases
+    assert sessions_left(eval_server) == []
+
+
+MULTI_STEP_FAILURES = """\
+name: multi-step-failures
+cases:
+  - id: passes
+    steps:
+      - code: x = 2
+      - code: x * 21
+        expected_value: "42"
+  - id: wrong-output-at-step-2
+    steps:
+      - code: words = ["a", "b"]
+      - code: print(len(words))
+        expected_stdout: "3\\n"
+      - code: print("never run")
+  - id: wrong-value-at-step-1
+    steps:
+      - code: 1 + 1
+        expected_value: "3"
+      - code: print("never run")
+  - id: no-figure
+    steps:
+      - code: print("no figure here")
+        expected_outputs: [image/png]
+  - id: wrong-file
+    steps:
+      - language: bash
+        code: echo draft > notes.txt
+        expected_files: {notes.txt: "final\\n"}
+  - id: unexpected-exception
+    steps:
+      - code: value = 1
+      - code: value / 0
+      - code: value
+  - id: check-fails-at-step-2
+    steps:
+      - code: print(1)
+      - code: print(5)
+        check: "import sys\\nassert int(sys.stdin.read()) == 4, 'not four'"
+  - id: refused-step-expected
+    steps:
+      - code: "def broken(:"
+        expected_error: InvalidRequestError
+      - code: print("the session goes on")
+        expected_stdout: "the session goes on\\n"
+"""
+
+
+def test_a_failing_step_is_named(runner: CliRunner, eval_server: RunningServer, tmp_path: Path) -> None:
+    suite = write(tmp_path / "multi.yaml", MULTI_STEP_FAILURES)
+    result = run_eval(runner, eval_server, str(suite), "--json")
+    assert result.exit_code == EXIT_FAILURE
+    by_id = {r["id"]: r for r in report_of(result)["results"]}
+    got = {case_id: (r["outcome"], r["reason"], r["failed_step"], r["steps"]) for case_id, r in by_id.items()}
+    assert got == {
+        "passes": ("passed", None, None, 2),
+        "wrong-output-at-step-2": ("failed", "wrong_output", 2, 3),
+        "wrong-value-at-step-1": ("failed", "wrong_value", 1, 2),
+        "no-figure": ("failed", "wrong_outputs", 1, 1),
+        "wrong-file": ("failed", "wrong_files", 1, 1),
+        "unexpected-exception": ("failed", "wrong_status", 2, 3),
+        "check-fails-at-step-2": ("failed", "check_failed", 2, 2),
+        "refused-step-expected": ("passed", None, None, 2),
+    }
+    wrong = by_id["wrong-output-at-step-2"]
+    assert wrong["detail"].startswith("step 2 of 3 (python): stdout differs")
+    assert "-3\n+2" in wrong["detail"]
+    assert "never run" not in json.dumps(by_id)  # the steps after a failing one do not run
+    assert by_id["wrong-value-at-step-1"]["detail"].startswith("step 1 of 2 (python): value '2', expected '3'")
+    assert "rich outputs [], expected ['image/png']" in by_id["no-figure"]["detail"]
+    assert "-final\n+draft" in by_id["wrong-file"]["detail"]
+    exception = by_id["unexpected-exception"]
+    assert (exception["status"], exception["exit_code"]) == ("NONZERO_EXIT", 1)
+    assert "ZeroDivisionError" in exception["detail"]
+    assert "AssertionError: not four" in by_id["check-fails-at-step-2"]["detail"]
+    assert all(r["session_id"].startswith("ses_") for r in by_id.values())
+
+    human = run_eval(runner, eval_server, str(suite))
+    assert human.exit_code == EXIT_FAILURE
+    assert "2/8 passed" in human.stdout
+    assert "wrong_output at step 2/3" in human.stdout
+    assert "check_failed at step 2/2" in human.stdout
+    html = tmp_path / "multi.html"
+    assert run_eval(runner, eval_server, str(suite), "--html", str(html)).exit_code == EXIT_FAILURE
+    html_text = html.read_text(encoding="utf-8")
+    assert html_text.count('<tr class="failed">') == 6  # one row per case, however many steps
+    assert "wrong_value at step 1/2" in html_text
+    assert sessions_left(eval_server) == []
+
+
+def test_sandbox_admin_eval_sessions_as_a_subprocess(eval_server: RunningServer) -> None:
+    """The console script runs the shipped sessions suite by its name."""
+    env = {**os.environ, "SANDBOX_TARGET": eval_server.target}
+    done = subprocess.run([str(SANDBOX_ADMIN), "eval", "sessions", "--repeat", "2", "--concurrency", "4"],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    cases = len(load_suite(shipped_suites()["sessions"]).cases)
+    assert f"Suite sessions ({cases} cases x 2)" in done.stdout
+    assert f"{2 * cases}/{2 * cases} passed (100.0%)" in done.stdout
+    assert sessions_left(eval_server) == []

@@ -92,6 +92,32 @@ BAD_FILES = [
          ":3: HumanEval problem 'T/3': test: required"],
         id="humaneval-lines",
     ),
+    pytest.param(
+        "bad.yaml",
+        "- id: a\n  code: x\n  steps:\n    - code: y\n"
+        "- id: b\n  expected_stdout: x\n  steps:\n    - code: y\n"
+        "- id: c\n"
+        "- id: d\n  steps: []\n",
+        [":1: case 'a': give code (one program) or steps (calls in one session), not both",
+         ":5: case 'b': a case with steps gives expected_stdout on each step",
+         ":9: case 'c': give code (one program) or steps (calls in one session)",
+         ":11: case 'd': steps: Tuple should have at least 1 item"],
+        id="code-or-steps",
+    ),
+    pytest.param(
+        "bad.yaml",
+        "- id: a\n  steps:\n    - code: x\n      limits: {memory_bytes: 64MiB}\n"
+        "    - code: y\n      env: {A: b}\n"
+        "    - code: echo\n      language: bash\n      expected_value: '1'\n"
+        "    - code: z\n      expected_outputs: [png]\n"
+        "    - code: w\n      expected_stdot: x\n",
+        [":3: case 'a': steps.0: limits: memory_bytes hold for the whole session: set them on the case",
+         ":5: case 'a': steps.1: env: a Python call runs in the session's kernel",
+         ":7: case 'a': steps.2: expected_value and expected_outputs are a Python call's",
+         ":11: case 'a': steps.3.expected_outputs.0: String should match pattern",
+         ":13: case 'a': steps.4.expected_stdot: unknown field"],
+        id="bad-steps",
+    ),
     pytest.param("bad.txt", "id: a\n", [": unknown suite format"], id="unknown-suffix"),
     pytest.param("bad.jsonl", b"\xff\xfe", [": not valid UTF-8"], id="not-utf8"),
 ]
@@ -139,7 +165,7 @@ def test_bad_completions_files(runner: CliRunner, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["nosuch"], "not a shipped suite (shipped: basic, humaneval-sample)"),
+        (["nosuch"], "not a shipped suite (shipped: basic, humaneval-sample, sessions)"),
         (["basic", "--limits", "wall_time_s=abc"], "--limits: wall_time_s: Input should be a valid number"),
         (["basic", "--limits", "foo=1,wall_time_s=0"], "foo: unknown field"),
         (["basic", "--limits", "wall_time_s"], "expected name=value"),
@@ -158,7 +184,7 @@ def test_bad_options_are_usage_errors(runner: CliRunner, args: list[str], messag
 
 def test_shipped_suites_load_and_resolve_by_name() -> None:
     shipped = shipped_suites()
-    assert set(shipped) == {"basic", "humaneval-sample"}
+    assert set(shipped) == {"basic", "humaneval-sample", "sessions"}
     assert resolve_suite("basic") == shipped["basic"]
     basic = load_suite(shipped["basic"])
     assert basic.name == "basic"
@@ -183,6 +209,51 @@ def test_shipped_suites_load_and_resolve_by_name() -> None:
     assert all(c.task_id == c.case.id and c.case.tags == ("humaneval",) for c in sample.cases)
 
 
+def test_the_sessions_suite_is_multi_step() -> None:
+    suite = load_suite(resolve_suite("sessions"))
+    assert suite.name == "sessions"
+    assert 6 <= len(suite.cases) <= 12
+    steps = [step for c in suite.cases for step in c.case.steps or ()]
+    assert all(len(c.case.steps or ()) >= 2 for c in suite.cases)
+    assert all(c.case.code is None for c in suite.cases)
+    assert {step.language for step in steps} == {"python", "bash", "javascript"}
+    assert any(step.expected_outputs == ("image/png",) for step in steps)
+    assert any(step.expected_value is not None for step in steps)
+    assert any(step.expected_status is Status.NONZERO_EXIT for step in steps)
+    assert any(step.stdin for step in steps)
+    assert any(step.check for step in steps)
+    assert any(step.expected_files for step in steps)
+    assert any(c.case.files for c in suite.cases)  # a file uploaded into the session's workspace
+    assert all(c.case.max_time_s == 60 for c in suite.cases)
+
+
+def test_step_defaults_come_from_the_case(tmp_path: Path) -> None:
+    suite = load_suite(write(tmp_path / "s.yaml", """\
+defaults:
+  language: bash
+  strip_trailing_whitespace: true
+  limits: {wall_time_s: 5, memory_bytes: 256MiB}
+cases:
+  - id: a
+    steps:
+      - code: echo 1
+      - code: print(1)
+        language: python
+        strip_trailing_whitespace: false
+        limits: {wall_time_s: 1}
+"""))
+    (loaded,) = suite.cases
+    case = loaded.case
+    assert case.steps is not None
+    first, second = case.steps
+    assert (first.language, first.strip_trailing_whitespace) == ("bash", True)
+    assert (second.language, second.strip_trailing_whitespace) == ("python", False)
+    assert case.limits.memory_bytes == 256 << 20  # the session's
+    assert second.limits.wall_time_s == 1
+    assert case.languages == ("bash", "python")
+    assert case.program == ""
+
+
 def test_a_humaneval_problem_runs_as_humaneval_runs_it(tmp_path: Path) -> None:
     problem = HumanEvalProblem(task_id="T/0", prompt="def f(x):\n", canonical_solution="    return x\n",
                                test="def check(candidate):\n    assert candidate(1) == 1\n", entry_point="f")
@@ -192,6 +263,7 @@ def test_a_humaneval_problem_runs_as_humaneval_runs_it(tmp_path: Path) -> None:
     line = {**problem.model_dump(exclude_none=True), "completion": "    return 2\n", "plus_input": [[1]]}
     suite = load_suite(write(tmp_path / "he.jsonl", json.dumps(line) + "\n"))
     (loaded,) = suite.cases
+    assert loaded.case.code is not None
     assert "    return 2\n" in loaded.case.code
     assert loaded.case.limits.wall_time_s == 3.0
 

@@ -83,6 +83,7 @@ def test_escape_attempts_quarantine_the_tenant_until_lifted(
     url, alerts = webhook
     with server_with_policy(tmp_path, "", incidents={"webhook_url": url}) as srv, \
             SandboxClient(srv.target, retry=None) as sbx:
+        session = sbx.session()
         for code in ("import ctypes", "import socket", "__import__('os')"):
             with pytest.raises(InvalidRequestError):
                 sbx.execute(code, session_id="attacker")
@@ -96,12 +97,19 @@ def test_escape_attempts_quarantine_the_tenant_until_lifted(
         assert info.value.reason == "QUARANTINED"
         assert info.value.details.metadata["incident_id"] == incident.id
         assert info.value.details.metadata["mitigation_id"] == mitigation.id
+        # Its session runs nothing more, but closing it (which only ends work) is still allowed.
+        with pytest.raises(PermissionDeniedError) as info:
+            session.run("1")
+        assert info.value.reason == "QUARANTINED"
+        closed = session.close()
+        assert closed is not None
+        assert closed.state.name == "CLOSED"
         _until(lambda: any(a["incident"]["id"] == incident.id for a in alerts), "the webhook alert")
         (alert,) = [a for a in alerts if a["incident"]["id"] == incident.id]
         assert alert["event"] == "opened"
         assert alert["incident"]["rule"] == "escape_attempts"
-        text = scrape(srv, calls=4)
-        assert metric(text, "sandbox_rejections_total", reason="quarantine") == 1
+        text = scrape(srv, calls=7)  # create, three refusals, two quarantined, the close
+        assert metric(text, "sandbox_rejections_total", reason="quarantine") == 2
         assert metric(text, "sandbox_incidents_total", rule="escape_attempts", severity="high") == 1
         # The operator lifts it (the admin API and CLI call the same manager).
         _run(srv, _manager(srv).lift(mitigation.id, "admin/test"))

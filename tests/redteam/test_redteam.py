@@ -6,6 +6,9 @@
   redaction on), and against the same policy with static validation turned off.
 - The runner can fail: a custom corpus whose expectations the sandbox does not meet is NOT CONTAINED (or NOT
   EXERCISED), through the runner and through ``sandbox-admin redteam`` (on the unvalidated default policy).
+- Session steps through a real server: state kept across a session's calls, sessions apart from each other, a
+  session restored from a snapshot; a tenant whose policy refuses sessions or snapshots; and nothing of the
+  runner's sessions and snapshots left on the server afterwards.
 
 The server runs in this process, so the host side of every check (canaries in the host's /tmp, /root, ... and
 in the server's state and data directories, an environment variable of the server, loopback listeners, the
@@ -26,13 +29,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from sandbox_client import AsyncSandboxClient
+from sandbox_client import AsyncSandboxClient, SandboxClient
 from sandbox_client.admin_cli import app
 from sandbox_client.redteam.corpus import load_corpus, shipped_corpus
 from sandbox_client.redteam.host import DEFAULT_CANARY_DIRS, HostChecks
-from sandbox_client.redteam.runner import CaseReport, RunOptions, RunReport, Verdict, run_cases
+from sandbox_client.redteam.runner import SESSION_LABEL, CaseReport, RunOptions, RunReport, Verdict, run_cases
 from sandbox_client.redteam.schema import Case
-from sandbox_server.testing import RunningServer, server_in_thread
+from sandbox_server.stores.embedded import open_stores
+from sandbox_server.testing import RunningServer, private_settings, server_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_POLICY = ROOT / "policies" / "default.yaml"
@@ -87,7 +91,9 @@ def report(server: RunningServer, server_secret: str) -> RunReport:
     settings = server.settings
     backend = settings.backend.value + ("-rootfs" if settings.rootfs else "")
     backend += "-warm" if settings.warm_python else ""
-    print(f"\nred-team corpus on {backend}: {len(result.cases)} cases in {result.duration_s:.1f} s")
+    retried = sum(len(s.session_retries) for c in result.cases for s in c.steps)
+    print(f"\nred-team corpus on {backend}: {len(result.cases)} cases in {result.duration_s:.1f} s; "
+          f"{retried} session start(s) failed and were retried")
     return result
 
 
@@ -154,9 +160,12 @@ def unvalidated_policy_server(tmp_path_factory: pytest.TempPathFactory) -> Itera
     yield from policy_server(tmp_path_factory.mktemp("default-policy-unvalidated"), validation=False)
 
 
-def assert_all_contained(result: RunReport) -> None:
-    failed = [describe(c) for c in result.cases if not c.contained]
+def assert_all_contained(result: RunReport, backend: str = "nsjail") -> None:
+    """Every case contained, but the known findings of ``backend``, which must still not be (as xfail strict)."""
+    failed = [describe(c) for c in result.cases if not c.contained and (backend, c.case_id) not in KNOWN_FINDINGS]
     assert not failed, "\n\n".join(failed)
+    fixed = [c.case_id for c in result.cases if c.contained and (backend, c.case_id) in KNOWN_FINDINGS]
+    assert not fixed, f"contained now: remove them from KNOWN_FINDINGS: {fixed}"
 
 
 def test_default_policy_contains_the_corpus(default_policy_server: RunningServer, server_secret: str) -> None:
@@ -175,8 +184,9 @@ def test_default_policy_without_validation_contains_the_corpus(
     result = run_corpus(unvalidated_policy_server, shipped_corpus().cases,
                         host_checks(unvalidated_policy_server, server_secret))
     assert_all_contained(result)
-    # Nothing was refused: every program ran, so the jail itself contained every one.
-    assert all(not s.refusal for c in result.cases for s in c.steps)
+    # Nothing was refused: every program ran, so the jail itself contained every one (a known finding's later
+    # steps aside, when it broke its own session).
+    assert all(not s.refusal for c in result.cases for s in c.steps if ("nsjail", c.case_id) not in KNOWN_FINDINGS)
 
 
 # ---- the runner can fail ----------------------------------------------------------------------------------------
@@ -330,3 +340,204 @@ def test_cli_unreachable_server(fake_corpus: tuple[Path, str]) -> None:
                                       str(directory)])
     assert result.exit_code == 1
     assert "cannot run the corpus" in result.stderr
+
+
+# ---- session steps through a real server ------------------------------------------------------------------------
+
+SESSION_CORPUS = """\
+category: session
+cases:
+  - id: fake-session-state
+    title: a session keeps its kernel and workspace across calls; another session has neither; a snapshot the files
+    steps:
+      - session: a
+        language: python
+        code: |
+          x = 41
+          with open("shared.txt", "w") as f:
+              f.write("from python\\n")
+          print("ATTEMPT set", flush=True)
+        expect: {status: [OK], attempted: ["ATTEMPT set"]}
+      - session: a
+        language: python
+        code: print("ATTEMPT get", x + 1)
+        expect: {status: [OK], attempted: ["ATTEMPT get"], stdout_has: ["ATTEMPT get 42"]}
+      - session: a
+        language: bash
+        code: echo "ATTEMPT read $(cat shared.txt)"
+        expect: {status: [OK], attempted: ["ATTEMPT read"], stdout_has: ["ATTEMPT read from python"]}
+      - session: b
+        language: python
+        code: print("ATTEMPT other", "x" in dir(), __import__("os").path.exists("shared.txt"))
+        expect: {status: [OK], attempted: ["ATTEMPT other"], stdout_has: ["ATTEMPT other False False"]}
+      - session: c
+        from_snapshot_of: a
+        language: bash
+        code: echo "ATTEMPT restored $(cat shared.txt)"
+        expect: {status: [OK], attempted: ["ATTEMPT restored"], stdout_has: ["ATTEMPT restored from python"]}
+      - language: bash
+        code: echo "ATTEMPT one-shot $(ls)"
+        expect: {status: [OK], attempted: ["ATTEMPT one-shot"], stdout_lacks: ["shared.txt"]}
+  - id: fake-session-marker
+    title: a session's second call prints the marker its expectation forbids
+    steps:
+      - session: a
+        language: bash
+        code: echo "ATTEMPT one"
+        expect: {status: [OK], attempted: ["ATTEMPT one"]}
+      - session: a
+        language: python
+        code: print("ATTEMPT two", "ESC" + "APED")
+        expect: {status: [OK], attempted: ["ATTEMPT two"], stdout_lacks: ["ESCAPED"]}
+  - id: fake-session-timeout
+    title: a session call past its wall time, expected to end OK; the next call still runs
+    steps:
+      - session: a
+        language: python
+        code: |
+          import time
+          print("ATTEMPT sleep", flush=True)
+          time.sleep(30)
+        limits: {wall_time_s: 1}
+        expect: {status: [OK], attempted: ["ATTEMPT sleep"]}
+      - session: a
+        language: python
+        code: print("ATTEMPT after")
+        expect: {status: [OK], attempted: ["ATTEMPT after"]}
+"""
+SESSION_VERDICTS = {
+    "fake-session-state": Verdict.CONTAINED,
+    "fake-session-marker": Verdict.NOT_CONTAINED,
+    "fake-session-timeout": Verdict.NOT_CONTAINED,
+}
+
+
+def runner_leftovers(server: RunningServer) -> tuple[list[str], list[str]]:
+    """The runner's sessions still live on the server, and any snapshot left (nothing else takes any there)."""
+    with SandboxClient(server.target, timeout=30) as sbx:
+        sessions = [s.id for s in sbx.list_sessions() if SESSION_LABEL in s.labels]
+        snapshots = [s.id for s in sbx.list_snapshots()]
+    return sessions, snapshots
+
+
+def test_runner_runs_session_steps(unvalidated_policy_server: RunningServer, tmp_path: Path) -> None:
+    (tmp_path / "sessions.yaml").write_text(SESSION_CORPUS)
+    result = run_corpus(unvalidated_policy_server, load_corpus(tmp_path).cases, None)
+    assert {c.case_id: c.verdict for c in result.cases} == SESSION_VERDICTS, [describe(c) for c in result.cases]
+    state = result.case("fake-session-state")
+    assert state is not None
+    ids = [s.session_id for s in state.steps]
+    assert ids[0] == ids[1] == ids[2]
+    assert len({ids[0], ids[3], ids[4]}) == 3
+    assert ids[5] == ""  # the one-shot step
+    marker = result.case("fake-session-marker")
+    assert marker is not None
+    assert marker.problems == ("step 2 (session a): stdout contains 'ESCAPED'",)
+    timeout = result.case("fake-session-timeout")
+    assert timeout is not None
+    assert timeout.problems[0].startswith("step 1 (session a): status TIMEOUT")
+    assert timeout.steps[1].status == "OK"
+    assert runner_leftovers(unvalidated_policy_server) == ([], [])
+
+
+SESSION_POLICY = """\
+version: 1
+tenants:
+  nosessions:
+    static_validation: {enabled: false}
+    sessions: {enabled: false}
+  nosnapshots:
+    static_validation: {enabled: false}
+    sessions: {snapshots: {enabled: false}}
+"""
+REFUSED_CORPUS = """\
+category: session
+cases:
+  - id: fake-refused-accepted
+    title: a session the policy may refuse
+    steps:
+      - session: a
+        language: python
+        code: print("ATTEMPT a")
+        expect: {refused_by: [policy], status: [OK], attempted: ["ATTEMPT a"]}
+      - session: b
+        from_snapshot_of: a
+        language: python
+        code: print("ATTEMPT b")
+        expect: {refused_by: [policy], status: [OK], attempted: ["ATTEMPT b"]}
+  - id: fake-refused-unaccepted
+    title: a session that must run
+    steps:
+      - session: a
+        language: bash
+        code: echo "ATTEMPT a"
+        expect: {status: [OK], attempted: ["ATTEMPT a"]}
+"""
+
+
+@pytest.fixture(scope="module")
+def session_policy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, dict[str, str]]]:
+    """A server requiring API keys, with a tenant that may not create sessions and one that may not snapshot."""
+    policies = tmp_path_factory.mktemp("session-policies")
+    (policies / "tenants.yaml").write_text(SESSION_POLICY)
+    settings = private_settings(auth="api-keys", policies_dir=policies)
+    stores = open_stores(settings.data_dir)
+    try:
+        keys = {name: stores.keys.create(name, "tenant", "test")[1] for name in ("nosessions", "nosnapshots")}
+    finally:
+        stores.close()
+    with server_in_thread(settings) as srv:
+        yield srv, keys
+
+
+def test_policy_refusals_of_sessions_and_snapshots(session_policy_server: tuple[RunningServer, dict[str, str]],
+                                                   tmp_path: Path) -> None:
+    server, keys = session_policy_server
+    (tmp_path / "refused.yaml").write_text(REFUSED_CORPUS)
+    cases = load_corpus(tmp_path).cases
+
+    async def run(key: str) -> RunReport:
+        async with AsyncSandboxClient(server.target, api_key=key, timeout=120) as client:
+            return await run_cases(client, cases, RunOptions())
+
+    nosessions = asyncio.run(run(keys["nosessions"]))
+    assert {c.case_id: c.verdict for c in nosessions.cases} == {
+        "fake-refused-accepted": Verdict.CONTAINED, "fake-refused-unaccepted": Verdict.ERROR}
+    accepted = nosessions.case("fake-refused-accepted")
+    assert accepted is not None
+    assert [s.refused_as for s in accepted.steps] == ["policy", "policy"]
+    assert "SESSIONS_DISABLED" in accepted.steps[0].refusal
+    unaccepted = nosessions.case("fake-refused-unaccepted")
+    assert unaccepted is not None
+    assert "refused by policy, which this step does not accept" in unaccepted.problems[0]
+
+    nosnapshots = asyncio.run(run(keys["nosnapshots"]))
+    assert {c.case_id: c.verdict for c in nosnapshots.cases} == {
+        "fake-refused-accepted": Verdict.CONTAINED, "fake-refused-unaccepted": Verdict.CONTAINED}
+    accepted = nosnapshots.case("fake-refused-accepted")
+    assert accepted is not None
+    assert accepted.steps[0].status == "OK"
+    assert "the snapshot of session a" in accepted.steps[1].refusal
+    assert "SNAPSHOTS_DISABLED" in accepted.steps[1].refusal
+    with SandboxClient(server.target, api_key=keys["nosnapshots"], timeout=30) as sbx:
+        assert list(sbx.list_sessions()) == []
+
+
+def test_cli_lists_and_runs_session_cases(unvalidated_policy_server: RunningServer) -> None:
+    runner = CliRunner()
+    listed = runner.invoke(app, ["--target", unvalidated_policy_server.target, "redteam", "--category", "session",
+                                 "--list"])
+    assert listed.exit_code == 0, listed.output
+    assert "session-agent-takeover" in listed.stdout
+    assert "a:bash → a:python" in listed.stdout
+    assert "b:python" in listed.stdout
+    ran = runner.invoke(app, ["--target", unvalidated_policy_server.target, "redteam", "--case",
+                              "session-agent-takeover", "--case", "session-snapshot-planted-links",
+                              "--session-cases", "1", "--json"])
+    assert ran.exit_code == 0, ran.output
+    data = json.loads(ran.stdout)
+    assert data["all_contained"] is True
+    steps = [s for c in data["cases"] for s in c["steps"]]
+    assert {s["session"] for s in steps} == {"a", "b"}
+    assert all(s["session_id"].startswith("ses_") for s in steps)
+    assert runner_leftovers(unvalidated_policy_server) == ([], [])

@@ -39,7 +39,10 @@ EVAL_HELP: Final = (
     "server-side), statuses, errors by type, cost and the slowest cases. Exit code 0 when every case passed, 1 "
     "otherwise, 2 for a usage error (a suite that does not load: each problem with its file:line).\n\n"
     "SUITE: a file, or a shipped suite by name: basic (Python, JavaScript, bash: output, stdin, files, JSON, "
-    "recursion, a check program, exit codes, TIMEOUT, MEMORY_LIMIT, OUTPUT_LIMIT) or humaneval-sample.\n\n"
+    "recursion, a check program, exit codes, TIMEOUT, MEMORY_LIMIT, OUTPUT_LIMIT), humaneval-sample, or sessions "
+    "(multi-step agent workflows, each in one session: a helper defined then used, a CSV with pandas, a "
+    "matplotlib figure, an exception then recovery, files between bash, Python and JavaScript, input(), values)."
+    "\n\n"
     "Our format: YAML (a list of cases, or a mapping of name, description, defaults and cases; the defaults "
     "apply to every case, a case's own value wins) or JSONL (one JSON object per line). A case has:\n"
     "- id, code; language (default python); stdin; files (name: text); env; tags;\n"
@@ -54,14 +57,25 @@ EVAL_HELP: Final = (
     "limits); the case passes when it exits 0;\n"
     "- expected_error: the server must refuse the case (e.g. InvalidRequestError or INVALID_ARGUMENT);\n"
     "- max_time_s: a client-side ceiling; past it the call is cancelled and the case fails as too slow.\n\n"
+    "A multi-step case gives steps instead of code: calls run in order in one session (docs/sessions.md), created "
+    "for the case (with its files in the workspace, its env and its limits) and closed after it. Each step has "
+    "code; language, stdin, files, env (bash and JavaScript), limits (wall_time_s, cpu_time_s, output_bytes) and "
+    "the expectations of a case (expected_status, expected_exit_code, expected_stdout, expected_files: the "
+    "workspace's files after the call, check, expected_error), plus expected_value (a Python call's last "
+    "expression, as its repr) and expected_outputs (the MIME types of its rich outputs in order: a list holding "
+    "image/png for one figure). The "
+    "first step that does not pass ends the case; the report names it (failed_step, \"at step 2/3\"). Each "
+    "multi-step case in flight holds a session: keep --concurrency within the tenant's sessions.max_active (8 by "
+    "default).\n\n"
     "HumanEval problems (JSONL lines with task_id, prompt, canonical_solution and/or completion, test, "
     "entry_point) are taken as they are, mixed with our cases or not: the program run is prompt + completion "
     "(else canonical_solution) + test + check(entry_point), passing when it exits 0, as HumanEval's own harness "
     "runs it (3 s wall time, as there). --completions FILE (JSONL of task_id + completion, as code-generation "
     "models write them; several per task are separate runs) runs those instead; tasks without one are skipped. "
     "The report then gives pass@1.\n\n"
-    "All executions of a run share one session id (--session-id, or a fresh eval-...). Each call's deadline is "
-    "the global --timeout, raised for a case to its wall-time limit plus 30 s."
+    "All executions of a run share one session id (--session-id, or a fresh eval-...), which also labels the "
+    "sessions of multi-step cases (eval_run). Each call's deadline is the global --timeout, raised for a case to "
+    "its wall-time limit plus 30 s."
 )
 
 ConcurrencyOption = Annotated[int, typer.Option(min=1, max=256, help="Cases in flight at once.")]
@@ -85,7 +99,7 @@ def eval_command(
         str,
         typer.Argument(metavar="SUITE", show_default=False,
                        help="A suite file (.yaml, .yml, .json, .jsonl) or a shipped suite's name (basic, "
-                            "humaneval-sample)."),
+                            "humaneval-sample, sessions)."),
     ],
     completions: Annotated[
         Path | None,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Final
 
-from sandbox_client.evaluation.report import Report, ms
+from sandbox_client.evaluation.report import Report, ms, reason_text
 from sandbox_client.evaluation.runner import CaseResult, Outcome
 
 __all__ = ["Bins", "histogram_bins", "latency_histogram_svg", "render_html"]
@@ -215,7 +215,7 @@ def _results_table(results: Sequence[CaseResult]) -> str:
             f'<td class="num">{r.repeat + 1}</td>',
             f"<td>{escape(r.language)}</td>",
             f'<td class="{r.outcome.value}">{r.outcome.value}</td>',
-            f"<td>{r.reason.value if r.reason else ''}</td>",
+            f"<td>{escape(reason_text(r))}</td>",
             f"<td>{r.status.value if r.status else '-'}</td>",
             f'<td class="num">{"" if r.exit_code is None else r.exit_code}</td>',
             f'<td class="num">{ms(r.client_time_s)}</td>',

@@ -1,9 +1,10 @@
 """What a suite file holds, as pydantic models: our own cases, and HumanEval problems and completions.
 
 Our models are frozen and reject unknown keys, so a misspelt expectation (``expected_stdot``) is an error
-rather than a case that passes without checking anything. HumanEval lines are taken as the dataset and the
-code-generation tools write them: fields we do not use (HumanEval+'s ``plus_input``, a results file's
-``passed``) are ignored.
+rather than a case that passes without checking anything. A case is one program (``code``), or ``steps``: calls
+run in order in one session (docs/sessions.md), each with expectations of its own. HumanEval lines are taken
+as the dataset and the code-generation tools write them: fields we do not use (HumanEval+'s ``plus_input``, a
+results file's ``passed``) are ignored.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ from sandbox_client import (
 )
 
 __all__ = [
+    "CALL_LIMITS",
     "ERROR_NAMES",
     "HUMANEVAL_WALL_TIME_S",
+    "MAX_STEPS",
     "Case",
     "CaseLimits",
     "Completion",
     "HumanEvalProblem",
+    "Step",
     "SuiteDefaults",
     "SuiteHeader",
     "error_matches",
@@ -46,6 +50,10 @@ __all__ = [
 
 HUMANEVAL_WALL_TIME_S: Final = 3.0
 """The wall-time limit of a HumanEval program unless overridden: HumanEval's own harness gives each 3 s."""
+MAX_STEPS: Final = 20
+"""Steps a multi-step case may have."""
+CALL_LIMITS: Final = frozenset({"wall_time_s", "cpu_time_s", "output_bytes"})
+"""The limits a step may set for its own call; the others hold for the whole session (set them on the case)."""
 
 _ERROR_CLASSES: Final[tuple[type[SandboxError], ...]] = (
     SandboxError,
@@ -130,6 +138,10 @@ class CaseLimits(_Model):
         values = self.model_dump(exclude_none=True)
         return Limits(**values) if values else None
 
+    def call_part(self) -> CaseLimits:
+        """Only the limits one call of a session may set (``CALL_LIMITS``)."""
+        return CaseLimits(**{k: v for k, v in self.model_dump(exclude_none=True).items() if k in CALL_LIMITS})
+
 
 class SuiteDefaults(_Model):
     """The ``defaults`` of a YAML suite, applied to every case; a case's own value wins. ``limits`` merge field
@@ -166,6 +178,105 @@ class SuiteHeader(_Model):
     cases: list[Any] = Field(min_length=1)
 
 
+def _status_from_exit_code(data: Any) -> Any:
+    # A non-zero expected exit code says what the status must be; spare the author writing both.
+    if isinstance(data, Mapping) and "expected_status" not in data:
+        code = data.get("expected_exit_code")
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            return {**data, "expected_status": Status.NONZERO_EXIT.value}
+    return data
+
+
+def _check_expectations(
+    expected_stdout: str | None,
+    check: str | None,
+    expected_error: str | None,
+    expected_exit_code: int | None,
+    expected_status: Status,
+    given: set[str],
+    clashing: set[str],
+) -> None:
+    """The rules shared by a case and a step: one way of checking stdout, a refusal excludes running, an exit
+    code implies its status."""
+    if expected_stdout is not None and check is not None:
+        raise ValueError("give expected_stdout or check, not both")
+    if expected_error is not None:
+        if expected_error not in ERROR_NAMES:
+            known = ", ".join(sorted(ERROR_NAMES))
+            raise ValueError(f"expected_error: unknown error {expected_error!r}; one of {known}")
+        named = sorted(clashing & given)
+        if named:
+            raise ValueError(f"expected_error says nothing runs: drop {', '.join(named)}")
+    if expected_exit_code is not None:
+        wanted = Status.OK if expected_exit_code == 0 else Status.NONZERO_EXIT
+        if expected_status is not wanted:
+            raise ValueError(
+                f"expected_exit_code {expected_exit_code} needs expected_status {wanted.value}, "
+                f"not {expected_status.value}"
+            )
+
+
+class Step(_Model):
+    """One call of a multi-step case, run in the case's session after the steps before it (see ``Case``).
+
+    Its expectations are a single-step case's, checked in this order: ``expected_status`` (default OK),
+    ``expected_exit_code``, ``expected_stdout`` (``strip_trailing_whitespace`` defaults to the case's),
+    ``expected_value`` (a Python call's ``value``: the repr of its last expression, ``""`` for none),
+    ``expected_outputs`` (the MIME types of its rich outputs, in order: ``[image/png]`` for one figure, ``[]``
+    for none), ``expected_files`` (the exact text of workspace files after the call), then ``check`` (a
+    program in the step's language run in a fresh sandbox with the step's stdout on its stdin; it passes when
+    the check exits 0). ``expected_error``: the server must refuse this call (the session goes on).
+    ``limits`` may set only the call's own (``wall_time_s``, ``cpu_time_s``, ``output_bytes``); ``env`` is
+    for bash and JavaScript calls (a Python call runs in the session's kernel, with the session's environment).
+    """
+
+    code: str = Field(min_length=1)
+    language: str = Field(default="python", min_length=1)
+    """The case's language when the step gives none."""
+    stdin: str = ""
+    files: dict[str, str] = Field(default_factory=dict)
+    """Placed in the workspace before the call."""
+    env: dict[str, str] = Field(default_factory=dict)
+    limits: CaseLimits = CaseLimits()
+    expected_status: Status = Status.OK
+    expected_exit_code: int | None = Field(default=None, strict=True)
+    expected_stdout: str | None = None
+    strip_trailing_whitespace: bool = False
+    expected_value: str | None = None
+    expected_outputs: tuple[Annotated[str, Field(min_length=1, pattern=r"^\S+/\S+$")], ...] | None = None
+    expected_files: dict[str, str] = Field(default_factory=dict)
+    check: str | None = Field(default=None, min_length=1)
+    expected_error: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _status_from_exit_code(cls, data: Any) -> Any:
+        return _status_from_exit_code(data)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Step:
+        _check_expectations(
+            self.expected_stdout, self.check, self.expected_error, self.expected_exit_code, self.expected_status,
+            self.model_fields_set,
+            {"expected_status", "expected_exit_code", "expected_stdout", "expected_value", "expected_outputs",
+             "expected_files", "check"},
+        )
+        session_wide = sorted(name for name in self.limits.model_fields_set if name not in CALL_LIMITS)
+        if session_wide:
+            raise ValueError(f"limits: {', '.join(session_wide)} hold for the whole session: set them on the case")
+        if self.language == "python" and self.env:
+            raise ValueError("env: a Python call runs in the session's kernel, with the session's environment: "
+                             "set env on the case")
+        if self.language != "python" and (self.expected_value is not None or self.expected_outputs is not None):
+            raise ValueError("expected_value and expected_outputs are a Python call's")
+        return self
+
+
+STEP_ONLY: Final = ("stdin", "expected_status", "expected_exit_code", "expected_stdout", "expected_files", "check",
+                    "expected_error")
+"""A single-step case's fields that a multi-step case gives on each step instead."""
+
+
 class Case(_Model):
     """One case of our own format: a program, what it gets, and what it must do to pass.
 
@@ -176,11 +287,18 @@ class Case(_Model):
     the case's stdout on its stdin and the files the case wrote in its working directory; the case passes when
     the check exits 0. ``expected_error`` instead says the server must refuse the request (nothing runs).
     ``max_time_s`` is a client-side ceiling on the call: past it the case fails as too slow.
+
+    A multi-step case gives ``steps`` instead of ``code`` (and of the expectations, which each step has): the
+    runner starts a session for it (with the case's ``files`` in its workspace, its ``env``, and its
+    ``limits``: those of the session, and each call's defaults), runs the steps in order, stops at the first
+    that does not pass, and closes the session. It passes when every step does; ``max_time_s`` is then the
+    ceiling of each step's call, and ``language`` and ``strip_trailing_whitespace`` the steps' defaults.
     """
 
     id: CaseId
     language: str = Field(default="python", min_length=1)
-    code: str = Field(min_length=1)
+    code: str | None = Field(default=None, min_length=1)
+    steps: Annotated[tuple[Step, ...], Field(min_length=1, max_length=MAX_STEPS)] | None = None
     stdin: str = ""
     files: dict[str, str] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
@@ -197,35 +315,45 @@ class Case(_Model):
 
     @model_validator(mode="before")
     @classmethod
-    def _status_from_exit_code(cls, data: Any) -> Any:
-        # A non-zero expected exit code says what the status must be; spare the author writing both.
-        if isinstance(data, Mapping) and "expected_status" not in data:
-            code = data.get("expected_exit_code")
-            if isinstance(code, int) and not isinstance(code, bool) and code != 0:
-                return {**data, "expected_status": Status.NONZERO_EXIT.value}
+    def _defaults(cls, data: Any) -> Any:
+        data = _status_from_exit_code(data)
+        steps = data.get("steps") if isinstance(data, Mapping) else None
+        if isinstance(steps, list | tuple):
+            # The case's language and whitespace rule are its steps' defaults.
+            inherited = {name: data[name] for name in ("language", "strip_trailing_whitespace") if name in data}
+            data = {**data, "steps": [{**inherited, **step} if isinstance(step, Mapping) else step
+                                      for step in steps]}
         return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Case:
-        if self.expected_stdout is not None and self.check is not None:
-            raise ValueError("give expected_stdout or check, not both")
-        if self.expected_error is not None:
-            if self.expected_error not in ERROR_NAMES:
-                raise ValueError(
-                    f"expected_error: unknown error {self.expected_error!r}; one of {', '.join(sorted(ERROR_NAMES))}"
-                )
-            clashing = {"expected_status", "expected_exit_code", "expected_stdout", "expected_files", "check"}
-            given = sorted(clashing & self.model_fields_set)
-            if given:
-                raise ValueError(f"expected_error says nothing runs: drop {', '.join(given)}")
-        if self.expected_exit_code is not None:
-            wanted = Status.OK if self.expected_exit_code == 0 else Status.NONZERO_EXIT
-            if self.expected_status is not wanted:
-                raise ValueError(
-                    f"expected_exit_code {self.expected_exit_code} needs expected_status {wanted.value}, "
-                    f"not {self.expected_status.value}"
-                )
+        if self.steps is not None:
+            if self.code is not None:
+                raise ValueError("give code (one program) or steps (calls in one session), not both")
+            on_steps = [name for name in STEP_ONLY if name in self.model_fields_set]
+            if on_steps:
+                raise ValueError(f"a case with steps gives {', '.join(on_steps)} on each step")
+            return self
+        if self.code is None:
+            raise ValueError("give code (one program) or steps (calls in one session)")
+        _check_expectations(
+            self.expected_stdout, self.check, self.expected_error, self.expected_exit_code, self.expected_status,
+            self.model_fields_set,
+            {"expected_status", "expected_exit_code", "expected_stdout", "expected_files", "check"},
+        )
         return self
+
+    @property
+    def program(self) -> str:
+        """The code of a single-step case ("" for a multi-step one)."""
+        return self.code or ""
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """The languages the case runs, in order of first use."""
+        if self.steps is None:
+            return (self.language,)
+        return tuple(dict.fromkeys(step.language for step in self.steps))
 
 
 def error_matches(expected: str, error: SandboxError) -> bool:

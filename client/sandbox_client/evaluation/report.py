@@ -22,7 +22,7 @@ from sandbox_client.evaluation.models import CaseLimits
 from sandbox_client.evaluation.runner import CaseResult, Outcome, RunResult
 from sandbox_client.evaluation.suite import Suite
 
-__all__ = ["SLOWEST", "LatencyStats", "Report", "percentile"]
+__all__ = ["SLOWEST", "LatencyStats", "Report", "percentile", "reason_text"]
 
 SLOWEST: Final = 5
 """Slowest runs listed."""
@@ -237,7 +237,17 @@ def _result_json(r: CaseResult) -> dict[str, Any]:
         "execution_id": r.execution_id,
         "error_type": r.error_type,
         "error_code": r.error_code,
+        "steps": r.steps,
+        "failed_step": r.failed_step,
+        "session_id": r.session_id,
     }
+
+
+def reason_text(r: CaseResult) -> str:
+    """Why a run did not pass, with the step that did not for a multi-step case ("wrong_output at step 2/3")."""
+    if r.reason is None:
+        return ""
+    return r.reason.value + (f" at step {r.failed_step}/{r.steps}" if r.failed_step is not None else "")
 
 
 def _sorted_counts(values: Iterable[str]) -> dict[str, int]:
@@ -298,7 +308,7 @@ def _failures_table(failing: Sequence[CaseResult]) -> Table:
     for r in failing:
         label = r.case_id + (f" (run {r.repeat + 1})" if r.repeat else "")
         table.add_row(Text(label), Text(r.outcome.value, style=_OUTCOME_STYLES[r.outcome]),
-                      Text(r.reason.value if r.reason else ""), Text(r.detail))
+                      Text(reason_text(r)), Text(r.detail))
     return table
 
 

@@ -2,7 +2,8 @@
 
 - ``schema``: the corpus format (pydantic models) and what "contained" means for a case;
 - ``corpus``: loading the shipped corpus (``corpus/*.yaml``, one file per category) or a directory of one's own;
-- ``runner``: ``run_cases`` runs cases through an ``AsyncSandboxClient`` and judges each one;
+- ``runner``: ``run_cases`` runs cases through an ``AsyncSandboxClient`` (one-shot executions, and calls in the
+  sessions it creates and always closes) and judges each one;
 - ``host``: the checks made on the server's host (canaries, loopback listeners, leftover files and processes);
 - ``cli``: the command.
 

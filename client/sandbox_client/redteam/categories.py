@@ -19,6 +19,8 @@ class Category(StrEnum):
     PERSISTENCE = "persistence"
     INFO_LEAK = "info_leak"
     VALIDATOR_BYPASS = "validator_bypass"
+    SESSION = "session"
+    """Across the calls of one session and across sessions (corpus file ``sessions.yaml``)."""
 
 
 class Language(StrEnum):

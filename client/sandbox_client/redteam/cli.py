@@ -1,7 +1,7 @@
 """``sandbox-admin redteam``: run the hostile-program corpus against a server and report what it contained.
 
-    sandbox-admin redteam [--category C ...] [--case ID ...] [--corpus DIR] [--concurrency N] [--host-checks]
-                          [--canary-dir DIR ...] [--list] [--json]
+    sandbox-admin redteam [--category C ...] [--case ID ...] [--corpus DIR] [--concurrency N] [--session-cases N]
+                          [--host-checks] [--canary-dir DIR ...] [--list] [--json]
 
 It uses the global ``--target``, ``--api-key`` (any key of the tenant to attack: the programs run as that
 tenant, under its policy) and ``--timeout`` (seconds a call may take past its program's wall-time limit).
@@ -31,11 +31,12 @@ from sandbox_client.redteam.categories import Category
 if TYPE_CHECKING:
     from sandbox_client.admin_cli import Options
     from sandbox_client.redteam.runner import CaseReport, RunOptions, RunReport
-    from sandbox_client.redteam.schema import Case
+    from sandbox_client.redteam.schema import Case, Step
 
 __all__ = ["register"]
 
 DEFAULT_CONCURRENCY = 4  # runner.DEFAULT_CONCURRENCY, repeated here so that --help needs no pydantic
+DEFAULT_SESSION_CASES = 2  # runner.DEFAULT_SESSION_CASES, likewise
 NON_TERMINAL_WIDTH = 200
 EVIDENCE_CHARS = 160
 
@@ -63,6 +64,10 @@ def redteam(
     concurrency: Annotated[
         int, typer.Option(min=1, max=64, help="Programs running at once.")
     ] = DEFAULT_CONCURRENCY,
+    session_cases: Annotated[
+        int, typer.Option(min=1, max=16, help="Cases with sessions running at once (each keeps up to 3 sessions "
+                                              "open; the tenant's sessions.max_active is 8 by default).")
+    ] = DEFAULT_SESSION_CASES,
     host_checks: Annotated[
         bool,
         typer.Option(
@@ -82,7 +87,8 @@ def redteam(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON (like the global --json).")] = False,
 ) -> None:
     """Run hostile programs (escapes, host reads and writes, network, resource bombs, persistence, info leaks,
-    validator bypasses) and report which were contained. Exit 0 only if every case was."""
+    validator bypasses, attacks across a session's calls and across sessions) and report which were contained.
+    Exit 0 only if every case was."""
     from sandbox_client.admin_cli import EXIT_FAILURE, EXIT_USAGE
 
     opts = _options(ctx, json_output)
@@ -107,7 +113,7 @@ def redteam(
     if host_checks:
         checks = HostChecks(canary_dirs=(*DEFAULT_CANARY_DIRS, *(canary_dir or ())))
     options = RunOptions(concurrency=concurrency, host_checks=checks, host_ports=_target_port(opts.target),
-                         call_grace_s=opts.timeout)
+                         call_grace_s=opts.timeout, session_cases=session_cases)
     report = asyncio.run(_run(opts, cases, options))
     if report is None:
         raise typer.Exit(EXIT_FAILURE)
@@ -163,7 +169,8 @@ def _target_port(target: str) -> tuple[int, ...]:
 def _print_cases(opts: Options, cases: Sequence[Case]) -> None:
     if opts.json:
         typer.echo(json.dumps([{"id": c.id, "category": c.category.value, "title": c.title,
-                                "languages": [s.language.value for s in c.steps]} for c in cases], indent=2))
+                                "languages": [s.language.value for s in c.steps],
+                                "sessions": [s.session for s in c.steps]} for c in cases], indent=2))
         return
     table = Table()
     table.add_column("Case", no_wrap=True)
@@ -171,10 +178,15 @@ def _print_cases(opts: Options, cases: Sequence[Case]) -> None:
     table.add_column("Languages", no_wrap=True)
     table.add_column("Title")
     for c in cases:
-        table.add_row(Text(c.id), c.category.value, " → ".join(s.language.value for s in c.steps), Text(c.title))
+        table.add_row(Text(c.id), c.category.value, " → ".join(map(_step_label, c.steps)), Text(c.title))
     out = _console(stderr=False)
     out.print(table)
     out.print(Text(f"{len(cases)} cases"))
+
+
+def _step_label(step: Step) -> str:
+    """A step's language, with its session's name when it runs in one (``a:python``)."""
+    return f"{step.session}:{step.language.value}" if step.session else step.language.value
 
 
 def _print_report(report: RunReport) -> None:
@@ -207,7 +219,9 @@ def _print_details(out: Console, c: CaseReport) -> None:
     for problem in c.problems:
         out.print(Text(f"  • {problem}"), soft_wrap=True)
     for s in c.steps:
-        head = f"  step {s.index + 1} ({s.language}): "
+        head = f"  step {s.index + 1} ({f'session {s.session}, ' if s.session else ''}{s.language}): "
+        for retry in s.session_retries:
+            out.print(Text(head + f"its session failed to start, and was asked for again: {retry}"), soft_wrap=True)
         if s.refusal:
             out.print(Text(head + f"refused: {s.refusal}"), soft_wrap=True)
             continue

@@ -14,11 +14,22 @@ Verdicts, worst first (a case takes the worst of its steps and host checks):
   rate limit, a server error, code that does not parse, output the server redacted).
 - NOT EXERCISED: the program ran but never printed its ``attempted`` markers, so it proved nothing.
 - CONTAINED: every step was refused in an accepted way or ran as expected, and every host check held.
+
+Session steps (``schema``: ``session``, ``from_snapshot_of``) run in sessions the runner creates with the same
+client when their first step runs, labelled with the case's token; when the case ends, whatever happened (a
+step's error, a timeout, a cancellation), the runner closes every one of them (also any whose creation's answer
+was lost, found by that label) and deletes the snapshots it took, before the host checks. A session whose sandbox
+fails to start (INTERNAL, UNAVAILABLE) is asked for once more (the failed start is kept in the step's report). A
+session that ended under the case because its sandbox failed is NOT CONTAINED: its agent (PID 1) did not survive
+the case's code.
+At most ``RunOptions.session_cases`` cases with sessions run at once, so that their sessions stay under the
+tenant's ``sessions.max_active``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import secrets
@@ -29,14 +40,19 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import grpc
+
 from sandbox_client import (
     AsyncSandboxClient,
+    AsyncSession,
     DeadlineExceededError,
     ExecutionResult,
     InvalidRequestError,
     Limits,
+    NotFoundError,
     PermissionDeniedError,
     SandboxError,
+    SessionNotFoundError,
 )
 from sandbox_client.redteam.host import HostChecks, HostProbe, Listener
 from sandbox_client.redteam.schema import PLACEHOLDER_RE, Case, HostCheck, Language, Refusal, Step
@@ -45,7 +61,10 @@ __all__ = [
     "COMMON_PORTS",
     "DEFAULT_CALL_GRACE_S",
     "DEFAULT_CONCURRENCY",
+    "DEFAULT_SESSION_CASES",
     "LIMIT_SLACK",
+    "POLICY_REASONS",
+    "SESSION_LABEL",
     "STATIC_RULES",
     "CaseReport",
     "LimitSlack",
@@ -61,6 +80,19 @@ __all__ = [
 ]
 
 DEFAULT_CONCURRENCY = 4
+DEFAULT_SESSION_CASES = 2
+"""Cases with sessions running at once: each keeps its sessions (up to ``schema.MAX_SESSIONS``) open until it
+ends, and a tenant has 8 live sessions by default (``sessions.max_active``)."""
+SESSION_LABEL = "redteam"
+"""The label (the case run's token as its value) on every session the runner creates."""
+CLEANUP_TIMEOUT_S = 30.0
+"""Seconds each clean-up call (closing a session, deleting a snapshot) may take."""
+SESSION_START_ATTEMPTS = 2
+"""Tries at creating a session whose sandbox failed to start (INTERNAL or UNAVAILABLE): a start that fails is
+no evidence about containment; the failed try is kept in the step's report (``session_retries``)."""
+RETRIED_START_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE})
+POLICY_REASONS = frozenset({"POLICY_DENIED", "SESSIONS_DISABLED", "SNAPSHOTS_DISABLED"})
+"""The PERMISSION_DENIED reasons that are the tenant's policy refusing (``Refusal.POLICY``)."""
 DEFAULT_CALL_GRACE_S = 60.0
 """Seconds a call may take past its step's wall-time limit (start-up, queueing, teardown) before the step is
 judged NOT CONTAINED: the limit did not hold."""
@@ -110,16 +142,20 @@ _SEVERITY = {Verdict.CONTAINED: 0, Verdict.NOT_EXERCISED: 1, Verdict.ERROR: 2, V
 @dataclass(frozen=True)
 class RunOptions:
     """How to run: concurrency (steps in flight at once), host checks (None: none), extra loopback ports for
-    ``@@HOST_PORTS@@`` (e.g. the server's own), and the grace on top of each step's wall time."""
+    ``@@HOST_PORTS@@`` (e.g. the server's own), the grace on top of each step's wall time, and how many cases
+    with sessions may run at once."""
 
     concurrency: int = DEFAULT_CONCURRENCY
     host_checks: HostChecks | None = None
     host_ports: tuple[int, ...] = ()
     call_grace_s: float = DEFAULT_CALL_GRACE_S
+    session_cases: int = DEFAULT_SESSION_CASES
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.session_cases < 1:
+            raise ValueError(f"session_cases must be at least 1, got {self.session_cases}")
         if self.call_grace_s <= 0:
             raise ValueError(f"call_grace_s must be positive, got {self.call_grace_s}")
 
@@ -130,6 +166,12 @@ class StepReport:
 
     index: int
     language: str
+    session: str = ""
+    """The case's session the step ran in (its name in the case); empty for a one-shot execution."""
+    session_id: str = ""
+    """That session's id on the server, once it was created."""
+    session_retries: tuple[str, ...] = ()
+    """Failed starts of the session this step created, retried (``SESSION_START_ATTEMPTS``)."""
     refusal: str = ""
     """How the server refused it (code, rules, message), when it did."""
     refused_as: str = ""
@@ -213,11 +255,12 @@ async def run_cases(
     started = time.monotonic()
     probe = HostProbe(options.host_checks, secrets.token_hex(6))
     gate = asyncio.Semaphore(options.concurrency)
+    session_gate = asyncio.Semaphore(options.session_cases)
     try:
         await asyncio.to_thread(probe.plant)
 
         async def one(case: Case) -> CaseReport:
-            report = await _CaseRun(client, case, options, probe, gate).run()
+            report = await _CaseRun(client, case, options, probe, gate, session_gate).run()
             if progress is not None:
                 progress(report)
             return report
@@ -251,13 +294,25 @@ class _Problems:
 
 class _CaseRun:
     def __init__(self, client: AsyncSandboxClient, case: Case, options: RunOptions, probe: HostProbe,
-                 gate: asyncio.Semaphore) -> None:
+                 gate: asyncio.Semaphore, session_gate: asyncio.Semaphore) -> None:
         self.client = client
         self.case = case
         self.options = options
         self.probe = probe
         self.gate = gate
+        self.session_gate = session_gate
         self.token = secrets.token_hex(8)
+        self.sessions: dict[str, AsyncSession] = {}
+        """The case's live sessions, by name."""
+        self.session_failures: dict[str, SandboxError] = {}
+        """Why a session could not be made (its later steps are judged on the same refusal)."""
+        self.session_locks: dict[str, asyncio.Lock] = {}
+        self.snapshots: list[str] = []
+        """Ids of the snapshots the runner took; deleted when the case ends."""
+        self.creating = False
+        """A session was asked for: at the end, look for any whose creation's answer was lost."""
+        self.retries: dict[str, tuple[str, ...]] = {}
+        """Failed starts of each session, before the one that worked (or the last that failed)."""
         self.problems = _Problems()
         self.stdouts: dict[int, str] = {}
         """Each step's stdout, by index, for ``distinct_lines``."""
@@ -270,9 +325,11 @@ class _CaseRun:
             ports = (*COMMON_PORTS, *self.options.host_ports, *(listener.ports if listener else ()))
             values = {"TOKEN": self.token, "CANARY_PATHS": list(self.probe.canary_paths),
                       "HOST_PORTS": list(dict.fromkeys(ports))}
-            steps = [self._step(i, step, values) for i, step in enumerate(self.case.steps)]
-            concurrent = self.case.concurrent
-            step_reports = list(await asyncio.gather(*steps)) if concurrent else [await s for s in steps]
+            if self.case.sessions:
+                async with self.session_gate:
+                    step_reports = await self._steps(values)
+            else:
+                step_reports = await self._steps(values)
             self._compare_steps()
             if self.probe.enabled:
                 await asyncio.to_thread(self._host_checks, listener)
@@ -285,6 +342,45 @@ class _CaseRun:
             problems=problems, notes=tuple(self.problems.notes), steps=tuple(step_reports),
             duration_s=ended - (self.started if self.started is not None else ended),
         )
+
+    async def _steps(self, values: Mapping[str, object]) -> list[StepReport]:
+        """Every step (at once, or in order); then, whatever happened, the case's sessions and snapshots go."""
+        steps = self.case.steps
+        try:
+            if self.case.concurrent:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(self._step(i, step, values)) for i, step in enumerate(steps)]
+                return [t.result() for t in tasks]
+            return [await self._step(i, step, values) for i, step in enumerate(steps)]
+        finally:
+            await self._clean_up()
+
+    async def _clean_up(self) -> None:
+        """Close every session of the case (also one whose creation's answer was lost: found by its label) and
+        delete the snapshots taken. A failure is an ERROR: something of the case may be left on the server."""
+        problems = self.problems.error
+        for name, session in self.sessions.items():
+            try:
+                await session.aclose(timeout=CLEANUP_TIMEOUT_S)
+            except SandboxError as exc:
+                problems.append(f"session {name} ({session.id}) could not be closed: {exc.code.name}: {exc.message}")
+        if self.creating:
+            known = {s.id for s in self.sessions.values()}
+            try:
+                async for info in self.client.list_sessions(labels={SESSION_LABEL: self.token},
+                                                            timeout=CLEANUP_TIMEOUT_S):
+                    if info.id not in known:
+                        with contextlib.suppress(SessionNotFoundError):
+                            await self.client.close_session(info.id, timeout=CLEANUP_TIMEOUT_S)
+            except SandboxError as exc:
+                problems.append(f"the case's sessions could not be listed or closed: {exc.code.name}: {exc.message}")
+        for snapshot_id in self.snapshots:
+            try:
+                await self.client.delete_snapshot(snapshot_id, timeout=CLEANUP_TIMEOUT_S)
+            except NotFoundError:
+                pass
+            except SandboxError as exc:
+                problems.append(f"snapshot {snapshot_id} could not be deleted: {exc.code.name}: {exc.message}")
 
     def _compare_steps(self) -> None:
         """``distinct_lines``: the same line (with one of its prefixes) printed by two steps is a breach."""
@@ -313,23 +409,121 @@ class _CaseRun:
         limits = step.limits.to_client()
         deadline = (limits.wall_time_s or FALLBACK_WALL_TIME_S) + self.options.call_grace_s
         where = f"step {index + 1}" if len(self.case.steps) > 1 else "the program"
+        if step.session is not None:
+            where += f" (session {step.session})"
+        session_id = ""
+        retries: tuple[str, ...] = ()
         async with self.gate:
             if self.started is None:
                 self.started = time.monotonic()
-            try:
-                result = await self.client.execute(
-                    code, language=step.language.value, stdin=step.stdin, files=step.files, limits=limits,
-                    session_id=f"redteam-{self.token}", timeout=deadline,
-                )
-            except SandboxError as exc:
-                return self._refused(index, step, exc, where, deadline)
-        return self._judge(index, step, result, where)
+            if step.session is None:
+                try:
+                    result = await self.client.execute(
+                        code, language=step.language.value, stdin=step.stdin, files=step.files, limits=limits,
+                        session_id=f"redteam-{self.token}", timeout=deadline,
+                    )
+                except SandboxError as exc:
+                    return self._refused(index, step, exc, where, deadline)
+            else:
+                session = await self._session(index, step, where, deadline)
+                if isinstance(session, StepReport):
+                    return session
+                session_id = session.id
+                retries = self.retries.pop(step.session, ())  # reported once, by the step that made the session
+                try:
+                    result = await session.run(
+                        code, language=step.language.value, stdin=step.stdin, files=step.files or None,
+                        limits=step.limits.call_part(), timeout=deadline,
+                    )
+                except SessionNotFoundError as exc:
+                    return self._session_gone(index, step, session, exc, where)
+                except SandboxError as exc:
+                    return self._refused(index, step, exc, where, deadline, session_id=session_id)
+        return self._judge(index, step, result, where, session_id=session_id, retries=retries)
 
-    def _refused(self, index: int, step: Step, exc: SandboxError, where: str, deadline: float) -> StepReport:
+    async def _session(self, index: int, step: Step, where: str, deadline: float) -> AsyncSession | StepReport:
+        """The step's session: the case's, or created now (from a snapshot of another, taken now, when the step
+        says so); a StepReport when it cannot be had (judged as the step's refusal)."""
+        name = step.session or ""
+        async with self.session_locks.setdefault(name, asyncio.Lock()):
+            session = self.sessions.get(name)
+            if session is not None:
+                return session
+            failure = self.session_failures.get(name)
+            if failure is not None:
+                return self._refused(index, step, failure, where, deadline, setup=f"session {name}")
+            snapshot_id = ""
+            source_name = step.from_snapshot_of
+            if source_name is not None:
+                source = self.sessions.get(source_name)
+                refused = self.session_failures.get(source_name)
+                if source is None and refused is not None:  # judged on the same refusal as its source
+                    self.session_failures[name] = refused
+                    return self._refused(index, step, refused, where, deadline, setup=f"session {source_name}")
+                if source is None:
+                    self.problems.error.append(f"{where}: session {source_name}, to be snapshotted for session "
+                                               f"{name}, was never made")
+                    return StepReport(index=index, language=step.language.value, session=name,
+                                      refusal=f"no session {source_name} to snapshot")
+                try:
+                    snapshot = await source.snapshot(f"redteam {self.case.id}: {source_name} for {name}",
+                                                      timeout=deadline)
+                except SandboxError as exc:
+                    self.session_failures[name] = exc
+                    return self._refused(index, step, exc, where, deadline, session_id=source.id,
+                                         setup=f"the snapshot of session {source_name}")
+                self.snapshots.append(snapshot.id)
+                snapshot_id = snapshot.id
+            limits = step.limits.session_part()
+            self.creating = True
+            retries: list[str] = []
+            while True:
+                try:
+                    session = await self.client.session(
+                        step.language.value, limits=limits if limits != Limits() else None,
+                        labels={SESSION_LABEL: self.token}, snapshot_id=snapshot_id, timeout=deadline,
+                    )
+                    break
+                except SandboxError as exc:
+                    if exc.code in RETRIED_START_CODES and len(retries) + 1 < SESSION_START_ATTEMPTS:
+                        retries.append(f"{exc.code.name}: {exc.message[:300]}")
+                        await asyncio.sleep(1)
+                        continue
+                    self.session_failures[name] = exc
+                    return self._refused(index, step, exc, where, deadline, setup=f"session {name}",
+                                         retries=tuple(retries))
+            self.sessions[name] = session
+            self.retries[name] = tuple(retries)
+            return session
+
+    def _session_gone(self, index: int, step: Step, session: AsyncSession, exc: SessionNotFoundError,
+                      where: str) -> StepReport:
+        """The step's session ended under the case: a breach when its sandbox failed (the agent is gone)."""
+        report = StepReport(index=index, language=step.language.value, session=step.session or "",
+                            session_id=session.id, refusal=f"{exc.code.name}: {exc.message}")
+        reason = exc.close_reason or "unknown"
+        if reason == "sandbox_failed":
+            self.problems.breach.append(f"{where}: the session ended under the case (close reason {reason}): its "
+                                        "sandbox did not survive what the case's code did")
+        else:
+            self.problems.error.append(f"{where}: the session ended under the case (close reason {reason})")
+        return report
+
+    def _refused(self, index: int, step: Step, exc: SandboxError, where: str, deadline: float, *,
+                 session_id: str = "", setup: str = "", retries: tuple[str, ...] = ()) -> StepReport:
+        """A step refused or failed before it ran; ``setup`` names what failed when it was not the call itself
+        but what the step needed first (its session, or the snapshot that session starts from)."""
         kind, description = classify_refusal(exc)
-        report = StepReport(index=index, language=step.language.value, refusal=description,
+        if setup:
+            description = f"{setup}: {description}"
+            if kind is not Refusal.POLICY:
+                kind = None  # making a session or a snapshot: only the tenant's policy refuses as containment
+        report = StepReport(index=index, language=step.language.value, session=step.session or "",
+                            session_id=session_id, session_retries=retries, refusal=description,
                             refused_as=kind.value if kind is not None else "")
-        if isinstance(exc, DeadlineExceededError):
+        if isinstance(exc, DeadlineExceededError) and setup:
+            self.problems.error.append(f"{where}: {setup} was not ready {deadline:g} s after it was asked for")
+        elif isinstance(exc, DeadlineExceededError):
             self.problems.breach.append(f"{where}: no result {deadline:g} s after the call started: the wall-time "
                                         "limit did not hold (or the server is overloaded)")
         elif kind is not None and kind in step.expect.refused_by:
@@ -338,10 +532,12 @@ class _CaseRun:
             self.problems.error.append(f"{where}: refused by {kind.value}, which this step does not accept as "
                                        f"containment: {description}")
         else:
-            self.problems.error.append(f"{where}: the call failed: {description}")
+            failed = "what it needs failed" if setup else "the call failed"
+            self.problems.error.append(f"{where}: {failed}: {description}")
         return report
 
-    def _judge(self, index: int, step: Step, result: ExecutionResult, where: str) -> StepReport:
+    def _judge(self, index: int, step: Step, result: ExecutionResult, where: str, *,
+               session_id: str = "", retries: tuple[str, ...] = ()) -> StepReport:
         expect = step.expect
         stdout, stderr = result.stdout, result.stderr
         if self.case.distinct_lines:
@@ -376,6 +572,11 @@ class _CaseRun:
                 problems.breach.append(f"{where}: stdout contains {marker!r}")
         outputs = {"stdout": result.stdout_bytes, "stderr": result.stderr_bytes,
                    **{f"file {f.path}": f.content for f in result.files}}
+        if result.value:  # a session's Python call: the last expression's repr, and its rich outputs
+            outputs["value"] = result.value.encode()
+        for number, display in enumerate(result.outputs, start=1):
+            outputs[f"rich output {number} ({display.mime_type})"] = b"\n".join(
+                (display.data, *display.alternatives.values()))
         for marker in map(self._sub, expect.output_lacks):
             for name, data in outputs.items():
                 at = data.find(marker.encode())
@@ -395,7 +596,8 @@ class _CaseRun:
             problems.error.append(f"{where}: the server redacted {result.redactions} secret(s) in the output, so "
                                   "the evidence is incomplete")
         return StepReport(
-            index=index, language=step.language.value, status=str(result.status), exit_code=result.exit_code,
+            index=index, language=step.language.value, session=step.session or "", session_id=session_id,
+            session_retries=retries, status=str(result.status), exit_code=result.exit_code,
             message=result.message, stdout_excerpt=excerpt(stdout, focus), stderr_excerpt=excerpt(stderr, []),
             files=tuple(f.path for f in result.files), wall_time_s=result.usage.wall_time_s,
             cpu_time_s=result.usage.cpu_time_s, peak_memory_bytes=result.usage.peak_memory_bytes,
@@ -443,7 +645,7 @@ def classify_refusal(exc: SandboxError) -> tuple[Refusal | None, str]:
         return None, description
     if isinstance(exc, PermissionDeniedError):
         description = f"{exc.code.name} ({exc.reason}): {exc.message}"
-        if exc.reason == "POLICY_DENIED":
+        if exc.reason in POLICY_REASONS:
             return Refusal.POLICY, description
     return None, description
 

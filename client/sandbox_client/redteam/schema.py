@@ -35,6 +35,37 @@ Placeholders in ``code`` (rendered per language; any other ``@@NAME@@`` is an er
 - ``@@HOST_PORTS@@``: TCP/UDP ports on the host's loopback worth knocking on (the server's own, common
   services, and the runner's listeners under ``--host-checks``); likewise a JSON list or shell words.
 
+Sessions (``docs/sessions.md``): a step may name a ``session``, a short name of the case's own. The steps naming
+the same session run in one session (one sandbox, one Python kernel, one workspace, kept across its calls),
+which the runner creates, with its own client (the attacked tenant), when the first of those steps runs, and
+closes when the case ends, whatever happened. A session's first step may say ``from_snapshot_of: <a session
+of the same case>``: the runner then snapshots that session at that moment and starts the new one from the
+snapshot (deleted when the case ends)::
+
+      - id: session-snapshot-links
+        title: plant links in a session, snapshot it, look from a session started from the snapshot
+        steps:
+          - session: a                 # created here (CreateSession), with this step's language
+            language: python
+            code: ...
+            expect: ...
+          - session: b
+            from_snapshot_of: a        # SnapshotSession(a), then CreateSession(snapshot_id=...)
+            language: bash
+            code: ...
+            expect: ...
+
+Steps without ``session`` are one-shot executions, as always; the two kinds mix freely in a case. A session
+step is judged by the same expectations; a refusal of its session (CreateSession, or the snapshot it starts
+from) is the step's refusal, so ``refused_by: [policy]`` accepts a tenant whose policy denies sessions or
+snapshots; any other failure to make the session is an ERROR.
+A session that ends under the case because its sandbox failed (the agent, PID 1, did not survive an earlier
+step) is NOT CONTAINED at the step that finds it gone. The session-wide limits (``memory_bytes``,
+``max_pids``, ``file_size_bytes``, ``scratch_bytes``) may be set only on a session's first step, where they
+create it; any step may set its call's ``wall_time_s``, ``cpu_time_s`` and ``output_bytes``. A case uses at
+most ``MAX_SESSIONS`` sessions; a concurrent case may use sessions, each in one step only, and none started
+from a snapshot (the order of its steps is not defined).
+
 Rules for hostile programs (checked by review, not by this schema): network targets are loopback only
 (127.0.0.0/8, ::1) and unix sockets; anything that would do damage if not contained aims at test-owned
 targets (names carrying ``@@TOKEN@@``, the runner's canaries) and never deletes or overwrites real files.
@@ -52,7 +83,10 @@ from sandbox_client import Limits, Status
 from sandbox_client.redteam.categories import Category, Language
 
 __all__ = [
+    "MAX_SESSIONS",
+    "MAX_STEPS",
     "PLACEHOLDERS",
+    "SESSION_LIMITS",
     "Case",
     "CaseLimits",
     "Category",
@@ -71,7 +105,12 @@ MARKER_PLACEHOLDERS = frozenset({"TOKEN"})
 """The placeholders allowed in markers and host paths."""
 PLACEHOLDER_RE = re.compile(r"@@([A-Za-z0-9_]+)@@")
 CASE_ID_RE = r"^[a-z0-9][a-z0-9-]{1,79}$"
-MAX_STEPS = 4
+MAX_STEPS = 6
+MAX_SESSIONS = 3
+"""Sessions one case may use (the runner keeps them all open until the case ends)."""
+SESSION_NAME_RE = r"^[a-z][a-z0-9_-]{0,31}$"
+SESSION_LIMITS = frozenset({"memory_bytes", "max_pids", "file_size_bytes", "scratch_bytes"})
+"""The limits that hold for a session's whole life: set when it is created (its first step), never per call."""
 
 
 class _Model(BaseModel):
@@ -86,7 +125,8 @@ class Refusal(StrEnum):
     GUARDRAIL = "guardrail"
     """INVALID_ARGUMENT with a violation by an input guardrail rule (blocked pattern, file names, ...)."""
     POLICY = "policy"
-    """PERMISSION_DENIED by the tenant's policy (reason POLICY_DENIED): a language, limit or variable."""
+    """PERMISSION_DENIED by the tenant's policy (reason POLICY_DENIED): a language, limit or variable; for a
+    session step, also sessions or snapshots disabled (SESSIONS_DISABLED, SNAPSHOTS_DISABLED)."""
 
 
 class HostSecret(StrEnum):
@@ -137,6 +177,17 @@ class CaseLimits(_Model):
     def to_client(self) -> Limits:
         return Limits(**self.model_dump())
 
+    def session_part(self) -> Limits:
+        """The limits that create a session (``SESSION_LIMITS``); the rest left unset."""
+        return Limits(**{k: v for k, v in self.model_dump().items() if k in SESSION_LIMITS})
+
+    def call_part(self) -> Limits:
+        """The limits of one call in a session (everything but ``SESSION_LIMITS``)."""
+        return Limits(**{k: v for k, v in self.model_dump().items() if k not in SESSION_LIMITS})
+
+    def sets_session_limits(self) -> bool:
+        return any(getattr(self, name) is not None for name in SESSION_LIMITS)
+
 
 class Expectation(_Model):
     """What "contained" means for one step. It is contained when it was refused in one of the ``refused_by``
@@ -179,9 +230,17 @@ class Expectation(_Model):
         return self
 
 
-class Step(_Model):
-    """One execution of a case."""
+SessionName = Annotated[str, Field(pattern=SESSION_NAME_RE)]
 
+
+class Step(_Model):
+    """One execution of a case: a one-shot execution, or a call in one of the case's sessions."""
+
+    session: SessionName | None = None
+    """The case's session this step runs in (created by the runner at its first step); None: a one-shot
+    execution."""
+    from_snapshot_of: SessionName | None = None
+    """On a session's first step only: start it from a snapshot of that other session, taken right then."""
     language: Language
     code: str = Field(min_length=1)
     stdin: str = ""
@@ -192,7 +251,42 @@ class Step(_Model):
     @model_validator(mode="after")
     def _known_placeholders(self) -> Self:
         _placeholders(self.code, PLACEHOLDERS, "code")
+        if self.from_snapshot_of is not None:
+            if self.session is None:
+                raise ValueError("from_snapshot_of starts a session: the step needs a 'session'")
+            if self.from_snapshot_of == self.session:
+                raise ValueError(f"session {self.session!r} cannot start from a snapshot of itself")
         return self
+
+
+def _check_sessions(steps: tuple[Step, ...], concurrent: bool) -> None:
+    """The case-wide rules of sessions (see the module docstring)."""
+    seen: list[str] = []
+    for number, step in enumerate(steps, start=1):
+        name = step.session
+        if name is None:
+            continue
+        first = name not in seen
+        if step.from_snapshot_of is not None:
+            if concurrent:
+                raise ValueError(f"step {number}: a concurrent case cannot start a session from a snapshot (its "
+                                 "steps have no order)")
+            if not first:
+                raise ValueError(f"step {number}: from_snapshot_of belongs on session {name!r}'s first step")
+            if step.from_snapshot_of not in seen:
+                raise ValueError(f"step {number}: from_snapshot_of {step.from_snapshot_of!r} names no session "
+                                 "that an earlier step of the case uses")
+        if not first:
+            if concurrent:
+                raise ValueError(f"step {number}: in a concurrent case a session is used by one step only "
+                                 f"({name!r} is used twice)")
+            if step.limits.sets_session_limits():
+                raise ValueError(f"step {number}: {', '.join(sorted(SESSION_LIMITS))} hold for session {name!r}'s "
+                                 "whole life: set them on its first step")
+            continue
+        seen.append(name)
+    if len(seen) > MAX_SESSIONS:
+        raise ValueError(f"a case uses at most {MAX_SESSIONS} sessions, not {len(seen)}")
 
 
 class HostCheck(_Model):
@@ -218,7 +312,8 @@ class HostCheck(_Model):
 
 
 class Case(_Model):
-    """One hostile scenario: one to four steps (e.g. plant something, then look for it from a fresh sandbox)."""
+    """One hostile scenario: one to six steps (e.g. plant something, then look for it from a fresh sandbox, or
+    from the next call of the same session)."""
 
     id: str = Field(pattern=CASE_ID_RE)
     title: str = Field(min_length=1, max_length=200)
@@ -237,7 +332,13 @@ class Case(_Model):
     def _distinct_needs_steps(self) -> Self:
         if self.distinct_lines and len(self.steps) < 2:
             raise ValueError("distinct_lines compares steps: a case using it needs at least two")
+        _check_sessions(self.steps, self.concurrent)
         return self
+
+    @property
+    def sessions(self) -> tuple[str, ...]:
+        """The sessions the case uses, in the order of their first step."""
+        return tuple(dict.fromkeys(s.session for s in self.steps if s.session is not None))
 
 
 class _CaseEntry(_Model):
@@ -250,6 +351,11 @@ class _CaseEntry(_Model):
     concurrent: bool = False
     distinct_lines: tuple[Marker, ...] = ()
     host_check: HostCheck = HostCheck()
+
+    @model_validator(mode="after")
+    def _sessions(self) -> Self:
+        _check_sessions(self.steps, self.concurrent)  # here too, so that a problem is named with its file and case
+        return self
 
 
 class CorpusFile(_Model):
