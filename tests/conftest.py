@@ -146,12 +146,18 @@ def no_leftovers(server: RunningServer) -> Iterator[None]:
 def _docker_leftovers(server: RunningServer, backend: DockerBackend) -> list[str]:
     pooled = {c.id for q in backend._pool.values() for c in q}
     cgroups = {c.cgroup.dirs()[0].name for q in backend._pool.values() for c in q if c.cgroup}
+    if backend._fill_lock.locked() and not server.app.admission.running:
+        # A container being made for the pool (its refill after an earlier execution took one) is not one
+        # an execution left: with no execution running, whatever is being created is the pool's.
+        pooled |= set(backend._live)
+        cgroups |= set(backend._live)
     client = docker.APIClient(base_url=server.settings.docker_host, timeout=30)
     try:
         found = client.containers(all=True, filters={"label": f"{LABEL_OWNER}={backend.owner}"})
     finally:
         client.close()
-    out = [f"container {c['Id'][:12]} {c['State']}" for c in found if c["Id"] not in pooled]
+    out = [f"container {c['Id'][:12]} {c['State']}" for c in found
+           if c["Id"] not in pooled and not {n.removeprefix("/sandbox-") for n in c.get("Names") or ()} & pooled]
     if backend.cgroups is not None:
         for d in backend.cgroups.hierarchy.dirs():
             if d.exists():
