@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from sandbox_client import SandboxClient
 
@@ -136,7 +137,7 @@ def server_target(args: argparse.Namespace, max_concurrency: int, backend: str,
 
     max_running = args.max_running or max_concurrency
     max_queued = args.max_queued if args.max_queued is not None else max_concurrency
-    extra: dict[str, object] = {"warm_python": False, "warm_javascript": False}  # cold; bench/warm.py: warm
+    extra: dict[str, Any] = {"warm_python": False, "warm_javascript": False}  # cold; bench/warm.py: warm
     if backend == "docker":
         extra = {"docker_host": docker_host, "docker_pool_size": max(2, max_concurrency)}
     with server_in_thread(backend=backend, max_running=max_running, max_queued=max_queued, **extra) as srv:

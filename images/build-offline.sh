@@ -78,7 +78,7 @@ done
 if ((USE_DOCKER)); then
     command -v docker >/dev/null || die "docker CLI not found (use --no-docker to build only the rootfs)"
     docker version --format '{{.Server.Version}}' >/dev/null 2>&1 \
-        || die "cannot reach the Docker daemon${DOCKER_HOST:+ at $DOCKER_HOST} (use --no-docker to build only the rootfs)"
+        || die "cannot reach the Docker daemon${DOCKER_HOST:+ at $DOCKER_HOST}: start it (systemctl enable --now docker; without systemd: dockerd --bridge=none --iptables=false &), or use --no-docker to build only the rootfs"
 fi
 
 ARCH=$(dpkg --print-architecture 2>/dev/null || uname -m)

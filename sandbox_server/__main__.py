@@ -19,6 +19,11 @@ from sandbox_server.settings import Backend, CgroupFallback, LogFormat, load_set
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="The sandbox code-execution server.")
 
+# scripts/setup.sh installs docker.io but starts no daemon; the sandboxes use network mode none, so Docker's
+# default bridge is never needed.
+START_DOCKERD = ("start dockerd first: `systemctl enable --now docker` with systemd, otherwise "
+                 "`dockerd --bridge=none --iptables=false >/var/log/dockerd.log 2>&1 &`")
+
 
 @cli.callback()
 def _root() -> None:
@@ -102,7 +107,7 @@ def images_list(
     try:
         api = docker.APIClient(base_url=settings.docker_host, version="auto", timeout=30)
     except docker.errors.DockerException as exc:
-        typer.echo(f"cannot reach dockerd at {settings.docker_host}: {exc}", err=True)
+        typer.echo(f"cannot reach dockerd at {settings.docker_host}: {exc}\n{START_DOCKERD}", err=True)
         raise typer.Exit(1) from exc
     missing = 0
     for rt in RUNTIMES:

@@ -30,6 +30,9 @@ from sandbox_server.backends.base import Backend
 from sandbox_server.settings import Settings, load_settings
 
 PRIVATE_PREFIX = "sandbox-test-"  # private_settings' state dirs, removed when their server stops
+# A server's start (pools, zygotes, a Docker backend's first containers) has its own bound, apart from the
+# tests' per-test timeout, which covers the test function only.
+START_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,8 @@ def server_in_thread(
 
     thread = threading.Thread(target=run, name="sandbox-test-server", daemon=True)
     thread.start()
-    started.wait()
+    if not started.wait(START_TIMEOUT_S):
+        raise RuntimeError(f"test server did not start within {START_TIMEOUT_S:g} s")
     if "error" in box:
         thread.join()
         raise RuntimeError("test server failed to start") from box["error"]

@@ -110,7 +110,7 @@ stamp="$(
 installed() {
     "$VPY" - <<'EOF' >/dev/null 2>&1
 import importlib.metadata as md
-for dist in ("sandbox-server", "sandbox-client", "pytest", "ruff"):
+for dist in ("sandbox-server", "sandbox-client", "pytest", "ruff", "mypy"):
     md.distribution(dist)
 EOF
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (idempotent), lint, then run the test suite. Arguments go to pytest:
+# Set up (idempotent), lint and type-check, then run the test suite. Arguments go to pytest:
 #
 #   bash scripts/test.sh                  # everything
 #   bash scripts/test.sh tests/backends -x
@@ -15,6 +15,9 @@ bash scripts/setup.sh
 
 echo "test: ruff check ."
 .venv/bin/ruff check .
+
+echo "test: mypy --strict (scripts/typecheck.sh)"
+bash scripts/typecheck.sh
 
 echo "test: pytest -q $*"
 rc=0

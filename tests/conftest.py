@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -59,7 +60,7 @@ def backend_policies(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session", params=BACKENDS)
 def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     """One real server per backend for the session (its own state dir and cgroup parent)."""
-    extra: dict[str, object] = {}
+    extra: dict[str, Any] = {}
     backend = request.param
     if backend == "docker":
         extra["docker_host"] = request.getfixturevalue("dockerd").host

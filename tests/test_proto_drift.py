@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "client" / "sandbox_client" / "_proto"
 
 
-def _generator():  # type: ignore[no-untyped-def]
+def _generator() -> Any:
     spec = importlib.util.spec_from_file_location("gen_proto", ROOT / "scripts" / "gen_proto.py")
     assert spec is not None
     assert spec.loader is not None

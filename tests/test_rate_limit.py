@@ -238,8 +238,6 @@ def test_in_process_limiter_starts_no_thread_per_hit(monkeypatch: pytest.MonkeyP
     few calls at a few ms apart); ours sweeps inline instead, and the sweep still drops expired entries."""
     import asyncio
 
-    import limits.storage.memory
-
     from sandbox_server.interceptors import _limiter
 
     limiter = _limiter.moving_window()
@@ -251,7 +249,7 @@ def test_in_process_limiter_starts_no_thread_per_hit(monkeypatch: pytest.MonkeyP
             started.append(self)
             super().start()
 
-    monkeypatch.setattr(limits.storage.memory.threading, "Timer", CountingTimer)
+    monkeypatch.setattr("limits.storage.memory.threading.Timer", CountingTimer)
     monkeypatch.setattr(_limiter, "SWEEP_INTERVAL_S", 0.5)
     per_second = RateLimitItemPerSecond(5)
 

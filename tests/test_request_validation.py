@@ -363,7 +363,7 @@ def test_rejected_request_leaves_nothing_and_runs_nothing(
     stub: sandbox_pb2_grpc.SandboxStub,
     server: RunningServer,
     backend_runs: list[object],
-    assert_no_leftovers: Callable[[RunningServer], None],
+    assert_no_leftovers: Callable[..., None],
 ) -> None:
     # A clean start: an earlier test's sandbox may still be finishing a teardown that runs after its reply
     # (Docker removes a stopped container in the background), which is none of the rejected requests' doing.
@@ -453,6 +453,6 @@ def test_build_spec_returns_a_spec_or_raises_invalid_request(req: pb.ExecuteRequ
             assert value == getattr(settings.defaults, f)
     for name, _ in spec.env:
         assert name not in RESERVED_ENV
-    for f in spec.files:
-        assert not f.path.startswith("/")
-        assert ".." not in f.path.split("/")
+    for file in spec.files:
+        assert not file.path.startswith("/")
+        assert ".." not in file.path.split("/")

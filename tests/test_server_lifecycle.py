@@ -194,7 +194,7 @@ def test_without_cgroups_rlimits_only_says_so_loudly_and_still_limits(private: t
     )
     try:
         assert srv.proc.stdout is not None
-        banner = []
+        banner: list[str] = []
         while not banner or not banner[-1].startswith("  admission:"):
             banner.append(srv.proc.stdout.readline().rstrip())
         assert any("cgroups: UNAVAILABLE: rlimits only" in line for line in banner), banner
@@ -207,4 +207,5 @@ def test_without_cgroups_rlimits_only_says_so_loudly_and_still_limits(private: t
             assert "MemoryError" in bomb.stderr
     finally:
         srv.stop()
+    assert srv.proc.stderr is not None
     assert "CGROUPS UNAVAILABLE" in srv.proc.stderr.read()

@@ -117,7 +117,7 @@ class AsyncSandboxClient:
             raise RuntimeError("the AsyncSandboxClient is closed")
         if self._stub is None:
             self._channel = self._channel_config.open_aio()
-            self._stub = sandbox_pb2_grpc.SandboxStub(self._channel)  # type: ignore[no-untyped-call]
+            self._stub = sandbox_pb2_grpc.SandboxStub(self._channel)
         return self._stub
 
     async def execute(

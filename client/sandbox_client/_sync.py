@@ -98,7 +98,7 @@ class SandboxClient:
         self._trace = trace_injector()
         self._random = random.Random()  # noqa: S311 (backoff jitter, not security)
         self._channel = ChannelConfig.build(target, credentials, tls, options).open()
-        self._stub = sandbox_pb2_grpc.SandboxStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = sandbox_pb2_grpc.SandboxStub(self._channel)
         self._closed = False
 
     def __enter__(self) -> SandboxClient:

@@ -332,7 +332,7 @@ class AdminClient:
         self._timeout = check_timeout(timeout)
         self._metadata = auth_metadata(api_key)
         self._channel = open_channel(target, credentials, options)
-        self._stub = admin_pb2_grpc.AdminStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = admin_pb2_grpc.AdminStub(self._channel)
         self._closed = False
 
     def __enter__(self) -> AdminClient:

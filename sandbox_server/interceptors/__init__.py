@@ -1,6 +1,6 @@
 """The interceptor chain, declared once. The first interceptor is the outermost (grpc's rule).
 
-Order and why (see ../shared/DESIGN.md):
+Order and why (see docs/architecture.md):
 telemetry (sees every outcome, rejections included: span, call metrics, the call's log line)
 -> errors (maps every SandboxError raised inside it to a status with rich details)
 -> auth (who is calling)
@@ -49,7 +49,7 @@ class ChainDeps:
     idempotency: IdempotencyInterceptor  # built by the app, which closes it at shutdown
     call_observers: Sequence[CallObserver] = ()
     execution_observers: Sequence[ExecutionObserver] = ()
-    rate_limit_storage: str = DEFAULT_STORAGE_URI  # a `limits` storage URI; redis:// to share across replicas
+    rate_limit_storage: str = DEFAULT_STORAGE_URI  # a `limits` storage URI; no setting feeds it yet
 
 
 def build_chain(deps: ChainDeps) -> list[grpc.aio.ServerInterceptor]:

@@ -419,7 +419,7 @@ def test_requests_the_client_would_not_send_are_refused_too(ops: OpsServer) -> N
     request.since.seconds = 10**12  # past year 9999
     request.until.nanos = -1
     with grpc.insecure_channel(ops.target) as channel:
-        stub = admin_pb2_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
+        stub = admin_pb2_grpc.AdminStub(channel)
         with pytest.raises(grpc.RpcError) as refused:
             stub.CostReport(request, metadata=(("authorization", f"Bearer {ops.keys['admin']}"),), timeout=10)
     error = from_rpc_error(refused.value)

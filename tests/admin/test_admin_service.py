@@ -258,7 +258,7 @@ def test_create_key_refuses_an_unknown_role_number(srv: AdminServer) -> None:
     from sandbox_client._proto.sandbox.v1 import admin_pb2, admin_pb2_grpc
 
     with grpc.insecure_channel(srv.target) as channel:
-        stub = admin_pb2_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
+        stub = admin_pb2_grpc.AdminStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
             stub.CreateApiKey(
                 admin_pb2.CreateApiKeyRequest(tenant="acme", role=7),  # type: ignore[arg-type]

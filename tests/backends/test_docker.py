@@ -168,7 +168,7 @@ def test_dockerd_restart_mid_run_fails_cleanly_then_recovers(dockerd: Dockerd) -
             assert _wait(works, timeout_s=60), "the backend never recovered after dockerd came back"
 
 
-def _loop_of(srv: RunningServer) -> object:
+def _loop_of(srv: RunningServer) -> asyncio.AbstractEventLoop:
     backend = srv.app.backend
     assert isinstance(backend, DockerBackend)
     assert backend._maintainer is not None

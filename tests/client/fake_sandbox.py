@@ -1,4 +1,5 @@
-"""A real, small grpc.aio Sandbox server for the client tests (the fixtures are in conftest.py).
+"""A scripted stand-in for the sandbox server: a small grpc.aio server of the Sandbox service for the client
+tests (the fixtures are in conftest.py), which runs no code.
 
 It runs on its own event loop in a background thread, so the sync client (which blocks) and the asyncio
 client (on pytest-asyncio's session loop) both talk to it over loopback. It serves canned answers, records
@@ -193,7 +194,7 @@ def serve_in_thread(servicer: FakeSandbox) -> Iterator[FakeServer]:
     """Serve ``servicer`` on 127.0.0.1:<ephemeral> from its own event loop in a background thread."""
 
     def setup(server: grpc.aio.Server) -> None:
-        sandbox_pb2_grpc.add_SandboxServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        sandbox_pb2_grpc.add_SandboxServicer_to_server(servicer, server)
 
     with grpc_server_in_thread(setup, name="fake-sandbox-server") as target:
         yield FakeServer(target=target, servicer=servicer)

@@ -1,4 +1,6 @@
-"""Both clients against a real grpc.aio server: what goes on the wire, what comes back, streaming."""
+"""Both clients against the scripted grpc.aio server of fake_sandbox.py (canned answers, every call recorded): what
+goes on the wire, what comes back, streaming. The same calls against the sandbox server itself are in
+test_client_sessions.py, test_client_resilience.py, test_client_readme.py and tests/backends/test_contract.py."""
 
 from __future__ import annotations
 

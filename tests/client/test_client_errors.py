@@ -1,5 +1,6 @@
-"""gRPC statuses -> typed exceptions: the mapping table, the details decoding, and both clients through a
-real server that aborts with rich statuses."""
+"""gRPC statuses -> typed exceptions: the mapping table, the details decoding, and both clients over a real gRPC
+connection to the scripted server of fake_sandbox.py (not the sandbox server: it aborts with whatever rich status
+a case names, which the sandbox server does not send on demand)."""
 
 from __future__ import annotations
 
@@ -239,7 +240,7 @@ def test_an_interrupted_stream_keeps_its_rich_outputs_through_pickling() -> None
         (OutputChunk("stdout", b"a"),), (DisplayData("image/png", b"png"),), "key")
 
 
-# --- through a real server ----------------------------------------------------------------------------
+# --- over gRPC, from the scripted server (fake_sandbox.py) ----------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,7 @@ def flaky_server() -> Iterator[tuple[str, FlakySessions]]:
     servicer = FlakySessions()
 
     def setup(server: grpc.aio.Server) -> None:
-        sandbox_pb2_grpc.add_SandboxServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        sandbox_pb2_grpc.add_SandboxServicer_to_server(servicer, server)
 
     with grpc_server_in_thread(setup, name="flaky-sessions") as target:
         yield target, servicer

@@ -1,6 +1,7 @@
 """Trace context: a call made inside the agent's span carries W3C ``traceparent``, and the server's spans join
 that trace. The tests use an OpenTelemetry SDK TracerProvider of their own, never the global one (a span made
-current through it is current for the client, whichever provider made it)."""
+current through it is current for the client, whichever provider made it). What goes on the wire is read from
+the scripted server of fake_sandbox.py; the joined trace, from the sandbox server itself."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def test_concurrent_requests_cannot_overspend(tmp_path: Path) -> None:
                 try:
                     sbx.execute("import time; time.sleep(0.3)", session_id=f"c{i}")
                 except ResourceExhaustedError as exc:
-                    return exc.reason
+                    return exc.reason or ""
                 return "ran"
 
         with ThreadPoolExecutor(12) as pool:
@@ -120,8 +120,8 @@ def test_reported_llm_usage_counts_toward_the_session_budget(tmp_path: Path) -> 
         assert report.cost == pytest.approx(0.2 + 0.4)
         assert report.session_cost == pytest.approx(1.1)
         (state,) = report.budgets
-        assert (state.budget, state.limit, state.spent, state.exceeded) == ("session", 2.0, pytest.approx(1.1),
-                                                                            False)
+        assert (state.budget, state.limit, state.exceeded) == ("session", 2.0, False)
+        assert state.spent == pytest.approx(1.1)
         again = sbx.record_usage("agent-1", "gpt-test", input_tokens=100_000, output_tokens=50_000,
                                  idempotency_key="call-1")  # a retry: recorded once
         assert again.cost == 0.0

@@ -135,7 +135,7 @@ class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
     def spans(self) -> list[tuple[str, str, dict[str, str]]]:
-        out = []
+        out: list[tuple[str, str, dict[str, str]]] = []
         for request in self.requests:
             for resource in request.resource_spans:
                 service = {a.key: a.value.string_value for a in resource.resource.attributes}

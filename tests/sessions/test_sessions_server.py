@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -94,7 +94,7 @@ def test_another_tenant_gets_exactly_the_answer_of_an_id_that_never_existed(
 
         def answers(session_id: str) -> list[tuple[grpc.StatusCode, str]]:
             out = []
-            calls = [
+            calls: list[Callable[[], object]] = [
                 lambda: stub.GetSession(pb.GetSessionRequest(session_id=session_id), metadata=metadata),
                 lambda: stub.Execute(pb.ExecuteRequest(language="python", code=b"1", session_id=session_id),
                                      metadata=metadata),
