@@ -1,7 +1,7 @@
 """The Docker backend: each execution in a fresh container that is force-removed in every outcome.
 
 A container runs with network mode none, uid/gid 65534, a read-only root, size-capped tmpfs for /work and /tmp,
-every capability dropped, no-new-privileges, our seccomp profile (seccomp.py: the same deny-list as nsjail's),
+every capability dropped, no-new-privileges, our seccomp profile (seccomp.py: the same allow-list as nsjail's),
 memory with swap equal to memory,
 a CPU quota, a pids limit, ulimits (nofile, fsize, cpu), no logging driver and labels that mark it as ours.
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import logging
 import math
 import socket
@@ -47,7 +46,7 @@ from sandbox_server.backends.base import Backend
 from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager, CgroupsUnavailable, detect
 from sandbox_server.backends.outcome import finish, watchdog
 from sandbox_server.backends.sandbox_init import DOCKER_INIT, FRAME_DATA, FRAME_STATUS, INIT_PIDS, parse_status
-from sandbox_server.backends.seccomp import docker_profile
+from sandbox_server.backends.seccomp import docker_security_opt
 from sandbox_server.errors import BackendUnavailable, SandboxFailure
 from sandbox_server.execution.output import OutputCapture, select_outputs
 from sandbox_server.execution.runtimes import BASE_ENV, HOSTNAME, RUNTIMES, WORKDIR, Runtime
@@ -72,7 +71,6 @@ log = logging.getLogger(__name__)
 # Sessions run in the python image: its agent and kernel are Python, and it holds node and bash too.
 SESSION_RUNTIME = next(rt for rt in RUNTIMES if rt.language == "python")
 MAX_DATA_FRAME = 65536  # the init's sysread size (sandbox_init.DOCKER_INIT): no real frame is larger
-SECCOMP_OPT = "seccomp=" + json.dumps(docker_profile(), separators=(",", ":"))
 
 LABEL_MANAGED = "org.sandbox-server.managed"
 LABEL_OWNER = "org.sandbox-server.owner"
@@ -126,7 +124,7 @@ class ContainerConfig:
             read_only=True,
             tmpfs=tmpfs,
             cap_drop=["ALL"],
-            security_opt=["no-new-privileges:true", SECCOMP_OPT],
+            security_opt=["no-new-privileges:true", docker_security_opt()],
             mem_limit=lim.memory_bytes,
             memswap_limit=lim.memory_bytes,
             nano_cpus=int(self.cpu_cores * 1e9),
@@ -270,7 +268,7 @@ class DockerBackend(Backend):
             "backend": self.name,
             "docker": f"{self.settings.docker_host}: {state}",
             "images": "missing: " + ", ".join(self.missing_images) if self.missing_images else "all present",
-            "container": "network none, read-only root, cap-drop ALL, no-new-privileges, seccomp deny-list, "
+            "container": "network none, read-only root, cap-drop ALL, no-new-privileges, seccomp allow-list, "
                          f"user {self.settings.sandbox_uid}:{self.settings.sandbox_gid}",
             "warm pool": f"{self.settings.docker_pool_size} per runtime (default limits)",
             "cgroups": self.cgroups.version.value if self.cgroups else "container only (no usage counters)",

@@ -75,7 +75,6 @@ RLIMIT_NOFILE = 1024
 NICE_LEVEL = 19  # nsjail's default for the jailed process; the warm path sets the same
 TIME_LIMIT_GRACE_S = 5  # the jail's own wall-time backstop, past the server's kill
 SHM_CAP_BYTES = 64 * 1024 * 1024
-SECCOMP_POLICY = kafel_policy()  # the deny-list of every sandbox (seccomp.py)
 _EXITED_RE = re.compile(rb"exited with status: (\d+)")
 _SIGNALED_RE = re.compile(rb"terminated with signal: \S+ \((\d+)\)")
 
@@ -188,7 +187,7 @@ def jail_args(layout: JailLayout, lim: Limits, env: tuple[tuple[str, str], ...],
         "--rlimit_fsize", "max",
         "--rlimit_nofile", str(RLIMIT_NOFILE),
         "--rlimit_core", "0",
-        "--seccomp_string", SECCOMP_POLICY,
+        "--seccomp_string", kafel_policy(),  # the allow-list of every sandbox (seccomp.py)
     ]
     if layout.use_cgroups:
         args += ["--rlimit_as", "inf"]  # the cgroup limits memory precisely, counting every process
@@ -417,7 +416,7 @@ class NsjailBackend(Backend):
             "cgroups": (self.cgroups.version.value if self.cgroups
                         else f"UNAVAILABLE: rlimits only ({self.cgroup_problem})"),
             "user": f"{self.settings.sandbox_uid}:{self.settings.sandbox_gid} (both sides of the id map)",
-            "seccomp": "deny-list (ptrace, mount, bpf, keyctl, new namespaces, io_uring, ...)",
+            "seccomp": "allow-list (Docker's default profile without capabilities, less ptrace, bpf, io_uring, ...)",
             "rootfs": str(layout.rootfs) if layout and layout.rootfs else "host /usr, read-only",
             "warm python": self.warm.describe() if self.warm is not None else self.warm_problem,
             "warm javascript": self.warm_js.describe() if self.warm_js is not None else self.warm_js_problem,

@@ -5,7 +5,7 @@ backend (zygote.py: the host's /usr/bin/python3 with the runtime's own flags, an
 code, in a read-only file-system view of exactly what a jail sees) forks the sandboxes: PID 1 of fresh PID,
 mount, network, IPC, UTS and cgroup namespaces, in a fresh cgroup of its own, with the scratch, /tmp, /dev/shm
 and /proc mounts, hostname, rlimits, nice level, seccomp filter and environment the cold path gives
-(nsjail.host_view, jail_env, SECCOMP_POLICY's syscalls, ...); the code then runs in the already-started
+(nsjail.host_view, jail_env, seccomp.libseccomp_config, ...); the code then runs in the already-started
 interpreter as ``python3 -B -s main.py`` would. Sandboxes are forked ahead of requests, set up as far as no
 request decides, as many as the recent load ran at once (pool_sizer.py: between ``warm_python_pool`` and
 ``warm_python_pool_max``, bounded by the host's available memory); a request takes one, gets its limits written into
@@ -74,13 +74,7 @@ from sandbox_server.backends.nsjail import (
 )
 from sandbox_server.backends.pool_sizer import PoolSizer
 from sandbox_server.backends.sandbox_init import INIT_PIDS, parse_status
-from sandbox_server.backends.seccomp import (
-    CLONE_NAMESPACE_FLAGS,
-    DENIED_SYSCALLS,
-    ENOSYS_SYSCALLS,
-    PID1_RULES,
-    libseccomp_name,
-)
+from sandbox_server.backends.seccomp import libseccomp_config
 from sandbox_server.errors import SandboxFailure
 from sandbox_server.execution.runtimes import BASE_ENV, HOSTNAME, WORKDIR, Runtime, find_runtime
 from sandbox_server.execution.spec import ExecutionSpec, Limits
@@ -96,7 +90,6 @@ PRELOAD = ("json", "re", "collections", "datetime", "typing", "dataclasses", "ra
            "decimal", "statistics")
 # nsjail's defaults for the limits the cold path does not set: the hard limit lowered to the current soft one.
 SOFT_RLIMITS = ("NPROC", "STACK", "MEMLOCK", "RTPRIO", "MSGQUEUE")
-# kafel (nsjail's policy language) calls umount2 "umount"; libseccomp knows it by its real name.
 # Read by the interpreter while it starts: the zygote started without them, so requests that set them run cold.
 STARTUP_ENV_PREFIXES = ("PYTHON", "LC_")
 STARTUP_ENV_NAMES = frozenset({"LANG", "LANGUAGE", "SETUPTOOLS_USE_DISTUTILS"})
@@ -302,13 +295,7 @@ class WarmPython:
             "node": {"interpreter": self.runtime.interpreter, "stub": NODE_STUB} if self.node else None,
             "program_env": [list(kv) for kv in BASE_ENV],  # a fresh interpreter or node starts as a cold one
             "preload": list(PRELOAD),
-            "seccomp": {
-                "eperm": [libseccomp_name(name) for name in DENIED_SYSCALLS],
-                "enosys": list(ENOSYS_SYSCALLS),
-                "clone_flags": CLONE_NAMESPACE_FLAGS,
-                "arg_rules": [[name, [[index, value] for _, index, value in conditions]]
-                              for name, conditions in PID1_RULES],
-            },
+            "seccomp": libseccomp_config(),  # the filter of every sandbox, for this machine's architecture
             "uid": self.layout.uid,
             "gid": self.layout.gid,
             "workdir": WORKDIR,

@@ -25,8 +25,8 @@ sandbox    forked ahead of requests (the server keeps a few ready), so that all 
            server opened), starts a session, unshares mount, network, IPC, UTS and cgroup namespaces, mounts a
            fresh /proc, sets the hostname, brings lo up, lowers the hard rlimits to the soft ones as nsjail
            does, and forks the program process; both then wait. The program process takes all of the sandbox
-           user but its uid (no supplementary groups, the sandbox gid, no_new_privs, the seccomp filter with
-           nsjail.SECCOMP_POLICY's syscalls) and a cold interpreter's state as far as no request decides (a
+           user but its uid (no supplementary groups, the sandbox gid, no_new_privs, the seccomp filter every
+           sandbox gets, from seccomp.py) and a cold interpreter's state as far as no request decides (a
            fresh ``__main__``, sys.argv and sys.path, the standard streams, ``random`` reseeded from os.urandom,
            no cache of the zygote's).
            At the request, PID 1 mounts the scratch (a detached clone of the server's tmpfs, passed as an fd),
@@ -403,23 +403,23 @@ def _sealed(data: bytes) -> int:
 
 
 def _compile_seccomp(policy: dict[str, Any]) -> bytes:
-    """The BPF program, compiled once: EPERM for ``eperm``, ENOSYS for ``enosys``, EPERM for clone with any
-    of ``clone_flags`` and for every ``arg_rules`` match, everything else allowed; another architecture's
-    syscalls (i386, x32) kill."""
+    """The BPF program, compiled once from seccomp.libseccomp_config: each rule [errno, or None to allow;
+    syscall number; [[argument index, mask, value], ...] that must all hold], ``default_errno`` for every other
+    number; another architecture's syscalls (i386, x32) kill. By number, so libseccomp needs no name of its own
+    for a call newer than its tables; the numbers are for ``arch``, checked to be this machine's."""
     seccomp: Any = __import__("seccomp")
-    filt = seccomp.SyscallFilter(seccomp.ALLOW)
+    native = {"x86_64": seccomp.Arch.X86_64, "aarch64": seccomp.Arch.AARCH64}.get(str(policy["arch"]))
+    if native is None or seccomp.system_arch() & 0xFFFFFFFF != native & 0xFFFFFFFF:  # one is signed, one not
+        raise ValueError(f"seccomp: the filter is for {policy['arch']}, not this machine's architecture")
+    filt = seccomp.SyscallFilter(seccomp.ERRNO(int(policy["default_errno"])))
     filt.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)
-    for action, names in ((errno.EPERM, policy["eperm"]), (errno.ENOSYS, policy["enosys"])):
-        for name in names:
-            if seccomp.resolve_syscall(seccomp.Arch.NATIVE, name) < 0:
-                raise ValueError(f"seccomp: {name} is not a syscall of this architecture")
-            filt.add_rule(seccomp.ERRNO(action), name)
-    flags = int(policy["clone_flags"])
-    for bit in (1 << i for i in range(64) if flags >> i & 1):
-        filt.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, bit, bit))
-    for name, conditions in policy.get("arg_rules", ()):  # every condition of one rule must hold
-        filt.add_rule(seccomp.ERRNO(errno.EPERM), name,
-                      *(seccomp.Arg(int(index), seccomp.EQ, int(value)) for index, value in conditions))
+    optimize = getattr(seccomp.Attr, "CTL_OPTIMIZE", None)
+    if optimize is not None:  # libseccomp 2.5: a binary search over the numbers, not a chain of hundreds
+        filt.set_attr(optimize, 2)
+    for err, number, tests in policy["rules"]:
+        action = seccomp.ALLOW if err is None else seccomp.ERRNO(int(err))
+        args = [seccomp.Arg(int(index), seccomp.MASKED_EQ, int(mask), int(value)) for index, mask, value in tests]
+        filt.add_rule(action, int(number), *args)
     fd = os.memfd_create("seccomp")
     with os.fdopen(fd, "r+b", buffering=0) as out:
         filt.export_bpf(out)
