@@ -1,7 +1,7 @@
 """Composition root: builds the backend, admission, servicer and server from Settings; owns start/stop order.
 
-Start: backend (reaps leftovers of a crash, probes the host) -> sessions (closes the records a crash left
-open) -> server (port bound) -> health SERVING.
+Start: backend (reaps leftovers of a crash, probes the host) -> host-pressure sampler -> sessions (closes the
+records a crash left open) -> server (port bound) -> health SERVING.
 Stop: health NOT_SERVING and admission closed -> server drains in-flight calls up to the grace period, then
 cancels the rest -> every session closed -> backend waits for every teardown.
 """
@@ -23,6 +23,7 @@ from sandbox_server.backends.base import Backend
 from sandbox_server.backends.registry import build_backend
 from sandbox_server.cost.budgeter import Budgeter
 from sandbox_server.execution.admission import Admission
+from sandbox_server.execution.pressure import PressureConfig, PressureMonitor
 from sandbox_server.execution.servicer import SandboxServicer
 from sandbox_server.incidents import IncidentManager, build_sinks
 from sandbox_server.interceptors import ChainDeps, build_chain
@@ -54,7 +55,8 @@ class App:
         self.metrics_port: int | None = None
         self.idempotency: IdempotencyInterceptor | None = None
         self.backend = backend if backend is not None else build_backend(settings)
-        self.admission = Admission(settings.max_running, settings.max_queued)
+        self.pressure = PressureMonitor(PressureConfig.from_settings(settings))
+        self.admission = Admission(settings.max_running, settings.max_queued, pressure=self.pressure)
         self.server: grpc.aio.Server | None = None
         self.health: health.aio.HealthServicer | None = None
         self.port = 0
@@ -92,6 +94,7 @@ class App:
         try:
             await self._start_serving(self.stores, self.policies, self.telemetry)
         except BaseException:
+            await self.pressure.aclose()
             if self.sessions is not None:
                 await self.sessions.aclose()
             if self.incidents is not None:
@@ -107,6 +110,7 @@ class App:
     async def _start_serving(self, stores: Stores, policies: PolicyRegistry, telemetry: Telemetry) -> None:
         settings = self.settings
         metrics = telemetry.metrics
+        await self.pressure.start(metrics)  # judged from the first request on
         sinks = [*build_sinks(settings.incidents), IncidentMetrics(metrics)]
         self.incidents = IncidentManager(stores.incidents, settings.incidents, sinks)
         await self.incidents.start()
@@ -152,6 +156,7 @@ class App:
                 await self.server.stop(grace)
         finally:
             try:
+                await self.pressure.aclose()  # no new work comes in any more
                 if self.sessions is not None:
                     await self.sessions.aclose()
                 if self.idempotency is not None:

@@ -43,6 +43,7 @@ class Acceptance:
     language: str
     code_sha256: str
     limits: dict[str, int]
+    exercise: bool = False  # an admin marked it as an exercise (ExecuteRequest.exercise)
 
 
 # Set by the audit interceptor around each call; the servicer appends to it once an execution is accepted.
@@ -69,6 +70,7 @@ class CallRecord:
     session_id: str = ""
     language: str = ""
     execution_id: str = ""
+    exercise: bool = False  # the request is an exercise (set by the auth link, which checks who may say so)
     error: Exception | None = None  # what the errors link mapped (a SandboxError, or an unexpected exception)
     attributes: dict[str, str | int | float | bool] = field(default_factory=dict)  # span attributes (+ logged)
     log_extra: dict[str, str] = field(default_factory=dict)  # logged only: code/output when the policy asks

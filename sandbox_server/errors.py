@@ -6,7 +6,8 @@
     ├── PermissionDenied              PERMISSION_DENIED + ErrorInfo
     ├── NotFound                      NOT_FOUND + ResourceInfo + ErrorInfo: an id the server does not know
     ├── ResourceExhausted             RESOURCE_EXHAUSTED + QuotaFailure + RetryInfo
-    │   └── QueueFull                 the admission queue is full
+    │   ├── QueueFull                 the admission queue is full
+    │   └── HostPressure              the host is short of memory or tasks: new work is shed
     ├── BackendUnavailable            UNAVAILABLE + ErrorInfo + RetryInfo
     └── SandboxFailure                INTERNAL + ErrorInfo: the sandbox could not be set up or torn down
 
@@ -160,6 +161,13 @@ class ResourceExhausted(SandboxError):
 
 class QueueFull(ResourceExhausted):
     reason = "QUEUE_FULL"
+
+
+class HostPressure(ResourceExhausted):
+    """The host is short of memory or of tasks: new work is refused before anything starts (shedding, see
+    execution/pressure.py); the violations name the signal (``host/memory``, ``host/tasks``)."""
+
+    reason = "HOST_PRESSURE"
 
 
 class BackendUnavailable(SandboxError):

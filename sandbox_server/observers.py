@@ -21,8 +21,12 @@ from sandbox_server.telemetry import Metrics
 
 
 class IncidentEvents(Protocol):
-    def on_execution(self, *, tenant: str, session_id: str, language: str, status: str) -> None: ...
-    def on_violation(self, *, tenant: str, session_id: str, language: str, rules: list[str]) -> None: ...
+    """``exercise``: the event comes from exercise traffic (counted apart, never mitigated; see incidents)."""
+
+    def on_execution(self, *, tenant: str, session_id: str, language: str, status: str,
+                     exercise: bool = False) -> None: ...
+    def on_violation(self, *, tenant: str, session_id: str, language: str, rules: list[str],
+                     exercise: bool = False) -> None: ...
     def on_call(self, *, failed: bool) -> None: ...
     def on_teardown_failure(self, *, tenant: str, session_id: str, language: str, detail: str) -> None: ...
 
@@ -33,13 +37,13 @@ class IncidentFeed:
         self.metrics = metrics
 
     def on_call_end(self, call: CallRecord, code: grpc.StatusCode) -> None:
-        self.incidents.on_call(failed=code in SERVER_FAULTS)
+        self.incidents.on_call(failed=code in SERVER_FAULTS)  # a server fault is real, exercise or not
         error = call.error
         if isinstance(error, InvalidRequest):
             rules = sorted({v.reason for v in error.violations if v.reason})
             if rules:
                 self.incidents.on_violation(tenant=call.tenant, session_id=call.session_id,
-                                            language=call.language, rules=rules)
+                                            language=call.language, rules=rules, exercise=call.exercise)
         elif isinstance(error, SandboxFailure) and error.metadata.get("phase") == "teardown":
             self._teardown_failed(call, error)
 
@@ -60,7 +64,7 @@ class IncidentFeed:
 
     def on_execution(self, rec: AuditRecord) -> None:
         self.incidents.on_execution(tenant=rec.tenant, session_id=rec.session_id, language=rec.language,
-                                    status=rec.outcome)
+                                    status=rec.outcome, exercise=rec.exercise)
 
 
 class IncidentMetrics:

@@ -39,6 +39,13 @@ DEFAULT_WARM_PYTHON_RECYCLE_AFTER = 500
 DEFAULT_WARM_PYTHON_POOL = 2
 DEFAULT_WARM_PYTHON_POOL_MAX = 32
 DEFAULT_WARM_PYTHON_POOL_MEMORY_FRACTION = 0.1
+# Shedding (docs/operations.md): new work is refused while the host's available memory is under the larger of the
+# two memory floors, or while fewer tasks (threads) than the headroom floor can still be created. Both are far from
+# a healthy host: a sandbox may take 256 MiB and 64 tasks by default.
+DEFAULT_SHED_MEMORY_FLOOR_BYTES = 256 * MIB
+DEFAULT_SHED_MEMORY_FLOOR_FRACTION = 0.05
+DEFAULT_SHED_TASK_HEADROOM_FLOOR = 1024
+DEFAULT_SHED_SAMPLE_INTERVAL_S = 0.25
 
 
 class LimitValues(BaseModel):
@@ -165,6 +172,17 @@ class Settings(BaseSettings):
     max_running: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 1), gt=0)
     max_queued: int = Field(default=64, ge=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
+    shed_memory_floor_bytes: int = Field(
+        default=DEFAULT_SHED_MEMORY_FLOOR_BYTES, ge=0,
+        description="refuse new work while the host's available memory is below this or the fraction (0: off)")
+    shed_memory_floor_fraction: float = Field(
+        default=DEFAULT_SHED_MEMORY_FLOOR_FRACTION, ge=0, lt=1,
+        description="the same floor as a share of the host's RAM; the larger of the two applies (0: off)")
+    shed_task_headroom_floor: int = Field(
+        default=DEFAULT_SHED_TASK_HEADROOM_FLOOR, ge=0,
+        description="refuse new work while fewer tasks than this can still be created (threads-max, pid_max; 0: off)")
+    shed_sample_interval_s: float = Field(
+        default=DEFAULT_SHED_SAMPLE_INTERVAL_S, gt=0, le=10, description="how often the host's pressure is read")
     defaults: LimitValues = DEFAULT_LIMITS
     ceilings: LimitValues = DEFAULT_CEILINGS
     session_defaults: LimitValues = Field(

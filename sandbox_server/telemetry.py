@@ -68,6 +68,8 @@ class Metrics:
             "sandbox.rejections", description="Requests refused before running, by reason")
         self.cost = meter.create_counter("sandbox.cost", description="Cost of executions and model usage by tenant")
         self.active = meter.create_up_down_counter("sandbox.active_sandboxes", description="Sandboxes running now")
+        self.shedding = meter.create_gauge(
+            "sandbox.shedding", description="1 while new work is refused for host pressure, by reason (memory, tasks)")
         self.budget_used = meter.create_gauge(
             "sandbox.budget.used_ratio", description="Spent / limit of each budget (1 = exhausted)")
         self.budget_warnings = meter.create_counter(

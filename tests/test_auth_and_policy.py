@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -111,6 +111,34 @@ def test_admin_api_needs_an_admin_key(tenants: tuple[RunningServer, dict[str, st
         admin.list_tenants()
     with AdminClient(srv.target, api_key=keys["admin"]) as admin:
         assert {t.name for t in admin.list_tenants()} == {"acme", "research"}
+
+
+def test_only_an_admin_key_may_mark_an_exercise(tenants: tuple[RunningServer, dict[str, str]]) -> None:
+    srv, keys = tenants
+    stores = srv.app.stores
+    assert stores is not None
+    before = stores.audit.count()
+    with SandboxClient(srv.target, api_key=keys["acme"], exercise=True, retry=None) as acme:
+        calls: dict[str, Callable[[], object]] = {
+            "execute": lambda: acme.execute("print(1)"),
+            "execute_stream": lambda: list(acme.execute_stream("print(1)")),
+            "session": lambda: acme.session(),
+        }
+        for name, call in calls.items():
+            with pytest.raises(PermissionDeniedError) as info:
+                call()
+            assert info.value.reason == "EXERCISE_NOT_ALLOWED", name
+            assert "only an admin key" in info.value.message
+    assert stores.audit.count() == before  # refused before anything ran: never run as ordinary traffic instead
+    with SandboxClient(srv.target, api_key=keys["admin"], exercise=True) as admin:
+        ran = admin.execute("print('drill')")
+        with admin.session() as session:
+            assert session.run("6 * 7").value == "42"
+    audited = stores.audit.get(ran.execution_id)
+    assert audited is not None
+    assert (audited.tenant, audited.exercise) == ("acme", True)
+    with SandboxClient(srv.target, api_key=keys["acme"]) as acme:  # without the flag, the tenant key runs as ever
+        assert acme.execute("print(1)").ok
 
 
 def test_hot_reload_under_load_changes_behaviour_without_failing_in_flight_requests(

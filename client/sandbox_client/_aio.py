@@ -20,6 +20,7 @@ from sandbox_client._common import (
     TLSConfig,
     auth_metadata,
     call_timeout,
+    check_exercise,
     check_policy,
     check_timeout,
     new_idempotency_key,
@@ -81,12 +82,14 @@ class AsyncSandboxClient:
         options: Sequence[tuple[str, Any]] = (),
         retry: RetryPolicy | None = DEFAULT_RETRY_POLICY,
         breaker: BreakerPolicy | None = DEFAULT_BREAKER_POLICY,
+        exercise: bool = False,
     ) -> None:
         self._channel_config = ChannelConfig.build(target, credentials, tls, options)
         self._timeout = check_timeout(timeout)
         self._metadata = auth_metadata(api_key)
         self._retry = check_policy(retry, RetryPolicy, "retry")
         self._breaker = CircuitBreaker(check_policy(breaker, BreakerPolicy, "breaker"), target=target)
+        self._exercise = check_exercise(exercise)
         self._trace = trace_injector()
         self._random = random.Random()  # noqa: S311 (backoff jitter, not security)
         self._channel: grpc.aio.Channel | None = None
@@ -104,6 +107,11 @@ class AsyncSandboxClient:
         traceback: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    @property
+    def exercise(self) -> bool:
+        """Whether this client marks its executions and sessions as exercises (see ``SandboxClient``)."""
+        return self._exercise
 
     async def aclose(self) -> None:
         """Close the channel, cancelling calls in flight. Idempotent."""
@@ -148,6 +156,7 @@ class AsyncSandboxClient:
             limits=limits,
             session_id=session_id,
             idempotency_key=idempotency_key or new_idempotency_key(),
+            exercise=self._exercise,
         )
         stub = self._get_stub()
         response: sandbox_pb2.ExecuteResult = await self._unary(stub.Execute, request, timeout)
@@ -182,6 +191,7 @@ class AsyncSandboxClient:
             limits=limits,
             session_id=session_id,
             idempotency_key=idempotency_key or new_idempotency_key(),
+            exercise=self._exercise,
         )
         return self._stream(request, call_timeout(timeout, self._timeout), self._call_metadata())
 
@@ -264,6 +274,7 @@ class AsyncSandboxClient:
             labels=labels,
             snapshot_id=snapshot_id,
             idempotency_key=idempotency_key or new_idempotency_key(),
+            exercise=self._exercise,
         )
         return AsyncSessionContext(self._create_session(request, language, timeout))
 

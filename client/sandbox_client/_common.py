@@ -177,6 +177,13 @@ def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {api_key}"),)
 
 
+def check_exercise(exercise: bool) -> bool:
+    """``exercise`` itself. Raises TypeError unless it is a bool (a stray string must not mark real traffic)."""
+    if not isinstance(exercise, bool):
+        raise TypeError(f"exercise must be a bool, not {type(exercise).__name__}")
+    return exercise
+
+
 def new_idempotency_key() -> str:
     """A fresh key for one logical call: 32 random hex digits (uuid4), the same on each of its attempts."""
     return uuid.uuid4().hex

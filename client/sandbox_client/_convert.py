@@ -101,6 +101,7 @@ def build_request(
     limits: Limits | None,
     session_id: str,
     idempotency_key: str,
+    exercise: bool = False,
 ) -> sandbox_pb2.ExecuteRequest:
     """The ExecuteRequest for ``execute``'s arguments. Text (code, stdin, str files) is sent as UTF-8."""
     return sandbox_pb2.ExecuteRequest(
@@ -112,6 +113,7 @@ def build_request(
         limits=limits_to_proto(limits) if limits is not None else None,
         session_id=session_id,
         idempotency_key=idempotency_key,
+        exercise=exercise,
     )
 
 
@@ -232,6 +234,7 @@ def build_session_request(
     labels: Mapping[str, str] | None,
     snapshot_id: str,
     idempotency_key: str,
+    exercise: bool = False,
 ) -> sandbox_pb2.CreateSessionRequest:
     """The CreateSessionRequest for ``session``'s arguments; None leaves a field to the tenant's default.
 
@@ -251,6 +254,7 @@ def build_session_request(
         labels=dict(labels or {}),
         snapshot_id=snapshot_id,
         idempotency_key=idempotency_key,
+        exercise=exercise,
     )
     if cpu_total_s is not None:
         if isinstance(cpu_total_s, bool) or not isinstance(cpu_total_s, int | float):

@@ -18,6 +18,7 @@ from sandbox_client._common import (
     TLSConfig,
     auth_metadata,
     call_timeout,
+    check_exercise,
     check_policy,
     check_timeout,
     new_idempotency_key,
@@ -71,6 +72,11 @@ class SandboxClient:
         options: gRPC channel options, passed through (they win over the client's defaults).
         retry: how failures that are safe to retry are retried (``RetryPolicy``); None never retries.
         breaker: when to stop calling a failing server for a while (``BreakerPolicy``); None never stops.
+        exercise: mark every execution and session this client starts as an exercise: an operator's own check
+            (a red-team corpus, an evaluation suite) that runs and is audited as usual, but that incident response
+            counts apart from real traffic, never mitigates (no quarantine, throttle or disabled language) and
+            pages no one for. Needs an admin key, or a server in development mode: with a tenant key each such
+            call raises PermissionDeniedError (reason ``EXERCISE_NOT_ALLOWED``).
 
     Every method raises a ``SandboxError`` subclass when the call fails (see ``sandbox_client._errors``).
 
@@ -90,11 +96,13 @@ class SandboxClient:
         options: Sequence[tuple[str, Any]] = (),
         retry: RetryPolicy | None = DEFAULT_RETRY_POLICY,
         breaker: BreakerPolicy | None = DEFAULT_BREAKER_POLICY,
+        exercise: bool = False,
     ) -> None:
         self._timeout = check_timeout(timeout)
         self._metadata = auth_metadata(api_key)
         self._retry = check_policy(retry, RetryPolicy, "retry")
         self._breaker = CircuitBreaker(check_policy(breaker, BreakerPolicy, "breaker"), target=target)
+        self._exercise = check_exercise(exercise)
         self._trace = trace_injector()
         self._random = random.Random()  # noqa: S311 (backoff jitter, not security)
         self._channel = ChannelConfig.build(target, credentials, tls, options).open()
@@ -111,6 +119,11 @@ class SandboxClient:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    @property
+    def exercise(self) -> bool:
+        """Whether this client marks its executions and sessions as exercises (the ``exercise`` argument)."""
+        return self._exercise
 
     def close(self) -> None:
         """Close the channel, cancelling calls in flight. Idempotent."""
@@ -155,6 +168,7 @@ class SandboxClient:
             limits=limits,
             session_id=session_id,
             idempotency_key=idempotency_key or new_idempotency_key(),
+            exercise=self._exercise,
         )
         self._check_open()
         response = self._unary(self._stub.Execute, request, timeout)
@@ -198,6 +212,7 @@ class SandboxClient:
             limits=limits,
             session_id=session_id,
             idempotency_key=idempotency_key or new_idempotency_key(),
+            exercise=self._exercise,
         )
         return self._stream(request, call_timeout(timeout, self._timeout), self._call_metadata())
 
@@ -292,6 +307,7 @@ class SandboxClient:
             labels=labels,
             snapshot_id=snapshot_id,
             idempotency_key=idempotency_key or new_idempotency_key(),
+            exercise=self._exercise,
         )
         self._check_open()
         response = self._unary(self._stub.CreateSession, request, timeout)

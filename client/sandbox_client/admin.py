@@ -216,6 +216,8 @@ class Incident:
     """None while open."""
     resolved_by: str
     mitigations: tuple[Mitigation, ...]
+    exercise: bool = False
+    """Opened by exercise traffic (``SandboxClient(exercise=True)``): counted apart, never mitigated, logged only."""
 
     @property
     def open(self) -> bool:
@@ -268,6 +270,8 @@ class Execution:
     started_at: datetime | None
     ended_at: datetime | None
     """None while it runs."""
+    exercise: bool = False
+    """The request was marked as an exercise (``SandboxClient(exercise=True)``)."""
 
     @property
     def running(self) -> bool:
@@ -690,6 +694,7 @@ def _incident(message: admin_pb2.Incident) -> Incident:
         resolved_at=_optional_datetime(message, "resolved_at"),
         resolved_by=message.resolved_by,
         mitigations=tuple(_mitigation(m) for m in message.mitigations),
+        exercise=message.exercise,
     )
 
 
@@ -723,6 +728,7 @@ def _execution(message: admin_pb2.Execution) -> Execution:
         trace_id=message.trace_id,
         started_at=_optional_datetime(message, "started_at"),
         ended_at=_optional_datetime(message, "ended_at"),
+        exercise=message.exercise,
     )
 
 

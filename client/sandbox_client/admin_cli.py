@@ -404,7 +404,7 @@ def incidents_list(
     for i in incidents:
         table.add_row(
             Text(i.id),
-            Text(i.rule),
+            Text(f"{i.rule} (exercise)" if i.exercise else i.rule),
             Text(i.severity, style=_SEVERITY_STYLES.get(i.severity, "")),
             Text(f"{i.scope} {i.subject}"),
             str(i.count),
@@ -438,6 +438,7 @@ def incidents_show(
         ("summary", incident.summary),
         ("count", str(incident.count)),
         ("opened", _when(incident.opened_at)),
+        *([("exercise", "yes: counted apart, never mitigated, logged only")] if incident.exercise else []),
         *((f"details.{k}", v) for k, v in incident.details.items()),
     ]
     out.print(_fields_table(rows))
@@ -563,7 +564,7 @@ def executions_list(
             Text(e.tenant),
             Text(e.session_id),
             Text(e.language),
-            Text(e.outcome, style=_outcome_style(e)),
+            Text(f"{e.outcome} (exercise)" if e.exercise else e.outcome, style=_outcome_style(e)),
             "" if e.running else str(e.exit_code),
             f"{e.wall_time_s:.3f}",
             _money(e.cost),
@@ -594,6 +595,7 @@ def executions_show(
         ("language", e.language),
         ("code sha256", e.code_sha256),
         ("outcome", e.outcome),
+        *([("exercise", "yes")] if e.exercise else []),
         *([] if e.running else [("exit code", str(e.exit_code))]),
         ("wall time", f"{e.wall_time_s:.3f} s" + (" so far" if e.running else "")),
         *(

@@ -287,6 +287,7 @@ def _incident(record: IncidentRecord) -> pb.Incident:
         opened_at=_timestamp(record.opened_at),
         resolved_by=record.resolved_by,
         mitigations=[_mitigation(m) for m in record.mitigations],
+        exercise=record.exercise,
     )
     if record.resolved_at is not None:
         out.resolved_at.CopyFrom(_timestamp(record.resolved_at))
@@ -320,6 +321,7 @@ def _live_execution(running: RunningExecution, now: float) -> pb.Execution:
         wall_time_s=max(0.0, now - running.started_at),
         trace_id=running.trace_id,
         started_at=_timestamp(running.started_at),
+        exercise=spec.exercise,
     )
 
 
@@ -341,4 +343,5 @@ def _audited_execution(record: AuditRecord) -> pb.Execution:
         trace_id=record.trace_id,
         started_at=_timestamp(record.started_at),
         ended_at=_timestamp(record.ended_at),
+        exercise=record.exercise,
     )

@@ -54,7 +54,7 @@ class BudgetExceeded(ResourceExhausted):
 
 
 class BudgetEvents(Protocol):
-    def on_budget_exceeded(self, *, tenant: str, session_id: str, budget: str) -> None: ...
+    def on_budget_exceeded(self, *, tenant: str, session_id: str, budget: str, exercise: bool = False) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ class Reservation:
     held: bool
     started_at: float | None = None  # monotonic; set when the execution got its slot
     done: bool = field(default=False)
+    exercise: bool = False  # an exercise's charges are observed as exercise traffic
 
 
 def budgets_of(policy: TenantPolicy) -> Budgets:
@@ -122,7 +123,7 @@ class Budgeter:
         if not spec.session_id:
             budgets = Budgets(per_day=budgets.per_day, per_month=budgets.per_month)
         res = Reservation(uuid.uuid4().hex, tenant, spec.session_id, amount, policy, spec.cpu_cores,
-                          spec.limits.memory_bytes, held=False)
+                          spec.limits.memory_bytes, held=False, exercise=spec.exercise)
         if budgets == Budgets():
             return res
         now = self.clock()
@@ -172,7 +173,7 @@ class Budgeter:
             return before
 
         before = await asyncio.to_thread(write)
-        self._after_charge(res.tenant, res.session_id, res.policy, cost, before_spent=before)
+        self._after_charge(res.tenant, res.session_id, res.policy, cost, before_spent=before, exercise=res.exercise)
 
     async def record_usage(
         self, tenant: str, policy: TenantPolicy, session_id: str, model: str, input_tokens: int,
@@ -216,9 +217,10 @@ class Budgeter:
             raise _exceeded(tenant, session_id, refusals, now)
         await asyncio.to_thread(self.store.release, probe)
 
-    async def charge_held(self, tenant: str, policy: TenantPolicy, session_id: str, cost: float, key: str) -> bool:
-        """Charge a live session's held memory (``key`` makes a repeated charge count once). True when a budget
-        the session draws on is now exhausted."""
+    async def charge_held(self, tenant: str, policy: TenantPolicy, session_id: str, cost: float, key: str,
+                          exercise: bool = False) -> bool:
+        """Charge a live session's held memory (``key`` makes a repeated charge count once; ``exercise``: the
+        session is an exercise). True when a budget the session draws on is now exhausted."""
         now = self.clock()
         entry = UsageEntry(tenant, session_id, HELD_MEMORY_MODEL, 0, 0, cost, key)
 
@@ -229,7 +231,7 @@ class Budgeter:
 
         before, recorded, after = await asyncio.to_thread(write)
         if recorded:
-            self._after_charge(tenant, session_id, policy, cost, before_spent=before)
+            self._after_charge(tenant, session_id, policy, cost, before_spent=before, exercise=exercise)
         return any(state.exceeded for state in _states(policy, session_id, after))
 
     async def session_spent(self, tenant: str, session_id: str) -> float:
@@ -237,7 +239,7 @@ class Budgeter:
         return (await asyncio.to_thread(self.store.spent, tenant, session_id, self.clock())).session
 
     def _after_charge(self, tenant: str, session_id: str, policy: TenantPolicy, cost: float, *,
-                      before_spent: Spend | None) -> None:
+                      before_spent: Spend | None, exercise: bool = False) -> None:
         if self.metrics is not None and cost > 0:
             self.metrics.cost.add(cost, {"tenant": tenant})
         if before_spent is None:
@@ -262,7 +264,8 @@ class Budgeter:
                 log.warning("%s has exhausted its %s budget (%.4g of %.4g)", subject, name, new, limit,
                             extra={"tenant": tenant, "session_id": session_id, "budget": name})
                 if self.events is not None:
-                    self.events.on_budget_exceeded(tenant=tenant, session_id=session_id, budget=name)
+                    self.events.on_budget_exceeded(tenant=tenant, session_id=session_id, budget=name,
+                                                   exercise=exercise)
 
 
 def _states(policy: TenantPolicy, session_id: str, spent: Spend) -> list[BudgetState]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -102,6 +103,7 @@ def _accept(spec: ExecutionSpec) -> None:
         language=spec.runtime.language,
         code_sha256=hashlib.sha256(spec.code).hexdigest(),
         limits=spec.limits.as_dict(),
+        exercise=spec.exercise,
     ))
 
 
@@ -138,6 +140,8 @@ class SandboxServicer:
             else:
                 spec = build_spec(checked, self.settings, uuid.uuid4().hex)
                 spec = enforce(checked, spec, tenant, policy, self.settings.ceilings)
+            if checked.exercise:  # the auth link refused it already unless the caller may say so
+                spec = dataclasses.replace(spec, exercise=True)
         if call is not None:
             call.language = spec.runtime.language
             call.execution_id = spec.execution_id
@@ -151,7 +155,9 @@ class SandboxServicer:
     async def _run(self, target: Target, on_output: OutputCallback | None = None,
                    on_display: DisplayCallback | None = None) -> ExecutionResult:
         """Run the checked request where it belongs: its budget reserved, its admission slot held (see
-        ``_running``), and, in a session, the session's turn taken first."""
+        ``_running``), and, in a session, the session's turn taken first. Under host pressure it is refused
+        before any of those, a call in a session too: it would grow memory in a sandbox that exists already."""
+        self.admission.check_host_pressure()
         session, policy, spec = target.session, target.policy, target.spec
         if session is None or policy is None or self.sessions is None:
             async with self._running(spec):

@@ -51,6 +51,7 @@ class ExecutionSpec:
     max_output_files: int
     max_output_file_bytes: int
     session_id: str = ""
+    exercise: bool = False  # an operator's check (ExecuteRequest.exercise): audited and observed as such
 
 
 class Status(Enum):

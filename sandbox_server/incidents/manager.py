@@ -21,6 +21,16 @@ How work flows, and why:
 
 Subjects: a tenant is its name, a session is "tenant/session_id" (executions without a session id share
 "tenant/"), a language is its name, the server is "server".
+
+Exercises (requests an admin marked as an operator's own check: the red-team corpus, an evaluation suite) are
+observed by every rule, but counted apart: each event method takes ``exercise``, and exercise events fill windows
+of their own and open incidents of their own (``IncidentRecord.exercise``; at most one open per rule, subject and
+kind). So an exercise can neither push ordinary traffic over a threshold nor hide it inside an exercise
+incident, and an operator still sees what the exercise provoked. An exercise incident carries no mitigation
+(no quarantine, throttle or disabled language) and pages no one: it goes to ``exercise_sinks`` (the log, at
+INFO) instead of the sinks (the webhook, the incident metric that alerting rules watch). Mitigations already in
+force apply to exercises as to any request. The server's own faults (a teardown that failed, server-side errors)
+are not what an exercise provokes but the server failing under it: those rules count every call as real.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from sandbox_server.incidents.config import IncidentSettings
-from sandbox_server.incidents.sinks import AlertEvent, AlertSink
+from sandbox_server.incidents.sinks import AlertEvent, AlertSink, LogSink
 from sandbox_server.stores.incidents import (
     IncidentRecord,
     IncidentStore,
@@ -66,6 +76,8 @@ ERROR_RATE_BUCKETS = 30
 DROP_LOG_EVERY = 1000
 
 Refusal = Literal["quarantine", "language_disabled"]
+_WindowKey = tuple[str, bool]
+"""A rule's window is kept per (subject, exercise): exercise events are counted apart."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +110,9 @@ class _RecentEvents:
         self._threshold = threshold
         self._window_s = window_s
         self._max_keys = max_keys
-        self._keys: OrderedDict[str, deque[float]] = OrderedDict()
+        self._keys: OrderedDict[_WindowKey, deque[float]] = OrderedDict()
 
-    def add(self, key: str, now: float) -> int:
+    def add(self, key: _WindowKey, now: float) -> int:
         """Record one event; returns how many of the key's events fall within the window (at most threshold)."""
         times = self._keys.get(key)
         if times is None:
@@ -115,7 +127,7 @@ class _RecentEvents:
             times.popleft()
         return len(times)
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: _WindowKey) -> None:
         self._keys.pop(key, None)
 
     def __len__(self) -> int:
@@ -167,6 +179,7 @@ class _Firing:
     details: Mapping[str, str]
     mitigation: MitigationSpec | None
     at: float
+    exercise: bool
 
 
 @dataclass
@@ -181,8 +194,11 @@ class IncidentManager:
     Args:
         store: where incidents and mitigations are kept (owned by the caller: ``aclose`` does not close it).
         settings: the rules, the response to each severity, the bounds.
-        sinks: alerted for every incident opened or resolved (``build_sinks`` makes the usual ones).
+        sinks: alerted for every incident opened or resolved (``build_sinks`` makes the usual ones), exercise
+            incidents excepted.
         clock: epoch seconds; windows, expiry and the store's timestamps all use it (tests pass their own).
+        exercise_sinks: alerted for exercise incidents instead; None: the log only, at INFO (an exercise pages no
+            one).
     """
 
     def __init__(
@@ -191,10 +207,12 @@ class IncidentManager:
         settings: IncidentSettings,
         sinks: Sequence[AlertSink],
         clock: Callable[[], float] = time.time,
+        exercise_sinks: Sequence[AlertSink] | None = None,
     ) -> None:
         self._store = store
         self._settings = settings
         self._sinks = tuple(sinks)
+        self._exercise_sinks: tuple[AlertSink, ...] = (LogSink(),) if exercise_sinks is None else tuple(exercise_sinks)
         self._clock = clock
         rules = settings.rules
         on = settings.enabled
@@ -216,7 +234,7 @@ class IncidentManager:
             rules.repeated_timeouts.threshold, rules.repeated_timeouts.window_s, settings.max_tracked_keys
         )
         self._calls = _CallRate(rules.error_rate.window_s)
-        self._pending: OrderedDict[tuple[str, str, str], _Job] = OrderedDict()
+        self._pending: OrderedDict[tuple[str, str, str, bool], _Job] = OrderedDict()
         self._submitted = 0  # events queued (coalesced ones included), ever
         self._done = 0  # of those, the ones performed (or failed)
         self._dropped = 0
@@ -292,15 +310,17 @@ class IncidentManager:
 
     # --- events (any thread; memory only) -------------------------------------------------------------------
 
-    def on_execution(self, *, tenant: str, session_id: str, language: str, status: str) -> None:
-        """An execution ended with ``status`` ("OK", "TIMEOUT", "CPU_LIMIT", ... or "ERROR:<grpc code>")."""
+    def on_execution(self, *, tenant: str, session_id: str, language: str, status: str,
+                     exercise: bool = False) -> None:
+        """An execution ended with ``status`` ("OK", "TIMEOUT", "CPU_LIMIT", ... or "ERROR:<grpc code>");
+        ``exercise``: it was marked as an exercise (so are the other event methods' events)."""
         if not self._timeouts_on or status not in self._timeout_statuses:
             return
         rule = self._settings.rules.repeated_timeouts
         now = self._clock()
         subject = _session_subject(tenant, session_id)
         with self._lock:
-            seen = self._timeouts.add(subject, now)
+            seen = self._timeouts.add((subject, exercise), now)
         if seen >= rule.threshold:
             self._fire(
                 RULE_REPEATED_TIMEOUTS, rule.severity, "session", subject, _name(tenant),
@@ -308,10 +328,11 @@ class IncidentManager:
                 f" within {rule.window_s:g} s",
                 {"session_id": session_id, "language": language, "last_status": status,
                  "threshold": str(rule.threshold), "window_s": f"{rule.window_s:g}"},
-                now,
+                now, exercise,
             )
 
-    def on_violation(self, *, tenant: str, session_id: str, language: str, rules: Sequence[str]) -> None:
+    def on_violation(self, *, tenant: str, session_id: str, language: str, rules: Sequence[str],
+                     exercise: bool = False) -> None:
         """An execution was refused by static validation or guardrails for ``rules`` (rule names)."""
         if not self._escape_on:
             return
@@ -322,14 +343,14 @@ class IncidentManager:
         now = self._clock()
         subject = _name(tenant)
         with self._lock:
-            seen = self._escapes.add(subject, now)
+            seen = self._escapes.add((subject, exercise), now)
         if seen >= rule.threshold:
             self._fire(
                 RULE_ESCAPE_ATTEMPTS, rule.severity, "tenant", subject, subject,
                 f"tenant {subject}: {seen} executions refused for escape-like code within {rule.window_s:g} s",
                 {"rules": ",".join(escapes), "session_id": session_id, "language": language,
                  "threshold": str(rule.threshold), "window_s": f"{rule.window_s:g}"},
-                now,
+                now, exercise,
             )
 
     def on_call(self, *, failed: bool) -> None:
@@ -347,7 +368,7 @@ class IncidentManager:
                 f"{failures} of {calls} Execute calls failed with a server-side error within {rule.window_s:g} s",
                 {"calls": str(calls), "failures": str(failures), "max_failure_ratio": f"{rule.max_failure_ratio:g}",
                  "window_s": f"{rule.window_s:g}"},
-                now,
+                now, False,
             )
 
     def on_teardown_failure(self, *, tenant: str, session_id: str, language: str, detail: str) -> None:
@@ -360,10 +381,10 @@ class IncidentManager:
             RULE_TEARDOWN_FAILURE, rule.severity, "language", subject, "",
             f"a {subject} sandbox could not be torn down",
             {"tenant": tenant, "session_id": session_id, "detail": detail},
-            self._clock(),
+            self._clock(), False,
         )
 
-    def on_budget_exceeded(self, *, tenant: str, session_id: str, budget: str) -> None:
+    def on_budget_exceeded(self, *, tenant: str, session_id: str, budget: str, exercise: bool = False) -> None:
         """A ``budget`` ("session", "day" or "month") refused one of the tenant's executions."""
         if not self._budget_on:
             return
@@ -377,10 +398,11 @@ class IncidentManager:
             RULE_BUDGET_EXCEEDED, rule.severity, scope, subject, _name(tenant),
             f"{scope} {subject}: the {budget} budget is exceeded",
             {"budget": budget, "session_id": session_id},
-            self._clock(),
+            self._clock(), exercise,
         )
 
-    def on_session_loop(self, *, tenant: str, session_id: str, language: str, repeats: int, failure: str) -> None:
+    def on_session_loop(self, *, tenant: str, session_id: str, language: str, repeats: int, failure: str,
+                        exercise: bool = False) -> None:
         """A session ran the same failing call ``repeats`` times in a row (``failure``: how it failed)."""
         if not self._loop_on:
             return
@@ -390,7 +412,7 @@ class IncidentManager:
             RULE_SESSION_LOOP, rule.severity, "session", subject, _name(tenant),
             f"session {subject}: the same {language} call failed the same way {repeats} times in a row",
             {"repeats": str(repeats), "failure": failure[:300], "language": language},
-            self._clock(),
+            self._clock(), exercise,
         )
 
     # --- the hot path ---------------------------------------------------------------------------------------
@@ -471,9 +493,11 @@ class IncidentManager:
         summary: str,
         details: Mapping[str, str],
         now: float,
+        exercise: bool,
     ) -> None:
-        """Queue one open-or-bump for (rule, scope, subject), coalescing with a job already queued for it."""
-        key = (rule, scope, subject)
+        """Queue one open-or-bump for (rule, scope, subject, exercise), coalescing with a job already queued for
+        it. An exercise's incident gets no mitigation."""
+        key = (rule, scope, subject, exercise)
         dropped = 0
         with self._lock:
             if self._closed:
@@ -485,7 +509,7 @@ class IncidentManager:
                 firing = _Firing(
                     rule, severity, scope, subject, tenant, summary[:MAX_DETAIL_CHARS],
                     MappingProxyType({k: v[:MAX_DETAIL_CHARS] for k, v in details.items()}),
-                    self._mitigation_for(severity, scope, subject, now), now,
+                    None if exercise else self._mitigation_for(severity, scope, subject, now), now, exercise,
                 )
                 self._pending[key] = _Job(firing, 1)
             else:
@@ -550,7 +574,7 @@ class IncidentManager:
         async with self._store_lock:
             record, opened = await asyncio.to_thread(
                 self._store.open_or_bump, f.rule, f.severity, f.scope, f.subject, f.tenant, f.summary, f.details,
-                f.mitigation, f.at, job.count,
+                f.mitigation, f.at, job.count, f.exercise,
             )
             self._update_view(record.mitigations)
         if opened:
@@ -566,8 +590,9 @@ class IncidentManager:
     async def _send_alerts(self) -> None:
         while True:
             incident, event = await self._alerts.get()
+            sinks = self._exercise_sinks if incident.exercise else self._sinks
             try:
-                await asyncio.gather(*(self._send_one(sink, incident, event) for sink in self._sinks))
+                await asyncio.gather(*(self._send_one(sink, incident, event) for sink in sinks))
             finally:
                 self._alerts.task_done()
 
@@ -613,11 +638,12 @@ class IncidentManager:
 
     def _forget_window(self, incident: IncidentRecord) -> None:
         """A resolved incident starts its rule afresh for its subject (old events do not reopen it at once)."""
+        key = (incident.subject, incident.exercise)
         with self._lock:
             if incident.rule == RULE_ESCAPE_ATTEMPTS:
-                self._escapes.forget(incident.subject)
+                self._escapes.forget(key)
             elif incident.rule == RULE_REPEATED_TIMEOUTS:
-                self._timeouts.forget(incident.subject)
+                self._timeouts.forget(key)
             elif incident.rule == RULE_ERROR_RATE:
                 self._calls.reset()
 

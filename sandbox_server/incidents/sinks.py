@@ -66,6 +66,7 @@ def incident_json(incident: IncidentRecord) -> dict[str, object]:
         "resolved_at": incident.resolved_at,
         "resolved_by": incident.resolved_by,
         "mitigations": [mitigation_json(m) for m in incident.mitigations],
+        "exercise": incident.exercise,
     }
 
 
@@ -76,15 +77,16 @@ def alert_json(incident: IncidentRecord, event: AlertEvent) -> dict[str, object]
 
 class LogSink:
     """One log record per alert: an opened incident at WARNING (low, medium) or ERROR (high, critical), a
-    resolved one at INFO. The incident's fields ride in ``extra`` (``incident_id``, ``incident_rule``, ...,
-    ``incident_event``, ``incident_mitigations``) for structured log handlers."""
+    resolved one at INFO; an exercise incident (which pages no one) at INFO, said to be one. The incident's fields
+    ride in ``extra`` (``incident_id``, ``incident_rule``, ..., ``incident_event``, ``incident_mitigations``,
+    ``incident_exercise``) for structured log handlers."""
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._log = logger if logger is not None else log
 
     async def send(self, incident: IncidentRecord, event: AlertEvent) -> None:
         try:
-            if event == "resolved":
+            if event == "resolved" or incident.exercise:
                 level = logging.INFO
             else:
                 level = logging.ERROR if incident.severity in ("high", "critical") else logging.WARNING
@@ -92,9 +94,9 @@ class LogSink:
             extra["incident_event"] = event
             self._log.log(
                 level,
-                "incident %s %s: %s [%s, %s %s, count %d]",
-                incident.id, event, incident.summary, incident.severity, incident.scope, incident.subject,
-                incident.count, extra=extra,
+                "%s %s %s: %s [%s, %s %s, count %d]",
+                "exercise incident" if incident.exercise else "incident", incident.id, event, incident.summary,
+                incident.severity, incident.scope, incident.subject, incident.count, extra=extra,
             )
         except Exception:  # a broken handler must not break alerting
             log.exception("could not log incident %s", incident.id)

@@ -69,6 +69,7 @@ class _Call:
                 ended_at=time.time(),
                 trace_id=r.trace_id if r is not None and r.trace_id else current_trace_id(),
                 cost=r.cost if r is not None else 0.0,
+                exercise=acc.exercise,
             ))
         return out
 

@@ -55,6 +55,8 @@ def rejection_reason(error: BaseException | None) -> str | None:
             return "budget"
         if error.reason == "QUEUE_FULL":
             return "queue"
+        if error.reason == "HOST_PRESSURE":
+            return "host_pressure"
         return "rate"
     if isinstance(error, InvalidRequest):
         # An input-guardrail rule makes it a guardrail refusal; any other rule is validation.
@@ -161,6 +163,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                            ("sandbox.language", call.language), ("sandbox.execution_id", call.execution_id)):
             if value:
                 attributes[key] = value
+        if call.exercise:
+            attributes["sandbox.exercise"] = True
         attributes.update(call.attributes)
         reason = rejection_reason(error)
         if reason is not None:
@@ -180,6 +184,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             "event": "call", "method": call.method, "code": code.name, "duration_ms": round(ms, 3),
             "tenant": call.tenant, "session_id": call.session_id, "execution_id": call.execution_id,
             "language": call.language, **({"rejection": reason} if reason else {}),
+            **({"exercise": True} if call.exercise else {}),
             **{k.removeprefix("sandbox."): v for k, v in call.attributes.items()}, **call.log_extra,
         })
         if call.method in EXECUTE_METHODS:

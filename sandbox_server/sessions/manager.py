@@ -101,7 +101,8 @@ class SessionBusy(ResourceExhausted):
 class SessionEvents(Protocol):
     """Incident response's view of sessions."""
 
-    def on_session_loop(self, *, tenant: str, session_id: str, language: str, repeats: int, failure: str) -> None: ...
+    def on_session_loop(self, *, tenant: str, session_id: str, language: str, repeats: int, failure: str,
+                        exercise: bool = False) -> None: ...
 
 
 @dataclass
@@ -294,6 +295,7 @@ class SessionManager:
                 "this server runs as many sessions as it may", violations=[
                     QuotaViolation("server/sessions", f"at most {self.settings.max_sessions} live sessions")],
                 retry_after_s=SERVER_FULL_RETRY_S)
+        self.admission.check_host_pressure()  # a pooled sandbox too: the session will grow in it
         session_id = new_session_id()
         if self.budgeter is not None:
             await self.budgeter.check(tenant, policy, session_id)
@@ -363,6 +365,8 @@ class SessionManager:
                                                        "max_lifetime_s": params.max_lifetime_s}
         if snapshot is not None:
             detail["snapshot_id"] = snapshot.snapshot_id
+        if params.exercise:
+            detail["exercise"] = True
         await asyncio.to_thread(self.store.create, record, self._event(session, "created", detail))
         self._live[session_id] = session
         if self.metrics is not None:
@@ -509,7 +513,8 @@ class SessionManager:
         if session.loop_count == repeats:
             if self.events is not None:
                 self.events.on_session_loop(tenant=session.tenant, session_id=session.id,
-                                            language=spec.runtime.language, repeats=repeats, failure=signature)
+                                            language=spec.runtime.language, repeats=repeats, failure=signature,
+                                            exercise=spec.exercise)
             await asyncio.to_thread(self.store.record_event, self._event(
                 session, "loop_detected", {"repeats": repeats, "failure": signature[:200]}))
         return [f"this exact call has now failed the same way {session.loop_count} times in a row: the agent "
@@ -589,7 +594,8 @@ class SessionManager:
         session.held_cost += cost
         try:
             exceeded = await self.budgeter.charge_held(session.tenant, policy, session.id, cost,
-                                                       f"held:{session.id}:{session.held_charges}")
+                                                       f"held:{session.id}:{session.held_charges}",
+                                                       exercise=session.params.exercise)
         except Exception:
             log.exception("session %s: its held time could not be charged", session.id)
             return

@@ -55,6 +55,7 @@ class SessionParams:
     labels: tuple[tuple[str, str], ...]
     snapshot_id: str
     idempotency_key: str
+    exercise: bool = False  # an admin's exercise (CreateSessionRequest.exercise; the auth link checked who)
 
     @property
     def kernel(self) -> bool:
@@ -127,7 +128,8 @@ def session_params(request: pb.CreateSessionRequest, settings: Settings, tenant:
     return SessionParams(
         languages=tuple(languages) or tuple(lang for lang in ("python", "javascript", "bash") if lang in allowed),
         limits=limits, cpu_total_ms=cpu_total, idle_timeout_s=idle, max_lifetime_s=lifetime, env=env, files=files,
-        labels=labels, snapshot_id=request.snapshot_id, idempotency_key=request.idempotency_key)
+        labels=labels, snapshot_id=request.snapshot_id, idempotency_key=request.idempotency_key,
+        exercise=request.exercise)
 
 
 def _defaults(settings: Settings, policy: TenantPolicy) -> LimitValues:

@@ -127,6 +127,7 @@ class AuditRecord:
     ended_at: float
     trace_id: str = ""
     cost: float = 0.0
+    exercise: bool = False  # marked as an exercise by an admin (an operator's check, not an agent's work)
 
 
 class AuditStore(Protocol):

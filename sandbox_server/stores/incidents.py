@@ -4,6 +4,9 @@ An incident is opened by a rule for one subject (a session, a tenant, a language
 is open, further matches of the same rule for the same subject bump its count instead of opening another. A
 mitigation (throttle, quarantine, disable a language) belongs to the incident that started it; resolving the
 incident lifts its active mitigations; a mitigation may also be lifted alone, or expire.
+
+An exercise incident (opened by traffic an admin marked as an exercise) is kept apart from the ordinary one of
+the same rule and subject, so neither bumps the other, and it never has a mitigation.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class IncidentRecord:
     resolved_at: float | None
     resolved_by: str
     mitigations: tuple[MitigationRecord, ...] = field(default=())
+    exercise: bool = False  # opened by exercise traffic: no mitigation, alerted to the log only
 
     @property
     def open(self) -> bool:
@@ -87,9 +91,10 @@ class IncidentStore(Protocol):
         mitigation: MitigationSpec | None,
         now: float | None = None,
         increment: int = 1,
+        exercise: bool = False,
     ) -> tuple[IncidentRecord, bool]:
         """Open an incident (with its mitigation, in one transaction) unless one is open for (rule, scope,
-        subject): then bump that one's count and return it. The bool is True when a new one was opened.
+        subject, exercise): then bump that one's count and return it. The bool is True when a new one was opened.
 
         ``increment`` (>= 1) is how many matching events this call stands for: a new incident starts with that
         count, an open one is bumped by it (a caller that coalesces events makes one call for many).
@@ -98,9 +103,12 @@ class IncidentStore(Protocol):
         (its earlier ones expired): the subject is still misbehaving. A mitigation lifted by an operator is
         never re-armed while its incident stays open.
 
+        ``exercise``: the events are exercise traffic; its incidents are apart from the ordinary ones (an open
+        exercise incident is never bumped by ordinary events, nor the reverse) and never mitigated.
+
         Raises:
             ValueError: an unknown severity or scope, an empty subject, a mitigation for the "server" scope or
-                a throttle without a positive rate, ``increment`` < 1.
+                for an exercise, a throttle without a positive rate, ``increment`` < 1.
         """
         ...
 

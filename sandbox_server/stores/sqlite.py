@@ -69,11 +69,17 @@ MAX_TOKEN_CHARS = 256
 
 
 class _SqliteStore:
-    """One connection to ``path``, a lock around it, and the schema of one store."""
+    """One connection to ``path``, a lock around it, and the schema of one store.
+
+    ``schema`` creates the current version's tables; ``migrations[n]`` is the script that takes a file written
+    at version n to n + 1 (run in order, in the opening transaction, before ``schema``), so a server upgraded in
+    place keeps its data. A file at a version this code cannot reach is refused.
+    """
 
     schema_name: str
     schema_version = 1
     schema: str
+    migrations: Mapping[int, str] = MappingProxyType({})
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -93,6 +99,7 @@ class _SqliteStore:
             self._db.execute("PRAGMA foreign_keys = ON")
             with self._write() as db:
                 db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+                self._migrate(db)
                 db.executescript_in_tx(self.schema)
                 db.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
@@ -107,6 +114,20 @@ class _SqliteStore:
         except BaseException:
             self._db.close()
             raise
+
+    def _migrate(self, db: _Tx) -> None:
+        """Bring a file written at an older version of this store's schema to the current one (inside the
+        opening transaction: all steps or none). A file at an unknown version is left for the caller to refuse."""
+        key = f"{self.schema_name}.schema"
+        found = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if found is None or not isinstance(found[0], int):
+            return  # a new store: ``schema`` creates the current version
+        version = found[0]
+        while version < self.schema_version and version in self.migrations:
+            db.executescript_in_tx(self.migrations[version])
+            version += 1
+            db.execute("UPDATE meta SET value = ? WHERE key = ?", (version, key))
+            log.info("%s: %s schema migrated to version %d", self.path, self.schema_name, version)
 
     @contextmanager
     def _write(self, durable: bool = True) -> Iterator[_Tx]:
@@ -414,6 +435,7 @@ class SqliteAuditStore(_SqliteStore):
     Thread-safe. The execution id is the key, so an execution can never have two records."""
 
     schema_name = "audit"
+    schema_version = 2
     schema = """
         CREATE TABLE IF NOT EXISTS audit (
             execution_id TEXT PRIMARY KEY,
@@ -431,19 +453,24 @@ class SqliteAuditStore(_SqliteStore):
             started_at REAL NOT NULL,
             ended_at REAL NOT NULL,
             trace_id TEXT NOT NULL,
-            cost REAL NOT NULL
+            cost REAL NOT NULL,
+            exercise INTEGER NOT NULL DEFAULT 0
         );
         CREATE INDEX IF NOT EXISTS audit_tenant_time ON audit (tenant, started_at);
     """
+    migrations = MappingProxyType({
+        1: "ALTER TABLE audit ADD COLUMN exercise INTEGER NOT NULL DEFAULT 0",  # 2: exercises are marked
+    })
 
     def record(self, rec: AuditRecord) -> None:
         """Write one record durably; raises ValueError if the execution already has one."""
         row = (rec.execution_id, rec.tenant, rec.key_id, rec.session_id, rec.language, rec.code_sha256,
                json.dumps(dict(rec.limits), sort_keys=True), rec.outcome, rec.exit_code, rec.wall_time_s,
-               rec.cpu_time_s, rec.peak_memory_bytes, rec.started_at, rec.ended_at, rec.trace_id, rec.cost)
+               rec.cpu_time_s, rec.peak_memory_bytes, rec.started_at, rec.ended_at, rec.trace_id, rec.cost,
+               int(rec.exercise))
         try:
             with self._write() as db:
-                db.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                db.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"execution {rec.execution_id} already has an audit record") from exc
 
@@ -473,9 +500,9 @@ class SqliteAuditStore(_SqliteStore):
 
 def _audit_record(row: tuple[Any, ...]) -> AuditRecord:
     (eid, tenant, key_id, session, language, digest, limits, outcome, exit_code, wall, cpu, peak, started, ended,
-     trace_id, cost) = row
+     trace_id, cost, exercise) = row
     return AuditRecord(eid, tenant, key_id, session, language, digest, MappingProxyType(json.loads(limits)),
-                       outcome, exit_code, wall, cpu, peak, started, ended, trace_id, cost)
+                       outcome, exit_code, wall, cpu, peak, started, ended, trace_id, cost, bool(exercise))
 
 
 class _RegistryLike(Protocol):

@@ -1,7 +1,7 @@
 """Incidents and their mitigations in SQLite (the protocol and records are in ``incidents``).
 
 Two tables: ``incidents`` and ``mitigations`` (each mitigation belongs to one incident). A partial unique index
-allows at most one open incident per (rule, scope, subject); ``open_or_bump`` looks for that incident and
+allows at most one open incident per (rule, scope, subject, exercise); ``open_or_bump`` looks for that incident and
 inserts or bumps inside one ``BEGIN IMMEDIATE`` transaction, which holds SQLite's write lock from the start, so
 concurrent callers in this process or in another one sharing the file never open two.
 
@@ -42,7 +42,8 @@ _SCOPES: frozenset[str] = frozenset(get_args(Scope))
 _ACTIONS: frozenset[str] = frozenset(get_args(Action))
 
 _INCIDENT_COLUMNS = (
-    "id, rule, severity, scope, subject, tenant, summary, details, count, opened_at, resolved_at, resolved_by"
+    "id, rule, severity, scope, subject, tenant, summary, details, count, opened_at, resolved_at, resolved_by,"
+    " exercise"
 )
 _MITIGATION_COLUMNS = (
     "id, incident_id, action, scope, subject, created_at, expires_at, lifted_at, lifted_by, throttle_per_minute"
@@ -53,6 +54,7 @@ class SqliteIncidentStore(_SqliteStore):
     """Incidents and mitigations in SQLite. Thread-safe; every method is one short transaction or read."""
 
     schema_name = "incidents"
+    schema_version = 2
     schema = """
         CREATE TABLE IF NOT EXISTS incidents (
             id TEXT PRIMARY KEY,
@@ -67,10 +69,11 @@ class SqliteIncidentStore(_SqliteStore):
             opened_at REAL NOT NULL,
             last_seen_at REAL NOT NULL,
             resolved_at REAL,
-            resolved_by TEXT NOT NULL DEFAULT ''
+            resolved_by TEXT NOT NULL DEFAULT '',
+            exercise INTEGER NOT NULL DEFAULT 0
         );
         CREATE UNIQUE INDEX IF NOT EXISTS incidents_one_open
-            ON incidents (rule, scope, subject) WHERE resolved_at IS NULL;
+            ON incidents (rule, scope, subject, exercise) WHERE resolved_at IS NULL;
         CREATE INDEX IF NOT EXISTS incidents_by_time ON incidents (opened_at);
         CREATE INDEX IF NOT EXISTS incidents_by_tenant ON incidents (tenant, opened_at);
         CREATE TABLE IF NOT EXISTS mitigations (
@@ -88,6 +91,15 @@ class SqliteIncidentStore(_SqliteStore):
         CREATE INDEX IF NOT EXISTS mitigations_by_incident ON mitigations (incident_id);
         CREATE INDEX IF NOT EXISTS mitigations_unlifted ON mitigations (lifted_at, expires_at)
     """
+    migrations = MappingProxyType({
+        # 2: exercise incidents, kept apart from the ordinary ones of the same rule and subject.
+        1: """
+            ALTER TABLE incidents ADD COLUMN exercise INTEGER NOT NULL DEFAULT 0;
+            DROP INDEX IF EXISTS incidents_one_open;
+            CREATE UNIQUE INDEX incidents_one_open
+                ON incidents (rule, scope, subject, exercise) WHERE resolved_at IS NULL
+        """,
+    })
 
     def open_or_bump(
         self,
@@ -101,8 +113,9 @@ class SqliteIncidentStore(_SqliteStore):
         mitigation: MitigationSpec | None,
         now: float | None = None,
         increment: int = 1,
+        exercise: bool = False,
     ) -> tuple[IncidentRecord, bool]:
-        _check_incident(rule, severity, scope, subject, details, mitigation, increment)
+        _check_incident(rule, severity, scope, subject, details, mitigation, increment, exercise)
         at = time.time() if now is None else now
         details_json = json.dumps(dict(details), sort_keys=True)
         for _ in range(MAX_ID_DRAWS):
@@ -110,8 +123,9 @@ class SqliteIncidentStore(_SqliteStore):
             try:
                 with self._write() as db:
                     found = db.execute(
-                        "SELECT id FROM incidents WHERE rule = ? AND scope = ? AND subject = ? AND resolved_at IS NULL",
-                        (rule, scope, subject),
+                        "SELECT id FROM incidents WHERE rule = ? AND scope = ? AND subject = ? AND exercise = ?"
+                        " AND resolved_at IS NULL",
+                        (rule, scope, subject, int(exercise)),
                     ).fetchone()
                     if found is not None:
                         db.execute(
@@ -125,9 +139,9 @@ class SqliteIncidentStore(_SqliteStore):
                     else:
                         db.execute(
                             f"INSERT INTO incidents ({_INCIDENT_COLUMNS}, last_seen_at)"  # noqa: S608
-                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, '', ?)",
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, '', ?, ?)",
                             (incident_id, rule, severity, scope, subject, tenant, summary, details_json, increment,
-                             at, at),
+                             at, int(exercise), at),
                         )
                         if mitigation is not None:
                             _insert_mitigation(db, incident_id, mitigation, at)
@@ -233,6 +247,7 @@ def _check_incident(
     details: Mapping[str, str],
     mitigation: MitigationSpec | None,
     increment: int,
+    exercise: bool,
 ) -> None:
     if not rule:
         raise ValueError("rule must not be empty")
@@ -248,6 +263,8 @@ def _check_incident(
         if not isinstance(key, str) or not isinstance(value, str):
             raise ValueError(f"details map strings to strings, got {key!r}: {value!r}")
     if mitigation is not None:
+        if exercise:
+            raise ValueError("an exercise incident has no mitigation")
         if mitigation.scope == "server" or mitigation.scope not in _SCOPES:
             raise ValueError(f"a mitigation applies to a session, tenant or language, not {mitigation.scope!r}")
         if mitigation.action not in _ACTIONS:
@@ -312,7 +329,7 @@ def _mitigations_of(db: _Tx, incident_ids: builtins.list[str]) -> dict[str, tupl
 
 def _incident(row: tuple[Any, ...], mitigations: tuple[MitigationRecord, ...]) -> IncidentRecord:
     (incident_id, rule, severity, scope, subject, tenant, summary, details, count, opened_at, resolved_at,
-     resolved_by) = row
+     resolved_by, exercise) = row
     return IncidentRecord(
         id=str(incident_id),
         rule=str(rule),
@@ -327,6 +344,7 @@ def _incident(row: tuple[Any, ...], mitigations: tuple[MitigationRecord, ...]) -
         resolved_at=None if resolved_at is None else float(resolved_at),
         resolved_by=str(resolved_by),
         mitigations=mitigations,
+        exercise=bool(exercise),
     )
 
 

@@ -72,7 +72,7 @@ def test_executions_list_and_show(runner: CliRunner, ops: OpsServer) -> None:
     assert sorted(listed[0]) == sorted(
         ["execution_id", "tenant", "key_id", "session_id", "language", "code_sha256", "limits", "outcome",
          "exit_code", "wall_time_s", "cpu_time_s", "peak_memory_bytes", "cost", "trace_id", "started_at",
-         "ended_at"]
+         "ended_at", "exercise"]
     )
     assert (listed[0]["outcome"], listed[0]["exit_code"], listed[0]["tenant"]) == ("NONZERO_EXIT", 2, "globex")
     datetime.fromisoformat(listed[0]["ended_at"])  # times are ISO 8601

@@ -58,7 +58,7 @@ PUBLIC_NAMES = [
     "UsageReport",
 ]
 
-CLIENT_PARAMETERS = ["target", "api_key", "timeout", "credentials", "tls", "options", "retry", "breaker"]
+CLIENT_PARAMETERS = ["target", "api_key", "timeout", "credentials", "tls", "options", "retry", "breaker", "exercise"]
 
 RECORD_USAGE_PARAMETERS = ["session_id", "model", "input_tokens", "output_tokens", "idempotency_key", "timeout"]
 
@@ -141,6 +141,7 @@ def test_both_clients_take_the_same_arguments() -> None:
     assert client["timeout"].default == sandbox_client.DEFAULT_TIMEOUT == 60
     assert client["retry"].default is sandbox_client.DEFAULT_RETRY_POLICY
     assert client["breaker"].default is sandbox_client.DEFAULT_BREAKER_POLICY
+    assert client["exercise"].default is False  # an agent's client never marks its traffic as an exercise
 
 
 def test_the_default_policies_are_pinned() -> None:

@@ -200,6 +200,29 @@ def test_an_empty_api_key_is_refused() -> None:
         SandboxClient("127.0.0.1:1", api_key="")
 
 
+def test_an_exercise_client_marks_every_execution(fake_server: FakeServer, fake: FakeSandbox) -> None:
+    with SandboxClient(fake_server.target, retry=None, breaker=None, exercise=True) as drill:
+        assert drill.exercise
+        drill.execute("print(1)")
+        list(drill.execute_stream("print(1)"))
+    with SandboxClient(fake_server.target, retry=None, breaker=None) as plain:
+        assert not plain.exercise
+        plain.execute("print(1)")
+    assert [(c.method, _exercise(c.request)) for c in fake.calls] == [
+        ("Execute", True), ("ExecuteStream", True), ("Execute", False)]
+
+
+def _exercise(request: object) -> bool:
+    assert isinstance(request, sandbox_pb2.ExecuteRequest)
+    return request.exercise
+
+
+@pytest.mark.parametrize("client_class", [SandboxClient, AsyncSandboxClient])
+def test_exercise_must_be_a_bool(client_class: type[SandboxClient] | type[AsyncSandboxClient]) -> None:
+    with pytest.raises(TypeError, match="exercise must be a bool"):
+        client_class("127.0.0.1:1", exercise="no")  # type: ignore[arg-type]
+
+
 # --- asyncio ------------------------------------------------------------------------------------------
 
 
@@ -240,6 +263,14 @@ async def test_async_closing_the_stream_early_cancels_the_call(aclient: AsyncSan
     assert await anext(stream) == EXPECTED_CHUNKS[0]
     await stream.aclose()  # type: ignore[attr-defined]  # it is an async generator
     assert await asyncio.to_thread(fake.stream_cancelled.wait, 5), "the server never saw the cancellation"
+
+
+async def test_async_exercise_client_marks_every_execution(fake_server: FakeServer, fake: FakeSandbox) -> None:
+    async with AsyncSandboxClient(fake_server.target, retry=None, breaker=None, exercise=True) as drill:
+        assert drill.exercise
+        await drill.execute("print(1)")
+        [item async for item in drill.execute_stream("print(1)")]
+    assert [(c.method, _exercise(c.request)) for c in fake.calls] == [("Execute", True), ("ExecuteStream", True)]
 
 
 async def test_async_runtimes(aclient: AsyncSandboxClient, fake: FakeSandbox) -> None:

@@ -72,7 +72,7 @@ def test_the_readme_has_examples_for_every_topic() -> None:
     code = "\n".join(e.code for e in RUNNABLE)
     for topic in ("AsyncSandboxClient", "execute_stream", "StreamInterruptedError", "RetryPolicy",
                   "BreakerPolicy", "CircuitOpenError", "idempotency_key", "start_as_current_span", "TLSConfig",
-                  "client_private_key", "record_usage", "InvalidRequestError", "runtimes",
+                  "client_private_key", "record_usage", "InvalidRequestError", "runtimes", "exercise=True",
                   # sessions
                   "sbx.session(", "async with sbx.session(", "await sbx.session(", "run_stream", "DisplayData",
                   "files.upload", "files.download", "files.list", "files.delete", "iter_download", "download_to",

@@ -25,6 +25,7 @@ COUNTERS_AND_GAUGES = frozenset({
     "sandbox_rejections_total",
     "sandbox_cost_total",
     "sandbox_active_sandboxes",
+    "sandbox_shedding",
     "sandbox_budget_used_ratio",
     "sandbox_budget_warnings_total",
     "sandbox_teardown_failures_total",

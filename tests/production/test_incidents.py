@@ -116,6 +116,59 @@ def test_escape_attempts_quarantine_the_tenant_until_lifted(
         assert sbx.execute("print('harmless')").ok
 
 
+def test_exercises_are_observed_apart_and_never_mitigated(
+    tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, alerts = webhook
+    with server_with_policy(tmp_path, "", incidents={"webhook_url": url}) as srv, \
+            SandboxClient(srv.target, retry=None, exercise=True) as drill, \
+            SandboxClient(srv.target, retry=None) as agent:
+        with drill.session() as session:
+            for code in ("import ctypes", "import socket", "__import__('os')"):
+                with pytest.raises(InvalidRequestError):
+                    session.run(code)
+            _until(lambda: bool(_open(srv, "escape_attempts")), "the exercise incident")
+            (incident,) = _open(srv, "escape_attempts")
+            assert (incident.exercise, incident.subject, incident.mitigations) == (True, "default", ())
+            assert session.run("1 + 1").value == "2"  # nothing quarantined: the exercise goes on
+        ran, plain = drill.execute("print('drill')"), agent.execute("print('agent')")
+        stores = srv.app.stores
+        assert stores is not None
+        audited = {r.execution_id: r.exercise for r in stores.audit.list()}
+        assert (audited[ran.execution_id], audited[plain.execution_id]) == (True, False)
+        # The same refusals as ordinary traffic open a real incident, which quarantines the tenant (exercises
+        # too: they never get round a mitigation in force), and which alone pages.
+        for code in ("import ctypes", "import socket", "__import__('os')"):
+            with pytest.raises(InvalidRequestError):
+                agent.execute(code)
+        _until(lambda: len(_open(srv, "escape_attempts")) == 2, "the real incident")
+        (real,) = [i for i in _open(srv, "escape_attempts") if not i.exercise]
+        assert [m.action for m in real.mitigations] == ["quarantine"]
+        for client in (agent, drill):
+            with pytest.raises(PermissionDeniedError) as info:
+                client.execute("print(1)")
+            assert info.value.reason == "QUARANTINED"
+        _until(lambda: bool(alerts), "the webhook alert")
+        assert [a["incident"]["id"] for a in alerts] == [real.id]
+        assert metric(scrape(srv), "sandbox_incidents_total", rule="escape_attempts") == 1
+
+
+def test_a_teardown_failure_during_an_exercise_is_real(tmp_path: Path) -> None:
+    """An exercise provokes refusals and timeouts on purpose; a sandbox the server cannot tear down is the server
+    failing, whoever's request it was: a real incident, with its mitigation."""
+    with server_with_policy(tmp_path, "", backend_factory=_LeakyTeardown) as srv, \
+            SandboxClient(srv.target, retry=None, exercise=True) as drill:
+        with pytest.raises(ServerError):
+            drill.execute("print(1)")
+        _until(lambda: bool(_open(srv, "teardown_failure")), "the incident")
+        (incident,) = _open(srv, "teardown_failure")
+        assert (incident.exercise, incident.subject) == (False, "python")
+        assert [m.action for m in incident.mitigations] == ["disable_language"]
+        with pytest.raises(PermissionDeniedError) as info:
+            drill.execute("print(1)")
+        assert info.value.reason == "LANGUAGE_DISABLED"
+
+
 def test_repeated_timeouts_throttle_the_session_not_the_tenant(tmp_path: Path) -> None:
     with server_with_policy(tmp_path, "", max_running=4) as srv, SandboxClient(srv.target, retry=None) as sbx:
         for _ in range(5):

@@ -54,10 +54,11 @@ def _escape(
     mitigation: MitigationSpec | None = QUARANTINE_TENANT,
     rule: str = "escape_attempts",
     increment: int = 1,
+    exercise: bool = False,
 ) -> tuple[IncidentRecord, bool]:
     return store.open_or_bump(
         rule, "high", "tenant", subject, subject, f"{subject} tried to escape", {"rules": "denied_import"},
-        mitigation, now, increment,
+        mitigation, now, increment, exercise,
     )
 
 
@@ -125,6 +126,23 @@ def test_another_subject_or_rule_opens_its_own(store: IncidentStore) -> None:
     assert b.mitigations == ()
 
 
+def test_exercise_incidents_are_kept_apart_from_ordinary_ones(store: IncidentStore) -> None:
+    drill, opened = _escape(store, mitigation=None, exercise=True)
+    assert opened
+    assert (drill.exercise, drill.mitigations) == (True, ())
+    real, opened = _escape(store, now=T0 + 1)  # the open exercise incident does not absorb real traffic
+    assert opened
+    assert real.id != drill.id
+    assert (real.exercise, [m.action for m in real.mitigations]) == (False, ["quarantine"])
+    assert _escape(store, mitigation=None, now=T0 + 2, exercise=True)[0].id == drill.id
+    assert _escape(store, now=T0 + 3)[0].id == real.id
+    assert [(i.id, i.count, i.exercise) for i in store.list(open_only=True)] == [
+        (real.id, 2, False), (drill.id, 2, True)]
+    store.resolve(drill.id, "alice", now=T0 + 4)
+    assert [i.id for i in store.list(open_only=True)] == [real.id]
+    assert [m.incident_id for m in store.mitigations(now=T0 + 5)] == [real.id]
+
+
 def test_racing_callers_open_one_incident_and_count_every_call(open_store: Opener) -> None:
     stores = [open_store(), open_store()]  # two connections: another replica sharing the backing
     calls_per_worker, workers = 10, 8
@@ -160,6 +178,7 @@ def test_racing_callers_open_one_incident_and_count_every_call(open_store: Opene
         ({"mitigation": MitigationSpec("throttle", "tenant", "acme")}, "rate"),
         ({"mitigation": MitigationSpec("quarantine", "tenant", "")}, "subject"),
         ({"details": {"n": 1}}, "details"),
+        ({"exercise": True, "mitigation": QUARANTINE_TENANT}, "exercise incident has no mitigation"),
     ],
 )
 def test_bad_arguments_are_refused_and_write_nothing(

@@ -1,4 +1,5 @@
-"""What only the SQLite stores promise: durability settings, no secret on disk, the verify cache."""
+"""What only the SQLite stores promise: durability settings, no secret on disk, the verify cache, upgrades of a
+file written by an earlier release."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import hashlib
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from sandbox_server.stores import SqliteKeyStore, SqlitePolicyVersionStore
+from sandbox_server.stores import SqliteAuditStore, SqliteKeyStore, SqlitePolicyVersionStore
+from sandbox_server.stores.sqlite_incidents import SqliteIncidentStore
 
 
 class FakeClock:
@@ -153,3 +156,65 @@ def test_a_new_database_is_private_to_its_owner(tmp_path: Path) -> None:
         keys.create("acme", "tenant", "")
         for file in tmp_path.iterdir():  # the database, its WAL and shm
             assert file.stat().st_mode & 0o077 == 0, file
+
+
+# The tables as the first release wrote them (schema version 1), to prove an upgrade in place keeps the data.
+AUDIT_V1 = """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+    INSERT INTO meta VALUES ('audit.schema', 1), ('incidents.schema', 1);
+    CREATE TABLE audit (execution_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, key_id TEXT NOT NULL,
+        session_id TEXT NOT NULL, language TEXT NOT NULL, code_sha256 TEXT NOT NULL, limits TEXT NOT NULL,
+        outcome TEXT NOT NULL, exit_code INTEGER NOT NULL, wall_time_s REAL NOT NULL, cpu_time_s REAL NOT NULL,
+        peak_memory_bytes INTEGER NOT NULL, started_at REAL NOT NULL, ended_at REAL NOT NULL, trace_id TEXT NOT NULL,
+        cost REAL NOT NULL);
+    CREATE INDEX audit_tenant_time ON audit (tenant, started_at);
+    INSERT INTO audit VALUES ('e1', 'acme', 'k1', 's1', 'python', 'ab', '{"wall_time_ms": 1000}', 'OK', 0, 0.1, 0.1,
+        1024, 1000.0, 1001.0, 't1', 0.5);
+    CREATE TABLE incidents (id TEXT PRIMARY KEY, rule TEXT NOT NULL, severity TEXT NOT NULL, scope TEXT NOT NULL,
+        subject TEXT NOT NULL, tenant TEXT NOT NULL, summary TEXT NOT NULL, details TEXT NOT NULL,
+        count INTEGER NOT NULL, opened_at REAL NOT NULL, last_seen_at REAL NOT NULL, resolved_at REAL,
+        resolved_by TEXT NOT NULL DEFAULT '');
+    CREATE UNIQUE INDEX incidents_one_open ON incidents (rule, scope, subject) WHERE resolved_at IS NULL;
+    CREATE INDEX incidents_by_time ON incidents (opened_at);
+    CREATE INDEX incidents_by_tenant ON incidents (tenant, opened_at);
+    CREATE TABLE mitigations (id TEXT PRIMARY KEY, incident_id TEXT NOT NULL REFERENCES incidents (id),
+        action TEXT NOT NULL, scope TEXT NOT NULL, subject TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL,
+        lifted_at REAL, lifted_by TEXT NOT NULL DEFAULT '', throttle_per_minute REAL NOT NULL);
+    INSERT INTO incidents VALUES ('inc_000000000001', 'escape_attempts', 'high', 'tenant', 'acme', 'acme', 'boo',
+        '{}', 3, 1000.0, 1000.0, NULL, '');
+    INSERT INTO mitigations VALUES ('mit_000000000001', 'inc_000000000001', 'quarantine', 'tenant', 'acme', 1000.0,
+        NULL, NULL, '', 0.0);
+"""
+
+
+def test_a_first_release_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    old = sqlite3.connect(path)
+    with old:
+        old.executescript(AUDIT_V1)
+    old.close()
+    with SqliteAuditStore(path) as audit, SqliteIncidentStore(path) as incidents:
+        kept = audit.get("e1")
+        assert kept is not None
+        assert (kept.outcome, kept.cost, kept.exercise) == ("OK", 0.5, False)
+        audit.record(replace(kept, execution_id="e2", exercise=True))
+        again = audit.get("e2")
+        assert again is not None
+        assert again.exercise
+        [incident] = incidents.list()
+        assert (incident.id, incident.exercise, [m.action for m in incident.mitigations]) == (
+            "inc_000000000001", False, ["quarantine"])
+        # The one-open index now tells exercises apart: an exercise opens its own incident, real traffic bumps.
+        drill, opened = incidents.open_or_bump("escape_attempts", "high", "tenant", "acme", "acme", "", {}, None,
+                                               2000.0, 1, True)
+        assert opened
+        assert drill.exercise
+        bumped, opened = incidents.open_or_bump("escape_attempts", "high", "tenant", "acme", "acme", "", {}, None,
+                                                2001.0)
+        assert (opened, bumped.id, bumped.count) == (False, "inc_000000000001", 4)
+    probe = sqlite3.connect(path)
+    versions = dict(probe.execute("SELECT key, value FROM meta WHERE key LIKE '%.schema'").fetchall())
+    probe.close()
+    assert (versions["audit.schema"], versions["incidents.schema"]) == (2, 2)
+    with SqliteAuditStore(path) as audit:  # opening an upgraded file again changes nothing
+        assert audit.count() == 2

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
 
 import typer
 
+from sandbox_client._exercise_cli import EXERCISE_HELP, require_exercise_rights
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -75,7 +77,10 @@ EVAL_HELP: Final = (
     "The report then gives pass@1.\n\n"
     "All executions of a run share one session id (--session-id, or a fresh eval-...), which also labels the "
     "sessions of multi-step cases (eval_run). Each call's deadline is the global --timeout, raised for a case to "
-    "its wall-time limit plus 30 s."
+    "its wall-time limit plus 30 s.\n\n"
+    "The runs are exercises by default (an admin key, or a server in development mode): incident response records "
+    "what they provoke (a refused eval or exec, a run of timeouts) apart from real traffic and mitigates nothing. "
+    "--no-exercise runs them as the key's tenant's ordinary traffic."
 )
 
 ConcurrencyOption = Annotated[int, typer.Option(min=1, max=256, help="Cases in flight at once.")]
@@ -127,6 +132,7 @@ def eval_command(
         Path | None, typer.Option(dir_okay=False, show_default=False, metavar="PATH",
                                   help="Also write a self-contained HTML report here.")
     ] = None,
+    exercise: Annotated[bool, typer.Option("--exercise/--no-exercise", help=EXERCISE_HELP)] = True,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON (like the global "
                                                              "--json).")] = False,
 ) -> None:
@@ -153,8 +159,10 @@ def eval_command(
         if not loaded.cases:
             _usage(opts, f"no case of {suite} has the tag(s) {', '.join(tag)}")
 
+    if exercise:
+        require_exercise_rights(opts)
     try:
-        report = asyncio.run(_evaluate(opts, loaded, override, concurrency, repeat, session_id, fail_fast))
+        report = asyncio.run(_evaluate(opts, loaded, override, concurrency, repeat, session_id, fail_fast, exercise))
     except KeyboardInterrupt:
         # asyncio.run has cancelled the calls in flight; there is no whole report to give.
         typer.echo("interrupted: no report", err=True)
@@ -183,6 +191,7 @@ async def _evaluate(
     repeat: int,
     session_id: str | None,
     fail_fast: bool,
+    exercise: bool,
 ) -> Report:
     from sandbox_client import AsyncSandboxClient
     from sandbox_client.evaluation.report import Report
@@ -198,7 +207,8 @@ async def _evaluate(
     )
     started_at = datetime.now(UTC)
     total = len(suite.cases) * repeat
-    async with AsyncSandboxClient(opts.target, api_key=opts.api_key, timeout=opts.timeout) as client:
+    async with AsyncSandboxClient(opts.target, api_key=opts.api_key, timeout=opts.timeout,
+                                  exercise=exercise) as client:
         with _progress(opts, suite.name, total) as advance:
             run = await run_cases(client, suite.cases, options, on_result=advance)
     return Report(suite=suite, run=run, target=opts.target, started_at=started_at, concurrency=concurrency,

@@ -1,13 +1,17 @@
 """``sandbox-admin redteam``: run the hostile-program corpus against a server and report what it contained.
 
     sandbox-admin redteam [--category C ...] [--case ID ...] [--corpus DIR] [--concurrency N] [--session-cases N]
-                          [--host-checks] [--canary-dir DIR ...] [--list] [--json]
+                          [--host-checks] [--canary-dir DIR ...] [--no-exercise] [--list] [--json]
 
-It uses the global ``--target``, ``--api-key`` (any key of the tenant to attack: the programs run as that
-tenant, under its policy) and ``--timeout`` (seconds a call may take past its program's wall-time limit).
+It uses the global ``--target``, ``--api-key`` (the programs run as the key's tenant, under its policy) and
+``--timeout`` (seconds a call may take past its program's wall-time limit). The runs are exercises by default
+(``--exercise``): the key must be an admin's, or the server in development mode; the server's incident response
+then records what the corpus provokes apart from real traffic, without quarantining the tenant.
+``--no-exercise`` runs them as the tenant's ordinary traffic, with any key of the tenant (to test incident
+response itself).
 Exit codes: 0 every case was contained; 1 a case was NOT CONTAINED, NOT EXERCISED or could not be judged
-(ERROR), or the server could not be reached; 2 a usage error (an unknown case or category, a corpus that does
-not load, the corpus's dependencies missing).
+(ERROR), the server could not be reached, or the key may not mark exercises; 2 a usage error (an unknown case
+or category, a corpus that does not load, the corpus's dependencies missing).
 
 The corpus and the runner need pydantic and pyyaml; they are imported when the command runs, so the rest of
 ``sandbox-admin`` works without them.
@@ -26,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from sandbox_client._exercise_cli import EXERCISE_HELP, require_exercise_rights
 from sandbox_client.redteam.categories import Category
 
 if TYPE_CHECKING:
@@ -83,6 +88,7 @@ def redteam(
             "e.g. the server's state or data directory (repeatable).",
         ),
     ] = None,
+    exercise: Annotated[bool, typer.Option("--exercise/--no-exercise", help=EXERCISE_HELP)] = True,
     list_only: Annotated[bool, typer.Option("--list", help="List the selected cases; run nothing.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON (like the global --json).")] = False,
 ) -> None:
@@ -114,7 +120,9 @@ def redteam(
         checks = HostChecks(canary_dirs=(*DEFAULT_CANARY_DIRS, *(canary_dir or ())))
     options = RunOptions(concurrency=concurrency, host_checks=checks, host_ports=_target_port(opts.target),
                          call_grace_s=opts.timeout, session_cases=session_cases)
-    report = asyncio.run(_run(opts, cases, options))
+    if exercise:
+        require_exercise_rights(opts)
+    report = asyncio.run(_run(opts, cases, options, exercise))
     if report is None:
         raise typer.Exit(EXIT_FAILURE)
     if opts.json:
@@ -125,7 +133,7 @@ def redteam(
         raise typer.Exit(EXIT_FAILURE)
 
 
-async def _run(opts: Options, cases: Sequence[Case], options: RunOptions) -> RunReport | None:
+async def _run(opts: Options, cases: Sequence[Case], options: RunOptions, exercise: bool) -> RunReport | None:
     """Check that the server answers, then run; None (after saying why) when it cannot be reached."""
     from sandbox_client import AsyncSandboxClient, SandboxError
     from sandbox_client.redteam.runner import run_cases
@@ -140,7 +148,8 @@ async def _run(opts: Options, cases: Sequence[Case], options: RunOptions) -> Run
         if not opts.json:
             err.print(Text.assemble(f"[{done}/{total}] ", _verdict_text(report.verdict.value), f" {report.case_id}"))
 
-    async with AsyncSandboxClient(opts.target, api_key=opts.api_key, timeout=opts.timeout) as client:
+    async with AsyncSandboxClient(opts.target, api_key=opts.api_key, timeout=opts.timeout,
+                                  exercise=exercise) as client:
         try:
             await client.runtimes()
         except SandboxError as exc:

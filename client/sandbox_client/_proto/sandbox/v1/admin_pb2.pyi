@@ -259,7 +259,7 @@ class Mitigation(_message.Message):
     def __init__(self, id: _Optional[str] = ..., incident_id: _Optional[str] = ..., action: _Optional[str] = ..., scope: _Optional[str] = ..., subject: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lifted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lifted_by: _Optional[str] = ..., throttle_per_minute: _Optional[float] = ...) -> None: ...
 
 class Incident(_message.Message):
-    __slots__ = ("id", "rule", "severity", "scope", "subject", "summary", "details", "count", "opened_at", "resolved_at", "resolved_by", "mitigations")
+    __slots__ = ("id", "rule", "severity", "scope", "subject", "summary", "details", "count", "opened_at", "resolved_at", "resolved_by", "mitigations", "exercise")
     class DetailsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +279,7 @@ class Incident(_message.Message):
     RESOLVED_AT_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_BY_FIELD_NUMBER: _ClassVar[int]
     MITIGATIONS_FIELD_NUMBER: _ClassVar[int]
+    EXERCISE_FIELD_NUMBER: _ClassVar[int]
     id: str
     rule: str
     severity: Severity
@@ -291,7 +292,8 @@ class Incident(_message.Message):
     resolved_at: _timestamp_pb2.Timestamp
     resolved_by: str
     mitigations: _containers.RepeatedCompositeFieldContainer[Mitigation]
-    def __init__(self, id: _Optional[str] = ..., rule: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., scope: _Optional[str] = ..., subject: _Optional[str] = ..., summary: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ..., count: _Optional[int] = ..., opened_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolved_by: _Optional[str] = ..., mitigations: _Optional[_Iterable[_Union[Mitigation, _Mapping]]] = ...) -> None: ...
+    exercise: bool
+    def __init__(self, id: _Optional[str] = ..., rule: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., scope: _Optional[str] = ..., subject: _Optional[str] = ..., summary: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ..., count: _Optional[int] = ..., opened_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolved_by: _Optional[str] = ..., mitigations: _Optional[_Iterable[_Union[Mitigation, _Mapping]]] = ..., exercise: _Optional[bool] = ...) -> None: ...
 
 class ListIncidentsRequest(_message.Message):
     __slots__ = ("open_only", "tenant", "limit")
@@ -362,7 +364,7 @@ class CostReportResponse(_message.Message):
     def __init__(self, rows: _Optional[_Iterable[_Union[CostRow, _Mapping]]] = ..., total: _Optional[float] = ...) -> None: ...
 
 class Execution(_message.Message):
-    __slots__ = ("execution_id", "tenant", "key_id", "session_id", "language", "code_sha256", "limits", "outcome", "exit_code", "wall_time_s", "cpu_time_s", "peak_memory_bytes", "cost", "trace_id", "started_at", "ended_at")
+    __slots__ = ("execution_id", "tenant", "key_id", "session_id", "language", "code_sha256", "limits", "outcome", "exit_code", "wall_time_s", "cpu_time_s", "peak_memory_bytes", "cost", "trace_id", "started_at", "ended_at", "exercise")
     class LimitsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -386,6 +388,7 @@ class Execution(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXERCISE_FIELD_NUMBER: _ClassVar[int]
     execution_id: str
     tenant: str
     key_id: str
@@ -402,7 +405,8 @@ class Execution(_message.Message):
     trace_id: str
     started_at: _timestamp_pb2.Timestamp
     ended_at: _timestamp_pb2.Timestamp
-    def __init__(self, execution_id: _Optional[str] = ..., tenant: _Optional[str] = ..., key_id: _Optional[str] = ..., session_id: _Optional[str] = ..., language: _Optional[str] = ..., code_sha256: _Optional[str] = ..., limits: _Optional[_Mapping[str, int]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., wall_time_s: _Optional[float] = ..., cpu_time_s: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., cost: _Optional[float] = ..., trace_id: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    exercise: bool
+    def __init__(self, execution_id: _Optional[str] = ..., tenant: _Optional[str] = ..., key_id: _Optional[str] = ..., session_id: _Optional[str] = ..., language: _Optional[str] = ..., code_sha256: _Optional[str] = ..., limits: _Optional[_Mapping[str, int]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., wall_time_s: _Optional[float] = ..., cpu_time_s: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., cost: _Optional[float] = ..., trace_id: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exercise: _Optional[bool] = ...) -> None: ...
 
 class ListExecutionsRequest(_message.Message):
     __slots__ = ("tenant", "session_id", "running_only", "limit")

@@ -93,7 +93,7 @@ class InputFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("language", "code", "stdin", "files", "env", "limits", "session_id", "idempotency_key")
+    __slots__ = ("language", "code", "stdin", "files", "env", "limits", "session_id", "idempotency_key", "exercise")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,7 @@ class ExecuteRequest(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    EXERCISE_FIELD_NUMBER: _ClassVar[int]
     language: str
     code: bytes
     stdin: bytes
@@ -117,7 +118,8 @@ class ExecuteRequest(_message.Message):
     limits: Limits
     session_id: str
     idempotency_key: str
-    def __init__(self, language: _Optional[str] = ..., code: _Optional[bytes] = ..., stdin: _Optional[bytes] = ..., files: _Optional[_Iterable[_Union[InputFile, _Mapping]]] = ..., env: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., session_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    exercise: bool
+    def __init__(self, language: _Optional[str] = ..., code: _Optional[bytes] = ..., stdin: _Optional[bytes] = ..., files: _Optional[_Iterable[_Union[InputFile, _Mapping]]] = ..., env: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., session_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., exercise: _Optional[bool] = ...) -> None: ...
 
 class ResourceUsage(_message.Message):
     __slots__ = ("wall_time_s", "cpu_time_s", "peak_memory_bytes")
@@ -366,7 +368,7 @@ class Session(_message.Message):
     def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., idle_timeout_s: _Optional[int] = ..., max_lifetime_s: _Optional[int] = ..., cpu_total_ms: _Optional[int] = ..., languages: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., usage: _Optional[_Union[SessionUsage, _Mapping]] = ..., close_reason: _Optional[str] = ..., backend: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., closed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("languages", "limits", "idle_timeout_s", "max_lifetime_s", "env", "files", "labels", "snapshot_id", "idempotency_key", "cpu_total_ms")
+    __slots__ = ("languages", "limits", "idle_timeout_s", "max_lifetime_s", "env", "files", "labels", "snapshot_id", "idempotency_key", "cpu_total_ms", "exercise")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -391,6 +393,7 @@ class CreateSessionRequest(_message.Message):
     SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     CPU_TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    EXERCISE_FIELD_NUMBER: _ClassVar[int]
     languages: _containers.RepeatedScalarFieldContainer[str]
     limits: Limits
     idle_timeout_s: int
@@ -401,7 +404,8 @@ class CreateSessionRequest(_message.Message):
     snapshot_id: str
     idempotency_key: str
     cpu_total_ms: int
-    def __init__(self, languages: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., idle_timeout_s: _Optional[int] = ..., max_lifetime_s: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., files: _Optional[_Iterable[_Union[InputFile, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., snapshot_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., cpu_total_ms: _Optional[int] = ...) -> None: ...
+    exercise: bool
+    def __init__(self, languages: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., idle_timeout_s: _Optional[int] = ..., max_lifetime_s: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., files: _Optional[_Iterable[_Union[InputFile, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., snapshot_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., cpu_total_ms: _Optional[int] = ..., exercise: _Optional[bool] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
     __slots__ = ("session_id",)
