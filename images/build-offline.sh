@@ -15,11 +15,12 @@ VARIANT=minbase
 # Beyond minbase (which already has bash, coreutils, dpkg, apt). python3, not python3-minimal: the full
 # standard library (json, sqlite3, ssl, ...). The data stack (numpy, pandas, matplotlib) so that it imports
 # offline, and the IPython kernel with jupyter_client for sessions (their agent and kernel run in the image).
-# No compilers, no ca-certificates: sandboxes have no network.
+# pip, curl and the CA certificates for sandboxes a policy gives network (docs/egress.md): packages from a
+# mirror or a wheelhouse, TLS verified end to end through the proxy's CONNECT. No compilers.
 # debootstrap resolves no virtual package, so the real packages behind the ones these depend on are named too
 # (python3-zmq needs python3-cffi-backend-api-*, gdb, which ipykernel's debugger pulls in, libboost-regex).
 PACKAGES=(python3 nodejs python3-numpy python3-pandas python3-matplotlib python3-ipykernel python3-jupyter-client
-    python3-cffi-backend libboost-regex1.74.0)
+    python3-cffi-backend libboost-regex1.74.0 python3-pip ca-certificates curl)
 RUNTIMES=(python node bash)
 declare -A RUNTIME_CMD=([python]=/usr/bin/python3 [node]=/usr/bin/node [bash]=/bin/bash)
 DEFAULT_MIRROR=http://deb.debian.org/debian

@@ -48,6 +48,8 @@ def serve(
     otlp_endpoint: Annotated[str | None, typer.Option(help="OTLP/gRPC collector for spans")] = None,
     log_format: Annotated[LogFormat | None, typer.Option(help="json lines or text [default: json]")] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ... [default: INFO]")] = None,
+    wheelhouse: Annotated[Path | None, typer.Option(
+        help="a directory of wheels sandboxes may `pip install` from offline (bound read-only)")] = None,
 ) -> None:
     """Serve the Sandbox API until SIGTERM/SIGINT, then drain in-flight requests."""
     try:
@@ -55,7 +57,7 @@ def serve(
             host=host, port=port, backend=backend, config_file=config, max_running=max_running,
             max_queued=max_queued, state_dir=state_dir, cgroup_fallback=cgroup_fallback,
             policies_dir=policies_dir, data_dir=data_dir, metrics_port=metrics_port, otlp_endpoint=otlp_endpoint,
-            log_format=log_format, log_level=log_level.upper() if log_level else None,
+            log_format=log_format, log_level=log_level.upper() if log_level else None, wheelhouse=wheelhouse,
         )
     except (ValidationError, ValueError) as exc:
         typer.echo(f"invalid settings: {exc}", err=True)

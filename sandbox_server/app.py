@@ -22,6 +22,7 @@ from sandbox_server.admin.servicer import AdminServicer
 from sandbox_server.backends.base import Backend
 from sandbox_server.backends.registry import build_backend
 from sandbox_server.cost.budgeter import Budgeter
+from sandbox_server.egress.gateway import EgressGateway
 from sandbox_server.execution.admission import Admission
 from sandbox_server.execution.pressure import PressureConfig, PressureMonitor
 from sandbox_server.execution.servicer import SandboxServicer
@@ -63,6 +64,7 @@ class App:
         self.stores: Stores | None = None
         self.policies: PolicyRegistry | None = None
         self.sessions: SessionManager | None = None
+        self.egress: EgressGateway | None = None
 
     def _open_stores_and_policies(self) -> tuple[Stores, PolicyRegistry]:
         """Raises PolicyLoadError: the server does not start on a policy directory that does not validate."""
@@ -125,6 +127,9 @@ class App:
             sessions=self.sessions))
         feed = IncidentFeed(self.incidents, metrics)
         self.backend.on_teardown_failure = feed.on_teardown_failure
+        self.egress = EgressGateway(settings)
+        self.egress.observers.append(feed.on_egress_refusal)
+        self.backend.egress = self.egress
         self.idempotency = IdempotencyInterceptor(
             settings.idempotency_window_s, settings.idempotency_max_bytes, settings.idempotency_grace_s)
         chain = ChainDeps(
@@ -143,6 +148,8 @@ class App:
             self.port = self.server.add_secure_port(address, credentials)
         if settings.metrics_port is not None:
             self.metrics_port = telemetry.serve_metrics(settings.metrics_host, settings.metrics_port)
+        # The ports actually bound (0 in the settings picks one): no sandbox's proxy may reach them.
+        self.egress.server_ports.update(p for p in (self.port, self.metrics_port) if p)
         await self.server.start()
 
     async def stop(self, grace_s: float | None = None) -> None:

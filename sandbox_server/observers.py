@@ -1,14 +1,14 @@
 """Feeds what the chain observes into incident response and the metrics that go with it.
 
 ``IncidentFeed`` is a call observer (telemetry link: refused requests, server failures, teardown failures), the
-backend's ``on_teardown_failure`` (teardowns that fail after the reply) and an execution observer (audit link:
-how each accepted execution ended); ``IncidentMetrics`` is an alert sink that counts opened incidents for
-``sandbox_incidents_total``.
+backend's ``on_teardown_failure`` (teardowns that fail after the reply), the egress gateway's refusal observer,
+and an execution observer (audit link: how each accepted execution ended); ``IncidentMetrics`` is an alert
+sink that counts opened incidents for ``sandbox_incidents_total``.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
@@ -18,6 +18,11 @@ from sandbox_server.interceptors.telemetry import SERVER_FAULTS
 from sandbox_server.stores.base import AuditRecord
 from sandbox_server.stores.incidents import IncidentRecord
 from sandbox_server.telemetry import Metrics
+
+if TYPE_CHECKING:
+    from sandbox_server.egress.gateway import EgressContext
+    from sandbox_server.egress.proxy import Refusal
+    from sandbox_server.execution.spec import EgressSpec
 
 
 class IncidentEvents(Protocol):
@@ -29,6 +34,8 @@ class IncidentEvents(Protocol):
                      exercise: bool = False) -> None: ...
     def on_call(self, *, failed: bool) -> None: ...
     def on_teardown_failure(self, *, tenant: str, session_id: str, language: str, detail: str) -> None: ...
+    def on_egress_refusal(self, *, tenant: str, session_id: str, host: str, port: int, reason: str,
+                          threshold: int, exercise: bool = False) -> None: ...
 
 
 class IncidentFeed:
@@ -61,6 +68,13 @@ class IncidentFeed:
         self.metrics.teardown_failures.add(1, {"backend": error.metadata.get("backend", "")})
         self.incidents.on_teardown_failure(tenant=call.tenant, session_id=call.session_id,
                                            language=call.language, detail=error.message)
+
+    def on_egress_refusal(self, context: EgressContext, egress: EgressSpec, refusal: Refusal) -> None:
+        """The egress proxy refused one of a sandbox's connections (EgressGateway's observer)."""
+        self.metrics.egress_refusals.add(1, {"tenant": context.tenant, "reason": refusal.reason})
+        self.incidents.on_egress_refusal(
+            tenant=context.tenant, session_id=context.session_id, host=refusal.host, port=refusal.port,
+            reason=refusal.reason, threshold=egress.refusals_before_incident, exercise=context.exercise)
 
     def on_execution(self, rec: AuditRecord) -> None:
         self.incidents.on_execution(tenant=rec.tenant, session_id=rec.session_id, language=rec.language,

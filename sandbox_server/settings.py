@@ -60,6 +60,9 @@ class LimitValues(BaseModel):
     output_bytes: int = Field(gt=0)
     file_size_bytes: int = Field(gt=0)
     scratch_bytes: int = Field(gt=0)
+    # Bytes through the egress proxy, both ways, per execution (per session: in total); only read when the
+    # tenant's network policy is an allow-list.
+    egress_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
 
 
 DEFAULT_LIMITS = LimitValues(
@@ -70,6 +73,7 @@ DEFAULT_LIMITS = LimitValues(
     output_bytes=1 * MIB,
     file_size_bytes=16 * MIB,
     scratch_bytes=64 * MIB,
+    egress_bytes=64 * MIB,
 )
 DEFAULT_CEILINGS = LimitValues(
     wall_time_ms=300_000,
@@ -79,6 +83,7 @@ DEFAULT_CEILINGS = LimitValues(
     output_bytes=64 * MIB,
     file_size_bytes=1 * GIB,
     scratch_bytes=1 * GIB,
+    egress_bytes=4 * GIB,
 )
 
 
@@ -93,6 +98,7 @@ DEFAULT_SESSION_LIMITS = LimitValues(
     output_bytes=1 * MIB,
     file_size_bytes=256 * MIB,
     scratch_bytes=512 * MIB,
+    egress_bytes=256 * MIB,
 )
 DEFAULT_MAX_SESSIONS = 64
 DEFAULT_SESSION_POOL_SIZE = 1
@@ -107,6 +113,7 @@ LIMIT_FLOORS = LimitValues(
     output_bytes=1,
     file_size_bytes=1,
     scratch_bytes=64 * KIB,
+    egress_bytes=1,
 )
 
 
@@ -193,6 +200,25 @@ class Settings(BaseSettings):
         default=DEFAULT_SESSION_POOL_SIZE, ge=0,
         description="session sandboxes (with a kernel) started ahead of CreateSession, for the default limits")
     caps: RequestCaps = RequestCaps()
+    # Egress (docs/egress.md): read only for tenants whose network policy is an allow-list.
+    egress_ca_file: Path | None = Field(
+        default=None, description="CA certificates (PEM) trusted, besides the system's, when the proxy speaks TLS "
+                                  "onward for a host with injected credentials")
+    egress_secrets_file: Path | None = Field(
+        default=None, description="YAML/JSON map of secret names to values for injected credentials "
+                                  "(mode 0600 or stricter; re-read when it changes)")
+    egress_hosts: dict[str, list[str]] = Field(
+        default_factory=dict, description="FOR TESTS: names the proxy resolves from this table instead of DNS "
+                                          "(a name -> its addresses); unknown names still go to DNS")
+    egress_connect_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    wheelhouse: Path | None = Field(
+        default=None, description="a directory of wheels every Python sandbox may install from offline "
+                                  "(pip --no-index --find-links), bound read-only at /wheelhouse")
+    package_index_url: str | None = Field(
+        default=None, description="the pip index (an operator's mirror) sandboxes with network use; its host must "
+                                  "be in the tenant's allow-list")
+    npm_registry_url: str | None = Field(
+        default=None, description="the npm registry (an operator's mirror) sandboxes with network use")
     cpu_cores: float = Field(default=1.0, gt=0, description="CPU bandwidth of one sandbox, in cores")
     state_dir: Path = DEFAULT_STATE_DIR
     cgroup_parent: str = Field(default=DEFAULT_CGROUP_PARENT, pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")

@@ -82,6 +82,10 @@ class Metrics:
         self.session_closes = meter.create_counter("sandbox.sessions.closed", description="Sessions closed, by reason")
         self.kernel_restarts = meter.create_counter(
             "sandbox.sessions.kernel_restarts", description="Session kernels restarted (interrupt failed, died)")
+        self.egress_bytes = meter.create_counter(
+            "sandbox.egress", unit="By", description="Bytes through the egress proxy, by tenant and direction")
+        self.egress_refusals = meter.create_counter(
+            "sandbox.egress.refusals", description="Connections the egress proxy refused, by tenant and reason")
         self.session_lifetime = meter.create_histogram(
             "sandbox.sessions.lifetime", unit="s", description="How long sessions lived, by close reason",
             explicit_bucket_boundaries_advisory=SESSION_LIFETIME_BUCKETS_S)
@@ -102,6 +106,9 @@ class ExecutionMetrics:
             self.metrics.duration.record(rec.wall_time_s, labels)
             self.metrics.cpu.add(rec.cpu_time_s, labels)
             self.metrics.memory.record(rec.peak_memory_bytes, labels)
+        if rec.egress_bytes_sent or rec.egress_bytes_received:
+            self.metrics.egress_bytes.add(rec.egress_bytes_sent, {"tenant": rec.tenant, "direction": "sent"})
+            self.metrics.egress_bytes.add(rec.egress_bytes_received, {"tenant": rec.tenant, "direction": "received"})
 
 
 @dataclass

@@ -72,6 +72,17 @@ if ((${#missing[@]} > 0)) || ((${#missing_paths[@]} > 0)); then
 else
     log "host packages present"
 fi
+# npm, for `npm install` in sandboxes (docs/egress.md): Debian ships it apart from nodejs; NodeSource's nodejs
+# carries its own (and conflicts with Debian's npm), so only a host without one gets Debian's.
+if ! command -v npm >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" -eq 0 ]]; then
+        log "installing npm"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null \
+            || die "apt-get install npm failed"
+    else
+        log "warning: no npm here: \`npm install\` will not work in sandboxes"
+    fi
+fi
 
 # ---------------------------------------------------------------------------------------------- virtualenv
 PYTHON="${PYTHON:-python3}"

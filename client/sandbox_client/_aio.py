@@ -39,6 +39,7 @@ from sandbox_client._models import (
     DisplayData,
     ExecutionResult,
     Limits,
+    Network,
     OutputChunk,
     Runtime,
     SessionInfo,
@@ -137,6 +138,7 @@ class AsyncSandboxClient:
         files: Mapping[str, bytes | str] | None = None,
         env: Mapping[str, str] | None = None,
         limits: Limits | None = None,
+        network: Network | None = None,
         session_id: str = "",
         idempotency_key: str = "",
         timeout: float | None = None,  # noqa: ASYNC109 (the gRPC deadline: the server sees it too)
@@ -157,6 +159,7 @@ class AsyncSandboxClient:
             session_id=session_id,
             idempotency_key=idempotency_key or new_idempotency_key(),
             exercise=self._exercise,
+            network=network,
         )
         stub = self._get_stub()
         response: sandbox_pb2.ExecuteResult = await self._unary(stub.Execute, request, timeout)
@@ -171,6 +174,7 @@ class AsyncSandboxClient:
         files: Mapping[str, bytes | str] | None = None,
         env: Mapping[str, str] | None = None,
         limits: Limits | None = None,
+        network: Network | None = None,
         session_id: str = "",
         idempotency_key: str = "",
         timeout: float | None = None,
@@ -192,6 +196,7 @@ class AsyncSandboxClient:
             session_id=session_id,
             idempotency_key=idempotency_key or new_idempotency_key(),
             exercise=self._exercise,
+            network=network,
         )
         return self._stream(request, call_timeout(timeout, self._timeout), self._call_metadata())
 
@@ -241,6 +246,7 @@ class AsyncSandboxClient:
         *,
         languages: Sequence[str] | None = None,
         limits: Limits | None = None,
+        network: Network | None = None,
         idle_timeout_s: int | None = None,
         max_lifetime_s: int | None = None,
         cpu_total_s: float | None = None,
@@ -275,6 +281,7 @@ class AsyncSandboxClient:
             snapshot_id=snapshot_id,
             idempotency_key=idempotency_key or new_idempotency_key(),
             exercise=self._exercise,
+            network=network,
         )
         return AsyncSessionContext(self._create_session(request, language, timeout))
 

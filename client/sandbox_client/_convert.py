@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -13,11 +14,13 @@ from sandbox_client._models import (
     BudgetState,
     CodeError,
     DisplayData,
+    EgressRule,
     ExecutionResult,
     FileInfo,
     FileType,
     FrozenMapping,
     Limits,
+    Network,
     OutputChunk,
     OutputFile,
     ResourceUsage,
@@ -32,6 +35,8 @@ from sandbox_client._models import (
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2
 
 _STATUS_PREFIX = "STATUS_"
+# ExecuteRequest.session_id of exactly this shape runs in that session; any other value is a free label.
+_SESSION_ID_RE = re.compile(r"ses_[a-z2-7]{32}")
 _SESSION_STATE_PREFIX = "SESSION_STATE_"
 
 
@@ -65,6 +70,8 @@ def limits_to_proto(limits: Limits) -> sandbox_pb2.Limits:
         message.file_size_bytes = limits.file_size_bytes
     if limits.scratch_bytes is not None:
         message.scratch_bytes = limits.scratch_bytes
+    if limits.egress_bytes is not None:
+        message.egress_bytes = limits.egress_bytes
     return message
 
 
@@ -80,7 +87,38 @@ def limits_from_proto(message: sandbox_pb2.Limits) -> Limits:
         output_bytes=_present(message.HasField("output_bytes"), message.output_bytes),
         file_size_bytes=_present(message.HasField("file_size_bytes"), message.file_size_bytes),
         scratch_bytes=_present(message.HasField("scratch_bytes"), message.scratch_bytes),
+        egress_bytes=_present(message.HasField("egress_bytes"), message.egress_bytes),
     )
+
+
+_NETWORK_MODES = {"none": sandbox_pb2.Network.MODE_NONE, "allowlist": sandbox_pb2.Network.MODE_ALLOWLIST}
+
+
+def network_to_proto(network: Network) -> sandbox_pb2.Network:
+    return sandbox_pb2.Network(
+        mode=_NETWORK_MODES[network.mode],
+        allow=[sandbox_pb2.EgressRule(host=rule.host, ports=rule.ports) for rule in network.allow],
+    )
+
+
+def network_from_proto(message: sandbox_pb2.Network) -> Network | None:
+    """The inverse of ``network_to_proto``; None for MODE_UNSPECIFIED (the tenant's network), and for a mode this
+    client version does not know."""
+    if message.mode == sandbox_pb2.Network.MODE_NONE:
+        return Network.none()
+    if message.mode == sandbox_pb2.Network.MODE_ALLOWLIST:
+        return Network.allowlist(*(EgressRule(rule.host, rule.ports) for rule in message.allow))
+    return None
+
+
+def _network(network: Network | None) -> sandbox_pb2.Network | None:
+    """Raises TypeError for anything but a Network or None (a dict would otherwise fail deep in protobuf)."""
+    if network is None:
+        return None
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be a Network (Network.none(), Network.allowlist(...)) or None, not "
+                        f"{type(network).__name__}")
+    return network_to_proto(network)
 
 
 def _present(has_field: bool, value: int) -> int | None:
@@ -102,8 +140,17 @@ def build_request(
     session_id: str,
     idempotency_key: str,
     exercise: bool = False,
+    network: Network | None = None,
 ) -> sandbox_pb2.ExecuteRequest:
-    """The ExecuteRequest for ``execute``'s arguments. Text (code, stdin, str files) is sent as UTF-8."""
+    """The ExecuteRequest for ``execute``'s arguments. Text (code, stdin, str files) is sent as UTF-8.
+
+    Raises:
+        TypeError: ``network`` is not a Network.
+        ValueError: ``network`` with a session's id as ``session_id`` (its network is fixed when it is created).
+    """
+    if network is not None and _SESSION_ID_RE.fullmatch(session_id):
+        # The server refuses it too (INVALID_ARGUMENT); saying so here costs no round trip.
+        raise ValueError("network cannot be set for a call in a session: set it when the session is created")
     return sandbox_pb2.ExecuteRequest(
         language=language,
         code=code.encode("utf-8"),
@@ -114,6 +161,7 @@ def build_request(
         session_id=session_id,
         idempotency_key=idempotency_key,
         exercise=exercise,
+        network=_network(network),
     )
 
 
@@ -143,6 +191,9 @@ def result_from_proto(
             wall_time_s=message.usage.wall_time_s,
             cpu_time_s=message.usage.cpu_time_s,
             peak_memory_bytes=message.usage.peak_memory_bytes,
+            egress_bytes_sent=message.usage.egress_bytes_sent,
+            egress_bytes_received=message.usage.egress_bytes_received,
+            egress_connections=message.usage.egress_connections,
         ),
         message=message.message,
         limits=limits_from_proto(message.limits),
@@ -235,11 +286,13 @@ def build_session_request(
     snapshot_id: str,
     idempotency_key: str,
     exercise: bool = False,
+    network: Network | None = None,
 ) -> sandbox_pb2.CreateSessionRequest:
     """The CreateSessionRequest for ``session``'s arguments; None leaves a field to the tenant's default.
 
     Raises:
-        TypeError: a timeout that is not an int, a CPU total that is not a number, ``languages`` given as one str.
+        TypeError: a timeout that is not an int, a CPU total that is not a number, ``languages`` given as one str,
+            a ``network`` that is not a Network.
         ValueError: a timeout or CPU total that is not positive (or not finite).
     """
     if isinstance(languages, str):
@@ -255,6 +308,7 @@ def build_session_request(
         snapshot_id=snapshot_id,
         idempotency_key=idempotency_key,
         exercise=exercise,
+        network=_network(network),
     )
     if cpu_total_s is not None:
         if isinstance(cpu_total_s, bool) or not isinstance(cpu_total_s, int | float):
@@ -296,6 +350,7 @@ def session_from_proto(message: sandbox_pb2.Session) -> SessionInfo:
             workspace_bytes=usage.workspace_bytes,
             cost=usage.cost,
             kernel_restarts=usage.kernel_restarts,
+            egress_bytes=usage.egress_bytes,
         ),
         close_reason=message.close_reason,
         backend=message.backend,

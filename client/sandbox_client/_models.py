@@ -68,6 +68,9 @@ class Limits:
     """Largest single file the program may write."""
     scratch_bytes: int | None = None
     """Size of the private scratch working directory."""
+    egress_bytes: int | None = None
+    """Bytes through the egress proxy, both directions together (a session's: over its whole life, so it is set
+    when the session is created, never per call). Read only when the tenant's network policy is an allow-list."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -97,6 +100,111 @@ def _check_count(name: str, value: object) -> None:
         raise ValueError(f"Limits.{name} must be positive, got {value!r}")
 
 
+MAX_PORT = 65535
+
+
+@dataclass(frozen=True)
+class EgressRule:
+    """One destination a request may reach through the server's egress proxy: a host and its ports.
+
+    ``host`` is an exact name ("api.example.com"), ``"*."`` + a name ("*.example.com": its subdomains) or an IP
+    literal; the server checks its form (``InvalidRequestError``). ``ports`` takes any iterable of ints and is kept
+    sorted, without repeats, so equal rules compare equal.
+
+    Raises:
+        TypeError: ``host`` is not a str, ``ports`` is not an iterable of ints (``bool`` is not accepted).
+        ValueError: ``host`` is empty, ``ports`` is empty or holds a port outside 1..65535.
+    """
+
+    host: str
+    ports: tuple[int, ...]
+
+    def __init__(self, host: str, ports: Iterable[int]) -> None:
+        if not isinstance(host, str):
+            raise TypeError(f"EgressRule.host must be a str, not {type(host).__name__}")
+        if not host.strip():
+            raise ValueError("EgressRule.host is empty")
+        # A bare int or str would be a one-port mistake or iterate into characters: say so rather than guess.
+        if isinstance(ports, str | bytes) or not isinstance(ports, Iterable):
+            raise TypeError(f"EgressRule.ports must be an iterable of ints (e.g. [443]), not {type(ports).__name__}")
+        checked = tuple(ports)
+        for port in checked:
+            if isinstance(port, bool) or not isinstance(port, int):
+                raise TypeError(f"EgressRule.ports must hold ints, not {type(port).__name__}")
+            if not 1 <= port <= MAX_PORT:
+                raise ValueError(f"EgressRule.ports: a port is 1 to {MAX_PORT}, got {port!r}")
+        if not checked:
+            raise ValueError(f"EgressRule for {host!r} names no port")
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "ports", tuple(sorted(set(checked))))
+
+
+RuleLike = EgressRule | tuple[str, Iterable[int]] | Mapping[str, object]
+"""What ``Network.allowlist`` takes for one rule: an ``EgressRule``, ``(host, ports)`` or
+``{"host": ..., "ports": [...]}``."""
+
+
+@dataclass(frozen=True)
+class Network:
+    """A request's own network, narrowing what its tenant's policy allows (never widening it: a rule outside the
+    tenant's allow-list is refused with ``PermissionDeniedError``). Not giving one takes the tenant's network.
+
+        Network.none()                                            # no network at all
+        Network.allowlist(EgressRule("api.example.com", [443]))   # only this, of what the tenant allows
+
+    An allow-list without rules reaches nothing (``Network.none()`` says that more plainly).
+
+    Raises:
+        TypeError: ``allow`` holds something other than ``EgressRule``.
+        ValueError: an unknown ``mode``, or rules with mode "none".
+    """
+
+    mode: Literal["none", "allowlist"]
+    allow: tuple[EgressRule, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("none", "allowlist"):
+            raise ValueError(f"Network.mode must be 'none' or 'allowlist', got {self.mode!r}")
+        allow = tuple(self.allow)  # a list given by hand: frozen like the rest
+        for rule in allow:
+            if not isinstance(rule, EgressRule):
+                raise TypeError(f"Network.allow must hold EgressRule, not {type(rule).__name__} "
+                                "(Network.allowlist also takes (host, ports) and mappings)")
+        if self.mode == "none" and allow:
+            raise ValueError("Network.allow is only for mode 'allowlist'")
+        object.__setattr__(self, "allow", allow)
+
+    @classmethod
+    def none(cls) -> Network:
+        """No network at all for this request (always within the tenant's policy)."""
+        return cls(mode="none")
+
+    @classmethod
+    def allowlist(cls, *rules: RuleLike) -> Network:
+        """Only these destinations, each within one of the tenant's rules (the same or a narrower host, a subset
+        of its ports). A rule is an ``EgressRule``, ``(host, ports)`` or ``{"host": ..., "ports": [...]}``.
+
+        Raises:
+            TypeError, ValueError: a rule is malformed (see ``EgressRule``).
+        """
+        return cls(mode="allowlist", allow=tuple(_as_rule(rule) for rule in rules))
+
+
+def _as_rule(rule: object) -> EgressRule:
+    if isinstance(rule, EgressRule):
+        return rule
+    if isinstance(rule, Mapping):
+        if set(rule) != {"host", "ports"}:
+            raise ValueError("an egress rule mapping has exactly the keys 'host' and 'ports', "
+                             f"got {sorted(map(str, rule))}")
+        host, ports = rule["host"], rule["ports"]
+    elif isinstance(rule, tuple) and len(rule) == 2:
+        host, ports = rule
+    else:
+        raise TypeError(f"an egress rule is an EgressRule, (host, ports) or a mapping, not {type(rule).__name__}")
+    return EgressRule(host, ports)  # its own checks say what is wrong with host or ports
+
+
 @dataclass(frozen=True)
 class ResourceUsage:
     """What the execution consumed."""
@@ -104,6 +212,12 @@ class ResourceUsage:
     wall_time_s: float
     cpu_time_s: float
     peak_memory_bytes: int
+    egress_bytes_sent: int = 0
+    """Bytes the program sent through the egress proxy (0 without network)."""
+    egress_bytes_received: int = 0
+    """Bytes the egress proxy passed back to the program."""
+    egress_connections: int = 0
+    """Connections the egress proxy made for the program."""
 
 
 @dataclass(frozen=True)
@@ -365,6 +479,8 @@ class SessionUsage:
     """What it cost so far, its calls and its held time (currency units of the tenant's pricing)."""
     kernel_restarts: int
     """Times its Python kernel was restarted (each time its variables were lost)."""
+    egress_bytes: int = 0
+    """Bytes through the egress proxy so far, both ways (counted against ``Limits.egress_bytes``)."""
 
 
 @dataclass(frozen=True)
@@ -383,9 +499,9 @@ class SessionInfo:
     closed_at: datetime | None
     """When it closed; None while it lives."""
     limits: Limits
-    """Applied limits: ``memory_bytes``, ``max_pids``, ``scratch_bytes`` (the workspace) and ``file_size_bytes``
-    hold for the session's whole life; ``wall_time_s``, ``cpu_time_s`` and ``output_bytes`` are each call's
-    defaults."""
+    """Applied limits: ``memory_bytes``, ``max_pids``, ``scratch_bytes`` (the workspace), ``file_size_bytes`` and
+    ``egress_bytes`` hold for the session's whole life; ``wall_time_s``, ``cpu_time_s`` and ``output_bytes`` are
+    each call's defaults."""
     idle_timeout_s: int
     """Seconds without a call after which it closes."""
     max_lifetime_s: int

@@ -37,6 +37,7 @@ from sandbox_client._models import (
     DisplayData,
     ExecutionResult,
     Limits,
+    Network,
     OutputChunk,
     Runtime,
     SessionInfo,
@@ -139,6 +140,7 @@ class SandboxClient:
         files: Mapping[str, bytes | str] | None = None,
         env: Mapping[str, str] | None = None,
         limits: Limits | None = None,
+        network: Network | None = None,
         session_id: str = "",
         idempotency_key: str = "",
         timeout: float | None = None,
@@ -149,12 +151,17 @@ class SandboxClient:
         exception. ``files`` are placed in the working directory first (relative paths; str is sent as
         UTF-8). ``timeout`` (seconds) is this call's deadline, retries included; None uses the client's.
 
+        ``network`` narrows the tenant's egress for this run (``Network.none()``, ``Network.allowlist(...)``); None
+        takes the tenant's. A rule outside the tenant's allow-list is refused (PermissionDeniedError). Not with a
+        session's id as ``session_id``: a session's network is set when it is created (``session(network=...)``).
+
         ``idempotency_key`` names this request to the server; "" makes a fresh one for this call. Every retry
         of the call sends the same key, so the server runs the code at most once (a retry gets the first
         attempt's result, the same ``execution_id``). Reuse a key only to repeat the very same request: the
         same key with another request is refused (InvalidRequestError, reason ``idempotency_key_reused``).
 
         Raises:
+            TypeError, ValueError: an argument is invalid (``network`` not a Network, or with a session's id).
             SandboxError: the call failed (after the retries the client's ``retry`` policy allows); e.g.
                 InvalidRequestError for a bad request, DeadlineExceededError when ``timeout`` passed,
                 CircuitOpenError when the client's circuit breaker is open.
@@ -169,6 +176,7 @@ class SandboxClient:
             session_id=session_id,
             idempotency_key=idempotency_key or new_idempotency_key(),
             exercise=self._exercise,
+            network=network,
         )
         self._check_open()
         response = self._unary(self._stub.Execute, request, timeout)
@@ -183,6 +191,7 @@ class SandboxClient:
         files: Mapping[str, bytes | str] | None = None,
         env: Mapping[str, str] | None = None,
         limits: Limits | None = None,
+        network: Network | None = None,
         session_id: str = "",
         idempotency_key: str = "",
         timeout: float | None = None,
@@ -213,6 +222,7 @@ class SandboxClient:
             session_id=session_id,
             idempotency_key=idempotency_key or new_idempotency_key(),
             exercise=self._exercise,
+            network=network,
         )
         return self._stream(request, call_timeout(timeout, self._timeout), self._call_metadata())
 
@@ -261,6 +271,7 @@ class SandboxClient:
         *,
         languages: Sequence[str] | None = None,
         limits: Limits | None = None,
+        network: Network | None = None,
         idle_timeout_s: int | None = None,
         max_lifetime_s: int | None = None,
         cpu_total_s: float | None = None,
@@ -281,12 +292,13 @@ class SandboxClient:
 
         ``language`` is the default language of ``Session.run``. ``languages`` restricts what the session may run
         (None: every language the tenant allows). ``limits`` are the session's (see ``SessionInfo.limits``: memory,
-        pids, workspace and file size for its life; wall, CPU and output the default of each call); unset ones
-        take the tenant's session defaults. ``idle_timeout_s``, ``max_lifetime_s`` (int seconds) and
+        pids, workspace, file size and egress bytes for its life; wall, CPU and output the default of each call);
+        unset ones take the tenant's session defaults. ``idle_timeout_s``, ``max_lifetime_s`` (int seconds) and
         ``cpu_total_s`` (CPU seconds for its whole life) take the tenant's defaults when None. ``env`` is every
         call's environment (a Python call cannot set its own); ``files`` are placed in the workspace first
         (relative paths; str is sent as UTF-8); ``labels`` are tags of your own (``list_sessions`` filters on
-        them); ``snapshot_id`` starts it from a snapshot's files.
+        them); ``snapshot_id`` starts it from a snapshot's files. ``network`` narrows the tenant's egress for the
+        session's whole life (see ``execute``; None: the tenant's); its calls cannot change it.
 
         ``idempotency_key`` ("" makes a fresh one) is sent on every retry of this call, so a retried create
         returns the same session rather than a second one.
@@ -308,6 +320,7 @@ class SandboxClient:
             snapshot_id=snapshot_id,
             idempotency_key=idempotency_key or new_idempotency_key(),
             exercise=self._exercise,
+            network=network,
         )
         self._check_open()
         response = self._unary(self._stub.CreateSession, request, timeout)

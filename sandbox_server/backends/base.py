@@ -15,6 +15,8 @@ from sandbox_server.execution.spec import ExecutionResult, ExecutionSpec, Output
 from sandbox_server.telemetry import record_phase
 
 if TYPE_CHECKING:
+    from sandbox_server.egress.gateway import EgressGateway, EgressLink
+    from sandbox_server.execution.spec import EgressSpec, Usage
     from sandbox_server.sessions.sandbox import SessionSandbox
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,22 @@ class Backend(abc.ABC):
     # Told of a teardown that failed after its execution's result was returned, in that execution's context
     # (the server feeds it to its metrics and incident response). One that fails before is the call's error.
     on_teardown_failure: Callable[[SandboxFailure], None] | None = None
+    # The server's egress proxies (egress/gateway.py); a spec with network needs it.
+    egress: EgressGateway | None = None
+
+    async def attach_egress(self, pid: int, egress: EgressSpec, max_bytes: int, *, execution_id: str = "",
+                            session_id: str = "", exercise: bool = False) -> EgressLink:
+        """Open the proxy of the sandbox whose process ``pid`` is given (in its network namespace). Raises
+        SandboxFailure when it cannot: the program must not run without the network its policy gives it."""
+        from sandbox_server.egress.gateway import EgressContext
+
+        if self.egress is None:
+            raise SandboxFailure("this server has no egress proxy: a sandbox with network cannot start")
+        try:
+            return await self.egress.attach(pid, egress, max_bytes, EgressContext(
+                tenant=egress.tenant, execution_id=execution_id, session_id=session_id, exercise=exercise))
+        except OSError as exc:
+            raise SandboxFailure(f"could not open the sandbox's egress proxy: {exc}") from exc
 
     async def teardown(self, work: Coroutine[Any, Any, None], tracked: set[asyncio.Task[None]], *,
                        after_reply: bool) -> None:
@@ -102,3 +120,14 @@ class Backend(abc.ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+def with_egress(usage: Usage, link: EgressLink | None) -> Usage:
+    """The usage with the proxy's counters (unchanged without network)."""
+    import dataclasses
+
+    if link is None:
+        return usage
+    stats = link.stats
+    return dataclasses.replace(usage, egress_bytes_sent=stats.bytes_sent, egress_bytes_received=stats.bytes_received,
+                               egress_connections=stats.connections)

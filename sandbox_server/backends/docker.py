@@ -42,11 +42,12 @@ import docker.errors
 import requests.exceptions
 from docker.types import LogConfig, Ulimit
 
-from sandbox_server.backends.base import Backend
+from sandbox_server.backends.base import Backend, with_egress
 from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager, CgroupsUnavailable, detect
 from sandbox_server.backends.outcome import finish, watchdog
 from sandbox_server.backends.sandbox_init import DOCKER_INIT, FRAME_DATA, FRAME_STATUS, INIT_PIDS, parse_status
 from sandbox_server.backends.seccomp import docker_security_opt
+from sandbox_server.egress.env import WHEELHOUSE
 from sandbox_server.errors import BackendUnavailable, SandboxFailure
 from sandbox_server.execution.output import OutputCapture, select_outputs
 from sandbox_server.execution.runtimes import BASE_ENV, HOSTNAME, RUNTIMES, WORKDIR, Runtime
@@ -65,6 +66,7 @@ from sandbox_server.settings import Settings
 from sandbox_server.telemetry import record_phase
 
 if TYPE_CHECKING:
+    from sandbox_server.egress.gateway import EgressLink
     from sandbox_server.sessions.sandbox import SessionSandbox
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,11 @@ def image_for(settings: Settings, runtime: Runtime) -> str:
     return f"{settings.docker_image_prefix}{runtime.image}:{settings.docker_image_tag}"
 
 
+def wheelhouse_source(settings: Settings) -> str | None:
+    """The host directory bound at /wheelhouse, if the operator set one."""
+    return str(settings.wheelhouse.resolve()) if settings.wheelhouse is not None else None
+
+
 @dataclass(frozen=True)
 class ContainerConfig:
     """Everything a container is created with; translated to the Docker API in ``to_create_kwargs`` only."""
@@ -110,6 +117,7 @@ class ContainerConfig:
     run_bytes: int = 0
     cpu_backstop_ms: int = 0
     extra_pids: int = INIT_PIDS
+    wheelhouse: str | None = None  # the operator's wheels (a host directory), bound read-only at /wheelhouse
 
     def to_create_kwargs(self, api: docker.APIClient) -> dict[str, Any]:
         lim = self.limits
@@ -140,6 +148,7 @@ class ContainerConfig:
             cgroup_parent=self.cgroup_parent,
             init=False,
             privileged=False,
+            binds={self.wheelhouse: {"bind": WHEELHOUSE, "mode": "ro"}} if self.wheelhouse else None,
         )
         return {
             "image": self.image,
@@ -182,6 +191,7 @@ class _Run:
     files: tuple[OutputFile, ...] = ()
     files_truncated: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    egress: EgressLink | None = None  # the container's proxy, with network
 
 
 class DockerBackend(Backend):
@@ -314,6 +324,8 @@ class DockerBackend(Backend):
             raise BackendUnavailable(f"the Docker backend failed mid-run: {_short(exc)}") from exc
         finally:
             self._runs.pop(spec.execution_id, None)
+            if run.egress is not None:
+                await run.egress.aclose()
             record_phase("sandbox.start", begun, run.started_ns or None, **{"sandbox.backend": self.name})
             if run.started_ns:
                 record_phase("sandbox.run", run.started_ns, run.ended_ns or None)
@@ -368,6 +380,18 @@ class DockerBackend(Backend):
             raw = await self._call(api.attach_socket, container.id, params=ATTACH_PARAMS)
         sock: socket.socket = raw._sock  # the hijacked connection: stdin in, multiplexed stdout/stderr out
         sock.setblocking(False)
+        if spec.egress is not None:
+            # Before the payload: the program cannot start before its tar has arrived, so the proxy is there
+            # before the program's first connection.
+            try:
+                info = await self._call(api.inspect_container, container.id)
+                run.egress = await self.attach_egress(
+                    int(info["State"]["Pid"]), spec.egress, spec.limits.egress_bytes,
+                    execution_id=spec.execution_id, session_id=spec.session_id, exercise=spec.exercise)
+            except BaseException:
+                sock.close()
+                raw.close()
+                raise
         loop = asyncio.get_running_loop()
         capture = OutputCapture(spec.limits.output_bytes, on_output)
         frames = _Frames(spec.max_output_file_bytes + TRAILER_OVERHEAD)
@@ -430,6 +454,8 @@ class DockerBackend(Backend):
                 run.exited = True
                 run.ended = time.monotonic()
                 run.ended_ns = time.time_ns()
+                if run.egress is not None:
+                    await run.egress.aclose()  # the program has ended: the counters are final
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
@@ -495,9 +521,9 @@ class DockerBackend(Backend):
             exit_code=exit_code,
             sig=sig,
             oom_kills=1 if state.get("OOMKilled") else 0,
-            usage=Usage(wall_time_s=run.ended - run.started,
-                        cpu_time_s=(cg.cpu_time_ns() if cg else run.last_cpu_ns) / 1e9,
-                        peak_memory_bytes=cg.peak_memory_bytes() if cg else 0),
+            usage=with_egress(Usage(wall_time_s=run.ended - run.started,
+                                    cpu_time_s=(cg.cpu_time_ns() if cg else run.last_cpu_ns) / 1e9,
+                                    peak_memory_bytes=cg.peak_memory_bytes() if cg else 0), run.egress),
             capture=capture,
             files=files,
             files_truncated=truncated,
@@ -515,6 +541,7 @@ class DockerBackend(Backend):
             gid=self.settings.sandbox_gid,
             labels=((LABEL_MANAGED, "true"), (LABEL_OWNER, self.owner), (LABEL_RUNTIME, runtime.language)),
             cgroup_parent=None,
+            wheelhouse=wheelhouse_source(self.settings),
         )
 
     async def _create(self, config: ContainerConfig) -> _Container:

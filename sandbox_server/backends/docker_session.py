@@ -26,7 +26,9 @@ from sandbox_server.backends.docker import (
     ContainerConfig,
     _Container,
     image_for,
+    wheelhouse_source,
 )
+from sandbox_server.errors import SandboxFailure
 from sandbox_server.execution.runtimes import BASE_ENV
 from sandbox_server.execution.spec import SessionSpec
 from sandbox_server.sessions.channel import AgentChannel
@@ -69,6 +71,7 @@ class DockerSession(SessionSandbox):
             run_bytes=RUN_BYTES,
             cpu_backstop_ms=spec.cpu_total_ms,
             extra_pids=SYSTEM_PIDS,
+            wheelhouse=wheelhouse_source(settings),
         )
 
     async def start(self) -> None:
@@ -99,6 +102,19 @@ class DockerSession(SessionSandbox):
             with contextlib.suppress(Exception):
                 await self.destroy()
             raise
+
+    async def netns_pid(self) -> int:
+        api, container = self.owner._api, self.container
+        if api is None or container is None:
+            raise SandboxFailure("the session's container is gone")
+        try:
+            info = await self.owner._call(api.inspect_container, container.id)
+        except Exception as exc:
+            raise SandboxFailure(f"could not inspect the session's container: {exc}") from exc
+        pid = int(info["State"].get("Pid") or 0)
+        if pid <= 0:
+            raise SandboxFailure("the session's container is not running")
+        return pid
 
     async def _demux(self, sock: socket.socket, stdout: asyncio.StreamReader) -> None:
         """Docker's attach stream: 8-byte headers (stream, length), stdout to the channel, stderr to the log."""

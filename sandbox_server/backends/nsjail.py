@@ -35,13 +35,14 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandbox_server.backends.base import Backend
+from sandbox_server.backends.base import Backend, with_egress
 from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager, CgroupsUnavailable, detect
 from sandbox_server.backends.jail import READ_CHUNK, Jail, pipe_reader
 from sandbox_server.backends.outcome import finish, watchdog
 from sandbox_server.backends.sandbox_init import INIT_PIDS, NSJAIL_INIT, parse_status
 from sandbox_server.backends.scratch import ScratchManager
 from sandbox_server.backends.seccomp import kafel_policy
+from sandbox_server.egress.env import WHEELHOUSE
 from sandbox_server.errors import FieldViolation, InvalidRequest, SandboxFailure
 from sandbox_server.execution.output import OutputCapture
 from sandbox_server.execution.runtimes import BASE_ENV, HOSTNAME, WORKDIR
@@ -60,6 +61,7 @@ from sandbox_server.telemetry import record_phase
 
 if TYPE_CHECKING:
     from sandbox_server.backends.warm import WarmPython
+    from sandbox_server.egress.gateway import EgressLink
     from sandbox_server.sessions.sandbox import SessionSandbox
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,10 @@ NSJAIL_LOG_CAP = 64 * 1024
 TOP_LEVEL_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # /etc/alternatives: Debian reaches some libraries through it (numpy's libblas.so.3, for one); Debian's
 # matplotlib keeps its default matplotlibrc in /etc, and asks fontconfig (/etc/fonts) for the fonts.
-HOST_ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives", "/etc/matplotlibrc", "/etc/fonts")
+# /etc/ssl/certs: the CA certificates (links into /usr/share/ca-certificates and the bundle) that TLS through the
+# egress proxy verifies upstreams with; not /etc/ssl itself, whose private/ is the host's.
+HOST_ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives", "/etc/matplotlibrc", "/etc/fonts",
+                  "/etc/ssl/certs")
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 RLIMIT_NOFILE = 1024
 NICE_LEVEL = 19  # nsjail's default for the jailed process; the warm path sets the same
@@ -98,6 +103,7 @@ class JailLayout:
     etc_dir: Path              # our generated passwd/group/hosts, bound read-only
     rootfs: Path | None
     use_cgroups: bool
+    wheelhouse: Path | None = None  # the operator's wheels, bound read-only at /wheelhouse
 
 
 def applied_limits(limits: Limits) -> Limits:
@@ -125,7 +131,8 @@ def host_view(layout: JailLayout) -> tuple[HostPath, ...]:
     """Everything of the host a jail sees besides its own scratch, /tmp, /dev/shm and /proc, in mount order:
     read-only binds of /usr, the top-level dirs (or their links into /usr as the host has them) and a few /etc
     files and directories, our generated passwd/group/hosts, and a few harmless devices. With a rootfs, only the
-    generated files and the devices (the rootfs brings the rest). Both paths build their jails from this one list."""
+    generated files and the devices (the rootfs brings the rest); the operator's wheelhouse when one is set. Both
+    paths build their jails from this one list."""
     out: list[HostPath] = []
     if layout.rootfs is None:
         out.append(HostPath(MountKind.RO_BIND, "/usr", "/usr"))
@@ -138,6 +145,8 @@ def host_view(layout: JailLayout) -> tuple[HostPath, ...]:
     out += [HostPath(MountKind.RO_BIND, str(layout.etc_dir / name), f"/etc/{name}")
             for name in ("passwd", "group", "hosts")]
     out += [HostPath(MountKind.RW_BIND, dev, dev) for dev in DEVICES]
+    if layout.wheelhouse is not None:
+        out.append(HostPath(MountKind.RO_BIND, str(layout.wheelhouse), WHEELHOUSE))
     return tuple(out)
 
 
@@ -162,13 +171,15 @@ def jail_env(spec: ExecutionSpec) -> tuple[tuple[str, str], ...]:
 
 
 def build_command(spec: ExecutionSpec, layout: JailLayout, scratch: Path, cgroup: Cgroup | None,
-                  log_fd: int, status_fd: int) -> list[str]:
-    """The one place an ExecutionSpec becomes nsjail arguments."""
+                  log_fd: int, status_fd: int, go_fd: int | None = None) -> list[str]:
+    """The one place an ExecutionSpec becomes nsjail arguments. ``go_fd``: the program waits for a byte on it
+    (a sandbox with network: its proxy is made first)."""
     lim = spec.limits
     args = jail_args(layout, lim, jail_env(spec), scratch, log_fd=log_fd, time_limit=time_limit_s(lim),
                      rlimit_cpu=cpu_rlimit_s(lim, layout.use_cgroups), extra_pids=INIT_PIDS)
-    args[1:1] = ["--pass_fd", str(status_fd)]
-    args += ["--", "/usr/bin/perl", "-e", NSJAIL_INIT, "--", str(status_fd), *spec.runtime.argv()]
+    args[1:1] = ["--pass_fd", str(status_fd)] + (["--pass_fd", str(go_fd)] if go_fd is not None else [])
+    args += ["--", "/usr/bin/perl", "-e", NSJAIL_INIT, "--", str(status_fd),
+             str(go_fd) if go_fd is not None else "-", *spec.runtime.argv()]
     return launcher(args, lim, cgroup)
 
 
@@ -318,6 +329,7 @@ class _Run:
     ended: float = 0.0
     spawned_ns: int = 0  # epoch ns, for the phase spans
     ended_ns: int = 0
+    egress: EgressLink | None = None  # the sandbox's proxy, with network
 
 
 class NsjailBackend(Backend):
@@ -374,8 +386,11 @@ class NsjailBackend(Backend):
             log.warning("removed %d leftover scratch dirs from an earlier run", reaped)
         etc_dir = s.state_dir / "etc"
         write_etc(etc_dir, s.sandbox_uid, s.sandbox_gid)
+        if s.wheelhouse is not None and not s.wheelhouse.is_dir():
+            raise SandboxFailure(f"wheelhouse {s.wheelhouse} is not a directory")
         self.layout = JailLayout(nsjail=nsjail, uid=s.sandbox_uid, gid=s.sandbox_gid, etc_dir=etc_dir,
-                                 rootfs=s.rootfs, use_cgroups=self.cgroups is not None)
+                                 rootfs=s.rootfs, use_cgroups=self.cgroups is not None,
+                                 wheelhouse=s.wheelhouse.resolve() if s.wheelhouse is not None else None)
         if s.warm_python or s.warm_javascript:
             await self._start_warm(self.layout)
 
@@ -500,14 +515,15 @@ class NsjailBackend(Backend):
         log_r, log_w = os.pipe()
         status_r, status_w = os.pipe()
         os.set_blocking(status_r, False)
+        go_r, go_w = os.pipe() if run.spec.egress is not None else (None, None)
         try:
-            argv = build_command(run.spec, layout, scratch, run.cgroup, log_w, status_w)
+            argv = build_command(run.spec, layout, scratch, run.cgroup, log_w, status_w, go_r)
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                pass_fds=(log_w, status_w),
+                pass_fds=(log_w, status_w) if go_r is None else (log_w, status_w, go_r),
                 env={},
                 start_new_session=True,
                 limit=READ_CHUNK,
@@ -515,11 +531,41 @@ class NsjailBackend(Backend):
         except OSError as exc:
             os.close(log_r)
             os.close(status_r)
+            if go_w is not None:
+                os.close(go_w)
             raise SandboxFailure(f"could not start nsjail: {exc}") from exc
         finally:
             os.close(log_w)
             os.close(status_w)
-        return NsjailProcess(proc, log_r, status_r)
+            if go_r is not None:
+                os.close(go_r)
+        jail = NsjailProcess(proc, log_r, status_r)
+        run.jail = jail  # from here on the teardown waits for it and closes its pipes, whatever happens next
+        if go_w is not None:
+            try:
+                await self._open_egress(run, proc.pid)
+                os.write(go_w, b"g")
+            except BaseException:
+                jail.kill()
+                raise
+            finally:
+                os.close(go_w)  # without its byte, the init exits before the program starts
+        return jail
+
+    async def _open_egress(self, run: _Run, nsjail_pid: int) -> None:
+        """The proxy of a jail with network, listening in its namespace before the program starts."""
+        from sandbox_server.egress.netns import NamespaceError, child_in_other_netns
+
+        spec = run.spec
+        if spec.egress is None:
+            return
+        try:
+            pid = await asyncio.to_thread(child_in_other_netns, nsjail_pid)
+        except NamespaceError as exc:
+            raise SandboxFailure(f"could not find the jail's network namespace: {exc}") from exc
+        run.egress = await self.attach_egress(pid, spec.egress, spec.limits.egress_bytes,
+                                              execution_id=spec.execution_id, session_id=spec.session_id,
+                                              exercise=spec.exercise)
 
     async def _run(
         self, run: _Run, layout: JailLayout, limits: Limits, on_output: OutputCallback | None,
@@ -575,6 +621,8 @@ class NsjailBackend(Backend):
         finally:
             run.ended = time.monotonic()
             run.ended_ns = time.time_ns()
+            if run.egress is not None:
+                await run.egress.aclose()  # nothing in the jail runs any more: its counters are final
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
@@ -606,8 +654,9 @@ class NsjailBackend(Backend):
             exit_code=exit_code,
             sig=sig,
             oom_kills=cg.oom_kills() if cg else 0,
-            usage=Usage(wall_time_s=run.ended - run.started, cpu_time_s=(cg.cpu_time_ns() / 1e9) if cg else 0.0,
-                        peak_memory_bytes=cg.peak_memory_bytes() if cg else 0),
+            usage=with_egress(Usage(
+                wall_time_s=run.ended - run.started, cpu_time_s=(cg.cpu_time_ns() / 1e9) if cg else 0.0,
+                peak_memory_bytes=cg.peak_memory_bytes() if cg else 0), run.egress),
             capture=capture,
             files=collected.files if collected else (),
             files_truncated=collected.truncated if collected else False,
@@ -616,6 +665,8 @@ class NsjailBackend(Backend):
     async def _teardown(self, run: _Run) -> None:
         """Kill everything, wait for it, remove the cgroup and the scratch mount. Raises SandboxFailure."""
         problems: list[str] = []
+        if run.egress is not None:
+            await run.egress.aclose()
         if run.jail is not None:
             if not run.jail.reported():  # the program may still run (a cancelled call, a failed start)
                 self._kill(run, run.killed_for or Status.KILLED)

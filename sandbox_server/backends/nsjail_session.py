@@ -108,6 +108,16 @@ class NsjailSession(SessionSandbox):
                 await self.destroy()
             raise
 
+    async def netns_pid(self) -> int:
+        from sandbox_server.egress.netns import NamespaceError, child_in_other_netns
+
+        if self.proc is None:
+            raise SandboxFailure("the session's jail has not started")
+        try:
+            return await asyncio.to_thread(child_in_other_netns, self.proc.pid)
+        except NamespaceError as exc:
+            raise SandboxFailure(f"could not find the session's network namespace: {exc}") from exc
+
     async def _read_stderr(self, stderr: asyncio.StreamReader) -> None:
         while chunk := await stderr.read(READ_CHUNK):
             self.note_log(chunk)

@@ -47,14 +47,21 @@ _COMMON = (
     # init or open /proc/1/fd/* and write the init's report channel (forging its status, files and output).
     f" syscall({_prctl_number()}, {PR_SET_DUMPABLE}, 0, 0, 0, 0) == 0 or exit 125;"
     " delete $ENV{$_} for qw(" + " ".join(HIDDEN_ENV) + ");"
+    # pip's --target directory, on PYTHONPATH: made before Python starts, or Python caches it as missing and
+    # a package installed there does not import in the same program.
+    " mkdir($ENV{PIP_TARGET}, 0755) if defined $ENV{PIP_TARGET};"
     ' sub report_status { my ($st) = @_;'
     ' return sprintf("%d %d\\n", ($st & 127) ? -1 : ($st >> 8), $st & 127); }'
 )
 
-# Args: the status pipe's fd number, then the program's argv.
+# Args: the status pipe's fd number, the "go" pipe's fd number or "-", then the program's argv. With a go pipe
+# the program starts only once the server has written a byte to it (its proxy is listening in the sandbox's
+# network namespace by then); a go pipe closed without one means the set-up failed, and nothing runs.
 NSJAIL_INIT = _COMMON + (
     " my $fdn = shift @ARGV; open(my $rep, '>&=', $fdn) or exit 125;"
     " fcntl($rep, 2, 1) or exit 125;"
+    " my $gon = shift @ARGV; if ($gon ne '-') { open(my $go, '<&=', $gon) or exit 125;"
+    " sysread($go, my $gb, 1) == 1 or exit 125; close $go; }"
     " my $pid = fork(); exit 125 unless defined $pid;"
     " if ($pid == 0) { exec { $ARGV[0] } @ARGV; exit 127 }"
     " my $st;"

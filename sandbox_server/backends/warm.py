@@ -477,8 +477,8 @@ class WarmPython:
     # ---- requests -----------------------------------------------------------------------------------------
     def eligible(self, spec: ExecutionSpec) -> bool:
         """Whether ``spec`` can take the warm path now (else it runs cold)."""
-        if spec.runtime != self.runtime:
-            return False
+        if spec.runtime != self.runtime or spec.egress is not None:
+            return False  # a sandbox with network runs cold: its proxy is made before its program starts
         prefixes, names = ((NODE_STARTUP_ENV_PREFIXES, NODE_STARTUP_ENV_NAMES) if self.node
                            else (STARTUP_ENV_PREFIXES, STARTUP_ENV_NAMES))
         if any(name.startswith(prefixes) or name in names for name, _ in spec.env):

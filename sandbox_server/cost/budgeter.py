@@ -118,7 +118,7 @@ class Budgeter:
         Raises:
             BudgetExceeded: a budget would be exceeded; nothing is held.
         """
-        amount = worst_case_cost(policy.pricing, spec.limits)
+        amount = worst_case_cost(policy.pricing, spec.limits, egress=spec.egress is not None)
         budgets = budgets_of(policy)
         if not spec.session_id:
             budgets = Budgets(per_day=budgets.per_day, per_month=budgets.per_month)

@@ -6,8 +6,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from sandbox_server.execution.runtimes import Runtime
+
+if TYPE_CHECKING:
+    from sandbox_server.egress.rules import EgressRules
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,7 @@ class Limits:
     output_bytes: int
     file_size_bytes: int
     scratch_bytes: int
+    egress_bytes: int = 64 * 1024 * 1024  # through the egress proxy, both ways (read only with an allow-list)
 
     def as_dict(self) -> dict[str, int]:
         """The limits by name (dataclasses.asdict deep-copies each value: slow, on every request, for ints)."""
@@ -34,6 +39,18 @@ _LIMIT_NAMES = tuple(Limits.__dataclass_fields__)
 class InputFile:
     path: str  # validated: relative, normalised, no ".."
     content: bytes
+
+
+@dataclass(frozen=True)
+class EgressSpec:
+    """A sandbox's network when its tenant's policy is an allow-list: what the proxy lets through (the request's
+    own list, within its tenant's) and how much; the byte limit is ``Limits.egress_bytes``."""
+
+    rules: EgressRules
+    tenant: str  # whose policy it is: refusals are reported under it
+    max_connections: int
+    connections_per_s: float
+    refusals_before_incident: int
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,7 @@ class ExecutionSpec:
     max_output_file_bytes: int
     session_id: str = ""
     exercise: bool = False  # an operator's check (ExecuteRequest.exercise): audited and observed as such
+    egress: EgressSpec | None = None  # None: no network at all
 
 
 class Status(Enum):
@@ -86,6 +104,10 @@ class Usage:
     wall_time_s: float
     cpu_time_s: float
     peak_memory_bytes: int
+    # Through the egress proxy (0 without network): bytes from the sandbox, bytes to it, connections made.
+    egress_bytes_sent: int = 0
+    egress_bytes_received: int = 0
+    egress_connections: int = 0
 
 
 @dataclass(frozen=True)
@@ -151,6 +173,7 @@ class SessionSpec:
     env: tuple[tuple[str, str], ...]  # the fixed environment and the session's variables, in order
     kernel: bool  # start a Python kernel
     cpu_cores: float
+    egress: EgressSpec | None = None  # None: no network at all
 
 
 # Called by a backend with each chunk of output, in order; awaiting it applies back-pressure.

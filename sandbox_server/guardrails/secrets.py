@@ -20,6 +20,9 @@ What counts as a secret:
   also PGP, SSH2 and PuTTY key files, and keys printed on one line with ``\\n`` escapes), removed whole. A
   block without an END line is removed up to the first line that cannot belong to it.
 
+- Values the server itself holds as secrets: the credentials its egress proxy injects into requests
+  (:func:`add_known_secret`), replaced wherever they appear, as ``[REDACTED:injected_credential]``.
+
 A value a plugin finds is replaced wherever it occurs on its line; overlapping finds become one redaction.
 
 Speed: each plugin has triggers, literal prefixes or keywords that all of its patterns imply, searched once
@@ -36,6 +39,7 @@ import bisect
 import functools
 import logging
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -78,6 +82,7 @@ __all__ = [
     "SCANNER_ERROR",
     "RedactionResult",
     "TextRedactionResult",
+    "add_known_secret",
     "redact",
     "redact_text",
 ]
@@ -256,9 +261,31 @@ def _table() -> _Table:
     return _Table(detectors, finders)
 
 
+INJECTED_CREDENTIAL = "injected_credential"
+MIN_KNOWN_SECRET_CHARS = 8  # shorter values would redact ordinary words
+_known_secrets: tuple[str, ...] = ()
+_known_lock = threading.Lock()
+
+
+def add_known_secret(value: str) -> None:
+    """A value the server itself holds as a secret (a credential the egress proxy injects): redacted wherever it
+    appears in any output, whatever the patterns say. Kept for the process's life; longest first, so that a
+    value containing another is replaced whole."""
+    global _known_secrets
+    if len(value) < MIN_KNOWN_SECRET_CHARS:
+        return
+    with _known_lock:
+        if value not in _known_secrets:
+            _known_secrets = tuple(sorted({*_known_secrets, value}, key=len, reverse=True))
+
+
 def _redact(text: str) -> tuple[str, Counter[str]]:
     """Replace each secret in ``text``; return the new text and how many secrets of each kind it replaced."""
     counts: Counter[str] = Counter()
+    for known in _known_secrets:
+        if known in text:
+            counts[INJECTED_CREDENTIAL] += text.count(known)
+            text = text.replace(known, _MARKER.format(INJECTED_CREDENTIAL))
     if any(hint in text for hint in _KEY_BLOCK_HINTS):
         text = _KEY_BLOCK.sub(lambda m: _block_marker(m, counts), text)
     table = _table()

@@ -13,6 +13,8 @@ What each rule watches, and the scope of the incidents it opens (fixed by the ru
 - ``budget_exceeded`` (tenant, or session for a session budget): a budget refused an execution.
 - ``session_loop`` (session): the same failing call repeated in a row in one session (the number is the tenant
   policy's ``sessions.loop_detection.repeats``): an agent stuck in a loop.
+- ``egress_refusals`` (session): connections the egress proxy refused to one session's sandboxes (the number is
+  the tenant policy's ``network.refusals_before_incident``): an exfiltration signal.
 """
 
 from __future__ import annotations
@@ -137,6 +139,16 @@ class SessionLoopRule(_Model):
     severity: Severity = "low"
 
 
+class EgressRefusalsRule(_Model):
+    """A session's sandboxes had as many connections refused by the egress proxy within ``window_s`` as its
+    tenant's ``network.refusals_before_incident``: code probing for a way out (an exfiltration signal). One-shot
+    executions without a session id share the session "tenant/" of their tenant."""
+
+    enabled: bool = True
+    window_s: float = Field(default=10 * MINUTE_S, gt=0)
+    severity: Severity = "high"
+
+
 class IncidentRules(_Model):
     escape_attempts: EscapeAttemptsRule = EscapeAttemptsRule()
     repeated_timeouts: RepeatedTimeoutsRule = RepeatedTimeoutsRule()
@@ -144,6 +156,7 @@ class IncidentRules(_Model):
     error_rate: ErrorRateRule = ErrorRateRule()
     budget_exceeded: BudgetExceededRule = BudgetExceededRule()
     session_loop: SessionLoopRule = SessionLoopRule()
+    egress_refusals: EgressRefusalsRule = EgressRefusalsRule()
 
 
 class IncidentSettings(_Model):

@@ -3,14 +3,14 @@
 How work flows, and why:
 
 - The event methods (``on_execution``, ``on_violation``, ``on_call``, ``on_teardown_failure``,
-  ``on_budget_exceeded``) run on the request path, so they only touch memory: each rule keeps a sliding window
-  per key (bounded: ``max_tracked_keys`` keys per rule, least recently seen evicted; a few timestamps per key),
-  and a rule that fires queues one job. Jobs for the same (rule, scope, subject) coalesce while queued into one
-  store call with a count, and at most ``max_pending_events`` distinct jobs wait (more are dropped and logged),
-  so neither a flood of events nor a spray of session ids grows memory without bound. The event methods are
-  thread-safe and may be called before ``start`` (their jobs wait for it).
-- One background task performs the jobs in order: ``store.open_or_bump`` in a thread, then the in-memory view
-  of mitigations is updated from the record it returns, so ``check`` reflects a new mitigation as soon as it is
+  ``on_budget_exceeded``, ``on_session_loop``, ``on_egress_refusal``) run on the request path, so they only touch
+  memory: each rule keeps a sliding window per key (bounded: ``max_tracked_keys`` keys per rule, least recently
+  seen evicted; a few timestamps per key), and a rule that fires queues one job. Jobs for the same (rule, scope,
+  subject) coalesce while queued into one store call with a count, and at most ``max_pending_events`` distinct
+  jobs wait (more are dropped and logged), so neither a flood of events nor a spray of session ids grows memory
+  without bound. The event methods are thread-safe and may be called before ``start`` (their jobs wait for it).
+- One background task performs the jobs in order: ``store.open_or_bump`` in a thread, then the in-memory view of
+  mitigations is updated from the record it returns, so ``check`` reflects a new mitigation as soon as it is
   written. A new incident is handed to the alert task (sinks run there, so a slow webhook never delays a
   mitigation); a bump does not alert again.
 - ``check`` reads an immutable snapshot of the active mitigations: no lock, no I/O. The snapshot is loaded at
@@ -65,6 +65,8 @@ RULE_TEARDOWN_FAILURE = "teardown_failure"
 RULE_ERROR_RATE = "error_rate"
 RULE_BUDGET_EXCEEDED = "budget_exceeded"
 RULE_SESSION_LOOP = "session_loop"
+RULE_EGRESS_REFUSALS = "egress_refusals"
+MAX_EGRESS_THRESHOLD = 10_000  # the most refusals a window keeps per session (policies name smaller numbers)
 SERVER_SUBJECT = "server"
 MAX_NAME_CHARS = 256
 """Tenants, session ids and languages are cut to this length in subjects (requests already cap them lower)."""
@@ -222,6 +224,7 @@ class IncidentManager:
         self._error_rate_on = on and rules.error_rate.enabled
         self._budget_on = on and rules.budget_exceeded.enabled
         self._loop_on = on and rules.session_loop.enabled
+        self._egress_on = on and rules.egress_refusals.enabled
         self._escape_rules = frozenset(rules.escape_attempts.rules)
         self._timeout_statuses = frozenset(rules.repeated_timeouts.statuses)
 
@@ -234,6 +237,7 @@ class IncidentManager:
             rules.repeated_timeouts.threshold, rules.repeated_timeouts.window_s, settings.max_tracked_keys
         )
         self._calls = _CallRate(rules.error_rate.window_s)
+        self._egress = _RecentEvents(MAX_EGRESS_THRESHOLD, rules.egress_refusals.window_s, settings.max_tracked_keys)
         self._pending: OrderedDict[tuple[str, str, str, bool], _Job] = OrderedDict()
         self._submitted = 0  # events queued (coalesced ones included), ever
         self._done = 0  # of those, the ones performed (or failed)
@@ -414,6 +418,26 @@ class IncidentManager:
             {"repeats": str(repeats), "failure": failure[:300], "language": language},
             self._clock(), exercise,
         )
+
+    def on_egress_refusal(self, *, tenant: str, session_id: str, host: str, port: int, reason: str,
+                          threshold: int, exercise: bool = False) -> None:
+        """The egress proxy refused a connection of one of the session's sandboxes (``threshold``: the tenant's
+        ``network.refusals_before_incident``)."""
+        if not self._egress_on:
+            return
+        rule = self._settings.rules.egress_refusals
+        now = self._clock()
+        subject = _session_subject(tenant, session_id)
+        with self._lock:
+            seen = self._egress.add((subject, exercise), now)
+        if seen >= min(threshold, MAX_EGRESS_THRESHOLD):
+            self._fire(
+                RULE_EGRESS_REFUSALS, rule.severity, "session", subject, _name(tenant),
+                f"session {subject}: {seen} connections refused by the egress proxy within {rule.window_s:g} s",
+                {"session_id": session_id, "last_host": f"{host[:200]}:{port}", "last_reason": reason,
+                 "threshold": str(threshold), "window_s": f"{rule.window_s:g}"},
+                now, exercise,
+            )
 
     # --- the hot path ---------------------------------------------------------------------------------------
 

@@ -70,6 +70,9 @@ class _Call:
                 trace_id=r.trace_id if r is not None and r.trace_id else current_trace_id(),
                 cost=r.cost if r is not None else 0.0,
                 exercise=acc.exercise,
+                egress_bytes_sent=r.usage.egress_bytes_sent if r is not None else 0,
+                egress_bytes_received=r.usage.egress_bytes_received if r is not None else 0,
+                egress_connections=r.usage.egress_connections if r is not None else 0,
             ))
         return out
 

@@ -1,4 +1,5 @@
-"""Apply a tenant's policy to a request that already passed validation: languages, limits, environment.
+"""Apply a tenant's policy to a request that already passed validation: languages, limits, environment,
+network (egress/policy.py).
 
 A request may lower any limit, never raise one past its tenant's ceiling: asking above the ceiling is
 PERMISSION_DENIED naming the ceiling (asking above the server's own ceiling stays INVALID_ARGUMENT).
@@ -11,6 +12,8 @@ import dataclasses
 import fnmatch
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
+from sandbox_server.egress.env import PROXY_ENV
+from sandbox_server.egress.policy import egress_for
 from sandbox_server.errors import PermissionDenied
 from sandbox_server.execution.spec import ExecutionSpec, Limits
 from sandbox_server.policy.models import TenantPolicy
@@ -46,4 +49,7 @@ def enforce(
             meta.setdefault("env", name)
     if reasons:
         raise PermissionDenied("; ".join(reasons), reason="POLICY_DENIED", metadata=meta)
-    return dataclasses.replace(spec, limits=Limits(**values))
+    egress = egress_for(policy.network, request.network if request.HasField("network") else None, tenant)
+    if egress is None:
+        return dataclasses.replace(spec, limits=Limits(**values))
+    return dataclasses.replace(spec, limits=Limits(**values), egress=egress, env=(*PROXY_ENV, *spec.env))

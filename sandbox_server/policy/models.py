@@ -8,7 +8,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 NAME_RE = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 
@@ -38,6 +38,7 @@ class LimitSet(_Model):
     output_bytes: int | None = Field(default=None, gt=0)
     file_size_bytes: int | None = Field(default=None, gt=0)
     scratch_bytes: int | None = Field(default=None, gt=0)
+    egress_bytes: int | None = Field(default=None, ge=0)
 
 
 class PythonRules(_Model):
@@ -131,6 +132,87 @@ class ModelPrice(_Model):
     output_per_million_tokens: float = Field(ge=0)
 
 
+def egress_host(value: str) -> str:
+    """An exact DNS name, a ``*.``-prefixed name or an IP literal, in the egress rules' normal form (lower case,
+    A-labels, no trailing dot, the address canonical); anything the proxy would not match fails the load."""
+    from sandbox_server.egress.rules import normalise_host
+
+    text = value.strip()
+    wildcard = text.startswith("*.")
+    try:
+        normal = normalise_host(text[2:] if wildcard else text)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a host name, a '*.'-prefixed name or an IP address ({exc})") from None
+    if wildcard:
+        if not isinstance(normal, str):
+            raise ValueError(f"{value!r}: a wildcard covers names, not IP addresses")
+        if "." not in normal:
+            raise ValueError(f"{value!r}: a wildcard must stand before at least two labels ('*.example.com')")
+        return "*." + normal
+    return str(normal)
+
+
+EgressHost = Annotated[str, Field(min_length=1, max_length=260), AfterValidator(egress_host)]
+_HEADER_RE = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$"
+
+
+class EgressCredential(_Model):
+    """A header the proxy adds to this host's requests. Its value comes from the server's environment (``env``)
+    or its secrets file (``secret``), never from the policy: the policy names where the secret is."""
+
+    header: Annotated[str, Field(pattern=_HEADER_RE)]
+    env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] | None = None
+    secret: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")] | None = None
+    template: str = Field(default="{value}", max_length=200, description="e.g. 'Bearer {value}'")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        from sandbox_server.egress.rules import Credential
+
+        try:  # the proxy's own checks (headers it owns, like Host and Content-Length, are refused)
+            Credential(header=self.header, env=self.env, secret=self.secret, template=self.template)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        if (self.env is None) == (self.secret is None):
+            raise ValueError(f"credential for header {self.header!r}: set exactly one of env and secret")
+        if self.template.count("{value}") != 1 or self.template.replace("{value}", "").count("{") \
+                or self.template.replace("{value}", "").count("}"):
+            raise ValueError(f"credential for header {self.header!r}: template must hold '{{value}}' once, "
+                             "and no other braces")
+        return self
+
+
+class EgressAllow(_Model):
+    """One allowed destination: a host (exact name, ``*.`` + name, or an IP literal) and its ports."""
+
+    host: EgressHost
+    ports: tuple[Annotated[int, Field(ge=1, le=65535)], ...] = Field(min_length=1, max_length=64)
+    credentials: tuple[EgressCredential, ...] = Field(default=(), max_length=8)
+
+
+class NetworkPolicy(_Model):
+    """A tenant's egress: ``none`` (the default: no network at all), or ``allowlist``: only the listed hosts and
+    ports, through the server's proxy (docs/egress.md)."""
+
+    mode: Literal["none", "allowlist"] = "none"
+    allow: tuple[EgressAllow, ...] = Field(default=(), max_length=256)
+    max_connections: int = Field(default=256, gt=0, description="connections a sandbox may open, in total")
+    connections_per_s: float = Field(default=20.0, gt=0, description="connections a sandbox may open per second")
+    refusals_before_incident: int = Field(
+        default=10, gt=0, description="refused connections in one session (or session label) that open an incident")
+
+    @model_validator(mode="after")
+    def _allow_needs_allowlist(self) -> Self:
+        if self.mode == "none" and self.allow:
+            raise ValueError("network.allow is set but network.mode is 'none'")
+        return self
+
+
+def _network(value: object) -> object:
+    # The short form stays valid: ``network: none``.
+    return {"mode": "none"} if value == "none" else value
+
+
 class Pricing(_Model):
     """Read by the cost interceptor: an execution costs cpu_second * CPU-seconds + memory_gb_second * peak
     memory (GB) * wall seconds + wall_second * wall seconds + per_execution; a session's held time costs
@@ -143,6 +225,7 @@ class Pricing(_Model):
         default=0.0, ge=0, description="a live session's held memory (its memory limit, in GB) per second")
     wall_second: float = Field(default=0.0, ge=0)
     per_execution: float = Field(default=0.0, ge=0)
+    egress_gb: float = Field(default=0.0, ge=0, description="per decimal GB through the egress proxy, both ways")
     models: dict[Annotated[str, Field(min_length=1, max_length=200)], ModelPrice] = Field(
         default_factory=dict, description="model name -> token prices, for RecordUsage"
     )
@@ -217,7 +300,7 @@ class TenantPolicy(_Model):
     allowed_env: tuple[Annotated[str, Field(pattern=r"^(\*|[A-Za-z_][A-Za-z0-9_]*\*?)$")], ...] = Field(
         default=(), description="env var names a request may set; a trailing * matches a prefix, * any name"
     )
-    network: Literal["none"] = "none"
+    network: Annotated[NetworkPolicy, BeforeValidator(_network)] = NetworkPolicy()
     static_validation: StaticValidation = StaticValidation()
     guardrails: Guardrails = Guardrails()
     rate: RateSettings = RateSettings()

@@ -788,6 +788,11 @@ class Agent:
             kernel = Kernel(self, self.generations)
             self.kernel = kernel
             try:
+                target = self.env.get("PIP_TARGET")
+                if target:
+                    # On PYTHONPATH: it must exist when the kernel starts, or Python caches it as missing and
+                    # the packages a later call installs there do not import.
+                    os.makedirs(target, mode=0o755, exist_ok=True)
                 await kernel.start(self.kernel_env())
             except BaseException as exc:
                 await kernel.stop()

@@ -137,6 +137,7 @@ async def run_call(sandbox: SessionSandbox, spec: ExecutionSpec, *, cpu_left_ns:
         op, fields = "run", {"lang": spec.runtime.language, "env": dict(spec.env), "code_len": len(spec.code)}
     sandbox.reset_peak_memory()
     cpu0, oom0 = sandbox.cpu_time_ns(), sandbox.oom_kills()
+    egress0 = _egress_counters(sandbox)
     started = time.monotonic()
     request = asyncio.create_task(channel.request(op, fields, spec.code + spec.stdin,
                                                   events=CallEvents(on_out, on_rich), rid=rid))
@@ -160,8 +161,11 @@ async def run_call(sandbox: SessionSandbox, spec: ExecutionSpec, *, cpu_left_ns:
                 await asyncio.shield(state.restart)
     ended = time.monotonic()
     facts.cpu_ns = max(0, sandbox.cpu_time_ns() - cpu0)
+    sent, received, connections = (now - before for now, before in zip(_egress_counters(sandbox), egress0,
+                                                                       strict=True))
     usage = Usage(wall_time_s=ended - started, cpu_time_s=facts.cpu_ns / 1e9,
-                  peak_memory_bytes=sandbox.peak_memory_bytes())
+                  peak_memory_bytes=sandbox.peak_memory_bytes(), egress_bytes_sent=sent,
+                  egress_bytes_received=received, egress_connections=connections)
     oom = sandbox.oom_kills() - oom0
     result = await _result(state, reply, facts, usage, oom, python, sandbox.backend, refused)
     return result, facts
@@ -390,3 +394,11 @@ def _int(value: object, default: int) -> int:
         with contextlib.suppress(ValueError):
             return int(value)
     return default
+
+
+def _egress_counters(sandbox: SessionSandbox) -> tuple[int, int, int]:
+    """The session's proxy counters so far (a call's are the difference across it)."""
+    if sandbox.egress is None:
+        return 0, 0, 0
+    stats = sandbox.egress.stats
+    return stats.bytes_sent, stats.bytes_received, stats.connections

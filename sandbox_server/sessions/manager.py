@@ -317,6 +317,11 @@ class SessionManager:
                         await asyncio.shield(sandbox.close())
                     raise
             try:
+                if params.egress is not None:
+                    # The agent runs nothing before the first call: the proxy is there before any program is.
+                    sandbox.egress = await self.backend.attach_egress(
+                        await sandbox.netns_pid(), params.egress, params.limits.egress_bytes,
+                        session_id=session_id, exercise=params.exercise)
                 session = await self._adopt(session_id, tenant, key_id, params, sandbox, snapshot)
             except BaseException:
                 with contextlib.suppress(Exception):

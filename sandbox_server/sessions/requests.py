@@ -16,9 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
+from sandbox_server.egress.env import PROXY_ENV, packages_for
+from sandbox_server.egress.policy import egress_for
 from sandbox_server.errors import FieldViolation, InvalidRequest, PermissionDenied
 from sandbox_server.execution.runtimes import RUNTIMES, find_runtime
-from sandbox_server.execution.spec import ExecutionSpec, InputFile, Limits
+from sandbox_server.execution.spec import EgressSpec, ExecutionSpec, InputFile, Limits
 from sandbox_server.policy.models import TenantPolicy
 from sandbox_server.sessions.ids import is_snapshot_id
 from sandbox_server.settings import LimitValues, Settings
@@ -37,7 +39,7 @@ MAX_LABEL_VALUE = 256
 _LABEL_KEY_RE = re.compile(r"[a-z0-9]([a-z0-9_.-]{0,62})")
 MAX_NAME_CHARS = 200
 # Fixed for a session's life: a call may not change them.
-SESSION_WIDE = ("memory_bytes", "max_pids", "scratch_bytes", "file_size_bytes")
+SESSION_WIDE = ("memory_bytes", "max_pids", "scratch_bytes", "file_size_bytes", "egress_bytes")
 PER_CALL = ("wall_time_ms", "cpu_time_ms", "output_bytes")
 
 
@@ -56,6 +58,7 @@ class SessionParams:
     snapshot_id: str
     idempotency_key: str
     exercise: bool = False  # an admin's exercise (CreateSessionRequest.exercise; the auth link checked who)
+    egress: EgressSpec | None = None  # the session's network (None: none), for its whole life
 
     @property
     def kernel(self) -> bool:
@@ -125,11 +128,14 @@ def session_params(request: pb.CreateSessionRequest, settings: Settings, tenant:
         reasons.append(f"tenant {tenant!r} may not use snapshots")
     if reasons:
         raise PermissionDenied("; ".join(reasons), reason="POLICY_DENIED", metadata=meta)
+    egress = egress_for(policy.network, request.network if request.HasField("network") else None, tenant)
     return SessionParams(
         languages=tuple(languages) or tuple(lang for lang in ("python", "javascript", "bash") if lang in allowed),
-        limits=limits, cpu_total_ms=cpu_total, idle_timeout_s=idle, max_lifetime_s=lifetime, env=env, files=files,
+        limits=limits, cpu_total_ms=cpu_total, idle_timeout_s=idle, max_lifetime_s=lifetime,
+        env=(*(PROXY_ENV if egress is not None else ()),
+             *packages_for(settings, session=True, network=egress is not None), *env), files=files,
         labels=labels, snapshot_id=request.snapshot_id, idempotency_key=request.idempotency_key,
-        exercise=request.exercise)
+        exercise=request.exercise, egress=egress)
 
 
 def _defaults(settings: Settings, policy: TenantPolicy) -> LimitValues:
@@ -188,7 +194,8 @@ def _labels(labels: Mapping[str, str], bad: Bad) -> tuple[tuple[str, str], ...]:
 
 
 def call_spec(request: pb.ExecuteRequest, settings: Settings, execution_id: str, session_limits: Limits,
-              session_languages: tuple[str, ...], tenant: str, policy: TenantPolicy) -> ExecutionSpec:
+              session_languages: tuple[str, ...], tenant: str, policy: TenantPolicy,
+              session_egress: EgressSpec | None = None) -> ExecutionSpec:
     """An Execute request naming a session, checked against the session and the tenant's policy. Raises
     InvalidRequest or PermissionDenied."""
     violations: list[FieldViolation] = []
@@ -196,6 +203,9 @@ def call_spec(request: pb.ExecuteRequest, settings: Settings, execution_id: str,
         if request.limits.HasField(name):
             violations.append(FieldViolation(
                 f"limits.{name}", "fixed for the session's life: set it at CreateSession"))
+    if request.HasField("network"):
+        violations.append(FieldViolation("network", "a session's network is fixed for its life: set it at "
+                                                    "CreateSession"))
     runtime = find_runtime(request.language)
     if runtime is not None and runtime.language == "python" and request.env:
         violations.append(FieldViolation(
@@ -228,7 +238,8 @@ def call_spec(request: pb.ExecuteRequest, settings: Settings, execution_id: str,
         raise PermissionDenied("; ".join(reasons), reason="POLICY_DENIED", metadata=meta)
     # Only the per-call limits come from the request; the rest are the session's, whatever was sent.
     limits = dataclasses.replace(session_limits, **{name: getattr(spec.limits, name) for name in PER_CALL})
-    return dataclasses.replace(spec, limits=limits)
+    # The session's network (its proxy is the session's): the budget reserves what a call may move through it.
+    return dataclasses.replace(spec, limits=limits, egress=session_egress)
 
 
 def check_path(path: str, field: str = "path", *, allow_root: bool = False) -> str:

@@ -9,9 +9,14 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from typing import TYPE_CHECKING
 
 from sandbox_server.backends.cgroups import Cgroup
+from sandbox_server.errors import SandboxFailure
 from sandbox_server.sessions.channel import AgentChannel, ChannelClosed
+
+if TYPE_CHECKING:
+    from sandbox_server.egress.gateway import EgressLink
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +31,7 @@ class SessionSandbox(abc.ABC):
     backend: str
     channel: AgentChannel
     cgroup: Cgroup | None = None
+    egress: EgressLink | None = None  # its proxy, when the session has network (the session layer opens it)
 
     def __init__(self) -> None:
         self._log: deque[bytes] = deque()
@@ -69,7 +75,13 @@ class SessionSandbox(abc.ABC):
             self._closing = asyncio.get_running_loop().create_task(self._close())
         await asyncio.shield(self._closing)
 
+    async def netns_pid(self) -> int:
+        """A host pid of a process inside the sandbox, for its network namespace (where its proxy listens)."""
+        raise SandboxFailure(f"the {self.backend} backend's sessions have no network")
+
     async def _close(self) -> None:
+        if self.egress is not None:
+            await self.egress.aclose()
         if not self.channel.closed.done():
             with contextlib.suppress(ChannelClosed):
                 await self.channel.send("shutdown")

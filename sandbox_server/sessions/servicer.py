@@ -204,7 +204,8 @@ async def session_to_proto(sessions: SessionManager, session: LiveSession) -> pb
             calls=session.calls, cpu_time_s=session.cpu_used_ns() / 1e9 if live else 0.0,
             memory_bytes=session.sandbox.memory_bytes() if live else 0,
             peak_memory_bytes=max(session.peak_memory_bytes, session.sandbox.peak_memory_bytes() if live else 0),
-            workspace_bytes=used, cost=cost, kernel_restarts=session.kernel_restarts),
+            workspace_bytes=used, cost=cost, kernel_restarts=session.kernel_restarts,
+            egress_bytes=_egress_bytes(session)),
         close_reason=session.close_reason, backend=session.sandbox.backend, snapshot_id=params.snapshot_id)
     if session.closed:
         out.closed_at.CopyFrom(timestamp(session.closed_at))
@@ -257,3 +258,8 @@ def _decode_token(token: str) -> tuple[float, str] | None:
         raise InvalidRequest([FieldViolation("page_token", "not a token this server gave")]) from exc
     return float(created), ident
 
+
+
+def _egress_bytes(session: LiveSession) -> int:
+    link = session.sandbox.egress
+    return link.stats.bytes_sent + link.stats.bytes_received if link is not None else 0

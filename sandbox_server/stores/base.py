@@ -128,6 +128,9 @@ class AuditRecord:
     trace_id: str = ""
     cost: float = 0.0
     exercise: bool = False  # marked as an exercise by an admin (an operator's check, not an agent's work)
+    egress_bytes_sent: int = 0  # through the egress proxy, from the sandbox
+    egress_bytes_received: int = 0
+    egress_connections: int = 0
 
 
 class AuditStore(Protocol):

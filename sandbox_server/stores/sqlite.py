@@ -435,7 +435,7 @@ class SqliteAuditStore(_SqliteStore):
     Thread-safe. The execution id is the key, so an execution can never have two records."""
 
     schema_name = "audit"
-    schema_version = 2
+    schema_version = 3
     schema = """
         CREATE TABLE IF NOT EXISTS audit (
             execution_id TEXT PRIMARY KEY,
@@ -454,12 +454,18 @@ class SqliteAuditStore(_SqliteStore):
             ended_at REAL NOT NULL,
             trace_id TEXT NOT NULL,
             cost REAL NOT NULL,
-            exercise INTEGER NOT NULL DEFAULT 0
+            exercise INTEGER NOT NULL DEFAULT 0,
+            egress_bytes_sent INTEGER NOT NULL DEFAULT 0,
+            egress_bytes_received INTEGER NOT NULL DEFAULT 0,
+            egress_connections INTEGER NOT NULL DEFAULT 0
         );
         CREATE INDEX IF NOT EXISTS audit_tenant_time ON audit (tenant, started_at);
     """
     migrations = MappingProxyType({
         1: "ALTER TABLE audit ADD COLUMN exercise INTEGER NOT NULL DEFAULT 0",  # 2: exercises are marked
+        2: "ALTER TABLE audit ADD COLUMN egress_bytes_sent INTEGER NOT NULL DEFAULT 0;"  # 3: egress is counted
+           "ALTER TABLE audit ADD COLUMN egress_bytes_received INTEGER NOT NULL DEFAULT 0;"
+           "ALTER TABLE audit ADD COLUMN egress_connections INTEGER NOT NULL DEFAULT 0",
     })
 
     def record(self, rec: AuditRecord) -> None:
@@ -467,10 +473,10 @@ class SqliteAuditStore(_SqliteStore):
         row = (rec.execution_id, rec.tenant, rec.key_id, rec.session_id, rec.language, rec.code_sha256,
                json.dumps(dict(rec.limits), sort_keys=True), rec.outcome, rec.exit_code, rec.wall_time_s,
                rec.cpu_time_s, rec.peak_memory_bytes, rec.started_at, rec.ended_at, rec.trace_id, rec.cost,
-               int(rec.exercise))
+               int(rec.exercise), rec.egress_bytes_sent, rec.egress_bytes_received, rec.egress_connections)
         try:
             with self._write() as db:
-                db.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                db.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"execution {rec.execution_id} already has an audit record") from exc
 
@@ -500,9 +506,10 @@ class SqliteAuditStore(_SqliteStore):
 
 def _audit_record(row: tuple[Any, ...]) -> AuditRecord:
     (eid, tenant, key_id, session, language, digest, limits, outcome, exit_code, wall, cpu, peak, started, ended,
-     trace_id, cost, exercise) = row
+     trace_id, cost, exercise, sent, received, connections) = row
     return AuditRecord(eid, tenant, key_id, session, language, digest, MappingProxyType(json.loads(limits)),
-                       outcome, exit_code, wall, cpu, peak, started, ended, trace_id, cost, bool(exercise))
+                       outcome, exit_code, wall, cpu, peak, started, ended, trace_id, cost, bool(exercise),
+                       sent, received, connections)
 
 
 class _RegistryLike(Protocol):

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
+from sandbox_server.egress.env import PROXY_ENV_NAMES
 from sandbox_server.errors import FieldViolation, InvalidRequest
 from sandbox_server.execution.runtimes import RUNTIMES, find_runtime
 from sandbox_server.execution.spec import ExecutionSpec, InputFile, Limits
@@ -26,7 +27,7 @@ _ID_RE = re.compile(r"[\x21-\x7e]*")  # printable ASCII, no spaces (always match
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _PATH_PART_RE = re.compile(r"[^\x00-\x1f\x7f/\\]+")
 # Fixed by the sandbox; a request may not replace them (the rest of the env is the request's own business).
-RESERVED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "PWD", "LANG", "LC_ALL", "HOSTNAME"})
+RESERVED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "PWD", "LANG", "LC_ALL", "HOSTNAME"}) | PROXY_ENV_NAMES
 
 Bad = Callable[[FieldViolation], None]
 _Bad = Bad

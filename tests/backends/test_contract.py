@@ -138,7 +138,7 @@ def test_hello_world(sbx: SandboxClient, server: RunningServer, language: str, c
     assert result.limits == Limits(
         wall_time_s=d.wall_time_ms / 1000, cpu_time_s=d.cpu_time_ms / 1000, memory_bytes=d.memory_bytes,
         max_pids=d.max_pids, output_bytes=d.output_bytes, file_size_bytes=d.file_size_bytes,
-        scratch_bytes=d.scratch_bytes,
+        scratch_bytes=d.scratch_bytes, egress_bytes=d.egress_bytes,
     )
     assert 0 < result.usage.wall_time_s < d.wall_time_ms / 1000
 

@@ -4,7 +4,8 @@ tests (the fixtures are in conftest.py), which runs no code.
 It runs on its own event loop in a background thread, so the sync client (which blocks) and the asyncio
 client (on pytest-asyncio's session loop) both talk to it over loopback. It serves canned answers, records
 what each call carried (metadata, deadline, request), and does what the test scripts: abort with a given
-status (every call, or the first few), sleep, or stream until cancelled.
+status (every call, or the first few), sleep, or stream until cancelled. Of sessions it knows only CreateSession
+and CloseSession, enough to see what a create sends and how its answer reads.
 """
 
 from __future__ import annotations
@@ -45,7 +46,14 @@ def canned_result() -> sandbox_pb2.ExecuteResult:
         stdout=b"hello \xe2\x9c\x93\n",
         stderr=b"warn\n",
         files=[sandbox_pb2.OutputFile(path="out/answer.txt", content=b"42", size=2, truncated=False)],
-        usage=sandbox_pb2.ResourceUsage(wall_time_s=0.25, cpu_time_s=0.125, peak_memory_bytes=12_345_678),
+        usage=sandbox_pb2.ResourceUsage(
+            wall_time_s=0.25,
+            cpu_time_s=0.125,
+            peak_memory_bytes=12_345_678,
+            egress_bytes_sent=1_234,
+            egress_bytes_received=56_789,
+            egress_connections=3,
+        ),
         limits=sandbox_pb2.Limits(
             wall_time_ms=10_000,
             cpu_time_ms=5_000,
@@ -54,10 +62,36 @@ def canned_result() -> sandbox_pb2.ExecuteResult:
             output_bytes=2**20,
             file_size_bytes=2**20,
             scratch_bytes=64 * 2**20,
+            egress_bytes=8 * 2**20,
         ),
         language="python",
         backend="nsjail",
     )
+
+
+SESSION_ID = "ses_" + "c" * 32
+
+
+def canned_session(*, closed: bool = False) -> sandbox_pb2.Session:
+    """CreateSession's answer; CloseSession's when ``closed``."""
+    return sandbox_pb2.Session(
+        id=SESSION_ID,
+        state=sandbox_pb2.SESSION_STATE_CLOSED if closed else sandbox_pb2.SESSION_STATE_READY,
+        close_reason="closed" if closed else "",
+        limits=sandbox_pb2.Limits(memory_bytes=512 * 2**20, egress_bytes=16 * 2**20),
+        languages=["python"],
+        usage=sandbox_pb2.SessionUsage(calls=2, egress_bytes=4_096),
+        backend="nsjail",
+    )
+
+
+Request = (
+    sandbox_pb2.ExecuteRequest
+    | sandbox_pb2.ListRuntimesRequest
+    | sandbox_pb2.RecordUsageRequest
+    | sandbox_pb2.CreateSessionRequest
+    | sandbox_pb2.CloseSessionRequest
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +99,7 @@ class SeenCall:
     method: str
     metadata: dict[str, str]
     time_remaining: float | None
-    request: sandbox_pb2.ExecuteRequest | sandbox_pb2.ListRuntimesRequest | sandbox_pb2.RecordUsageRequest
+    request: Request
 
 
 @dataclass
@@ -105,7 +139,7 @@ class FakeSandbox(sandbox_pb2_grpc.SandboxServicer):
     def _record(
         self,
         method: str,
-        request: sandbox_pb2.ExecuteRequest | sandbox_pb2.ListRuntimesRequest | sandbox_pb2.RecordUsageRequest,
+        request: Request,
         context: grpc.aio.ServicerContext[object, object],
     ) -> None:
         metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
@@ -181,6 +215,20 @@ class FakeSandbox(sandbox_pb2_grpc.SandboxServicer):
             ],
             backend="nsjail",
         )
+
+    async def CreateSession(
+        self, request: sandbox_pb2.CreateSessionRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> sandbox_pb2.Session:
+        self._record("CreateSession", request, context)
+        await self._scripted_failure(context)
+        return canned_session()
+
+    async def CloseSession(
+        self, request: sandbox_pb2.CloseSessionRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> sandbox_pb2.Session:
+        self._record("CloseSession", request, context)
+        await self._scripted_failure(context)
+        return canned_session(closed=True)
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,14 @@ PUBLIC_NAMES = [
     "CodeError",
     "DeadlineExceededError",
     "DisplayData",
+    "EgressRule",
     "ErrorDetails",
     "ExecutionResult",
     "FieldViolation",
     "FileInfo",
     "InvalidRequestError",
     "Limits",
+    "Network",
     "NotFoundError",
     "OutputChunk",
     "OutputFile",
@@ -66,6 +68,7 @@ SESSION_PARAMETERS = [
     "language",
     "languages",
     "limits",
+    "network",
     "idle_timeout_s",
     "max_lifetime_s",
     "cpu_total_s",
@@ -91,6 +94,7 @@ EXECUTE_PARAMETERS = [
     "files",
     "env",
     "limits",
+    "network",
     "session_id",
     "idempotency_key",
     "timeout",
@@ -142,6 +146,9 @@ def test_both_clients_take_the_same_arguments() -> None:
     assert client["retry"].default is sandbox_client.DEFAULT_RETRY_POLICY
     assert client["breaker"].default is sandbox_client.DEFAULT_BREAKER_POLICY
     assert client["exercise"].default is False  # an agent's client never marks its traffic as an exercise
+    # A session's network is fixed when it is created: its calls do not offer one.
+    assert "network" not in inspect.signature(sandbox_client.Session.run).parameters
+    assert "network" not in inspect.signature(sandbox_client.AsyncSession.run_stream).parameters
 
 
 def test_the_default_policies_are_pinned() -> None:

@@ -38,7 +38,14 @@ EXPECTED_RESULT = ExecutionResult(
     stderr_truncated=False,
     files=(OutputFile(path="out/answer.txt", content=b"42", size=2, truncated=False),),
     files_truncated=False,
-    usage=ResourceUsage(wall_time_s=0.25, cpu_time_s=0.125, peak_memory_bytes=12_345_678),
+    usage=ResourceUsage(
+        wall_time_s=0.25,
+        cpu_time_s=0.125,
+        peak_memory_bytes=12_345_678,
+        egress_bytes_sent=1_234,
+        egress_bytes_received=56_789,
+        egress_connections=3,
+    ),
     message="",
     limits=Limits(
         wall_time_s=10.0,
@@ -48,6 +55,7 @@ EXPECTED_RESULT = ExecutionResult(
         output_bytes=2**20,
         file_size_bytes=2**20,
         scratch_bytes=64 * 2**20,
+        egress_bytes=8 * 2**20,
     ),
     language="python",
     backend="nsjail",

@@ -107,6 +107,7 @@ def test_limits_to_proto_every_field() -> None:
             output_bytes=5,
             file_size_bytes=6,
             scratch_bytes=7,
+            egress_bytes=8,
         )
     )
     assert message == sandbox_pb2.Limits(
@@ -117,6 +118,7 @@ def test_limits_to_proto_every_field() -> None:
         output_bytes=5,
         file_size_bytes=6,
         scratch_bytes=7,
+        egress_bytes=8,
     )
 
 
@@ -147,6 +149,7 @@ milliseconds = st.integers(min_value=1, max_value=10**9) | st.none()
     output=positive,
     file_size=positive,
     scratch=positive,
+    egress=positive,
 )
 def test_limits_round_trip(
     wall_ms: int | None,
@@ -156,6 +159,7 @@ def test_limits_round_trip(
     output: int | None,
     file_size: int | None,
     scratch: int | None,
+    egress: int | None,
 ) -> None:
     limits = Limits(
         wall_time_s=None if wall_ms is None else wall_ms / 1000,
@@ -165,6 +169,7 @@ def test_limits_round_trip(
         output_bytes=output,
         file_size_bytes=file_size,
         scratch_bytes=scratch,
+        egress_bytes=egress,
     )
     message = limits_to_proto(limits)
     assert (message.wall_time_ms if message.HasField("wall_time_ms") else None) == wall_ms
@@ -182,6 +187,8 @@ def test_limits_round_trip(
         ({"max_pids": -5}, ValueError),
         ({"output_bytes": 1.5}, TypeError),
         ({"scratch_bytes": True}, TypeError),
+        ({"egress_bytes": 0}, ValueError),
+        ({"egress_bytes": 1.0}, TypeError),
         ({"wall_time_s": "10"}, TypeError),
     ],
 )
@@ -231,6 +238,7 @@ def test_build_request_defaults_leave_fields_unset() -> None:
         idempotency_key="",
     )
     assert not request.HasField("limits")
+    assert not request.HasField("network")  # unset: the tenant's network
     assert request == sandbox_pb2.ExecuteRequest(language="bash", code=b"1")
 
 
@@ -252,9 +260,10 @@ def full_result_message() -> sandbox_pb2.ExecuteResult:
             sandbox_pb2.OutputFile(path="small.txt", content=b"ok", size=2, truncated=False),
         ],
         files_truncated=True,
-        usage=sandbox_pb2.ResourceUsage(wall_time_s=1.5, cpu_time_s=1.25, peak_memory_bytes=2**27),
+        usage=sandbox_pb2.ResourceUsage(wall_time_s=1.5, cpu_time_s=1.25, peak_memory_bytes=2**27,
+                                        egress_bytes_sent=100, egress_bytes_received=2000, egress_connections=2),
         message="killed at the memory limit (128 MiB)",
-        limits=sandbox_pb2.Limits(wall_time_ms=10_000, memory_bytes=2**27),
+        limits=sandbox_pb2.Limits(wall_time_ms=10_000, memory_bytes=2**27, egress_bytes=2**20),
         language="python",
         backend="docker",
     )
@@ -276,9 +285,10 @@ def test_result_from_proto_keeps_every_field() -> None:
             OutputFile(path="small.txt", content=b"ok", size=2, truncated=False),
         ),
         files_truncated=True,
-        usage=ResourceUsage(wall_time_s=1.5, cpu_time_s=1.25, peak_memory_bytes=2**27),
+        usage=ResourceUsage(wall_time_s=1.5, cpu_time_s=1.25, peak_memory_bytes=2**27, egress_bytes_sent=100,
+                            egress_bytes_received=2000, egress_connections=2),
         message="killed at the memory limit (128 MiB)",
-        limits=Limits(wall_time_s=10.0, memory_bytes=2**27),
+        limits=Limits(wall_time_s=10.0, memory_bytes=2**27, egress_bytes=2**20),
         language="python",
         backend="docker",
     )
@@ -298,6 +308,10 @@ def test_result_is_frozen() -> None:
 def test_an_empty_result_message_converts() -> None:
     result = result_from_proto(sandbox_pb2.ExecuteResult())
     assert result.status is Status.UNSPECIFIED
+    # A server without egress (or an older one) sends no egress usage: zeros, as ResourceUsage's defaults.
+    assert (result.usage.egress_bytes_sent, result.usage.egress_bytes_received, result.usage.egress_connections) \
+        == (0, 0, 0)
+    assert result.limits.egress_bytes is None
     assert (result.stdout, result.files, result.limits) == ("", (), Limits())
 
 
@@ -458,20 +472,20 @@ def test_session_from_proto() -> None:
     message = sandbox_pb2.Session(
         id="ses_x", state=sandbox_pb2.SESSION_STATE_READY, created_at=stamp(1_800_000_000),
         last_used_at=stamp(1_800_000_001, 500_000_000), expires_at=stamp(1_800_000_600),
-        limits=sandbox_pb2.Limits(wall_time_ms=60_000, memory_bytes=2**30), idle_timeout_s=600,
+        limits=sandbox_pb2.Limits(wall_time_ms=60_000, memory_bytes=2**30, egress_bytes=2**24), idle_timeout_s=600,
         max_lifetime_s=3600, cpu_total_ms=600_500, languages=["python", "bash"], labels={"b": "2", "a": "1"},
         usage=sandbox_pb2.SessionUsage(calls=2, cpu_time_s=0.5, memory_bytes=10, peak_memory_bytes=20,
-                                       workspace_bytes=30, cost=0.25, kernel_restarts=1),
+                                       workspace_bytes=30, cost=0.25, kernel_restarts=1, egress_bytes=40),
         backend="nsjail", snapshot_id="snap_y")
     info = session_from_proto(message)
     assert info == SessionInfo(
         id="ses_x", state=SessionState.READY, created_at=datetime(2027, 1, 15, 8, 0, tzinfo=UTC),
         last_used_at=datetime(2027, 1, 15, 8, 0, 1, 500_000, tzinfo=UTC),
         expires_at=datetime(2027, 1, 15, 8, 10, tzinfo=UTC), closed_at=None,
-        limits=Limits(wall_time_s=60.0, memory_bytes=2**30), idle_timeout_s=600, max_lifetime_s=3600,
-        cpu_total_s=600.5, languages=("python", "bash"), labels={"a": "1", "b": "2"},
+        limits=Limits(wall_time_s=60.0, memory_bytes=2**30, egress_bytes=2**24), idle_timeout_s=600,
+        max_lifetime_s=3600, cpu_total_s=600.5, languages=("python", "bash"), labels={"a": "1", "b": "2"},
         usage=SessionUsage(calls=2, cpu_time_s=0.5, memory_bytes=10, peak_memory_bytes=20, workspace_bytes=30,
-                           cost=0.25, kernel_restarts=1),
+                           cost=0.25, kernel_restarts=1, egress_bytes=40),
         close_reason="", backend="nsjail", snapshot_id="snap_y")
     assert info.created_at.tzinfo is UTC
     assert hash(info) == hash(session_from_proto(message))
@@ -514,6 +528,7 @@ def test_build_session_request_defaults_leave_fields_unset() -> None:
                                     idempotency_key="")
     assert not request.HasField("limits")
     assert not request.HasField("cpu_total_ms")
+    assert not request.HasField("network")
     assert request == sandbox_pb2.CreateSessionRequest()
 
 

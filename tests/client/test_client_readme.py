@@ -77,7 +77,10 @@ def test_the_readme_has_examples_for_every_topic() -> None:
                   "sbx.session(", "async with sbx.session(", "await sbx.session(", "run_stream", "DisplayData",
                   "files.upload", "files.download", "files.list", "files.delete", "iter_download", "download_to",
                   "snapshot(", "snapshot_id=", "list_snapshots", "delete_snapshot", "attach_session",
-                  "list_sessions", "get_session", "SessionNotFoundError"):
+                  "list_sessions", "get_session", "SessionNotFoundError",
+                  # network
+                  "Network.allowlist(EgressRule(", "Network.none()", "usage.egress_bytes_sent",
+                  "session(network="):
         assert topic in code, topic
 
 

@@ -65,7 +65,7 @@ def test_default_policy() -> None:
     assert set(default.languages) == {"python", "javascript", "bash"}
     assert default.static_validation == StaticValidation()  # on, with the model's rules
     assert default.guardrails.output_secrets is SecretAction.REDACT
-    assert default.network == "none"
+    assert default.network.mode == "none"
 
 
 def test_multi_tenant_example() -> None:

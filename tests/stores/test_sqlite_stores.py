@@ -196,11 +196,13 @@ def test_a_first_release_file_is_upgraded_in_place(tmp_path: Path) -> None:
     with SqliteAuditStore(path) as audit, SqliteIncidentStore(path) as incidents:
         kept = audit.get("e1")
         assert kept is not None
-        assert (kept.outcome, kept.cost, kept.exercise) == ("OK", 0.5, False)
-        audit.record(replace(kept, execution_id="e2", exercise=True))
+        assert (kept.outcome, kept.cost, kept.exercise, kept.egress_bytes_sent) == ("OK", 0.5, False, 0)
+        audit.record(replace(kept, execution_id="e2", exercise=True, egress_bytes_sent=10, egress_bytes_received=20,
+                             egress_connections=1))
         again = audit.get("e2")
         assert again is not None
         assert again.exercise
+        assert (again.egress_bytes_sent, again.egress_bytes_received, again.egress_connections) == (10, 20, 1)
         [incident] = incidents.list()
         assert (incident.id, incident.exercise, [m.action for m in incident.mitigations]) == (
             "inc_000000000001", False, ["quarantine"])
@@ -215,6 +217,6 @@ def test_a_first_release_file_is_upgraded_in_place(tmp_path: Path) -> None:
     probe = sqlite3.connect(path)
     versions = dict(probe.execute("SELECT key, value FROM meta WHERE key LIKE '%.schema'").fetchall())
     probe.close()
-    assert (versions["audit.schema"], versions["incidents.schema"]) == (2, 2)
+    assert (versions["audit.schema"], versions["incidents.schema"]) == (3, 2)
     with SqliteAuditStore(path) as audit:  # opening an upgraded file again changes nothing
         assert audit.count() == 2

@@ -258,7 +258,8 @@ def create_server(
             title="Execute code in a sandbox",
             description=session_tool_description() if session else TOOL_DESCRIPTION,
             input_schema=parameters_schema(),
-            # The sandbox has no network: a call changes nothing outside it.
+            # The sandbox has no network unless its operator lists hosts it may reach: by default a call
+            # changes nothing outside it.
             annotations=mcp_types.ToolAnnotations(
                 title="Execute code in a sandbox", read_only_hint=False, destructive_hint=False,
                 idempotent_hint=False, open_world_hint=False),

@@ -128,6 +128,7 @@ class CaseLimits(_Model):
     output_bytes: Bytes | None = None
     file_size_bytes: Bytes | None = None
     scratch_bytes: Bytes | None = None
+    egress_bytes: Bytes | None = None
 
     def merged(self, override: CaseLimits) -> CaseLimits:
         """These limits with every field ``override`` sets replaced by its value."""

@@ -61,14 +61,17 @@ from) is the step's refusal, so ``refused_by: [policy]`` accepts a tenant whose 
 snapshots; any other failure to make the session is an ERROR.
 A session that ends under the case because its sandbox failed (the agent, PID 1, did not survive an earlier
 step) is NOT CONTAINED at the step that finds it gone. The session-wide limits (``memory_bytes``,
-``max_pids``, ``file_size_bytes``, ``scratch_bytes``) may be set only on a session's first step, where they
-create it; any step may set its call's ``wall_time_s``, ``cpu_time_s`` and ``output_bytes``. A case uses at
-most ``MAX_SESSIONS`` sessions; a concurrent case may use sessions, each in one step only, and none started
-from a snapshot (the order of its steps is not defined).
+``max_pids``, ``file_size_bytes``, ``scratch_bytes``, ``egress_bytes``) may be set only on a session's first
+step, where they create it; any step may set its call's ``wall_time_s``, ``cpu_time_s`` and ``output_bytes``. A
+case uses at most ``MAX_SESSIONS`` sessions; a concurrent case may use sessions, each in one step only, and none
+started from a snapshot (the order of its steps is not defined).
 
 Rules for hostile programs (checked by review, not by this schema): network targets are loopback only
-(127.0.0.0/8, ::1) and unix sockets; anything that would do damage if not contained aims at test-owned
-targets (names carrying ``@@TOKEN@@``, the runner's canaries) and never deletes or overwrites real files.
+(127.0.0.0/8, ::1) and unix sockets, except in the egress category, whose programs name outside addresses but
+reach them only through the egress proxy on the sandbox's own loopback, or after a route lookup that sends
+nothing (tests/redteam/test_egress_corpus.py checks it); anything that would do damage if not contained aims at
+test-owned targets (names carrying ``@@TOKEN@@``, the runner's canaries) and never deletes or overwrites real
+files.
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ MAX_STEPS = 6
 MAX_SESSIONS = 3
 """Sessions one case may use (the runner keeps them all open until the case ends)."""
 SESSION_NAME_RE = r"^[a-z][a-z0-9_-]{0,31}$"
-SESSION_LIMITS = frozenset({"memory_bytes", "max_pids", "file_size_bytes", "scratch_bytes"})
+SESSION_LIMITS = frozenset({"memory_bytes", "max_pids", "file_size_bytes", "scratch_bytes", "egress_bytes"})
 """The limits that hold for a session's whole life: set when it is created (its first step), never per call."""
 
 
@@ -173,6 +176,7 @@ class CaseLimits(_Model):
     output_bytes: int | None = Field(default=None, gt=0)
     file_size_bytes: int | None = Field(default=None, gt=0)
     scratch_bytes: int | None = Field(default=None, gt=0)
+    egress_bytes: int | None = Field(default=None, gt=0)
 
     def to_client(self) -> Limits:
         return Limits(**self.model_dump())

@@ -67,7 +67,7 @@ FILE_TYPE_SYMLINK: FileType
 FILE_TYPE_OTHER: FileType
 
 class Limits(_message.Message):
-    __slots__ = ("wall_time_ms", "cpu_time_ms", "memory_bytes", "max_pids", "output_bytes", "file_size_bytes", "scratch_bytes")
+    __slots__ = ("wall_time_ms", "cpu_time_ms", "memory_bytes", "max_pids", "output_bytes", "file_size_bytes", "scratch_bytes", "egress_bytes")
     WALL_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     CPU_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,7 @@ class Limits(_message.Message):
     OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     FILE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SCRATCH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_BYTES_FIELD_NUMBER: _ClassVar[int]
     wall_time_ms: int
     cpu_time_ms: int
     memory_bytes: int
@@ -82,7 +83,32 @@ class Limits(_message.Message):
     output_bytes: int
     file_size_bytes: int
     scratch_bytes: int
-    def __init__(self, wall_time_ms: _Optional[int] = ..., cpu_time_ms: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., max_pids: _Optional[int] = ..., output_bytes: _Optional[int] = ..., file_size_bytes: _Optional[int] = ..., scratch_bytes: _Optional[int] = ...) -> None: ...
+    egress_bytes: int
+    def __init__(self, wall_time_ms: _Optional[int] = ..., cpu_time_ms: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., max_pids: _Optional[int] = ..., output_bytes: _Optional[int] = ..., file_size_bytes: _Optional[int] = ..., scratch_bytes: _Optional[int] = ..., egress_bytes: _Optional[int] = ...) -> None: ...
+
+class EgressRule(_message.Message):
+    __slots__ = ("host", "ports")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    ports: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, host: _Optional[str] = ..., ports: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Network(_message.Message):
+    __slots__ = ("mode", "allow")
+    class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        MODE_UNSPECIFIED: _ClassVar[Network.Mode]
+        MODE_NONE: _ClassVar[Network.Mode]
+        MODE_ALLOWLIST: _ClassVar[Network.Mode]
+    MODE_UNSPECIFIED: Network.Mode
+    MODE_NONE: Network.Mode
+    MODE_ALLOWLIST: Network.Mode
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_FIELD_NUMBER: _ClassVar[int]
+    mode: Network.Mode
+    allow: _containers.RepeatedCompositeFieldContainer[EgressRule]
+    def __init__(self, mode: _Optional[_Union[Network.Mode, str]] = ..., allow: _Optional[_Iterable[_Union[EgressRule, _Mapping]]] = ...) -> None: ...
 
 class InputFile(_message.Message):
     __slots__ = ("path", "content")
@@ -93,7 +119,7 @@ class InputFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("language", "code", "stdin", "files", "env", "limits", "session_id", "idempotency_key", "exercise")
+    __slots__ = ("language", "code", "stdin", "files", "env", "limits", "session_id", "idempotency_key", "exercise", "network")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +136,7 @@ class ExecuteRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     EXERCISE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     language: str
     code: bytes
     stdin: bytes
@@ -119,17 +146,24 @@ class ExecuteRequest(_message.Message):
     session_id: str
     idempotency_key: str
     exercise: bool
-    def __init__(self, language: _Optional[str] = ..., code: _Optional[bytes] = ..., stdin: _Optional[bytes] = ..., files: _Optional[_Iterable[_Union[InputFile, _Mapping]]] = ..., env: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., session_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., exercise: _Optional[bool] = ...) -> None: ...
+    network: Network
+    def __init__(self, language: _Optional[str] = ..., code: _Optional[bytes] = ..., stdin: _Optional[bytes] = ..., files: _Optional[_Iterable[_Union[InputFile, _Mapping]]] = ..., env: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., session_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., exercise: _Optional[bool] = ..., network: _Optional[_Union[Network, _Mapping]] = ...) -> None: ...
 
 class ResourceUsage(_message.Message):
-    __slots__ = ("wall_time_s", "cpu_time_s", "peak_memory_bytes")
+    __slots__ = ("wall_time_s", "cpu_time_s", "peak_memory_bytes", "egress_bytes_sent", "egress_bytes_received", "egress_connections")
     WALL_TIME_S_FIELD_NUMBER: _ClassVar[int]
     CPU_TIME_S_FIELD_NUMBER: _ClassVar[int]
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     wall_time_s: float
     cpu_time_s: float
     peak_memory_bytes: int
-    def __init__(self, wall_time_s: _Optional[float] = ..., cpu_time_s: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ...) -> None: ...
+    egress_bytes_sent: int
+    egress_bytes_received: int
+    egress_connections: int
+    def __init__(self, wall_time_s: _Optional[float] = ..., cpu_time_s: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., egress_bytes_sent: _Optional[int] = ..., egress_bytes_received: _Optional[int] = ..., egress_connections: _Optional[int] = ...) -> None: ...
 
 class OutputFile(_message.Message):
     __slots__ = ("path", "content", "size", "truncated")
@@ -307,7 +341,7 @@ class RecordUsageResponse(_message.Message):
     def __init__(self, cost: _Optional[float] = ..., session_cost: _Optional[float] = ..., budgets: _Optional[_Iterable[_Union[BudgetState, _Mapping]]] = ...) -> None: ...
 
 class SessionUsage(_message.Message):
-    __slots__ = ("calls", "cpu_time_s", "memory_bytes", "peak_memory_bytes", "workspace_bytes", "cost", "kernel_restarts")
+    __slots__ = ("calls", "cpu_time_s", "memory_bytes", "peak_memory_bytes", "workspace_bytes", "cost", "kernel_restarts", "egress_bytes")
     CALLS_FIELD_NUMBER: _ClassVar[int]
     CPU_TIME_S_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -315,6 +349,7 @@ class SessionUsage(_message.Message):
     WORKSPACE_BYTES_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     KERNEL_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_BYTES_FIELD_NUMBER: _ClassVar[int]
     calls: int
     cpu_time_s: float
     memory_bytes: int
@@ -322,7 +357,8 @@ class SessionUsage(_message.Message):
     workspace_bytes: int
     cost: float
     kernel_restarts: int
-    def __init__(self, calls: _Optional[int] = ..., cpu_time_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., workspace_bytes: _Optional[int] = ..., cost: _Optional[float] = ..., kernel_restarts: _Optional[int] = ...) -> None: ...
+    egress_bytes: int
+    def __init__(self, calls: _Optional[int] = ..., cpu_time_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., workspace_bytes: _Optional[int] = ..., cost: _Optional[float] = ..., kernel_restarts: _Optional[int] = ..., egress_bytes: _Optional[int] = ...) -> None: ...
 
 class Session(_message.Message):
     __slots__ = ("id", "state", "created_at", "last_used_at", "expires_at", "limits", "idle_timeout_s", "max_lifetime_s", "cpu_total_ms", "languages", "labels", "usage", "close_reason", "backend", "snapshot_id", "closed_at")
@@ -368,7 +404,7 @@ class Session(_message.Message):
     def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., idle_timeout_s: _Optional[int] = ..., max_lifetime_s: _Optional[int] = ..., cpu_total_ms: _Optional[int] = ..., languages: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., usage: _Optional[_Union[SessionUsage, _Mapping]] = ..., close_reason: _Optional[str] = ..., backend: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., closed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("languages", "limits", "idle_timeout_s", "max_lifetime_s", "env", "files", "labels", "snapshot_id", "idempotency_key", "cpu_total_ms", "exercise")
+    __slots__ = ("languages", "limits", "idle_timeout_s", "max_lifetime_s", "env", "files", "labels", "snapshot_id", "idempotency_key", "cpu_total_ms", "exercise", "network")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -394,6 +430,7 @@ class CreateSessionRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     CPU_TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     EXERCISE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     languages: _containers.RepeatedScalarFieldContainer[str]
     limits: Limits
     idle_timeout_s: int
@@ -405,7 +442,8 @@ class CreateSessionRequest(_message.Message):
     idempotency_key: str
     cpu_total_ms: int
     exercise: bool
-    def __init__(self, languages: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., idle_timeout_s: _Optional[int] = ..., max_lifetime_s: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., files: _Optional[_Iterable[_Union[InputFile, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., snapshot_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., cpu_total_ms: _Optional[int] = ..., exercise: _Optional[bool] = ...) -> None: ...
+    network: Network
+    def __init__(self, languages: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., idle_timeout_s: _Optional[int] = ..., max_lifetime_s: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., files: _Optional[_Iterable[_Union[InputFile, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., snapshot_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., cpu_total_ms: _Optional[int] = ..., exercise: _Optional[bool] = ..., network: _Optional[_Union[Network, _Mapping]] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
     __slots__ = ("session_id",)
