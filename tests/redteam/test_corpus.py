@@ -101,12 +101,17 @@ def test_shipped_files_are_one_per_category() -> None:
             c.value for c in Category if CATEGORY_FILES.get(c, f"{c.value}.yaml") == name)
     for case in shipped_corpus().cases:
         assert case.id.split("-")[0] in {"escape", "host", "network", "resource", "persistence", "info", "bypass",
-                                         "session"}
+                                         "session", "egress"}
 
 
 def test_shipped_programs_target_only_loopback() -> None:
-    """The network rule, checked mechanically: every IP literal in any program or input file is loopback."""
+    """The network rule, checked mechanically: every IP literal in any program or input file is loopback. The
+    egress cases name outside addresses on purpose and have a rule of their own, checked in
+    test_egress_corpus.py: they reach them only through the proxy on the sandbox's own loopback, or after a route
+    lookup that sends nothing."""
     for case in shipped_corpus().cases:
+        if case.category is Category.EGRESS:
+            continue
         for step in case.steps:
             for text in (step.code, *step.files.values()):
                 for literal in IPV4.findall(text):

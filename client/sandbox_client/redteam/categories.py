@@ -15,6 +15,9 @@ class Category(StrEnum):
     HOST_READ = "host_read"
     HOST_WRITE = "host_write"
     NETWORK = "network"
+    EGRESS = "egress"
+    """Past the egress proxy of a sandbox a policy gives network: refused addresses, names and ports, redirects,
+    forged proxy requests, and around the proxy (direct, raw, UDP, DNS)."""
     RESOURCES = "resources"
     PERSISTENCE = "persistence"
     INFO_LEAK = "info_leak"
