@@ -6,26 +6,19 @@ refused request named. A proxy bug here could reach no address beyond the namesp
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .isolation import run_isolated
 
 SCENARIO = Path(__file__).resolve().parent / "isolated_scenario.py"
 
 
 @pytest.fixture(params=["nsjail", "docker"])
 def outcome(request: pytest.FixtureRequest) -> dict[str, Any]:
-    args = [request.param]
-    if request.param == "docker":
-        args.append(request.getfixturevalue("dockerd").host)
-    done = subprocess.run(["unshare", "--net", "--", sys.executable, str(SCENARIO), *args],
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return run_isolated(SCENARIO, request, timeout_s=300)
 
 
 def test_refused_addresses_are_refused_on_what_they_resolve_to(outcome: dict[str, Any]) -> None:

@@ -15,15 +15,13 @@ network) is tests/redteam/test_redteam.py's.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+from egress.isolation import run_isolated
 
 from sandbox_client.redteam.categories import Category, Language
 from sandbox_client.redteam.corpus import shipped_corpus
@@ -45,13 +43,7 @@ IPV4 = re.compile(r"(?<![\w.])(\d{1,3}(?:\.\d{1,3}){3})(?![\w.])")
 
 @pytest.fixture(scope="module", params=["nsjail", "docker"])
 def outcome(request: pytest.FixtureRequest) -> dict[str, Any]:
-    args = [request.param]
-    if request.param == "docker":
-        args.append(request.getfixturevalue("dockerd").host)
-    done = subprocess.run(["unshare", "--net", "--", sys.executable, str(SCENARIO), *args],
-                          capture_output=True, text=True, timeout=900, check=False)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return run_isolated(SCENARIO, request, timeout_s=900)
 
 
 def describe(case_id: str, case: dict[str, Any]) -> str:
