@@ -27,7 +27,16 @@ PROXY_ENV: tuple[tuple[str, str], ...] = (
     ("npm_config_proxy", PROXY_URL), ("npm_config_https_proxy", PROXY_URL),
     ("NODE_USE_ENV_PROXY", "1"), ("NODE_OPTIONS", f"--import={_NODE_PRELOAD}"),
 )
-PROXY_ENV_NAMES = frozenset(name for name, _ in PROXY_ENV)
+# Where the proxy is: the server's to say (a request may not point its sandbox elsewhere). NODE_OPTIONS is not
+# among them: a request's own options are kept, after the preload (with_proxy_env).
+PROXY_ENV_NAMES = frozenset(name for name, _ in PROXY_ENV) - {"NODE_OPTIONS"}
+
+
+def with_proxy_env(env: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """A sandbox's variables with the proxy's first, the request's own NODE_OPTIONS joined after the preload."""
+    own = dict(env).get("NODE_OPTIONS")
+    proxy = tuple((name, f"{value} {own}" if name == "NODE_OPTIONS" and own else value) for name, value in PROXY_ENV)
+    return (*proxy, *((name, value) for name, value in env if name != "NODE_OPTIONS"))
 
 # Packages (docs/egress.md#packages): pip installs with --target into a directory on the interpreter's path, and
 # npm into node_modules beside the program. A session's land in its workspace (kept across calls, in snapshots);

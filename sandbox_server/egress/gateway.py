@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 import psutil
 
 from sandbox_server.egress.credentials import SecretSource
-from sandbox_server.egress.env import PROXY_ENV
 from sandbox_server.egress.netns import PROXY_PORT, listen_in
 from sandbox_server.egress.proxy import EgressLimits, EgressProxy, EgressStats, Refusal
 from sandbox_server.egress.resolver import Resolver, StaticResolver, SystemResolver
@@ -84,10 +83,6 @@ class EgressGateway:
         # ports it actually bound (a port of 0 in the settings is chosen at start).
         self.server_ports: set[int] = {p for p in (settings.port, settings.metrics_port) if p}
         self.observers: list[RefusalObserver] = []
-
-    def env(self) -> tuple[tuple[str, str], ...]:
-        """The variables a sandbox with network gets, after the fixed environment."""
-        return PROXY_ENV
 
     async def attach(self, pid: int, egress: EgressSpec, max_bytes: int, context: EgressContext) -> EgressLink:
         """A proxy serving the sandbox whose process ``pid`` is given, listening inside its namespace."""

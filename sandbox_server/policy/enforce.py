@@ -12,7 +12,7 @@ import dataclasses
 import fnmatch
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
-from sandbox_server.egress.env import PROXY_ENV
+from sandbox_server.egress.env import with_proxy_env
 from sandbox_server.egress.policy import egress_for
 from sandbox_server.errors import PermissionDenied
 from sandbox_server.execution.spec import ExecutionSpec, Limits
@@ -52,4 +52,4 @@ def enforce(
     egress = egress_for(policy.network, request.network if request.HasField("network") else None, tenant)
     if egress is None:
         return dataclasses.replace(spec, limits=Limits(**values))
-    return dataclasses.replace(spec, limits=Limits(**values), egress=egress, env=(*PROXY_ENV, *spec.env))
+    return dataclasses.replace(spec, limits=Limits(**values), egress=egress, env=with_proxy_env(spec.env))

@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
-from sandbox_server.egress.env import ONE_SHOT_PACKAGES, PROXY_ENV, SESSION_PACKAGES, package_env
+from sandbox_server.egress.env import ONE_SHOT_PACKAGES, PROXY_ENV, SESSION_PACKAGES, package_env, with_proxy_env
 from sandbox_server.egress.policy import egress_for
 from sandbox_server.errors import InvalidRequest, PermissionDenied
 from sandbox_server.policy.models import NetworkPolicy, PolicyFile, TenantPolicy
@@ -122,7 +122,12 @@ def test_malformed_rules_are_invalid_arguments_naming_the_field() -> None:
 
 
 def test_the_proxy_variables_are_the_servers_own() -> None:
-    assert {name for name, _ in PROXY_ENV} <= RESERVED_ENV
+    assert {name for name, _ in PROXY_ENV} - {"NODE_OPTIONS"} <= RESERVED_ENV
+    env = dict(with_proxy_env((("NODE_OPTIONS", "--max-old-space-size=64"), ("A", "1"))))
+    assert env["NODE_OPTIONS"].startswith("--import=data:text/javascript;base64,")
+    assert env["NODE_OPTIONS"].endswith(" --max-old-space-size=64")  # the request's own, kept after the preload
+    assert env["A"] == "1"
+    assert env["HTTP_PROXY"] == "http://127.0.0.1:3128"
 
 
 def test_package_variables_follow_where_packages_may_come_from() -> None:
