@@ -13,9 +13,10 @@ the sandbox's cgroup, and sends it its scratch, stdio, environment and rlimits. 
 around it (scratch, watchdog, output, result, teardown) the same way for both paths; this module starts,
 recycles and restarts the zygote, keeps the pool, and launches one warm sandbox.
 
-Eligible: the python runtime, no rootfs, cgroups usable, a ready zygote, and no environment variable the
-interpreter reads while it starts (PYTHON*, LC_*, LANG, LANGUAGE, SETUPTOOLS_USE_DISTUTILS): the zygote's
-start-up already happened, with the base environment. Every limit can be set per request, so limits never make
+Eligible: the python runtime, no rootfs, cgroups usable, a ready zygote, no network (egress: its proxy is made
+before the program starts, which only the cold path waits for), and no environment variable the interpreter reads
+while it starts (PYTHON*, LC_*, LANG, LANGUAGE, SETUPTOOLS_USE_DISTUTILS): the zygote's start-up already happened,
+with the base environment. Every limit can be set per request, so limits never make
 a request ineligible. Anything else, and any request the warm path could not take before anything of it ran
 (ZygoteUnavailable), runs cold.
 
