@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,16 @@ cli = typer.Typer(add_completion=False, no_args_is_help=True, help="The sandbox 
 # default bridge is never needed.
 START_DOCKERD = ("start dockerd first: `systemctl enable --now docker` with systemd, otherwise "
                  "`dockerd --bridge=none --iptables=false >/var/log/dockerd.log 2>&1 &`")
+
+
+def _raise_open_files_limit() -> None:
+    """The soft limit on open files up to the hard one: every call, sandbox pipe and egress connection holds
+    descriptors of the server's, and the usual soft limit (1024) is a handful of busy sandboxes. Sandboxes set
+    their own (RLIMIT_NOFILE in the jail, ulimits in the container)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @cli.callback()
@@ -63,6 +75,7 @@ def serve(
         typer.echo(f"invalid settings: {exc}", err=True)
         raise typer.Exit(2) from exc
     configure_logging(settings)
+    _raise_open_files_limit()
     app = App(settings)
     try:
         asyncio.run(_run(app))

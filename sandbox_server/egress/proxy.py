@@ -83,6 +83,8 @@ _STATUS = {
 }  # any other reason: 403
 
 MAX_HEAD_BYTES = 64 * 1024
+MAX_OPEN_CLIENTS = 64  # connections from one sandbox open at once
+OPEN_CONNECTIONS = "open_connections"
 _CHUNK = 64 * 1024
 # A connection refused at admission (rate, count) still gets its request head read, for an answer naming the
 # host; briefly, so a flood of refused connections does not hold sockets for the idle timeout.
@@ -389,6 +391,12 @@ class EgressProxy:
                 # Out of descriptors, or the peer gave up before accept: wait a little rather than spin.
                 logger.debug("egress accept failed: %s", exc)
                 await asyncio.sleep(0.05)
+                continue
+            if len(self._tasks) >= MAX_OPEN_CLIENTS:
+                # Each open connection holds descriptors of the server's: past this many at once, new ones are
+                # closed unread, so no sandbox can run the server out of descriptors.
+                conn.close()
+                self._note_limit(OPEN_CONNECTIONS)
                 continue
             task = asyncio.create_task(self._serve_client(conn, self._admit()), name="egress-client")
             self._tasks.add(task)

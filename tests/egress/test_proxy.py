@@ -31,7 +31,7 @@ import httpx
 import pytest
 
 from sandbox_server.egress.credentials import CredentialMissing, SecretsFileError, SecretSource
-from sandbox_server.egress.proxy import EgressLimits, EgressProxy, Refusal
+from sandbox_server.egress.proxy import MAX_OPEN_CLIENTS, EgressLimits, EgressProxy, Refusal
 from sandbox_server.egress.resolver import ResolveError, Resolver, StaticResolver, SystemResolver
 from sandbox_server.egress.rules import AllowEntry, Credential, EgressRules, IPAddress
 
@@ -614,6 +614,25 @@ async def test_connection_rate_limit(start: Start, world: World) -> None:
     assert (await ask(running.port, f"GET {url}")).status == 200
     assert_refused(await ask(running.port, f"GET {url}"), 429, "connection_rate", running)
     assert running.proxy.stats.limit_exceeded == "connection_rate"
+
+
+async def test_connections_open_at_once_are_bounded(start: Start, world: World) -> None:
+    """Each open connection holds the server's descriptors: past MAX_OPEN_CLIENTS at once, new ones are closed
+    unread, and the proxy serves again once they are gone."""
+    running = await start(limits=EgressLimits(max_bytes=10**9, max_connections=10_000, connections_per_s=10_000.0))
+    idle = [await asyncio.open_connection("127.0.0.1", running.port) for _ in range(MAX_OPEN_CLIENTS)]
+    try:
+        await asyncio.sleep(0.2)  # every one accepted, each waiting for its request head
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""  # closed unread
+        writer.close()
+        assert running.proxy.stats.limit_exceeded == "open_connections"
+    finally:
+        for _, w in idle:
+            w.close()
+    await asyncio.sleep(0.2)
+    assert (await ask(running.port, f"GET http://plain.example.test:{world.a.port}/echo")).status == 200
 
 
 def test_limits_are_validated() -> None:
