@@ -384,9 +384,8 @@ class DockerBackend(Backend):
             # Before the payload: the program cannot start before its tar has arrived, so the proxy is there
             # before the program's first connection.
             try:
-                info = await self._call(api.inspect_container, container.id)
                 run.egress = await self.attach_egress(
-                    int(info["State"]["Pid"]), spec.egress, spec.limits.egress_bytes,
+                    await self.container_pid(container.id), spec.egress, spec.limits.egress_bytes,
                     execution_id=spec.execution_id, session_id=spec.session_id, exercise=spec.exercise)
             except BaseException:
                 sock.close()
@@ -485,6 +484,18 @@ class DockerBackend(Backend):
         if api is not None and container is not None:
             # Fire and forget: the kill ends the output stream, which ends the run.
             self._executor.submit(_quiet, api.kill, container.id, "SIGKILL")
+
+    async def container_pid(self, container_id: str) -> int:
+        """The host pid of a running container's first process (for its network namespace). Raises
+        SandboxFailure when it is not running; dockerd's own errors pass through."""
+        api = self._api
+        if api is None:
+            raise BackendUnavailable("lost dockerd")
+        info = await self._call(api.inspect_container, container_id)
+        pid = int(info["State"].get("Pid") or 0)
+        if pid <= 0:
+            raise SandboxFailure("the container is not running")
+        return pid
 
     async def _wait_exit(self, container_id: str) -> dict[str, Any]:
         """The container's State once it has stopped (the output stream has already ended)."""

@@ -104,17 +104,14 @@ class DockerSession(SessionSandbox):
             raise
 
     async def netns_pid(self) -> int:
-        api, container = self.owner._api, self.container
-        if api is None or container is None:
+        if self.container is None:
             raise SandboxFailure("the session's container is gone")
         try:
-            info = await self.owner._call(api.inspect_container, container.id)
+            return await self.owner.container_pid(self.container.id)
+        except SandboxFailure:
+            raise
         except Exception as exc:
             raise SandboxFailure(f"could not inspect the session's container: {exc}") from exc
-        pid = int(info["State"].get("Pid") or 0)
-        if pid <= 0:
-            raise SandboxFailure("the session's container is not running")
-        return pid
 
     async def _demux(self, sock: socket.socket, stdout: asyncio.StreamReader) -> None:
         """Docker's attach stream: 8-byte headers (stream, length), stdout to the channel, stderr to the log."""

@@ -554,16 +554,10 @@ class NsjailBackend(Backend):
 
     async def _open_egress(self, run: _Run, nsjail_pid: int) -> None:
         """The proxy of a jail with network, listening in its namespace before the program starts."""
-        from sandbox_server.egress.netns import NamespaceError, child_in_other_netns
-
         spec = run.spec
         if spec.egress is None:
             return
-        try:
-            pid = await asyncio.to_thread(child_in_other_netns, nsjail_pid)
-        except NamespaceError as exc:
-            raise SandboxFailure(f"could not find the jail's network namespace: {exc}") from exc
-        run.egress = await self.attach_egress(pid, spec.egress, spec.limits.egress_bytes,
+        run.egress = await self.attach_egress(await jail_pid(nsjail_pid), spec.egress, spec.limits.egress_bytes,
                                               execution_id=spec.execution_id, session_id=spec.session_id,
                                               exercise=spec.exercise)
 
@@ -717,6 +711,17 @@ class NsjailBackend(Backend):
         if self.cgroups is not None:
             self.cgroups.reap()
             self.cgroups.remove_parents()
+
+
+async def jail_pid(nsjail_pid: int) -> int:
+    """The host pid of the jail nsjail ``nsjail_pid`` started (its first process, in the jail's own network
+    namespace). Raises SandboxFailure."""
+    from sandbox_server.egress.netns import NamespaceError, child_in_other_netns
+
+    try:
+        return await asyncio.to_thread(child_in_other_netns, nsjail_pid)
+    except NamespaceError as exc:
+        raise SandboxFailure(f"could not find the jail's network namespace: {exc}") from exc
 
 
 def _check_traversable(path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from sandbox_server.backends.cgroups import CgroupLimits
 from sandbox_server.backends.jail import READ_CHUNK, pipe_reader
-from sandbox_server.backends.nsjail import TIME_LIMIT_GRACE_S, applied_limits, jail_args, launcher
+from sandbox_server.backends.nsjail import TIME_LIMIT_GRACE_S, applied_limits, jail_args, jail_pid, launcher
 from sandbox_server.errors import SandboxFailure
 from sandbox_server.execution.runtimes import BASE_ENV
 from sandbox_server.execution.spec import SessionSpec
@@ -109,14 +109,9 @@ class NsjailSession(SessionSandbox):
             raise
 
     async def netns_pid(self) -> int:
-        from sandbox_server.egress.netns import NamespaceError, child_in_other_netns
-
         if self.proc is None:
             raise SandboxFailure("the session's jail has not started")
-        try:
-            return await asyncio.to_thread(child_in_other_netns, self.proc.pid)
-        except NamespaceError as exc:
-            raise SandboxFailure(f"could not find the session's network namespace: {exc}") from exc
+        return await jail_pid(self.proc.pid)
 
     async def _read_stderr(self, stderr: asyncio.StreamReader) -> None:
         while chunk := await stderr.read(READ_CHUNK):

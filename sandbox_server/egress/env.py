@@ -78,7 +78,10 @@ def package_env(*, session: bool, network: bool, wheelhouse: bool, index_url: st
     return tuple(env)
 
 
-def packages_for(settings: Settings, *, session: bool, network: bool) -> tuple[tuple[str, str], ...]:
-    """``package_env`` from the server's settings."""
-    return package_env(session=session, network=network, wheelhouse=settings.wheelhouse is not None,
-                       index_url=settings.package_index_url, npm_registry=settings.npm_registry_url)
+def sandbox_env(env: tuple[tuple[str, str], ...], settings: Settings, *, session: bool,
+                network: bool) -> tuple[tuple[str, str], ...]:
+    """A one-shot execution's or a session's own variables (``env``, the request's), with what egress adds:
+    where packages go and come from, and, with network, where the proxy is. One place for both kinds."""
+    own = (*package_env(session=session, network=network, wheelhouse=settings.wheelhouse is not None,
+                        index_url=settings.package_index_url, npm_registry=settings.npm_registry_url), *env)
+    return with_proxy_env(own) if network else own

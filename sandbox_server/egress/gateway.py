@@ -30,7 +30,6 @@ from sandbox_server.settings import Settings
 log = logging.getLogger("sandbox_server.egress")
 
 
-
 @dataclass(frozen=True)
 class EgressContext:
     """Who a proxy works for: what its refusals and counters are reported under."""
@@ -56,10 +55,6 @@ class EgressLink:
     def stats(self) -> EgressStats:
         return self.proxy.stats
 
-    def redactions(self) -> list[str]:
-        """The injected secrets' values, for the output guardrail."""
-        return self.proxy.redactions()
-
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
@@ -71,9 +66,7 @@ class EgressGateway:
         self.settings = settings
         base: Resolver = resolver or SystemResolver()
         if settings.egress_hosts:
-            table = {name.lower().rstrip("."): [ipaddress.ip_address(a) for a in addresses]
-                     for name, addresses in settings.egress_hosts.items()}
-            base = StaticResolver(table, fallback=base)
+            base = StaticResolver(settings.egress_hosts, fallback=base)
         self.resolver = base
         self.secrets = SecretSource(settings.egress_secrets_file)
         self.ssl_context = ssl.create_default_context()
@@ -115,7 +108,7 @@ class EgressGateway:
                     log.debug("credential for %s not resolvable yet: %s", entry.host, type(exc).__name__)
                 else:
                     add_known_secret(value)
-                    add_known_secret(credential.template.replace("{value}", value))
+                    add_known_secret(credential.header_value(value))
 
     def _refused(self, context: EgressContext, egress: EgressSpec, refusal: Refusal) -> None:
         for observer in self.observers:

@@ -87,13 +87,8 @@ def _narrowed(tenant_list: EgressRules, requested: list[tuple[int, AllowEntry]],
             continue
         # The most specific cover, as the proxy would pick for the tenant's own list: an exact name's
         # credentials, not a wildcard's absence of them.
-        cover = max(covering, key=_specificity)
+        cover = max(covering, key=AllowEntry.specificity)
         out.append(AllowEntry(host=entry.host, ports=entry.ports, credentials=cover.credentials))
     if wider:
         raise PermissionDenied("; ".join(wider), reason="POLICY_DENIED", metadata={"tenant": tenant})
     return EgressRules(entries=tuple(out))
-
-
-def _specificity(entry: AllowEntry) -> tuple[int, int]:
-    suffix = entry.wildcard_suffix
-    return (0, len(suffix)) if suffix is not None else (1, 0)

@@ -257,7 +257,7 @@ class AllowEntry:
             return host.endswith("." + self._suffix)
         return self._ip is None and self.host == host
 
-    def _specificity(self) -> tuple[int, int]:
+    def specificity(self) -> tuple[int, int]:
         # An exact name or literal beats any wildcard; a longer suffix beats a shorter one.
         return (0, len(self._suffix)) if self._suffix is not None else (1, 0)
 
@@ -299,7 +299,7 @@ class EgressRules:
         with_port = [e for e in candidates if port in e.ports]
         if not with_port:
             return PORT_NOT_ALLOWED
-        return max(with_port, key=AllowEntry._specificity)  # max keeps the first of equals: list order breaks ties
+        return max(with_port, key=AllowEntry.specificity)  # max keeps the first of equals: list order breaks ties
 
     def route_connect(self, host: str, port: int) -> AllowEntry | str:
         """``decide`` for a CONNECT tunnel. An entry with credentials refuses it: the proxy does not intercept TLS
@@ -321,7 +321,7 @@ class EgressRules:
             candidates = self._candidates(host)
             credentialed = [e for e in candidates if e.credentials] if not isinstance(candidates, str) else []
             if credentialed:
-                entry = max(credentialed, key=AllowEntry._specificity)
+                entry = max(credentialed, key=AllowEntry.specificity)
                 return HttpRoute(entry, entry.ports[0], tls=True)
         return found
 

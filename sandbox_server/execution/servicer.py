@@ -20,7 +20,7 @@ from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.backends.base import Backend
 from sandbox_server.context import Acceptance, accept, budget_gate, call_record, principal
 from sandbox_server.cost.budgeter import Budgeter
-from sandbox_server.egress.env import packages_for
+from sandbox_server.egress.env import sandbox_env
 from sandbox_server.errors import BackendUnavailable, FieldViolation, InvalidRequest
 from sandbox_server.execution.admission import Admission
 from sandbox_server.execution.convert import chunk_to_proto, display_to_proto, result_to_proto
@@ -141,8 +141,9 @@ class SandboxServicer:
             else:
                 spec = build_spec(checked, self.settings, uuid.uuid4().hex)
                 spec = enforce(checked, spec, tenant, policy, self.settings.ceilings)
-                if packages := packages_for(self.settings, session=False, network=spec.egress is not None):
-                    spec = dataclasses.replace(spec, env=(*packages, *spec.env))
+                env = sandbox_env(spec.env, self.settings, session=False, network=spec.egress is not None)
+                if env != spec.env:  # most requests: no network, no wheelhouse, nothing to add
+                    spec = dataclasses.replace(spec, env=env)
             if checked.exercise:  # the auth link refused it already unless the caller may say so
                 spec = dataclasses.replace(spec, exercise=True)
         if call is not None:

@@ -12,7 +12,6 @@ import dataclasses
 import fnmatch
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
-from sandbox_server.egress.env import with_proxy_env
 from sandbox_server.egress.policy import egress_for
 from sandbox_server.errors import PermissionDenied
 from sandbox_server.execution.spec import ExecutionSpec, Limits
@@ -50,6 +49,4 @@ def enforce(
     if reasons:
         raise PermissionDenied("; ".join(reasons), reason="POLICY_DENIED", metadata=meta)
     egress = egress_for(policy.network, request.network if request.HasField("network") else None, tenant)
-    if egress is None:
-        return dataclasses.replace(spec, limits=Limits(**values))
-    return dataclasses.replace(spec, limits=Limits(**values), egress=egress, env=with_proxy_env(spec.env))
+    return dataclasses.replace(spec, limits=Limits(**values), egress=egress)

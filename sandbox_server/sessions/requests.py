@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
-from sandbox_server.egress.env import packages_for, with_proxy_env
+from sandbox_server.egress.env import sandbox_env
 from sandbox_server.egress.policy import egress_for
 from sandbox_server.errors import FieldViolation, InvalidRequest, PermissionDenied
 from sandbox_server.execution.runtimes import RUNTIMES, find_runtime
@@ -132,7 +132,7 @@ def session_params(request: pb.CreateSessionRequest, settings: Settings, tenant:
     return SessionParams(
         languages=tuple(languages) or tuple(lang for lang in ("python", "javascript", "bash") if lang in allowed),
         limits=limits, cpu_total_ms=cpu_total, idle_timeout_s=idle, max_lifetime_s=lifetime,
-        env=_session_env(env, settings, egress is not None), files=files,
+        env=sandbox_env(env, settings, session=True, network=egress is not None), files=files,
         labels=labels, snapshot_id=request.snapshot_id, idempotency_key=request.idempotency_key,
         exercise=request.exercise, egress=egress)
 
@@ -256,9 +256,3 @@ def check_name(name: str) -> str:
     if len(name) > MAX_NAME_CHARS or not name.isprintable():
         raise InvalidRequest([FieldViolation("name", f"at most {MAX_NAME_CHARS} printable characters")])
     return name
-
-
-def _session_env(env: tuple[tuple[str, str], ...], settings: Settings, network: bool) -> tuple[tuple[str, str], ...]:
-    """The session's variables: where packages go, the proxy's when it has network, then the request's."""
-    own = (*packages_for(settings, session=True, network=network), *env)
-    return with_proxy_env(own) if network else own
