@@ -7,10 +7,10 @@ Four modes, each after an unmeasured warm-up, at every concurrency C (C threads)
   bare   subprocess.run(["/usr/bin/python3", "-c", program]) on the host: unisolated, a cold interpreter each
   cold   SandboxClient.execute(program) through a full server (the whole interceptor chain, audit, ...) whose
          Python executions each start a fresh nsjail jail and interpreter (warm_python off)
-  fresh  the same server with the warm path in its default mode (warm_python_mode = "fresh"): a sandbox set up
-         ahead of its request, its interpreter exec'd and started ahead too (its own address-space layout)
-  fork   the warm path's "fork" mode: a fork of a clean warm interpreter per execution, in fresh namespaces,
-         cgroup, scratch and seccomp filter (every sandbox shares the zygote's layout)
+  fresh  the same server with the warm path's "fresh" mode: a sandbox set up ahead of its request, its
+         interpreter exec'd and started ahead too (its own address-space layout)
+  fork   the warm path's default mode: a fork of a clean warm interpreter per execution, in fresh namespaces,
+         cgroup, scratch and seccomp filter (every sandbox shares the zygote's layout: docs/security.md)
 
   hello     print("hello"), --hello-n times
   workload  --n distinct small programs with test assertions (bench/workload.py), each printing "ok"

@@ -9,6 +9,7 @@ cancels the rest -> every session closed -> backend waits for every teardown.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -108,6 +109,11 @@ class App:
             raise
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)  # type: ignore[union-attr]
+        # What start-up built (modules, gRPC, telemetry, policies: ~100k objects) lives as long as the server: out
+        # of the collector's generations, a full collection walks only what requests made since, instead of
+        # stalling the event loop ~50 ms at a time under load (stop() gives them back).
+        gc.collect()
+        gc.freeze()
 
     async def _start_serving(self, stores: Stores, policies: PolicyRegistry, telemetry: Telemetry) -> None:
         settings = self.settings
@@ -156,6 +162,7 @@ class App:
         """Drain: refuse new work, let in-flight executions finish (up to the grace period), tear down."""
         grace = self.settings.drain_timeout_s if grace_s is None else grace_s
         self.admission.close()
+        gc.unfreeze()  # what start() froze becomes collectable again once this server lets go of it
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         try:

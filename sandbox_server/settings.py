@@ -235,9 +235,9 @@ class Settings(BaseSettings):
         default=True,
         description="JavaScript in sandboxes whose node was started ahead of the request (docs/warm-path.md)")
     warm_python_mode: WarmPythonMode = Field(
-        default=WarmPythonMode.FRESH,
-        description="fresh: each program an interpreter exec'd ahead of its request (its own memory layout); "
-                    "fork: a fork of the warm zygote (faster still; every sandbox shares the zygote's layout)")
+        default=WarmPythonMode.FORK,
+        description="fork: a fork of the warm zygote (every sandbox shares its layout: docs/security.md); "
+                    "fresh: each program an interpreter exec'd ahead of its request (its own layout, ~8 ms CPU more)")
     warm_python_recycle_after: int = Field(
         default=DEFAULT_WARM_PYTHON_RECYCLE_AFTER, gt=0, description="forks per zygote before it is replaced")
     warm_python_pool: int = Field(
@@ -271,7 +271,8 @@ class Settings(BaseSettings):
     incidents: IncidentSettings = IncidentSettings()
     idempotency_window_s: float = Field(
         default=600.0, gt=0, description="how long a completed response is kept for retries with its key")
-    idempotency_max_bytes: int = Field(default=256 * MIB, gt=0, description="kept responses, all together")
+    idempotency_max_bytes: int = Field(
+        default=256 * MIB, gt=0, description="kept responses, all together, ~1 KiB per entry counted besides each")
     idempotency_grace_s: float = Field(
         default=3.0, ge=0, description="how long a keyed run whose caller went away waits for a retry")
     log_format: LogFormat = LogFormat.JSON

@@ -93,6 +93,7 @@ class CgroupManager:
 
     def __init__(self, hierarchy: Hierarchy) -> None:
         self.hierarchy = hierarchy
+        self._swap_file: str | None = None  # the memory controller's swap limit file ("" if absent), once known
 
     @property
     def version(self) -> CgroupVersion:
@@ -117,16 +118,23 @@ class CgroupManager:
 
     def create(self, name: str, limits: CgroupLimits) -> Cgroup:
         """Make the cgroup for one execution with its limits set; raise OSError on failure (nothing left)."""
-        cg = Cgroup(self.version, {c: p / name for c, p in self.hierarchy.parents.items()})
+        cg = self._cgroup(name)
         try:
             for d in cg.dirs():
-                d.mkdir(mode=0o755)
+                os.mkdir(d, 0o755)
             cg.apply(limits)
         except OSError:
             cg.kill_all()
             cg.try_remove()
             raise
         return cg
+
+    def _cgroup(self, name: str) -> Cgroup:
+        if self._swap_file is None:  # the same for every cgroup of the hierarchy: probed once, not per execution
+            mem = self.hierarchy.parents["memory"]
+            swap = "memory.memsw.limit_in_bytes" if self.version is CgroupVersion.V1 else "memory.swap.max"
+            self._swap_file = swap if (mem / swap).exists() else ""
+        return Cgroup(self.version, {c: p / name for c, p in self.hierarchy.parents.items()}, self._swap_file)
 
     def reap(self) -> int:
         """Kill and remove every leftover execution cgroup (from a crash); return how many were removed."""
@@ -136,7 +144,7 @@ class CgroupManager:
                 names.update(p.name for p in d.iterdir() if p.is_dir())
         removed = 0
         for name in sorted(names):
-            cg = Cgroup(self.version, {c: p / name for c, p in self.hierarchy.parents.items()})
+            cg = self._cgroup(name)
             cg.kill_all()
             if cg.try_remove():
                 removed += 1
@@ -153,9 +161,11 @@ class CgroupManager:
 class Cgroup:
     """One execution's cgroup. Files are our own kernel interface; nothing the sandbox writes is read here."""
 
-    def __init__(self, version: CgroupVersion, paths: dict[str, Path]) -> None:
+    def __init__(self, version: CgroupVersion, paths: dict[str, Path], swap_file: str = "") -> None:
         self.version = version
         self.paths = paths
+        # v1 memory.memsw.limit_in_bytes or v2 memory.swap.max; "" without swap accounting
+        self.swap_file = swap_file
 
     def dirs(self) -> list[Path]:
         return sorted(set(self.paths.values()))
@@ -177,9 +187,8 @@ class Cgroup:
         quota = max(1000, int(limits.cpu_cores * CFS_PERIOD_US))
         if self.version is CgroupVersion.V1:
             _write(mem / "memory.limit_in_bytes", limits.memory_bytes)
-            memsw = mem / "memory.memsw.limit_in_bytes"
-            if memsw.exists():  # absent without swap accounting; then keep the kernel from swapping us
-                _write(memsw, limits.memory_bytes)
+            if self.swap_file:  # absent without swap accounting; then keep the kernel from swapping us
+                _write(mem / self.swap_file, limits.memory_bytes)
             else:
                 _write(mem / "memory.swappiness", 0)
             _write(pids / "pids.max", limits.max_pids)
@@ -187,8 +196,8 @@ class Cgroup:
             _write(cpu / "cpu.cfs_quota_us", quota)
         else:
             _write(mem / "memory.max", limits.memory_bytes)
-            if (mem / "memory.swap.max").exists():
-                _write(mem / "memory.swap.max", 0)
+            if self.swap_file:
+                _write(mem / self.swap_file, 0)
             _write(pids / "pids.max", limits.max_pids)
             _write(cpu / "cpu.max", f"{quota} {CFS_PERIOD_US}")
 
@@ -198,8 +207,7 @@ class Cgroup:
         mem, pids, cpu = self.paths["memory"], self.paths["pids"], self.paths["cpu"]
         if new.memory_bytes != old.memory_bytes:
             if self.version is CgroupVersion.V1:
-                memsw = mem / "memory.memsw.limit_in_bytes"
-                files = [mem / "memory.limit_in_bytes", *([memsw] if memsw.exists() else [])]
+                files = [mem / "memory.limit_in_bytes", *([mem / self.swap_file] if self.swap_file else [])]
                 for f in reversed(files) if new.memory_bytes > old.memory_bytes else files:
                     _write(f, new.memory_bytes)
             else:
@@ -214,13 +222,16 @@ class Cgroup:
                 _write(cpu / "cpu.max", f"{quota} {CFS_PERIOD_US}")
 
     # ---- counters -------------------------------------------------------------------------------------
-    def oom_kills(self) -> int:
+    def oom_kills(self, nested: bool = True) -> int:
         """Processes the kernel's OOM killer killed in this cgroup and the ones below it (a Docker container's own
         cgroup sits below ours and hits the limit first). v2's memory.events counts the subtree already; v1's
-        memory.oom_control counts its own cgroup only, so the children are added."""
+        memory.oom_control counts its own cgroup only, so the children are added, unless the caller knows no
+        cgroup can be below (``nested=False``: nothing in its sandbox may make one)."""
         mem = self.paths["memory"]
         if self.version is CgroupVersion.V2:
             return _keyed(mem / "memory.events").get("oom_kill", 0)
+        if not nested:
+            return _keyed(mem / "memory.oom_control").get("oom_kill", 0)
         total = 0
         for directory, subdirs, _ in os.walk(mem):  # cgroupfs: directories the kernel made; no links followed
             total += _keyed(Path(directory) / "memory.oom_control").get("oom_kill", 0)
@@ -231,8 +242,8 @@ class Cgroup:
         mem = self.paths["memory"]
         if self.version is CgroupVersion.V1:
             return _read_int(mem / "memory.max_usage_in_bytes")
-        peak = mem / "memory.peak"  # Linux >= 5.19; before that the current usage is the best we have
-        return _read_int(peak if peak.exists() else mem / "memory.current")
+        peak = _read_int(mem / "memory.peak", -1)  # Linux >= 5.19; before that the current usage is the best
+        return peak if peak >= 0 else _read_int(mem / "memory.current")
 
     def memory_bytes(self) -> int:
         """What the cgroup holds now."""
@@ -326,22 +337,38 @@ def _enable_controllers(d: Path) -> None:
         _write(d / "cgroup.subtree_control", wanted)
 
 
+# Control files are read and written with plain fds: several per execution, and a text file object's set-up
+# (buffer, decoder) costs more than the read itself.
 def _write(path: Path, value: object) -> None:
-    with open(path, "w") as f:
-        f.write(str(value))
-
-
-def _read_int(path: Path) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        return int(path.read_text().strip() or 0)
-    except (FileNotFoundError, ValueError):
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path) -> str:
+    """A control file's whole text (they are small: one page at most)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 65536).decode()
+    finally:
+        os.close(fd)
+
+
+def _read_int(path: Path, missing: int = 0) -> int:
+    try:
+        return int(_read(path).strip() or 0)
+    except FileNotFoundError:
+        return missing
+    except ValueError:
         return 0
 
 
 def _keyed(path: Path) -> dict[str, int]:
     out: dict[str, int] = {}
     with contextlib.suppress(FileNotFoundError):
-        for line in path.read_text().splitlines():
+        for line in _read(path).splitlines():
             key, _, value = line.partition(" ")
             with contextlib.suppress(ValueError):
                 out[key] = int(value)

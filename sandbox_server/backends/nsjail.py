@@ -647,7 +647,7 @@ class NsjailBackend(Backend):
             killed_for=run.killed_for,
             exit_code=exit_code,
             sig=sig,
-            oom_kills=cg.oom_kills() if cg else 0,
+            oom_kills=cg.oom_kills(nested=False) if cg else 0,  # no cgroup can be made in a jail
             usage=with_egress(Usage(
                 wall_time_s=run.ended - run.started, cpu_time_s=(cg.cpu_time_ns() / 1e9) if cg else 0.0,
                 peak_memory_bytes=cg.peak_memory_bytes() if cg else 0), run.egress),

@@ -37,7 +37,7 @@ sandbox    forked ahead of requests (the server keeps a few ready), so that all 
            capability survives: checked), its stdio, a cold start's /proc cmdline and environ, the environment,
            closes every other fd, lowers itself to nice 19 (nsjail's default) and runs the code at the top of
            this stack as ``python3 -B -s main.py`` would, ending as that interpreter ends (_finalize).
-program    in the "fresh" mode (the default), the program process does not stay a fork: it takes the sandbox
+program    in the "fresh" mode, the program process does not stay a fork: it takes the sandbox
            user for good (uid included), restores its signal mask and execs the runtime's interpreter with a
            cold start's environment on this program, compiled once by the zygote and kept in a sealed memfd
            (BOOT). That interpreter (its own address-space layout and hash seed) then waits for its request and

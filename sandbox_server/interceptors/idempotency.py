@@ -43,6 +43,9 @@ DEFAULT_WINDOW_S = 600.0
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_GRACE_S = 3.0  # how long a run whose caller went away waits for a retry to take it over
 MAX_KEYS = 100_000  # a bound on entries too, whatever their size
+# What an entry costs beyond its response's bytes (the entry, its future, its key and fingerprint, the table's
+# slot), counted against max_bytes so that the cap bounds the table's real memory.
+ENTRY_OVERHEAD_BYTES = 1024
 _STREAM_END = object()
 
 
@@ -148,7 +151,7 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
             self._bytes -= entry.size
 
     def _keep(self, key: tuple[str, str], entry: _Entry, kept: Kept) -> None:
-        entry.size = kept.size
+        entry.size = kept.size + ENTRY_OVERHEAD_BYTES
         entry.expires = self.clock() + self.window_s
         self._entries.move_to_end(key)
         self._bytes += entry.size
@@ -174,7 +177,14 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
 
         task = entry.task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda done: self._ran(entry, done))
+
+    def _ran(self, entry: _Entry, task: asyncio.Task[None]) -> None:
+        """A run is over: only its response stays. A finished task still holds its context (the call's span,
+        its attributes, the principal), ~5 KiB a call, which the window would keep for every call it keeps."""
+        self._tasks.discard(task)
+        if entry.task is task:
+            entry.task = None
 
     async def _wait(self, entry: _Entry, context: grpc.aio.ServicerContext) -> Kept:
         """Wait for the entry's run as one of its callers. A caller that goes away leaves the run to the

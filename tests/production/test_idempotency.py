@@ -154,3 +154,21 @@ def test_a_refused_request_keeps_nothing(tmp_path: Path) -> None:
             assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             busy.result()
             assert stub.Execute(request, timeout=30).stdout == b"later\n"
+
+
+def test_a_kept_response_holds_nothing_of_its_run(tmp_path: Path) -> None:
+    """The window keeps every keyed response (the client keys every call): each entry must be the response
+    alone. A finished run's task still holds its context (the call's span and attributes), ~5 KiB a call."""
+    from sandbox_server.interceptors.idempotency import ENTRY_OVERHEAD_BYTES
+
+    with server_with_policy(tmp_path, PRICED) as srv, SandboxClient(srv.target) as client:
+        for i in range(5):
+            assert client.execute(f"print({i})").status == "OK"
+        table = srv.app.idempotency
+        assert table is not None
+        entries = list(table._entries.values())
+        assert len(entries) == 5
+        assert all(e.task is None and e.done.done() for e in entries)
+        assert not table._tasks
+        # the cap counts what an entry costs beyond its response, so it bounds the table's memory
+        assert table._bytes == sum(e.size for e in entries) >= 5 * ENTRY_OVERHEAD_BYTES

@@ -43,14 +43,7 @@ DEFAULT_POLICY = ROOT / "policies" / "default.yaml"
 SECRET_ENV = "REDTEAM_SERVER_SECRET"  # noqa: S105 (a variable name; its value is random)
 
 # (backend, case id) -> why it is not contained. Each is a security bug to fix, kept failing on purpose.
-KNOWN_FINDINGS: dict[tuple[str, str], str] = {
-    ("nsjail-fork", "info-shared-address-layout"): (
-        "in the warm path's fork mode every Python execution is a fork of the zygote and has its address-space "
-        "layout (the same libc, heap and stack addresses in every sandbox until the zygote is recycled): ASLR no "
-        "longer differs between executions; a documented trade-off of that opt-in mode (docs/warm-path.md), which "
-        "is why the fresh mode is the default"
-    ),
-}
+KNOWN_FINDINGS: dict[tuple[str, str], str] = {}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
