@@ -40,7 +40,7 @@ from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager,
 from sandbox_server.backends.jail import READ_CHUNK, Jail, pipe_reader
 from sandbox_server.backends.outcome import finish, watchdog
 from sandbox_server.backends.sandbox_init import INIT_PIDS, NSJAIL_INIT, parse_status
-from sandbox_server.backends.scratch import ScratchManager
+from sandbox_server.backends.scratch import DetachedScratch, Scratch, ScratchManager
 from sandbox_server.backends.seccomp import kafel_policy
 from sandbox_server.egress.env import WHEELHOUSE
 from sandbox_server.errors import FieldViolation, InvalidRequest, SandboxFailure
@@ -321,7 +321,7 @@ class _Run:
     """Mutable state of one execution, owned by NsjailBackend._run_once."""
 
     spec: ExecutionSpec
-    scratch: Path | None = None
+    scratch: Scratch | None = None
     cgroup: Cgroup | None = None
     jail: Jail | None = None
     killed_for: Status | None = None
@@ -400,6 +400,8 @@ class NsjailBackend(Backend):
             self.warm_problem = "off: a rootfs is configured (the zygote runs the host's /usr/bin/python3)"
         elif not layout.use_cgroups:
             self.warm_problem = "off: cgroups are unavailable (the warm path needs them for every limit)"
+        elif problem := self._detached_scratch_problem():
+            self.warm_problem = f"off: no detached scratch mounts here ({problem})"
         else:
             from sandbox_server.backends.warm import POOL_CGROUP_SUFFIX, WarmPython, reap_abandoned_pools
 
@@ -421,6 +423,15 @@ class NsjailBackend(Backend):
                 return
         self.warm_js_problem = self.warm_js_problem or self.warm_problem
         log.warning("the warm path is %s", self.warm_problem)
+
+    def _detached_scratch_problem(self) -> str:
+        """Why a warm sandbox's scratch (fsopen/fsmount: Linux 5.2, and a seccomp profile that allows it, when
+        the server itself runs in a container) cannot be made here, or ""."""
+        try:
+            self.scratch.destroy(self.scratch.create_detached(4096))
+        except OSError as exc:
+            return str(exc)
+        return ""
 
     def describe(self) -> dict[str, str]:
         layout = self.layout
@@ -490,13 +501,14 @@ class NsjailBackend(Backend):
         self._kill(run, Status.KILLED)
         return True
 
-    def _prepare(self, run: _Run, limits: Limits, cgroup: bool) -> None:
-        """The execution's scratch (with the code and input files in it) and, with ``cgroup``, its cgroup (a
-        warm sandbox brings its own)."""
+    def _prepare(self, run: _Run, limits: Limits, warm: bool) -> None:
+        """The execution's scratch (with the code and input files in it) and its cgroup. A warm sandbox brings
+        its own cgroup, and takes a detached scratch (its PID 1 mounts it; a cold jail binds a path)."""
         spec = run.spec
         name = spec.execution_id
         try:
-            run.scratch = self.scratch.create(name, limits.scratch_bytes)
+            run.scratch = (self.scratch.create_detached(limits.scratch_bytes) if warm
+                           else self.scratch.create(name, limits.scratch_bytes))
             self.scratch.populate(run.scratch, spec)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:  # validation checks the sizes; tmpfs adds a little per file
@@ -504,7 +516,7 @@ class NsjailBackend(Backend):
                     "files", f"the code and input files do not fit in scratch_bytes={limits.scratch_bytes}",
                 )]) from exc
             raise SandboxFailure(f"could not prepare the scratch directory: {exc}") from exc
-        if cgroup and self.cgroups is not None:
+        if not warm and self.cgroups is not None:
             try:
                 run.cgroup = self.cgroups.create(
                     name, CgroupLimits(limits.memory_bytes, limits.max_pids + INIT_PIDS, spec.cpu_cores))
@@ -566,7 +578,7 @@ class NsjailBackend(Backend):
         warm: WarmPython | None,
     ) -> ExecutionResult:
         spec = run.spec
-        self._prepare(run, limits, cgroup=warm is None)
+        self._prepare(run, limits, warm=warm is not None)
         if run.scratch is None:
             raise SandboxFailure("no scratch directory")
         capture = OutputCapture(limits.output_bytes, on_output)
@@ -574,6 +586,8 @@ class NsjailBackend(Backend):
             from sandbox_server.backends.warm import ZygoteUnavailable
 
             try:
+                if not isinstance(run.scratch, DetachedScratch):
+                    raise SandboxFailure("a warm sandbox takes a detached scratch")
                 warm_jail = await warm.launch(spec, limits, run.scratch)
             except ZygoteUnavailable:
                 if run.killed_for is None:
@@ -581,6 +595,8 @@ class NsjailBackend(Backend):
                 return self._result(run, limits, capture, (None, signal.SIGKILL))  # killed while starting
             run.jail, run.cgroup = warm_jail, warm_jail.cgroup
         else:
+            if isinstance(run.scratch, DetachedScratch):
+                raise SandboxFailure("a cold jail binds a scratch path")
             run.jail = await self._launch_cold(run, layout, run.scratch)
         run.started = time.monotonic()
         run.spawned_ns = time.time_ns()

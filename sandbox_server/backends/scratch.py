@@ -1,8 +1,13 @@
-"""Private scratch directories: one fresh size-capped tmpfs per execution, mounted by the server.
+"""Private scratch directories: one fresh size-capped tmpfs per execution, made by the server.
 
 A tmpfs of its own per execution gives three guarantees for free: the size cap is the kernel's, a hard link
 inside it can only point at another file of the same execution (links never cross file systems), and cleanup
-is one lazy unmount, never a walk that could follow something the sandbox planted.
+is one lazy unmount (or closing the last fd of it), never a walk that could follow something the sandbox planted.
+
+Two kinds: mounted under ``<state_dir>/scratch/<name>`` (a cold jail and a session's jail bind that path), or
+detached (``create_detached``: fsopen/fsmount, in no mount namespace at all until the warm sandbox's PID 1 moves
+it to /work in its own). A detached one never touches the server's mount table: no mkdir, mount, umount or
+rmdir per execution, and it is gone when the sandbox's namespace and the server's fd are.
 
 Reading output files never follows a path the sandbox could have planted: every open is relative to a
 directory fd, with O_NOFOLLOW, O_NONBLOCK (a FIFO cannot block us), and only regular, singly-linked files on
@@ -17,7 +22,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +40,40 @@ MAX_SCAN_DEPTH = 16
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
+_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# The new mount API (Linux 5.2): the same numbers on every architecture (asm-generic).
+_SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 430, 431, 432
+FSOPEN_CLOEXEC = 0x1
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _sys(number: int, *args: int | bytes | None) -> int:
+    ret = int(_libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) if isinstance(a, int) else a for a in args)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"syscall {number}: {os.strerror(err)}")
+    return ret
+
+
+@dataclass(eq=False)
+class DetachedScratch:
+    """A scratch tmpfs in no mount namespace: ``fd`` is its root (as open_tree or fsmount give it), for reads,
+    writes and move_mount; closing the last fd of it (ours, and the sandbox's mount) frees it."""
+
+    fd: int
+
+    def __str__(self) -> str:
+        return f"detached scratch (fd {self.fd})"
+
+
+Scratch = Path | DetachedScratch
 
 
 def _mount(source: str, target: Path, fstype: str, flags: int, data: str) -> None:
@@ -70,12 +108,16 @@ class ScratchManager:
         os.chmod(self.root, 0o711)  # noqa: S103 - the sandbox user must traverse it to reach its bind source; not list it
         os.chown(self.root, 0, 0)
 
+    def _options(self, size_bytes: int) -> dict[str, str]:
+        inodes = max(1024, min(size_bytes // 4096, 1 << 20))
+        return {"size": str(size_bytes), "nr_inodes": str(inodes), "mode": "0700", "uid": str(self.uid),
+                "gid": str(self.gid)}
+
     def create(self, name: str, size_bytes: int) -> Path:
         """Mount a fresh tmpfs for one execution; raise OSError (nothing left behind) on failure."""
         path = self.root / name
         path.mkdir(mode=0o700)
-        inodes = max(1024, min(size_bytes // 4096, 1 << 20))
-        opts = f"size={size_bytes},nr_inodes={inodes},mode=0700,uid={self.uid},gid={self.gid}"
+        opts = ",".join(f"{key}={value}" for key, value in self._options(size_bytes).items())
         try:
             _mount("sandbox-scratch", path, "tmpfs", MS_NOSUID | MS_NODEV, opts)
         except OSError:
@@ -83,31 +125,53 @@ class ScratchManager:
             raise
         return path
 
-    def populate(self, path: Path, spec: ExecutionSpec) -> None:
-        """Write the code and input files into a fresh scratch (nothing else has touched it yet)."""
-        self._write(path, spec.runtime.file_name, spec.code)
-        for f in spec.files:
-            self._write(path, f.path, f.content)
-
-    def _write(self, root: Path, rel: str, content: bytes) -> None:
-        target = root
-        for part in rel.split("/")[:-1]:
-            target = target / part
-            with contextlib.suppress(FileExistsError):
-                target.mkdir(mode=0o755)
-                os.chown(target, self.uid, self.gid)
-        fd = os.open(target / rel.split("/")[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    def create_detached(self, size_bytes: int) -> DetachedScratch:
+        """A fresh tmpfs mounted nowhere (fsopen, fsconfig, fsmount); raise OSError (nothing left) on failure."""
+        fs = _sys(_SYS_FSOPEN, b"tmpfs", FSOPEN_CLOEXEC)
         try:
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchown(fd, self.uid, self.gid)
+            _sys(_SYS_FSCONFIG, fs, FSCONFIG_SET_STRING, b"source", b"sandbox-scratch", 0)
+            for key, value in self._options(size_bytes).items():
+                _sys(_SYS_FSCONFIG, fs, FSCONFIG_SET_STRING, key.encode(), value.encode(), 0)
+            _sys(_SYS_FSCONFIG, fs, FSCONFIG_CMD_CREATE, None, None, 0)
+            return DetachedScratch(_sys(_SYS_FSMOUNT, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV))
         finally:
-            os.close(fd)
+            os.close(fs)
 
-    def collect(self, path: Path, spec: ExecutionSpec) -> CollectedFiles:
+    def populate(self, scratch: Scratch, spec: ExecutionSpec) -> None:
+        """Write the code and input files into a fresh scratch (nothing else has touched it yet)."""
+        with _root(scratch) as root_fd:
+            self._write(root_fd, spec.runtime.file_name, spec.code)
+            for f in spec.files:
+                self._write(root_fd, f.path, f.content)
+
+    def _write(self, root_fd: int, rel: str, content: bytes) -> None:
+        *dirs, name = rel.split("/")
+        opened: list[int] = []
+        dir_fd = root_fd
+        try:
+            for part in dirs:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=dir_fd)
+                    os.chown(part, self.uid, self.gid, dir_fd=dir_fd, follow_symlinks=False)
+                dir_fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+                opened.append(dir_fd)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=dir_fd)
+            try:
+                view = memoryview(content)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fchown(fd, self.uid, self.gid)
+            finally:
+                os.close(fd)
+        finally:
+            for fd in opened:
+                os.close(fd)
+
+    def collect(self, scratch: Scratch, spec: ExecutionSpec) -> CollectedFiles:
         """Read back the regular files the program left (see select_outputs for which, and how many)."""
-        root_fd = os.open(path, _DIR_FLAGS)
+        with _root(scratch) as top:
+            root_fd = os.open(".", _DIR_FLAGS, dir_fd=top)
         try:
             dev = os.fstat(root_fd).st_dev
             found, scan_truncated = _scan(root_fd)
@@ -120,11 +184,16 @@ class ScratchManager:
             os.close(root_fd)
         return CollectedFiles(files=files, truncated=truncated or scan_truncated)
 
-    def destroy(self, path: Path) -> None:
-        """Lazily unmount and remove one scratch dir; never walks its contents."""
-        _umount_detach(path)
+    def destroy(self, scratch: Scratch) -> None:
+        """Lazily unmount and remove one scratch dir, or let go of a detached one; never walks its contents."""
+        if isinstance(scratch, DetachedScratch):
+            if scratch.fd >= 0:
+                fd, scratch.fd = scratch.fd, -1
+                os.close(fd)
+            return
+        _umount_detach(scratch)
         with contextlib.suppress(FileNotFoundError):
-            path.rmdir()
+            scratch.rmdir()
 
     def reap(self) -> int:
         """Destroy every scratch dir left by a previous run; return how many."""
@@ -137,6 +206,19 @@ class ScratchManager:
                 except OSError as exc:
                     log.error("could not remove leftover scratch dir %s: %s", path, exc)
         return count
+
+
+@contextlib.contextmanager
+def _root(scratch: Scratch) -> Iterator[int]:
+    """An fd of the scratch's root: a detached one's own, or a path's, opened without following a link."""
+    if isinstance(scratch, DetachedScratch):
+        yield scratch.fd
+        return
+    fd = os.open(scratch, _PATH_FLAGS)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _scan(root_fd: int) -> tuple[list[tuple[str, int]], bool]:

@@ -75,6 +75,7 @@ from sandbox_server.backends.nsjail import (
 )
 from sandbox_server.backends.pool_sizer import PoolSizer
 from sandbox_server.backends.sandbox_init import INIT_PIDS, parse_status
+from sandbox_server.backends.scratch import DetachedScratch
 from sandbox_server.backends.seccomp import libseccomp_config
 from sandbox_server.errors import SandboxFailure
 from sandbox_server.execution.runtimes import BASE_ENV, HOSTNAME, WORKDIR, Runtime, find_runtime
@@ -501,9 +502,10 @@ class WarmPython:
                     f"{self.launched} runs; no user namespace")
         return f"on, but {self.problem}: Python runs cold meanwhile"
 
-    async def launch(self, spec: ExecutionSpec, limits: Limits, scratch: Path) -> WarmJail:
-        """Run ``spec`` in a pooled sandbox (or one forked now if none is ready) with ``scratch`` (ready, made
-        as for a cold jail) as its /work; the sandbox's cgroup, with this execution's limits, is the jail's.
+    async def launch(self, spec: ExecutionSpec, limits: Limits, scratch: DetachedScratch) -> WarmJail:
+        """Run ``spec`` in a pooled sandbox (or one forked now if none is ready) with ``scratch`` (ready, with
+        the code in it; PID 1 moves the mount to its /work); the sandbox's cgroup, with this execution's limits,
+        is the jail's.
 
         Raises ZygoteUnavailable when no sandbox could take the request before anything of it ran (the
         caller then runs it cold), SandboxFailure for a failure of this server."""
@@ -522,7 +524,7 @@ class WarmPython:
         if not self._closed:
             self._refill()
 
-    async def _launch(self, spec: ExecutionSpec, limits: Limits, scratch: Path) -> WarmJail:
+    async def _launch(self, spec: ExecutionSpec, limits: Limits, scratch: DetachedScratch) -> WarmJail:
         if self._pool:
             ready = self._pool.popleft()
         else:
@@ -570,7 +572,7 @@ class WarmPython:
                     ours.append(r)
                     theirs.append(w)
                 ours[0], theirs[0] = theirs[0], ours[0]  # the program reads stdin; we read the other three
-            theirs.append(proto.open_tree(str(scratch)))
+            theirs.append(os.dup(scratch.fd))  # the mount itself: PID 1 attaches it, ours stays for the results
             # PID 1 first: if it is gone, nothing can have run, and the request may still go cold
             proto.send(ready.conn, json.dumps(init_run).encode(), theirs[-2:])
             if ready.program is not None:

@@ -29,7 +29,7 @@ sandbox    forked ahead of requests (the server keeps a few ready), so that all 
            sandbox gets, from seccomp.py) and a cold interpreter's state as far as no request decides (a
            fresh ``__main__``, sys.argv and sys.path, the standard streams, ``random`` reseeded from os.urandom,
            no cache of the zygote's).
-           At the request, PID 1 mounts the scratch (a detached clone of the server's tmpfs, passed as an fd),
+           At the request, PID 1 mounts the scratch (a tmpfs the server made with fsmount, in no namespace: an fd),
            /tmp and /dev/shm, drops to the sandbox user as well, tells the program to go and becomes the minimal
            init (the perl init's semantics, sandbox_init.py): reaps orphans, reports the program's raw wait
            status on the status pipe (which the program never holds), kills what is left, and kills everything
@@ -136,7 +136,6 @@ MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
-OPEN_TREE_CLONE = 0x1
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -153,8 +152,8 @@ IFF_UP = 0x1
 # Syscalls without a glibc wrapper Python 3.11 can reach: (x86_64, aarch64). The mount API's numbers are the
 # same on every architecture; pivot_root's are not.
 SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "capget": 125, "open_tree": 428, "move_mount": 429, "mount_setattr": 442},
-    "aarch64": {"pivot_root": 41, "capget": 90, "open_tree": 428, "move_mount": 429, "mount_setattr": 442},
+    "x86_64": {"pivot_root": 155, "capget": 125, "move_mount": 429, "mount_setattr": 442},
+    "aarch64": {"pivot_root": 41, "capget": 90, "move_mount": 429, "mount_setattr": 442},
 }
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -232,13 +231,8 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0) -> int:
     return _check(_libc.prctl(option, arg2, arg3, arg4, 0), f"prctl({option})")
 
 
-def open_tree(path: str) -> int:
-    """An fd holding a detached clone of the mount at ``path`` (close-on-exec), for move_mount elsewhere."""
-    return _syscall("open_tree", AT_FDCWD, path.encode(), OPEN_TREE_CLONE | os.O_CLOEXEC)
-
-
 def move_mount(tree_fd: int, target: str) -> None:
-    """Attach a detached mount (from open_tree) at ``target`` in this mount namespace."""
+    """Attach a detached mount (the server's fsmount of the scratch) at ``target`` in this mount namespace."""
     _syscall("move_mount", tree_fd, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH)
 
 
