@@ -1,7 +1,7 @@
 """Hello-world latency and throughput through the sandbox, against a bare interpreter timed in the same run.
 
     .venv/bin/python bench/hello.py [--n 200] [--concurrency 1 2 4] [--language python]
-                                    [--backends nsjail docker] [--docker-host URL]
+                                    [--backends nsjail docker] [--docker-host URL] [--pace-ms MS]
                                     [--target HOST:PORT] [--json [PATH]]
 
 Without --target the benchmark starts its own server in this process (sandbox_server.testing.server_in_thread;
@@ -17,7 +17,9 @@ program with C threads in two modes, each after a short unmeasured warm-up:
 (--target measures one running server instead, as mode "sandbox".) Without --docker-host, the Docker modes
 start the test suite's own dockerd (--bridge=none) and build the images offline (cached).
 
-and prints p50/p99 latency, executions per second, and the sandbox's ratios to bare at the same C.
+and prints p50/p99 latency, executions per second, and the sandbox's ratios to bare at the same C. With
+--pace-ms each caller pauses that long after each call (an agent between steps; every mode alike): the Docker
+backend's pool is then refilled between calls, as it is at an agent's pace, and only latency means anything.
 See bench/README.md for how to read the numbers.
 """
 
@@ -215,6 +217,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--warmup", type=int, default=None, help="unmeasured executions before each measurement (default 2*C)"
     )
+    parser.add_argument("--pace-ms", type=float, default=0.0,
+                        help="each caller's pause after each call, untimed (default 0: back to back)")
     parser.add_argument("--max-running", type=int, default=None, help="in-process server (default: max C)")
     parser.add_argument("--max-queued", type=int, default=None, help="in-process server (default: max C)")
     parser.add_argument(
@@ -253,14 +257,16 @@ def main(argv: list[str] | None = None) -> int:
         for c in concurrencies:
             warmup = args.warmup if args.warmup is not None else 2 * c
             progress(f"bench: C={c}: bare x{args.n} ...")
-            bare = measure("bare", bare_one, args.n, c, warmup)
+            pause = args.pace_ms / 1000
+            bare = measure("bare", bare_one, args.n, c, warmup, pause)
             rows.append(bare)
             for mode, one in modes:
                 progress(f"bench: C={c}: {mode} x{args.n} ...")
-                rows.append(with_ratios(measure(mode, one, args.n, c, warmup), bare))
+                rows.append(with_ratios(measure(mode, one, args.n, c, warmup, pause), bare))
 
     meta = {
         "language": args.language,
+        "pace_ms": args.pace_ms,
         "target": args.target or "in-process server",
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -275,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as fh:
             fh.write(doc + "\n")
     print(
-        f"hello-world, language={meta['language']}, target={meta['target']}, "
+        f"hello-world, language={meta['language']}, pace={args.pace_ms:g} ms, target={meta['target']}, "
         f"cpus={meta['cpus']}, kernel={meta['kernel']}"
     )
     print(format_table(rows))

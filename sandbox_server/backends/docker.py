@@ -88,6 +88,8 @@ BOOTSTRAP = (
 ATTACH_PARAMS = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
 _DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, ConnectionError)
 TRAILER_OVERHEAD = 1024 * 1024  # tar headers and padding on top of the output-file budget
+BLOCK = tarfile.BLOCKSIZE
+ZERO_BLOCK = bytes(BLOCK)
 
 def image_for(settings: Settings, runtime: Runtime) -> str:
     return f"{settings.docker_image_prefix}{runtime.image}:{settings.docker_image_tag}"
@@ -186,7 +188,9 @@ class _Run:
     started_ns: int = 0  # epoch ns, for the phase spans
     ended_ns: int = 0
     exited: bool = False
-    stopped: bool = False  # dockerd reported the container not running: no process of it is left
+    # dockerd reported the container not running, or its init finished its report: no process of the program
+    # is left
+    stopped: bool = False
     last_cpu_ns: int = 0
     files: tuple[OutputFile, ...] = ()
     files_truncated: bool = False
@@ -423,6 +427,8 @@ class DockerBackend(Backend):
                             if frames.overflow:
                                 self._kill(run, None)  # enough of the files, or a broken stream: stop it
                                 return
+                            if frames.complete:
+                                return
                         if not ok:
                             self._kill(run, Status.OUTPUT_LIMIT)
                             return
@@ -446,8 +452,15 @@ class DockerBackend(Backend):
                 # Close before waiting: dockerd does not finish a container whose output nobody reads.
                 sock.close()
                 raw.close()
-                state = await self._wait_exit(container.id)
-                run.stopped = not state.get("Running", False)
+                if frames.complete and frames.status is not None and container.cgroup is not None:
+                    # The init reported, after killing every other process, and its tar is done: what is left
+                    # is tar's exit. The outcome is in; the OOM kills are our cgroup's to count (the container's
+                    # own sits below it). Removing the container follows the reply.
+                    state = {"OOMKills": container.cgroup.oom_kills()}
+                    run.stopped = True
+                else:
+                    state = await self._wait_exit(container.id)
+                    run.stopped = not state.get("Running", False)
             finally:
                 sender.cancel()
                 run.exited = True
@@ -531,7 +544,7 @@ class DockerBackend(Backend):
             killed_for=run.killed_for,
             exit_code=exit_code,
             sig=sig,
-            oom_kills=1 if state.get("OOMKilled") else 0,
+            oom_kills=int(state["OOMKills"]) if "OOMKills" in state else 1 if state.get("OOMKilled") else 0,
             usage=with_egress(Usage(wall_time_s=run.ended - run.started,
                                     cpu_time_s=(cg.cpu_time_ns() if cg else run.last_cpu_ns) / 1e9,
                                     peak_memory_bytes=cg.peak_memory_bytes() if cg else 0), run.egress),
@@ -699,6 +712,8 @@ class _Frames:
         self.in_tar = False
         self.tar = bytearray()
         self.overflow = False
+        self.complete = False  # the tar's end-of-archive blocks are in: the init has nothing more to say
+        self._header = 0  # where in ``tar`` the next member's header starts
 
     def feed(self, data: bytes) -> list[bytes]:
         """Take stdout bytes; return the program's own output they complete."""
@@ -739,6 +754,26 @@ class _Frames:
         if len(data) > room:
             self.overflow = True
         self.tar += data[: max(0, room)]
+        self._find_end()
+
+    def _find_end(self) -> None:
+        """Walk the member headers that have arrived (each says how long its data is) up to the two zero
+        blocks that end an archive. The stream's own end comes only once dockerd has handled the container's
+        exit, ~50 ms later: the archive's end says the same thing first (the init wrote its status, had
+        killed everything else, and tar is done)."""
+        while not self.complete and not self.overflow and len(self.tar) >= self._header + BLOCK:
+            header = bytes(self.tar[self._header:self._header + BLOCK])
+            if header == ZERO_BLOCK:
+                if len(self.tar) < self._header + 2 * BLOCK:
+                    return
+                self.complete = True
+                return
+            try:
+                size = _member_size(header[124:136])
+            except ValueError:
+                self.overflow = True  # not a tar header: read to the stream's end, the archive is broken
+                return
+            self._header += BLOCK + -(-size // BLOCK) * BLOCK
 
     def files(self, spec: ExecutionSpec) -> tuple[tuple[OutputFile, ...], bool]:
         """The output files from the tar of /work, chosen as on every backend (select_outputs)."""
@@ -760,6 +795,14 @@ class _Frames:
 
         files, truncated = select_outputs(((p, size, reader(off, size)) for p, (off, size) in found.items()), spec)
         return files, truncated or broken
+
+
+def _member_size(field: bytes) -> int:
+    """A tar header's size field: octal digits ended by NUL or space, or (GNU, 8 GiB and more) base-256 after
+    a 0x80 byte. ValueError for anything else."""
+    if field[:1] == b"\x80":
+        return int.from_bytes(field[1:], "big")
+    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
 
 
 def _our_names(names: list[str]) -> list[str]:

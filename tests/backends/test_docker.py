@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import struct
+import tarfile
 import threading
 import time
 import uuid
@@ -15,6 +18,9 @@ from docker_daemon import Dockerd
 from sandbox_client import SandboxClient, UnavailableError
 from sandbox_server.backends.docker import LABEL_MANAGED, LABEL_OWNER, DockerBackend
 from sandbox_server.backends.sandbox_init import INIT_PIDS
+from sandbox_server.execution.runtimes import find_runtime
+from sandbox_server.execution.spec import ExecutionSpec, Limits
+from sandbox_server.settings import Settings
 from sandbox_server.testing import RunningServer, server_in_thread
 
 
@@ -173,3 +179,55 @@ def _loop_of(srv: RunningServer) -> asyncio.AbstractEventLoop:
     assert isinstance(backend, DockerBackend)
     assert backend._maintainer is not None
     return backend._maintainer.get_loop()
+
+
+def _tar_of(files: dict[str, bytes], fmt: int) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=fmt) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_the_init_reports_end_at_the_archives_end_not_the_streams(fmt: int) -> None:
+    """The stream ends only once dockerd has handled the container's exit (~50 ms later); the end of the
+    init's tar archive says it first. Long names (an extra header with data) and empty files included."""
+    from sandbox_server.backends.docker import _Frames
+    from sandbox_server.backends.sandbox_init import FRAME_DATA, FRAME_STATUS
+
+    files = {"./out.txt": b"result", "./" + "d/" * 60 + "long.txt": b"x" * 1500, "./empty": b""}
+    archive = _tar_of(files, fmt)
+    stream = bytes([FRAME_DATA]) + struct.pack(">I", 6) + b"hello\n" + bytes([FRAME_STATUS]) + b"0 0\n" + archive
+    end = stream.index(archive) + len(archive.rstrip(b"\0")) + 1024  # past the last member and two zero blocks
+    frames = _Frames(1 << 20)
+    out: list[bytes] = []
+    for i in range(0, len(stream), 700):  # as dockerd's frames cut it
+        out += frames.feed(stream[i:i + 700])
+        if i + 700 < end:
+            assert not frames.complete, f"complete before the end-of-archive blocks (at {i + 700} of {end})"
+    assert frames.complete
+    assert frames.status == (0, None)
+    assert b"".join(out) == b"hello\n"
+    spec_files = {f.path: f.content for f in frames.files(_spec_for_files())[0]}
+    assert spec_files["out.txt"] == b"result"
+    assert spec_files["d/" * 60 + "long.txt"] == b"x" * 1500
+
+
+def test_a_broken_archive_is_read_to_the_streams_end() -> None:
+    from sandbox_server.backends.docker import _Frames
+    from sandbox_server.backends.sandbox_init import FRAME_STATUS
+
+    frames = _Frames(1 << 20)
+    frames.feed(bytes([FRAME_STATUS]) + b"0 0\n" + b"not a tar header".ljust(1024, b"!"))
+    assert not frames.complete
+    assert frames.overflow
+
+
+def _spec_for_files() -> ExecutionSpec:
+    runtime = find_runtime("python")
+    assert runtime is not None
+    return ExecutionSpec("e1", runtime, b"", b"", (), (), Limits(**Settings().defaults.model_dump()), 1.0, 16,
+                         1 << 20)

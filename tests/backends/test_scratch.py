@@ -20,7 +20,7 @@ UID = GID = 65534
 def _spec(files: tuple[InputFile, ...] = ()) -> ExecutionSpec:
     runtime = find_runtime("python")
     assert runtime is not None
-    limits: Limits = Settings().defaults
+    limits = Limits(**Settings().defaults.model_dump())
     return ExecutionSpec("e1", runtime, b"print(1)\n", b"", files, (), limits, 1.0, 16, 1 << 20)
 
 
