@@ -484,9 +484,11 @@ FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.max_reconnec
 
 
 def test_the_breaker_opens_fails_fast_probes_and_closes() -> None:
+    # Open long enough for a server to start on the port (0.3-0.6 s here) while it stays open
+    breaker = BreakerPolicy(failure_threshold=3, reset_timeout_s=2.0)
     with server_in_thread() as srv:
         port, target = srv.app.port, srv.target
-        sbx = SandboxClient(target, breaker=BREAKER, retry=None, timeout=5, options=FAST_RECONNECT)
+        sbx = SandboxClient(target, breaker=breaker, retry=None, timeout=5, options=FAST_RECONNECT)
         assert sbx.execute("print('up')").ok
     try:
         for _ in range(3):  # the server is gone: connection refused, three times in a row
@@ -497,9 +499,9 @@ def test_the_breaker_opens_fails_fast_probes_and_closes() -> None:
         with pytest.raises(CircuitOpenError) as fast:
             sbx.execute("print(1)")
         assert time.monotonic() - started < 0.25  # no connection tried
-        assert 0 < (fast.value.retry_after or 0) <= 0.5
+        assert 0 < (fast.value.retry_after or 0) <= breaker.reset_timeout_s
 
-        time.sleep(0.5)  # half-open: one probe, still refused, opens it again
+        time.sleep(breaker.reset_timeout_s)  # half-open: one probe, still refused, opens it again
         with pytest.raises(UnavailableError) as probe:
             sbx.execute("print(1)")
         assert not isinstance(probe.value, CircuitOpenError)
