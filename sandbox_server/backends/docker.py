@@ -456,10 +456,12 @@ class DockerBackend(Backend):
                     # The init reported, after killing every other process, and its tar is done: what is left
                     # is tar's exit. The outcome is in; the OOM kills are our cgroup's to count (the container's
                     # own sits below it). Removing the container follows the reply.
-                    state = {"OOMKills": container.cgroup.oom_kills()}
+                    state: dict[str, Any] = {}
+                    oom_kills = container.cgroup.oom_kills()
                     run.stopped = True
                 else:
                     state = await self._wait_exit(container.id)
+                    oom_kills = 1 if state.get("OOMKilled") else 0
                     run.stopped = not state.get("Running", False)
             finally:
                 sender.cancel()
@@ -474,7 +476,7 @@ class DockerBackend(Backend):
         finally:
             sock.close()
             raw.close()
-        return self._result(run, state, capture, frames)
+        return self._result(run, state, oom_kills, capture, frames)
 
     def _lost(self, exc: BaseException) -> None:
         """dockerd went away: stop using it until the maintainer reconnects; pooled containers are gone too
@@ -526,8 +528,10 @@ class DockerBackend(Backend):
         return {"ExitCode": info.get("StatusCode", 137), "OOMKilled": False}
 
     def _result(
-        self, run: _Run, state: dict[str, Any], capture: OutputCapture, frames: _Frames
+        self, run: _Run, state: dict[str, Any], oom_kills: int, capture: OutputCapture, frames: _Frames
     ) -> ExecutionResult:
+        """``state``: dockerd's view of the stopped container (only its ExitCode is read, when the init could not
+        report); ``oom_kills``: from dockerd's OOMKilled, or counted in our cgroup."""
         spec, container = run.spec, run.container
         if frames.status is not None:
             exit_code, sig = frames.status
@@ -544,7 +548,7 @@ class DockerBackend(Backend):
             killed_for=run.killed_for,
             exit_code=exit_code,
             sig=sig,
-            oom_kills=int(state["OOMKills"]) if "OOMKills" in state else 1 if state.get("OOMKilled") else 0,
+            oom_kills=oom_kills,
             usage=with_egress(Usage(wall_time_s=run.ended - run.started,
                                     cpu_time_s=(cg.cpu_time_ns() if cg else run.last_cpu_ns) / 1e9,
                                     peak_memory_bytes=cg.peak_memory_bytes() if cg else 0), run.egress),

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox_server.backends.zygote import MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, syscall
 from sandbox_server.execution.output import select_outputs
 from sandbox_server.execution.spec import ExecutionSpec, OutputFile
 
@@ -41,25 +42,13 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_C
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# The new mount API (Linux 5.2): the same numbers on every architecture (asm-generic).
-_SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 430, 431, 432
+# The new mount API (Linux 5.2), for a detached scratch
 FSOPEN_CLOEXEC = 0x1
 FSCONFIG_SET_STRING = 1
 FSCONFIG_CMD_CREATE = 6
 FSMOUNT_CLOEXEC = 0x1
-MOUNT_ATTR_NOSUID = 0x2
-MOUNT_ATTR_NODEV = 0x4
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-def _sys(number: int, *args: int | bytes | None) -> int:
-    ret = int(_libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) if isinstance(a, int) else a for a in args)))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"syscall {number}: {os.strerror(err)}")
-    return ret
 
 
 @dataclass(eq=False)
@@ -127,13 +116,13 @@ class ScratchManager:
 
     def create_detached(self, size_bytes: int) -> DetachedScratch:
         """A fresh tmpfs mounted nowhere (fsopen, fsconfig, fsmount); raise OSError (nothing left) on failure."""
-        fs = _sys(_SYS_FSOPEN, b"tmpfs", FSOPEN_CLOEXEC)
+        fs = syscall("fsopen", b"tmpfs", FSOPEN_CLOEXEC)
         try:
-            _sys(_SYS_FSCONFIG, fs, FSCONFIG_SET_STRING, b"source", b"sandbox-scratch", 0)
+            syscall("fsconfig", fs, FSCONFIG_SET_STRING, b"source", b"sandbox-scratch", 0)
             for key, value in self._options(size_bytes).items():
-                _sys(_SYS_FSCONFIG, fs, FSCONFIG_SET_STRING, key.encode(), value.encode(), 0)
-            _sys(_SYS_FSCONFIG, fs, FSCONFIG_CMD_CREATE, None, None, 0)
-            return DetachedScratch(_sys(_SYS_FSMOUNT, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV))
+                syscall("fsconfig", fs, FSCONFIG_SET_STRING, key.encode(), value.encode(), 0)
+            syscall("fsconfig", fs, FSCONFIG_CMD_CREATE, None, None, 0)
+            return DetachedScratch(syscall("fsmount", fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV))
         finally:
             os.close(fs)
 

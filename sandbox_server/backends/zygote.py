@@ -150,10 +150,11 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 # Syscalls without a glibc wrapper Python 3.11 can reach: (x86_64, aarch64). The mount API's numbers are the
-# same on every architecture; pivot_root's are not.
+# same on every architecture; pivot_root's are not. fsopen, fsconfig and fsmount are the server's (scratch.py).
+_MOUNT_API = {"move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "mount_setattr": 442}
 SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "capget": 125, "move_mount": 429, "mount_setattr": 442},
-    "aarch64": {"pivot_root": 41, "capget": 90, "move_mount": 429, "mount_setattr": 442},
+    "x86_64": {"pivot_root": 155, "capget": 125, **_MOUNT_API},
+    "aarch64": {"pivot_root": 41, "capget": 90, **_MOUNT_API},
 }
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -207,7 +208,8 @@ def syscall_number(name: str) -> int:
     return table[name]
 
 
-def _syscall(name: str, *args: Any) -> int:
+def syscall(name: str, *args: Any) -> int:
+    """One of SYSCALLS by name (ints passed as longs, bytes and None as pointers); OSError when it fails."""
     converted = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
     return _check(_libc.syscall(ctypes.c_long(syscall_number(name)), *converted), name)
 
@@ -233,13 +235,13 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0) -> int:
 
 def move_mount(tree_fd: int, target: str) -> None:
     """Attach a detached mount (the server's fsmount of the scratch) at ``target`` in this mount namespace."""
-    _syscall("move_mount", tree_fd, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH)
+    syscall("move_mount", tree_fd, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH)
 
 
 def _make_readonly(path: str) -> None:
     """Read-only, nosuid, nodev: the mount at ``path`` and every mount below it."""
     attr = _MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0)
-    _syscall("mount_setattr", AT_FDCWD, path.encode(), AT_RECURSIVE,
+    syscall("mount_setattr", AT_FDCWD, path.encode(), AT_RECURSIVE,
              ctypes.c_void_p(ctypes.addressof(attr)), ctypes.sizeof(attr))
 
 
@@ -285,7 +287,7 @@ def _bootstrap(config: dict[str, Any]) -> NoReturn:
         root = str(config["root"])
         _build_template(root, config)
         os.chdir(root)
-        _syscall("pivot_root", b".", b".")  # the old root is stacked on the new one...
+        syscall("pivot_root", b".", b".")  # the old root is stacked on the new one...
         _check(_libc.umount2(b".", MNT_DETACH), "umount old root")  # ...and detached: unreachable
         os.chdir("/")
         memfd = os.memfd_create("sandbox-zygote")
@@ -762,7 +764,7 @@ def _become(uid: int) -> None:
     os.setresuid(uid, uid, uid)  # from uid 0 to non-zero: the kernel clears the permitted and effective sets
     header = struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0)
     data = ctypes.create_string_buffer(24)
-    _syscall("capget", header, data)
+    syscall("capget", header, data)
     if any(data.raw):
         raise PermissionError("capabilities survived the switch to the sandbox user")
 
