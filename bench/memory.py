@@ -23,11 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,10 +35,10 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from humaneval import POLICY  # an eval tenant: no validation, nothing refused
+from served import served
 
 from sandbox_client import SandboxClient
 
-SERVER = Path(sys.executable).with_name("sandbox-server")
 PROGRAMS = (
     'print("hello")',
     "d = {str(i): i * i for i in range(5000)}\nprint(len(d), sum(d.values()) % 97)",
@@ -50,7 +46,6 @@ PROGRAMS = (
     "raise ValueError('an error on purpose')",
     "import sys\nsys.stdout.write('x' * 4096 + '\\n')\nsys.stderr.write('y' * 1024)",
 )
-START_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -61,25 +56,6 @@ class Sample:
     zygotes_rss_mib: float
     fds: int
     threads: int
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"bench: the server exited with {proc.returncode} before it listened")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"bench: the server did not listen within {START_TIMEOUT_S:.0f} s")
 
 
 def sample(server: psutil.Process, executions: int) -> Sample:
@@ -95,58 +71,37 @@ def sample(server: psutil.Process, executions: int) -> Sample:
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
-    with tempfile.TemporaryDirectory(prefix="bench-memory-") as directory:
-        root = Path(directory)
-        root.chmod(0o755)  # the jails reach their scratch under the state dir as another user
-        (root / "policies").mkdir()
-        (root / "policies" / "tenants.yaml").write_text(POLICY, encoding="utf-8")
-        port = free_port()
-        env = {**os.environ, "SANDBOX_AUTH": "none"}
-        if args.idempotency_window_s is not None:
-            env["SANDBOX_IDEMPOTENCY_WINDOW_S"] = str(args.idempotency_window_s)
-        proc = subprocess.Popen(
-            [str(SERVER), "serve", "--host", "127.0.0.1", "--port", str(port), "--policies-dir",
-             str(root / "policies"), "--state-dir", str(root / "state"), "--data-dir", str(root / "data"),
-             "--max-running", str(max(2, args.concurrency)), "--max-queued", str(4 * args.concurrency),
-             "--log-level", "WARNING"],
-            env=env, stdout=subprocess.DEVNULL,
-        )
-        try:
-            wait_listening(port, proc)
-            server = psutil.Process(proc.pid)
-            samples: list[Sample] = []
-            done = 0
-            failures: list[str] = []
-            lock = threading.Lock()
-            with SandboxClient(f"127.0.0.1:{port}") as client:
+    env = {}
+    if args.idempotency_window_s is not None:
+        env["SANDBOX_IDEMPOTENCY_WINDOW_S"] = str(args.idempotency_window_s)
+    server_args = ["--max-running", str(max(2, args.concurrency)), "--max-queued", str(4 * args.concurrency)]
+    with served(POLICY, env=env, args=server_args) as srv, SandboxClient(srv.target) as client:
+        server = psutil.Process(srv.proc.pid)
+        samples: list[Sample] = []
+        done = 0
+        failures: list[str] = []
+        lock = threading.Lock()
 
-                def one(i: int) -> None:
-                    program = PROGRAMS[i % len(PROGRAMS)]
-                    result = client.execute(program)
-                    if result.status != ("NONZERO_EXIT" if "raise" in program else "OK"):
-                        with lock:
-                            failures.append(f"{i}: {result.status} {result.message}")
+        def one(i: int) -> None:
+            program = PROGRAMS[i % len(PROGRAMS)]
+            result = client.execute(program)
+            if result.status != ("NONZERO_EXIT" if "raise" in program else "OK"):
+                with lock:
+                    failures.append(f"{i}: {result.status} {result.message}")
 
-                with ThreadPoolExecutor(args.concurrency) as pool:
-                    while done < args.n:
-                        block = min(args.every, args.n - done)
-                        list(pool.map(one, range(done, done + block)))
-                        done += block
-                        time.sleep(args.settle)  # idle: the pool refilled, the teardowns and timers done
-                        samples.append(sample(server, done))
-                        s = samples[-1]
-                        print(f"bench: {s.executions:6d} executions: server RSS {s.server_rss_mib:7.1f} MiB, "
-                              f"USS {s.server_uss_mib:7.1f} MiB, zygotes {s.zygotes_rss_mib:6.1f} MiB, "
-                              f"fds {s.fds}, threads {s.threads}", file=sys.stderr, flush=True)
-                        if failures:
-                            raise SystemExit(f"bench: executions failed: {failures[:5]}")
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()  # our own child, by its pid
-                proc.wait()
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            while done < args.n:
+                block = min(args.every, args.n - done)
+                list(pool.map(one, range(done, done + block)))
+                done += block
+                time.sleep(args.settle)  # idle: the pool refilled, the teardowns and timers done
+                samples.append(sample(server, done))
+                s = samples[-1]
+                print(f"bench: {s.executions:6d} executions: server RSS {s.server_rss_mib:7.1f} MiB, "
+                      f"USS {s.server_uss_mib:7.1f} MiB, zygotes {s.zygotes_rss_mib:6.1f} MiB, "
+                      f"fds {s.fds}, threads {s.threads}", file=sys.stderr, flush=True)
+                if failures:
+                    raise SystemExit(f"bench: executions failed: {failures[:5]}")
     first, last = samples[0], samples[-1]
     thousands = max(1e-9, (last.executions - first.executions) / 1000)
     return {
