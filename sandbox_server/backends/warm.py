@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sandbox_server.backends import native
 from sandbox_server.backends import zygote as proto
 from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager
 from sandbox_server.backends.jail import Jail, pipe_reader, pipe_writer
@@ -141,6 +142,7 @@ class Zygote:
         self.ctl = ctl
         self.generation = generation
         self.forks = 0
+        self.init = "python"  # what its sandboxes' PID 1 runs: "native" (zygote_native.c) or "python"
         self.closing = False
         self.exited: asyncio.Task[int] = asyncio.get_running_loop().create_task(proc.wait())
 
@@ -174,6 +176,8 @@ class Zygote:
             msg, fds = await asyncio.wait_for(_recvmsg(ctl), READY_TIMEOUT_S)
             _close_all(fds)
             if msg.startswith(proto.MSG_READY):
+                with contextlib.suppress(ValueError, TypeError):
+                    zygote.init = str(json.loads(msg[1:]).get("init", "python"))
                 return zygote
             if msg.startswith(proto.MSG_ERROR):
                 raise ZygoteUnavailable(f"the zygote failed to start: {msg[1:].decode(errors='replace')}")
@@ -271,6 +275,9 @@ class WarmPython:
         d = settings.defaults  # a pooled cgroup's limits until its request's own replace them (mostly the same)
         self._pool_limits = CgroupLimits(d.memory_bytes, d.max_pids + INIT_PIDS, settings.cpu_cores)
         self.root = settings.state_dir / "warm-root"
+        self.state_dir = settings.state_dir
+        self.native: Path | None = None  # the built zygote_native.c (Python zygotes only)
+        self.native_problem = "" if not self.node else "node's PID 1 is Python"
         self.zygote: Zygote | None = None
         self.problem = "not started"
         self.generation = 0
@@ -305,11 +312,16 @@ class WarmPython:
             "hostname": HOSTNAME,
             "nice": NICE_LEVEL,
             "soft_rlimits": list(SOFT_RLIMITS),
+            "native": str(self.native) if self.native is not None else None,
         }
 
     async def start(self) -> None:
         """Start the first zygote; on failure the path stays off (requests run cold) and ``problem`` says why."""
         self.root.mkdir(mode=0o700, exist_ok=True)  # a mount point inside the zygote's own mount namespace only
+        if not self.node:
+            self.native, self.native_problem = await native.build(self.state_dir)
+            if self.native is None:
+                log.warning("warm Python path: sandboxes get the Python PID 1 (%s)", self.native_problem)
         await self._replace()
         self._tending = asyncio.get_running_loop().create_task(self._tend())
 
@@ -499,7 +511,9 @@ class WarmPython:
             return (f"on, {mode}: zygote pid {z.pid} "
                     f"(generation {z.generation}, {z.forks}/{self.recycle_after} forks), "
                     f"{len(self._pool)} sandboxes ready (target {self.sizer.target(len(self._pool))}), "
-                    f"{self.launched} runs; no user namespace")
+                    f"{self.launched} runs; PID 1 {z.init}"
+                    f"{f' ({self.native_problem})' if z.init != 'native' and self.native_problem else ''}; "
+                    "no user namespace")
         return f"on, but {self.problem}: Python runs cold meanwhile"
 
     async def launch(self, spec: ExecutionSpec, limits: Limits, scratch: DetachedScratch) -> WarmJail:
@@ -574,7 +588,9 @@ class WarmPython:
                 ours[0], theirs[0] = theirs[0], ours[0]  # the program reads stdin; we read the other three
             theirs.append(os.dup(scratch.fd))  # the mount itself: PID 1 attaches it, ours stays for the results
             # PID 1 first: if it is gone, nothing can have run, and the request may still go cold
-            proto.send(ready.conn, json.dumps(init_run).encode(), theirs[-2:])
+            message = (json.dumps(init_run).encode() if self.node else
+                       proto.INIT_RUN.pack(init_run["time_limit_s"], init_run["tmp_bytes"], init_run["shm_bytes"]))
+            proto.send(ready.conn, message, theirs[-2:])
             if ready.program is not None:
                 proto.send(ready.program, marshal.dumps(program_run), theirs[:3])  # marshal: see zygote.py
         except OSError as exc:

@@ -101,6 +101,9 @@ MAX_FDS = 16
 FD_STATUS, FD_SCRATCH = range(2)
 FD_STDIN, FD_STDOUT, FD_STDERR = range(3)
 GO = b"G"  # PID 1 to the program: your /work, /tmp and /dev/shm are mounted
+# PID 1's RUN in a Python zygote (the native PID 1 reads it as a C struct): time limit (s), /tmp and /dev/shm
+# sizes (bytes). A node zygote's PID 1 gets JSON, with the program's part of the request besides.
+INIT_RUN = struct.Struct("=dQQ")
 
 class _Suppress:
     """contextlib.suppress, without importing contextlib (and collections and functools with it)."""
@@ -173,6 +176,7 @@ _COMPILED_FD = -1
 BOOT = "import marshal,os,sys;exec(marshal.loads(os.pread(int(sys.argv.pop()),1<<26,0)))"
 # Buffers the kernel points at for the life of the process (/proc/self/cmdline and environ): never freed.
 _PINNED: list[ctypes.Array[ctypes.c_char]] = []
+_PINNED_OBJECTS: list[object] = []  # the native loop's library handle and the structures it reads
 
 
 class _SockFprog(ctypes.Structure):
@@ -282,6 +286,7 @@ def _bootstrap(config: dict[str, Any]) -> NoReturn:
         _probe_proc_strings()
         with open(__file__, "rb") as f:
             source = f.read()
+        native = _copy_to_memfd(str(config["native"]), "sandbox-zygote-native") if config.get("native") else -1
         unshare(CLONE_NEWNS)
         mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount reaches the host, nor the host's us
         root = str(config["root"])
@@ -297,13 +302,25 @@ def _bootstrap(config: dict[str, Any]) -> NoReturn:
         os.lseek(memfd, 0, os.SEEK_SET)
         os.dup2(memfd, 0)  # inheritable: the interpreter reads this program from its stdin
         os.close(memfd)
+        extra = [str(native)] if native >= 0 else []
         python = [str(a) for a in config["python"]]
         # -X utf8=0: the zygote starts with an empty environment (the C locale), where Python would turn on
         # UTF-8 mode; a cold start has LANG=C.UTF-8 and does not. Locale coercion gives both LC_CTYPE=C.UTF-8.
-        os.execve(python[0], [*python, "-X", "utf8=0", "-", str(ctl_fd)], {})  # noqa: S606 - no shell wanted
+        os.execve(python[0], [*python, "-X", "utf8=0", "-", str(ctl_fd), *extra], {})  # noqa: S606
     except BaseException as exc:
         _report_error(ctl_fd, exc)
         os._exit(1)
+
+
+def _copy_to_memfd(path: str, name: str) -> int:
+    """A memfd (inheritable) with the file at ``path`` in it: the native object, which the zygote loads after
+    pivot_root, where the host's file system is gone."""
+    fd = os.memfd_create(name, 0)
+    with open(path, "rb") as f:
+        data = memoryview(f.read())
+    while data:
+        data = data[os.write(fd, data):]
+    return fd
 
 
 def _probe_proc_strings() -> None:
@@ -348,7 +365,7 @@ def _build_template(root: str, config: dict[str, Any]) -> None:
 
 
 # ---- stage 2: zygote --------------------------------------------------------------------------------------
-def _zygote(ctl_fd: int) -> _Program | None:
+def _zygote(ctl_fd: int, native_fd: int = -1) -> _Program | None:
     """Serve forks until the server closes the control socket. Returns only in a sandboxed program process."""
     source = os.pread(0, os.fstat(0).st_size, 0)  # the memfd holding this program
     null = os.open("/dev/null", os.O_RDWR)
@@ -372,6 +389,7 @@ def _zygote(ctl_fd: int) -> _Program | None:
             for name in config["preload"]:
                 __import__(str(name))
         bpf = _compile_seccomp(config["seccomp"])
+        native = _load_native(native_fd, config, bpf) if native_fd >= 0 and not config.get("node") else None
         drop_bounding_set()
         global _RECEIVE_BUFFER
         _RECEIVE_BUFFER = bytearray(RECEIVE_BUFFER_BYTES)
@@ -379,11 +397,85 @@ def _zygote(ctl_fd: int) -> _Program | None:
         _libc.malloc_trim(0)  # a smaller zygote is a faster fork and a faster exit of every sandbox
         gc.collect()
         gc.freeze()  # the GC of a fork never walks (and so never copies) the zygote's objects
-        ctl.send(MSG_READY + json.dumps({"pid": os.getpid()}).encode())
+        ctl.send(MSG_READY + json.dumps({"pid": os.getpid(), "init": "native" if native else "python"}).encode())
     except BaseException as exc:
         _report_error(ctl, exc)
         os._exit(1)
+    if native is not None:
+        return _serve_native(ctl, config, bpf, native)
     return _serve(ctl, config, bpf)
+
+
+class _NativeConfig(ctypes.Structure):
+    """struct native_config of zygote_native.c."""
+
+    _fields_ = [("ctl_fd", ctypes.c_int), ("uid", ctypes.c_int), ("gid", ctypes.c_int),
+                ("n_soft_rlimits", ctypes.c_int), ("soft_rlimits", ctypes.c_int * 16),
+                ("hostname", ctypes.c_char_p), ("workdir", ctypes.c_char_p), ("bpf", ctypes.c_void_p),
+                ("bpf_len", ctypes.c_int), ("init_mm", ctypes.c_void_p)]
+
+
+class _NativeProgram(ctypes.Structure):
+    """struct native_program of zygote_native.c."""
+
+    _fields_ = [("sock_fd", ctypes.c_int), ("go_fd", ctypes.c_int)]
+
+
+def _load_native(fd: int, config: dict[str, Any], bpf: bytes) -> tuple[Any, _NativeConfig]:
+    """The native fork loop and PID 1 (zygote_native.c), from the memfd the bootstrap made, and its config:
+    every buffer it points at is pinned for the zygote's life. /proc is mounted in the zygote's own mount
+    namespace only while the object loads (its path is /proc/self/fd/N) and this process's /proc stat is read
+    (PID 1's cmdline map); no sandbox is forked before it is gone again."""
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV)
+    try:
+        lib = ctypes.CDLL(f"/proc/self/fd/{fd}", use_errno=True)
+        stat = _proc_stat()
+    finally:
+        _check(_libc.umount2(b"/proc", MNT_DETACH), "umount /proc")
+    os.close(fd)
+    lib.zygote_serve.restype = ctypes.c_int
+    lib.zygote_serve.argtypes = [ctypes.POINTER(_NativeConfig), ctypes.POINTER(_NativeProgram)]
+    name = ctypes.create_string_buffer(b"sandbox-init")  # with its NUL: what /proc/1/cmdline shows
+    program = ctypes.create_string_buffer(bpf, len(bpf))
+    strings = [ctypes.create_string_buffer(str(config[k]).encode()) for k in ("hostname", "workdir")]
+    mm = _mm_map(ctypes.addressof(name), ctypes.addressof(name) + ctypes.sizeof(name), stat[50], stat[51], stat)
+    limits = [int(getattr(resource, f"RLIMIT_{n}")) for n in config["soft_rlimits"]]
+    if len(limits) > 16:
+        raise ValueError("more soft rlimits than the native PID 1 takes")
+    cfg = _NativeConfig(ctl_fd=-1, uid=int(config["uid"]), gid=int(config["gid"]), n_soft_rlimits=len(limits),
+                        soft_rlimits=(ctypes.c_int * 16)(*limits), hostname=ctypes.addressof(strings[0]),
+                        workdir=ctypes.addressof(strings[1]), bpf=ctypes.addressof(program), bpf_len=len(bpf),
+                        init_mm=ctypes.addressof(mm))
+    _PINNED.extend([name, program, *strings])
+    _PINNED_OBJECTS.extend([lib, mm, cfg])
+    return lib, cfg
+
+
+def _serve_native(ctl: socket.socket, config: dict[str, Any], bpf: bytes,
+                  native: tuple[Any, _NativeConfig]) -> _Program:
+    """Hand the zygote over to the native fork loop (zygote_native.c), which returns only in a program process:
+    a fork of its sandbox's PID 1, in its namespaces and cgroup, with its two sockets."""
+    lib, cfg = native
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())  # the mask a program runs with (the loop blocks SIGCHLD)
+    cfg.ctl_fd = ctl.fileno()
+    out = _NativeProgram(-1, -1)
+    if lib.zygote_serve(ctypes.byref(cfg), ctypes.byref(out)) != 0:
+        _report_error(ctl, OSError(ctypes.get_errno(), "the native fork loop could not start"))
+        os._exit(1)
+    # A program process, forked in C: what os.fork does in the child after its fork
+    ctypes.pythonapi.PyOS_AfterFork_Child()
+    ctl.detach()  # closed by PID 1 before the fork: the object must not close a reused number later
+    import socket
+
+    try:
+        sock = socket.socket(fileno=out.sock_fd)
+        go = socket.socket(fileno=out.go_fd)
+        stat = _proc_stat()
+    except BaseException:
+        os._exit(125)  # without its sockets nothing can be told; the server sees the sandbox end
+    if config.get("fresh"):
+        _exec_program(sock, go, config, bpf, mask)
+    return _program(sock, go, config, bpf, mask, stat)
 
 
 def _sealed(data: bytes) -> int:
@@ -512,9 +604,10 @@ def _restore_pid_ns(own: int) -> None:
 
 
 # ---- stage 3: sandbox -------------------------------------------------------------------------------------
-def _receive(sock: _socket.socket, json: bool = True) -> tuple[dict[str, Any], list[int]] | None:
-    """One message from the server (JSON, or marshal for a program's RUN) and its fds; None at EOF (the server
-    has given up on us)."""
+def _receive(sock: _socket.socket, json: bool = True,
+             init_run: bool = False) -> tuple[dict[str, Any], list[int]] | None:
+    """One message from the server (JSON, INIT_RUN for PID 1's RUN in a Python zygote, or marshal for a
+    program's RUN) and its fds; None at EOF (the server has given up on us)."""
     buffer = _RECEIVE_BUFFER
     size = sock.recv_into(buffer, len(buffer), _socket.MSG_PEEK | _socket.MSG_TRUNC)  # its whole length
     if size > len(buffer):
@@ -530,6 +623,11 @@ def _receive(sock: _socket.socket, json: bool = True) -> tuple[dict[str, Any], l
     if flags & (_socket.MSG_TRUNC | _socket.MSG_CTRUNC):
         raise ValueError("message from the server cut short")
     data = bytes(buffer[:n])
+    if init_run:
+        if n != INIT_RUN.size:
+            raise ValueError(f"RUN of {n} bytes, not {INIT_RUN.size}")
+        time_limit_s, tmp_bytes, shm_bytes = INIT_RUN.unpack(data)
+        return {"time_limit_s": time_limit_s, "tmp_bytes": tmp_bytes, "shm_bytes": shm_bytes}, fds
     if not json:
         return marshal.loads(data), fds  # noqa: S302 - the server's own message (the sandbox already trusts it)
     import json as json_module
@@ -600,7 +698,7 @@ def _await_run(conn: socket.socket, config: dict[str, Any], stat: list[int]) -> 
     and /dev/shm. Returns RUN's request and fds (the status pipe, and the scratch, now closed)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # no handler: signals sent from inside never reach PID 1
     set_proc_strings(["sandbox-init"], None, stat)
-    run = _receive(conn)
+    run = _receive(conn, json=bool(config.get("node")), init_run=not config.get("node"))
     if run is None:
         os._exit(0)  # never used: the kernel ends the waiting program with us
     request, fds = run
@@ -717,15 +815,21 @@ def set_proc_strings(argv: Sequence[str], env: Sequence[Sequence[str]] | None, s
         ranges += [ctypes.addressof(buf), ctypes.addressof(buf) + len(data)]
     if env is None:
         ranges += [stat[50], stat[51]]
-    mm = _MmMap(start_code=stat[26], end_code=stat[27], start_data=stat[45], end_data=stat[46],
-                start_brk=stat[47], start_stack=stat[28], arg_start=ranges[0], arg_end=ranges[1],
-                env_start=ranges[2], env_end=ranges[3], auxv=0, auxv_size=0, exe_fd=0xFFFFFFFF)
+    mm = _mm_map(ranges[0], ranges[1], ranges[2], ranges[3], stat)
     for _ in range(3):
         mm.brk = _libc.sbrk(0) or 0
         prctl(PR_SET_MM, PR_SET_MM_MAP, ctypes.addressof(mm), ctypes.sizeof(mm))
         if (_libc.sbrk(0) or 0) == mm.brk:
             return
     raise OSError(errno.EAGAIN, "the program break kept moving under PR_SET_MM_MAP")
+
+
+def _mm_map(arg_start: int, arg_end: int, env_start: int, env_end: int, stat: list[int]) -> _MmMap:
+    """PR_SET_MM_MAP's map: these argv and environment ranges, the rest this process's own (``stat``); brk is
+    left for the caller, to be read last."""
+    return _MmMap(start_code=stat[26], end_code=stat[27], start_data=stat[45], end_data=stat[46],
+                  start_brk=stat[47], start_stack=stat[28], arg_start=arg_start, arg_end=arg_end,
+                  env_start=env_start, env_end=env_end, auxv=0, auxv_size=0, exe_fd=0xFFFFFFFF)
 
 
 def drop_bounding_set() -> None:
@@ -1067,8 +1171,8 @@ def _main(argv: list[str]) -> _Program | None:
         import json
 
         _bootstrap(json.loads(argv[2]))
-    if len(argv) == 2 and argv[0] == "-" and argv[1].isdigit():
-        return _zygote(int(argv[1]))
+    if len(argv) in (2, 3) and argv[0] == "-" and all(a.isdigit() for a in argv[1:]):
+        return _zygote(*map(int, argv[1:]))
     if len(argv) == 7 and argv[0] == "-c" and argv[1] == "--program":
         return _fresh(int(argv[2]), int(argv[3]), int(argv[4]), argv[5], argv[6])
     print("usage: zygote.py --bootstrap CONFIG (started by the sandbox server)", file=sys.stderr)

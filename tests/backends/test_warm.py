@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from sandbox_client import AsyncSandboxClient, ExecutionResult, Limits, OutputChunk, SandboxClient, Status
+from sandbox_server.backends import native
 from sandbox_server.backends.cgroups import CgroupLimits, CgroupManager, detect
 from sandbox_server.backends.nsjail import TOP_LEVEL_DIRS, MountKind, NsjailBackend, host_view
 from sandbox_server.backends.warm import POOL_CGROUP_SUFFIX, WarmPython
@@ -36,18 +37,29 @@ INIT_CMDLINE = "print(open('/proc/1/cmdline', 'rb').read().split(b'\\0')[0].deco
 
 
 # ---- servers and helpers ----------------------------------------------------------------------------------
-def start(backend_policies: Path, **overrides: Any) -> Iterator[RunningServer]:
-    with server_in_thread(backend="nsjail", max_running=4, max_queued=32, policies_dir=backend_policies,
-                          incidents={"enabled": False}, **overrides) as srv:
-        yield srv
+def start(backend_policies: Path, mode: str | None = None, **overrides: Any) -> Iterator[RunningServer]:
+    """A server of its own; ``mode`` one of MODES ("python-init": the fork mode with the Python PID 1, what a
+    host without a C compiler runs)."""
+    if mode is not None:
+        overrides["warm_python_mode"] = mode.removesuffix("-python-init")
+    with pytest.MonkeyPatch.context() as patch:
+        if mode is not None and mode.endswith("-python-init"):
+            async def no_compiler(state_dir: Path) -> tuple[Path | None, str]:
+                return None, "no C compiler (cc) on this host"
+
+            patch.setattr(native, "build", no_compiler)
+        with server_in_thread(backend="nsjail", max_running=4, max_queued=32, policies_dir=backend_policies,
+                              incidents={"enabled": False}, **overrides) as srv:
+            yield srv
 
 
-MODES = ["fork", "fresh"]
+# The native PID 1 in both modes, and the Python one (kept for hosts without a compiler) in the fork mode
+MODES = ["fork", "fresh", "fork-python-init"]
 
 
 @pytest.fixture(scope="module", params=MODES)
 def warm(backend_policies: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
-    yield from start(backend_policies, warm_python=True, warm_python_mode=request.param)
+    yield from start(backend_policies, request.param, warm_python=True)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +70,8 @@ def cold(backend_policies: Path) -> Iterator[RunningServer]:
 @pytest.fixture(scope="module", params=MODES)
 def unpooled(backend_policies: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     """Every sandbox forked when its request arrives, after the one before it has run."""
-    yield from start(backend_policies, warm_python=True, warm_python_pool=0, warm_python_pool_max=0,
-                     warm_python_mode=request.param)
+    yield from start(backend_policies, request.param, warm_python=True, warm_python_pool=0,
+                     warm_python_pool_max=0)
 
 
 def warm_path(srv: RunningServer) -> WarmPython:
@@ -67,6 +79,18 @@ def warm_path(srv: RunningServer) -> WarmPython:
     assert isinstance(backend, NsjailBackend)
     assert backend.warm is not None, backend.warm_problem
     return backend.warm
+
+
+def test_pid1_is_the_one_asked_for(warm: RunningServer) -> None:
+    """The native PID 1 wherever a compiler could build it; the Python one, with the reason, where not."""
+    warm_py = warm_path(warm)
+    assert warm_py.zygote is not None
+    if warm_py.native is None:
+        assert warm_py.zygote.init == "python"
+        assert "PID 1 python (no C compiler" in warm_py.describe()
+    else:
+        assert warm_py.zygote.init == "native"
+        assert "PID 1 native" in warm_py.describe()
 
 
 def zygote_pid(srv: RunningServer, timeout_s: float = 10.0) -> int:
@@ -217,8 +241,10 @@ def test_zygote_has_no_environment_and_no_files(warm: RunningServer) -> None:
     assert Path(f"/proc/{pid}/environ").read_bytes() == b""
     links = quiet_fds(warm, pid)
     sockets = [fd for fd, target in links.items() if target.startswith("socket:")]
+    # /dev/null for stdio; a pidfd per running sandbox (the Python loop), or one signalfd (the native loop), to
+    # reap each sandbox the moment it exits
     others = {fd: t for fd, t in links.items()
-              if fd not in sockets and t != "/dev/null" and t != "anon_inode:[pidfd]"}
+              if fd not in sockets and t not in ("/dev/null", "anon_inode:[pidfd]", "anon_inode:[signalfd]")}
     assert len(sockets) == 1, links  # the control socket
     if warm.settings.warm_python_mode == "fresh":  # and its own code, sealed, for the interpreters it starts
         program = [fd for fd, t in others.items() if t == "/memfd:sandbox-program (deleted)"]
@@ -230,7 +256,7 @@ def test_zygote_has_no_environment_and_no_files(warm: RunningServer) -> None:
         finally:
             os.close(fd)
         del others[program[0]]
-    assert others == {}, links  # stdio on /dev/null, and a pidfd per running sandbox (to reap it at once)
+    assert others == {}, links
     status = Path(f"/proc/{pid}/status").read_text()
     assert "CapBnd:\t0000000000000000" in status  # nothing it forks can regain a capability by exec
 
