@@ -18,6 +18,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,13 @@ CFLAGS = ("-O2", "-shared", "-fPIC", "-std=gnu11", "-Wall", "-Wextra", "-Werror"
 BUILD_TIMEOUT_S = 120.0
 
 
-def _root_only(path: Path) -> bool:
-    """``path`` itself (not a link) is root's, and no one else may write it."""
+def _root_only(path: Path, kind: Callable[[int], bool] = stat.S_ISDIR) -> bool:
+    """``path`` itself (not a link) is of ``kind``, root's, and no one else may write it."""
     try:
         st = path.lstat()
     except OSError:
         return False
-    return st.st_uid == 0 and not st.st_mode & 0o022 and not stat.S_ISLNK(st.st_mode)
+    return kind(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022
 
 
 def _out_dir(state_dir: Path) -> Path | None:
@@ -61,7 +62,7 @@ async def build(state_dir: Path) -> tuple[Path | None, str]:
     if out_dir is None:
         return None, f"no directory only root can write for the native PID 1 ({CACHE_DIR}, {state_dir / 'native'})"
     target = out_dir / f"zygote-native-{digest}.so"
-    if stat.S_ISREG(_mode(target)) and _root_only(target):
+    if _root_only(target, stat.S_ISREG):
         return target, ""
     compiler = next((c for c in (shutil.which(name) for name in COMPILERS) if c is not None), None)
     if compiler is None:
@@ -92,9 +93,3 @@ async def build(state_dir: Path) -> tuple[Path | None, str]:
     log.info("built the warm zygote's native PID 1: %s", target)
     return target, ""
 
-
-def _mode(path: Path) -> int:
-    try:
-        return path.lstat().st_mode
-    except OSError:
-        return 0

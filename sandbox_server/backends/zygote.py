@@ -295,10 +295,7 @@ def _bootstrap(config: dict[str, Any]) -> NoReturn:
         syscall("pivot_root", b".", b".")  # the old root is stacked on the new one...
         _check(_libc.umount2(b".", MNT_DETACH), "umount old root")  # ...and detached: unreachable
         os.chdir("/")
-        memfd = os.memfd_create("sandbox-zygote")
-        view = memoryview(source)
-        while view:
-            view = view[os.write(memfd, view):]
+        memfd = _memfd("sandbox-zygote", source)
         os.lseek(memfd, 0, os.SEEK_SET)
         os.dup2(memfd, 0)  # inheritable: the interpreter reads this program from its stdin
         os.close(memfd)
@@ -312,15 +309,20 @@ def _bootstrap(config: dict[str, Any]) -> NoReturn:
         os._exit(1)
 
 
+def _memfd(name: str, data: bytes, flags: int = os.MFD_CLOEXEC) -> int:
+    """A memfd holding ``data`` (its offset at the end)."""
+    fd = os.memfd_create(name, flags)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    return fd
+
+
 def _copy_to_memfd(path: str, name: str) -> int:
     """A memfd (inheritable) with the file at ``path`` in it: the native object, which the zygote loads after
     pivot_root, where the host's file system is gone."""
-    fd = os.memfd_create(name, 0)
     with open(path, "rb") as f:
-        data = memoryview(f.read())
-    while data:
-        data = data[os.write(fd, data):]
-    return fd
+        return _memfd(name, f.read(), 0)
 
 
 def _probe_proc_strings() -> None:
@@ -421,9 +423,10 @@ class _NativeProgram(ctypes.Structure):
     _fields_ = [("sock_fd", ctypes.c_int), ("go_fd", ctypes.c_int)]
 
 
-def _load_native(fd: int, config: dict[str, Any], bpf: bytes) -> tuple[Any, _NativeConfig]:
-    """The native fork loop and PID 1 (zygote_native.c), from the memfd the bootstrap made, and its config:
-    every buffer it points at is pinned for the zygote's life. /proc is mounted in the zygote's own mount
+def _load_native(fd: int, config: dict[str, Any], bpf: bytes) -> tuple[Any, _NativeConfig, list[int]]:
+    """The native fork loop and PID 1 (zygote_native.c), from the memfd the bootstrap made, its config (every
+    buffer it points at is pinned for the zygote's life) and this process's /proc stat, whose address-space
+    fields every fork keeps (set_proc_strings). /proc is mounted in the zygote's own mount
     namespace only while the object loads (its path is /proc/self/fd/N) and this process's /proc stat is read
     (PID 1's cmdline map); no sandbox is forked before it is gone again."""
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV)
@@ -448,14 +451,14 @@ def _load_native(fd: int, config: dict[str, Any], bpf: bytes) -> tuple[Any, _Nat
                         init_mm=ctypes.addressof(mm))
     _PINNED.extend([name, program, *strings])
     _PINNED_OBJECTS.extend([lib, mm, cfg])
-    return lib, cfg
+    return lib, cfg, stat
 
 
 def _serve_native(ctl: socket.socket, config: dict[str, Any], bpf: bytes,
-                  native: tuple[Any, _NativeConfig]) -> _Program:
+                  native: tuple[Any, _NativeConfig, list[int]]) -> _Program:
     """Hand the zygote over to the native fork loop (zygote_native.c), which returns only in a program process:
     a fork of its sandbox's PID 1, in its namespaces and cgroup, with its two sockets."""
-    lib, cfg = native
+    lib, cfg, stat = native
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())  # the mask a program runs with (the loop blocks SIGCHLD)
     cfg.ctl_fd = ctl.fileno()
     out = _NativeProgram(-1, -1)
@@ -470,7 +473,6 @@ def _serve_native(ctl: socket.socket, config: dict[str, Any], bpf: bytes,
     try:
         sock = socket.socket(fileno=out.sock_fd)
         go = socket.socket(fileno=out.go_fd)
-        stat = _proc_stat()
     except BaseException:
         os._exit(125)  # without its sockets nothing can be told; the server sees the sandbox end
     if config.get("fresh"):
@@ -482,10 +484,7 @@ def _sealed(data: bytes) -> int:
     """A memfd holding ``data`` that no one can change any more (sealed: no write, no resize), close-on-exec."""
     import fcntl
 
-    fd = os.memfd_create("sandbox-program", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    fd = _memfd("sandbox-program", data, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
     return fd
 

@@ -70,15 +70,24 @@ struct __attribute__((packed)) init_run {
     uint64_t shm_bytes;
 };
 
+/* Room for MAX_FDS fds in a message's control data, aligned as a cmsghdr. */
+union control {
+    char buf[CMSG_SPACE(MAX_FDS * sizeof(int))];
+    struct cmsghdr align;
+};
+
+static struct msghdr message(struct iovec *iov) {
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    return msg;
+}
+
 static int send_msg(int sock, const void *data, size_t len, const int *fds, int nfds) {
     struct iovec iov = {(void *)data, len};
-    union {
-        char buf[CMSG_SPACE(MAX_FDS * sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    struct msghdr msg = {0};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
+    union control u;
+    struct msghdr msg = message(&iov);
     if (nfds > 0) {
         memset(&u, 0, sizeof(u));
         msg.msg_control = u.buf;
@@ -100,13 +109,8 @@ static int send_msg(int sock, const void *data, size_t len, const int *fds, int 
  * and a message cut short (MSG_TRUNC, MSG_CTRUNC) is an error with its fds closed. */
 static ssize_t recv_msg(int sock, void *buf, size_t len, int *fds, int *nfds) {
     struct iovec iov = {buf, len};
-    union {
-        char buf[CMSG_SPACE(MAX_FDS * sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    struct msghdr msg = {0};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
+    union control u;
+    struct msghdr msg = message(&iov);
     msg.msg_control = u.buf;
     msg.msg_controllen = sizeof(u.buf);
     ssize_t n;
@@ -138,13 +142,17 @@ static void close_all(const int *fds, int n) {
         close(fds[i]);
 }
 
-/* The server learns why (as zygote._report_error words it), and the process ends: nothing of a request ran. */
-static void __attribute__((noreturn)) fail(int conn, const char *what) {
+/* ERROR + why, as zygote._report_error words an OSError: best effort. */
+static void report_error(int conn, const char *what, int err) {
     char text[512];
-    int err = errno;
     int n = snprintf(text, sizeof(text), "EOSError: [Errno %d] %s: %s", err, what, strerror(err));
     if (n > 0)
         send_msg(conn, text, (size_t)n < sizeof(text) ? (size_t)n : sizeof(text) - 1, NULL, 0);
+}
+
+/* The server learns why, and the process ends: nothing of a request ran. */
+static void __attribute__((noreturn)) fail(int conn, const char *what) {
+    report_error(conn, what, errno);
     _exit(125);
 }
 
@@ -393,10 +401,7 @@ int zygote_serve(const struct native_config *c, struct native_program *out) {
             int err = errno;
             if (own >= 0)
                 close(own);
-            errno = err;
-            char text[160];
-            int k = snprintf(text, sizeof(text), "EOSError: [Errno %d] unshare: %s", err, strerror(err));
-            send_msg(conn, text, (size_t)k, NULL, 0);
+            report_error(conn, own < 0 ? "pidfd_open" : "unshare", err);
             close(conn);
             continue;
         }
@@ -412,9 +417,7 @@ int zygote_serve(const struct native_config *c, struct native_program *out) {
             _exit(70); /* a zygote that cannot put its children back in its own PID namespace must not live */
         close(own);
         if (pid < 0) {
-            char text[160];
-            int k = snprintf(text, sizeof(text), "EOSError: [Errno %d] fork: %s", err, strerror(err));
-            send_msg(conn, text, (size_t)k, NULL, 0);
+            report_error(conn, "fork", err);
             close(conn);
             continue;
         }
