@@ -5,15 +5,17 @@ every capability dropped, no-new-privileges, our seccomp profile (seccomp.py: th
 memory with swap equal to memory,
 a CPU quota, a pids limit, ulimits (nofile, fsize, cpu), no logging driver and labels that mark it as ours.
 
-Code and input files never come from a host path: the container starts a POSIX-sh bootstrap that reads a byte
-count, then exactly that many bytes of tar from stdin into /work, and becomes the sandbox init (see
-sandbox_init.py), which runs the program on the rest of stdin (the request's stdin), relays its stdout in
-frames, and at the end sends the program's wait status and a tar of /work (the tmpfs dies with the container).
-The server parses that tar in memory, never extracting it, and keeps only regular files.
+Code and input files never come from a host path: the container's first process is the sandbox init (see
+sandbox_init.DOCKER_INIT), which reads a byte count from stdin, feeds exactly that many bytes of tar to a tar
+that extracts them into /work, runs the program on the rest of stdin (the request's stdin), relays its stdout
+in frames, and at the end sends the program's wait status and a tar of /work (the tmpfs dies with the
+container). The server parses that tar in memory, never extracting it, and keeps only regular files.
 
 Because nothing request-specific is in the container's configuration but its limits, containers for the default
-limits are created and started ahead of time, each waiting on its stdin: the warm pool. A pooled container is
-used for exactly one request, then destroyed.
+limits are created and started ahead of time, each waiting on its stdin: the warm pool. In each, the init has
+started tar and the program's process before the request: a Python program's interpreter is already up, waiting
+for /work to be complete (sandbox_init.DOCKER_PYTHON_STUB). A pooled container is used for exactly one request,
+then destroyed.
 
 Each container's cgroup is placed under a per-execution cgroup of ours (``--cgroup-parent``), so CPU time and
 peak memory can still be read after the container's own cgroup is gone, as on the nsjail backend.
@@ -32,7 +34,7 @@ import tarfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,7 +47,15 @@ from docker.types import LogConfig, Ulimit
 from sandbox_server.backends.base import Backend, with_egress
 from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager, CgroupsUnavailable, detect
 from sandbox_server.backends.outcome import finish, watchdog
-from sandbox_server.backends.sandbox_init import DOCKER_INIT, FRAME_DATA, FRAME_STATUS, INIT_PIDS, parse_status
+from sandbox_server.backends.sandbox_init import (
+    DOCKER_INIT,
+    DOCKER_PYTHON_STUB,
+    FRAME_DATA,
+    FRAME_STATUS,
+    FRAME_STDERR,
+    INIT_PIDS,
+    parse_status,
+)
 from sandbox_server.backends.seccomp import docker_security_opt
 from sandbox_server.egress.env import WHEELHOUSE
 from sandbox_server.errors import BackendUnavailable, SandboxFailure
@@ -78,13 +88,12 @@ LABEL_MANAGED = "org.sandbox-server.managed"
 LABEL_OWNER = "org.sandbox-server.owner"
 LABEL_RUNTIME = "org.sandbox-server.runtime"
 READ_CHUNK = 64 * 1024
-# Reads "<n>\n", then exactly n bytes of tar (dd never reads past n) into /work, then becomes the init.
-BOOTSTRAP = (
-    'read -r n || exit 125\n'
-    'dd bs=65536 count="$n" iflag=count_bytes,fullblock status=none'
-    ' | tar -x -C /work --no-same-owner --no-same-permissions -f - || exit 125\n'
-    'exec perl -e "$0" -- "$@"\n'
-)
+PERL = "/usr/bin/perl"  # perl-base is essential on Debian: in every runtime image
+REMOVE_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8, None)  # seconds before each retry; None: the last attempt
+# Our per-execution cgroup's pids headroom over the container's own limit (see _create): runc's init and its
+# threads, counted there while it sets the container up. The container's cgroup still holds the exact limit.
+RUNC_PIDS = 64
+AHEAD_PIDS = 3  # the init, tar and the program, when both are started before the request (DOCKER_INIT)
 ATTACH_PARAMS = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
 _DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, ConnectionError)
 TRAILER_OVERHEAD = 1024 * 1024  # tar headers and padding on top of the output-file budget
@@ -120,6 +129,17 @@ class ContainerConfig:
     cpu_backstop_ms: int = 0
     extra_pids: int = INIT_PIDS
     wheelhouse: str | None = None  # the operator's wheels (a host directory), bound read-only at /wheelhouse
+    stub: tuple[str, ...] = ()  # the program started ahead, waiting for "go" (DOCKER_INIT's stub mode), if any
+
+    def init_command(self) -> list[str]:
+        """The init and its mode (DOCKER_INIT): what fits the pids limit is started before the request."""
+        if self.limits.max_pids + self.extra_pids < AHEAD_PIDS:
+            mode, argv = "late", self.argv
+        elif self.stub:
+            mode, argv = "stub", self.stub
+        else:
+            mode, argv = "exec", self.argv
+        return [PERL, "-e", DOCKER_INIT, "--", mode, *argv]
 
     def to_create_kwargs(self, api: docker.APIClient) -> dict[str, Any]:
         lim = self.limits
@@ -154,7 +174,7 @@ class ContainerConfig:
         )
         return {
             "image": self.image,
-            "command": list(self.session_command) or ["/bin/sh", "-c", BOOTSTRAP, DOCKER_INIT, *self.argv],
+            "command": list(self.session_command) or self.init_command(),
             "user": f"{self.uid}:{self.gid}",
             "working_dir": WORKDIR,
             "hostname": HOSTNAME,
@@ -215,6 +235,7 @@ class DockerBackend(Backend):
         self._teardowns: set[asyncio.Task[None]] = set()
         self._maintainer: asyncio.Task[None] | None = None
         self._fill_lock = asyncio.Lock()
+        self._wanted = asyncio.Event()  # a pooled container was taken
         self._closing = False
 
     # ---- life cycle -------------------------------------------------------------------------------------
@@ -274,7 +295,12 @@ class DockerBackend(Backend):
                 self._lost(exc)
             except Exception:
                 log.exception("Docker backend maintenance failed")
-            await asyncio.sleep(0.2 if self._api is not None else 1.0)
+            if self._api is None:
+                await asyncio.sleep(1.0)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wanted.wait(), 0.2)
+                self._wanted.clear()
 
     def describe(self) -> dict[str, str]:
         state = "available" if self._api is not None else f"UNAVAILABLE ({self.problem})"
@@ -322,8 +348,11 @@ class DockerBackend(Backend):
         try:
             return await self._run(run, on_output)
         except _DOCKER_ERRORS as exc:
-            if isinstance(exc, docker.errors.APIError) and exc.status_code is not None and exc.status_code < 500:
-                raise SandboxFailure(f"Docker refused the container: {_short(exc)}") from exc
+            if isinstance(exc, docker.errors.APIError) and exc.status_code is not None:
+                # dockerd answered: it is there, and its pool with it; only this container failed.
+                if exc.status_code < 500:
+                    raise SandboxFailure(f"Docker refused the container: {_short(exc)}") from exc
+                raise BackendUnavailable(f"Docker failed the container: {_short(exc)}", retry_after_s=1) from exc
             self._lost(exc)
             raise BackendUnavailable(f"the Docker backend failed mid-run: {_short(exc)}") from exc
         finally:
@@ -422,8 +451,8 @@ class DockerBackend(Backend):
                             ok = await capture.feed(StreamName.STDERR, data)
                         else:
                             ok = True
-                            for piece in frames.feed(data):
-                                ok = ok and await capture.feed(StreamName.STDOUT, piece)
+                            for stream, piece in frames.feed(data):
+                                ok = ok and await capture.feed(stream, piece)
                             if frames.overflow:
                                 self._kill(run, None)  # enough of the files, or a broken stream: stop it
                                 return
@@ -562,6 +591,7 @@ class DockerBackend(Backend):
         return ContainerConfig(
             image=image_for(self.settings, runtime),
             argv=runtime.argv(),
+            stub=(runtime.interpreter, *runtime.args, "-c", DOCKER_PYTHON_STUB) if runtime.language == "python" else (),
             env=(*BASE_ENV, *env),
             limits=limits,
             cpu_cores=self.settings.cpu_cores,
@@ -582,9 +612,11 @@ class DockerBackend(Backend):
         if self.cgroups is not None:
             lim = config.limits
             # The same limits as the container's own: the container's cgroup, checked first, is the one that
-            # hits them (so Docker sees its OOM kills), and ours never reads more than the limit.
-            cgroup = self.cgroups.create(name, CgroupLimits(lim.memory_bytes, lim.max_pids + config.extra_pids,
-                                                            config.cpu_cores))
+            # hits them (so Docker sees its OOM kills), and ours never reads more than the limit. The pids
+            # limit excepted: runc's own init process and its threads are counted here while it sets the
+            # container up, before the container's limit applies, and a small limit failed the start.
+            cgroup = self.cgroups.create(name, CgroupLimits(
+                lim.memory_bytes, lim.max_pids + config.extra_pids + RUNC_PIDS, config.cpu_cores))
             config = ContainerConfig(**{**config.__dict__,
                                         "cgroup_parent": f"/sandbox-docker-{self.owner}/{name}"})
         container = _Container(id="", cgroup=cgroup, config=config)
@@ -605,20 +637,33 @@ class DockerBackend(Backend):
 
     def _take(self, config: ContainerConfig) -> _Container | None:
         queue = self._pool.get(_pool_key(config))
-        return queue.popleft() if queue else None
+        if not queue:
+            return None
+        self._wanted.set()  # refill now, not at the maintainer's next round
+        return queue.popleft()
 
     async def _fill_pool(self) -> None:
         size = self.settings.docker_pool_size
-        if size <= 0 or self._api is None:
+        if size <= 0 or self._api is None or self._closing:
             return
+        async def add(queue: deque[_Container], config: ContainerConfig) -> None:
+            queue.append(await self._create(config))
+
         async with self._fill_lock:
+            # Every missing container at once: dockerd starts them in parallel, so a drained pool is back
+            # sooner than one container after another would bring it.
+            adding: list[Coroutine[Any, Any, None]] = []
             for runtime in RUNTIMES:
                 if image_for(self.settings, runtime) in self.missing_images:
                     continue
                 config = self._config(runtime, _default_limits(self.settings), ())
                 queue = self._pool.setdefault(_pool_key(config), deque())
-                while len(queue) < size and self._api is not None and not self._closing:
-                    queue.append(await self._create(config))
+                adding += [add(queue, config) for _ in range(size - len(queue))]
+            if adding:
+                failed = [r for r in await asyncio.gather(*adding, return_exceptions=True)
+                          if isinstance(r, BaseException)]
+                if failed:
+                    raise failed[0]
 
     async def _destroy(self, container: _Container) -> None:
         """Force-remove the container and its per-execution cgroup. Raises SandboxFailure if it stays."""
@@ -626,7 +671,7 @@ class DockerBackend(Backend):
         problems: list[str] = []
         if container.id and api is not None:
             try:
-                await self._call(api.remove_container, container.id, force=True, v=True)
+                await self._remove(api, container.id)
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError as exc:
@@ -650,6 +695,20 @@ class DockerBackend(Backend):
             log.error("teardown left: %s", "; ".join(problems))
             raise SandboxFailure("container teardown failed: " + "; ".join(problems),
                                  metadata={"phase": "teardown", "backend": self.name})
+
+    async def _remove(self, api: docker.APIClient, container_id: str) -> None:
+        """Force-remove a container. dockerd answers 500 now and then when the container's processes are exiting
+        at that moment ("could not kill running container"); it is retried for about two seconds before the
+        error counts."""
+        for delay in REMOVE_RETRIES:
+            try:
+                await self._call(api.remove_container, container_id, force=True, v=True)
+                return
+            except docker.errors.APIError as exc:
+                if exc.status_code is None or exc.status_code < 500 or delay is None:
+                    raise
+                log.info("removing container %s: %s; retrying", container_id[:12], _short(exc))
+            await asyncio.sleep(delay)
 
     async def _reap(self) -> int:
         """Remove containers with our labels that no live request or pool slot owns."""
@@ -677,7 +736,7 @@ class DockerBackend(Backend):
 
 
 def _pool_key(config: ContainerConfig) -> str:
-    return repr((config.image, config.argv, config.env, config.limits, config.cpu_cores))
+    return repr((config.image, config.argv, config.stub, config.env, config.limits, config.cpu_cores))
 
 
 def _default_limits(settings: Settings) -> Limits:
@@ -685,7 +744,7 @@ def _default_limits(settings: Settings) -> Limits:
 
 
 def _payload(spec: ExecutionSpec) -> bytes:
-    """The bootstrap's input: "<n>\\n", n bytes of tar (the code and input files), then the stdin."""
+    """The init's input: "<n>\\n", n bytes of tar (the code and input files), then the stdin."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         dirs: set[str] = set()
@@ -706,8 +765,9 @@ def _payload(spec: ExecutionSpec) -> bytes:
 
 
 class _Frames:
-    """Decodes the init's stdout: data frames (the program's stdout), then one status frame, then a tar of
-    /work, capped at ``budget`` bytes. Only the init writes there, so nothing in it is the program's forgery."""
+    """Decodes the init's stdout: data frames (the program's stdout and stderr), then one status frame, then a
+    tar of /work, capped at ``budget`` bytes. Only the init writes there, so nothing in it is the program's
+    forgery."""
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
@@ -719,16 +779,16 @@ class _Frames:
         self.complete = False  # the tar's end-of-archive blocks are in: the init has nothing more to say
         self._header = 0  # where in ``tar`` the next member's header starts
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Take stdout bytes; return the program's own output they complete."""
+    def feed(self, data: bytes) -> list[tuple[StreamName, bytes]]:
+        """Take stdout bytes; return the program's own output they complete, in its order."""
         if self.in_tar:
             self._tar(data)
             return []
         self.buf += data
-        out: list[bytes] = []
+        out: list[tuple[StreamName, bytes]] = []
         while self.buf and not self.in_tar and not self.overflow:
             kind = self.buf[0]
-            if kind == FRAME_DATA:
+            if kind in (FRAME_DATA, FRAME_STDERR):
                 if len(self.buf) < 5:
                     break
                 size = struct.unpack(">I", self.buf[1:5])[0]
@@ -737,7 +797,8 @@ class _Frames:
                     break
                 if len(self.buf) < 5 + size:
                     break
-                out.append(bytes(self.buf[5:5 + size]))
+                stream = StreamName.STDOUT if kind == FRAME_DATA else StreamName.STDERR
+                out.append((stream, bytes(self.buf[5:5 + size])))
                 del self.buf[:5 + size]
             elif kind == FRAME_STATUS:
                 line, sep, rest = bytes(self.buf[1:]).partition(b"\n")

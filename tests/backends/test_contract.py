@@ -320,6 +320,22 @@ def test_nonzero_exit(sbx: SandboxClient, language: str, code: str, exit_code: i
     assert str(exit_code) in result.message
 
 
+@pytest.mark.parametrize(
+    ("language", "code"),
+    [
+        ("python", "import sys\nsys.stdout.write('out')\nsys.stderr.write('last words')"),
+        ("bash", "printf out; printf 'last words' >&2"),
+    ],
+)
+def test_output_written_just_before_the_end_is_all_there(sbx: SandboxClient, language: str, code: str) -> None:
+    """Each stream's last bytes, written as the program ends, arrive whole, every time (on Docker the two
+    streams used to travel apart, and stderr could come after the server had stopped reading)."""
+    for _ in range(8):
+        result = sbx.execute(code, language=language)
+        assert result.status is Status.OK, result
+        assert (result.stdout, result.stderr) == ("out", "last words")
+
+
 def test_uncaught_python_exception_is_exit_1(sbx: SandboxClient) -> None:
     result = sbx.execute("raise ValueError('boom')")
     assert (result.status, result.exit_code) == (Status.NONZERO_EXIT, 1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import io
 import struct
 import tarfile
@@ -10,12 +12,15 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
+from cold_cases import SAME_AS_COLD
 from docker_daemon import Dockerd
 
-from sandbox_client import SandboxClient, UnavailableError
+from sandbox_client import ExecutionResult, SandboxClient, UnavailableError
+from sandbox_client import Limits as RequestLimits
 from sandbox_server.backends.docker import LABEL_MANAGED, LABEL_OWNER, DockerBackend
 from sandbox_server.backends.sandbox_init import INIT_PIDS
 from sandbox_server.execution.runtimes import find_runtime
@@ -25,8 +30,9 @@ from sandbox_server.testing import RunningServer, server_in_thread
 
 
 @pytest.fixture(scope="module")
-def docker_server(dockerd: Dockerd) -> Iterator[RunningServer]:
-    with server_in_thread(backend="docker", docker_host=dockerd.host, max_running=4, docker_pool_size=1) as srv:
+def docker_server(dockerd: Dockerd, backend_policies: Path) -> Iterator[RunningServer]:
+    with server_in_thread(backend="docker", docker_host=dockerd.host, max_running=4, docker_pool_size=1,
+                          policies_dir=backend_policies) as srv:
         yield srv
 
 
@@ -102,6 +108,70 @@ def test_pool_never_hands_out_a_used_container(docker_server: RunningServer) -> 
             assert tmp_listing == "[]", "a container that ran something was handed out again"
             assert container_id not in seen
             seen.add(container_id)
+
+
+@contextlib.contextmanager
+def _program_started_at_go(backend: DockerBackend) -> Iterator[None]:
+    """The backend's containers exec the Python interpreter at "go" (a cold start, as for other languages)
+    instead of starting it ahead (DOCKER_PYTHON_STUB)."""
+    original = backend._config
+    backend._config = (  # type: ignore[method-assign]
+        lambda runtime, limits, env: dataclasses.replace(original(runtime, limits, env), stub=()))
+    try:
+        yield
+    finally:
+        del backend._config
+
+
+def _comparable(result: ExecutionResult) -> tuple[object, ...]:
+    return (result.status, result.exit_code, result.signal, result.stdout, result.stderr,
+            [(f.path, f.content) for f in result.files])
+
+
+# The pid numbers inside a container depend on how many runc used while starting it, so "identity" is compared
+# without getpid here; "cmdline" is the one difference (test_what_differs_when_the_interpreter_started_ahead).
+DOCKER_SAME_AS_COLD = {name: case for name, case in SAME_AS_COLD.items() if name not in ("cmdline", "identity")}
+DOCKER_SAME_AS_COLD["identity"] = (
+    "import os\nprint(os.getuid(), os.getgid(), os.getgroups(), os.getppid(), os.getpgrp(), os.getsid(0), "
+    "os.getcwd(), os.umask(0o22), os.getpriority(os.PRIO_PROCESS, 0))", {})
+
+
+@pytest.mark.parametrize("name", sorted(DOCKER_SAME_AS_COLD))
+def test_the_interpreter_started_ahead_gives_a_cold_starts_result(name: str, docker_server: RunningServer) -> None:
+    backend = docker_server.app.backend
+    assert isinstance(backend, DockerBackend)
+    code, kwargs = DOCKER_SAME_AS_COLD[name]
+    with SandboxClient(docker_server.target, timeout=60) as sbx:
+        ahead = sbx.execute(code, language="python", **kwargs)
+        with _program_started_at_go(backend):
+            cold = sbx.execute(code, language="python", **kwargs)
+    assert _comparable(ahead) == _comparable(cold)
+
+
+def test_what_differs_when_the_interpreter_started_ahead(docker_server: RunningServer) -> None:
+    """Only the command line in /proc, which a container has no capability to rewrite."""
+    backend = docker_server.app.backend
+    assert isinstance(backend, DockerBackend)
+    code = "print(open('/proc/self/cmdline', 'rb').read().split(b'\\0')[:4])"
+    with SandboxClient(docker_server.target, timeout=60) as sbx:
+        ahead = sbx.execute(code, language="python")
+        with _program_started_at_go(backend):
+            cold = sbx.execute(code, language="python")
+    assert ahead.stdout == "[b'/usr/bin/python3', b'-B', b'-s', b'-c']\n", ahead
+    assert cold.stdout == "[b'/usr/bin/python3', b'-B', b'-s', b'main.py']\n", cold
+
+
+@pytest.mark.parametrize("language", ["python", "bash"])  # node's own threads need more than one
+def test_a_pids_limit_of_one_starts_nothing_ahead(language: str, docker_server: RunningServer) -> None:
+    """With room for two processes only (the init and the program), tar and the program run one after the
+    other, once the request is there. (The container used to fail to start at all: runc's own init counted
+    against our cgroup's pids limit, and the 500 took the whole backend down as if dockerd were lost.)"""
+    code = {"python": "print(open('data.txt').read())", "bash": "echo $(< data.txt)"}[language]
+    with SandboxClient(docker_server.target, timeout=60) as sbx:
+        result = sbx.execute(code, language=language, files={"data.txt": b"input file"},
+                             limits=RequestLimits(max_pids=1, wall_time_s=10))
+    assert result.status == "OK", result
+    assert result.stdout == "input file\n"
 
 
 def test_reaper_removes_our_strays_and_only_ours(docker_server: RunningServer) -> None:
@@ -196,21 +266,24 @@ def test_the_init_reports_end_at_the_archives_end_not_the_streams(fmt: int) -> N
     """The stream ends only once dockerd has handled the container's exit (~50 ms later); the end of the
     init's tar archive says it first. Long names (an extra header with data) and empty files included."""
     from sandbox_server.backends.docker import _Frames
-    from sandbox_server.backends.sandbox_init import FRAME_DATA, FRAME_STATUS
+    from sandbox_server.backends.sandbox_init import FRAME_DATA, FRAME_STATUS, FRAME_STDERR
+    from sandbox_server.execution.spec import StreamName
 
     files = {"./out.txt": b"result", "./" + "d/" * 60 + "long.txt": b"x" * 1500, "./empty": b""}
     archive = _tar_of(files, fmt)
-    stream = bytes([FRAME_DATA]) + struct.pack(">I", 6) + b"hello\n" + bytes([FRAME_STATUS]) + b"0 0\n" + archive
+    stream = (bytes([FRAME_DATA]) + struct.pack(">I", 6) + b"hello\n" + bytes([FRAME_STDERR]) + struct.pack(">I", 4)
+              + b"oops" + bytes([FRAME_DATA]) + struct.pack(">I", 3) + b"end" + bytes([FRAME_STATUS]) + b"0 0\n"
+              + archive)
     end = stream.index(archive) + len(archive.rstrip(b"\0")) + 1024  # past the last member and two zero blocks
     frames = _Frames(1 << 20)
-    out: list[bytes] = []
+    out: list[tuple[StreamName, bytes]] = []
     for i in range(0, len(stream), 700):  # as dockerd's frames cut it
         out += frames.feed(stream[i:i + 700])
         if i + 700 < end:
             assert not frames.complete, f"complete before the end-of-archive blocks (at {i + 700} of {end})"
     assert frames.complete
     assert frames.status == (0, None)
-    assert b"".join(out) == b"hello\n"
+    assert out == [(StreamName.STDOUT, b"hello\n"), (StreamName.STDERR, b"oops"), (StreamName.STDOUT, b"end")]
     spec_files = {f.path: f.content for f in frames.files(_spec_for_files())[0]}
     assert spec_files["out.txt"] == b"result"
     assert spec_files["d/" * 60 + "long.txt"] == b"x" * 1500
