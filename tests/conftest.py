@@ -11,6 +11,7 @@ from typing import Any
 import docker
 import pytest
 from docker_daemon import Dockerd, build_images, running_dockerd
+from postgres_server import Postgres, running_postgres
 
 from sandbox_client import SandboxClient
 from sandbox_server.backends.cgroups import CgroupsUnavailable, detect
@@ -28,6 +29,13 @@ ROOTFS = Path("/var/lib/sandbox-server/rootfs/bookworm")
 def pytest_configure(config: pytest.Config) -> None:
     if os.geteuid() != 0:
         raise pytest.UsageError("the test suite runs real jails and must run as root")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """The tests' own PostgreSQL cluster (Debian's packages, loopback); each test makes its own database."""
+    with running_postgres() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

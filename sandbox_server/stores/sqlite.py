@@ -27,7 +27,6 @@ file may still accept a revoked key until its own cache entry expires, ``cache_t
 from __future__ import annotations
 
 import builtins
-import hashlib
 import hmac
 import json
 import logging
@@ -38,34 +37,30 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any, Protocol, Self, cast
+from typing import Any, Protocol, Self
 
-from sandbox_server.stores.base import (
-    MAX_LABEL_CHARS,
-    ROLES,
-    TOKEN_PREFIX,
-    AuditRecord,
-    KeyRecord,
-    PolicyVersion,
-    Role,
+from sandbox_server.stores.base import TOKEN_PREFIX, AuditRecord, KeyRecord, PolicyVersion, PolicyVersionStore, Role
+from sandbox_server.stores.keys import (
+    DEFAULT_CACHE_TTL_S,
+    KEY_COLUMNS,
+    KEY_ID_BYTES,
+    PEPPER_BYTES,
+    SECRET_BYTES,
+    CachedKey,
+    KeyCache,
+    check_new_key,
+    digest,
+    epoch_datetime,
+    key_record,
+    parse_token,
 )
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_TTL_S = 5.0
-"""Seconds a verified key is answered from memory; also how long another process may accept a revoked key."""
-MAX_CACHED_KEYS = 10_000
 BUSY_TIMEOUT_MS = 5_000
 """How long a write waits for another connection's transaction before failing."""
-KEY_ID_BYTES = 8
-"""A key id is 16 hex digits (never an underscore, so a token splits unambiguously)."""
-SECRET_BYTES = 32
-PEPPER_BYTES = 32
-MAX_TOKEN_CHARS = 256
 
 
 class _SqliteStore:
@@ -189,13 +184,6 @@ class _Tx:
                 self._db.execute(statement)
 
 
-@dataclass(frozen=True)
-class _Cached:
-    digest: str
-    record: KeyRecord
-    expires: float
-
-
 class SqliteKeyStore(_SqliteStore):
     """API keys in SQLite (see the module docstring for how secrets are kept). Thread-safe.
 
@@ -231,8 +219,7 @@ class SqliteKeyStore(_SqliteStore):
         super().__init__(path)
         self._cache_ttl_s = cache_ttl_s
         self._clock = clock
-        self._cache: dict[str, _Cached] = {}
-        self._cache_lock = threading.Lock()
+        self._cache = KeyCache()
         try:
             with self._write() as db:
                 db.execute(
@@ -245,15 +232,10 @@ class SqliteKeyStore(_SqliteStore):
             raise
 
     def _digest(self, secret: str) -> str:
-        return hashlib.sha256(self._pepper + secret.encode()).hexdigest()
+        return digest(self._pepper, secret)
 
     def create(self, tenant: str, role: Role, label: str = "") -> tuple[KeyRecord, str]:
-        if not tenant:
-            raise ValueError("tenant must not be empty")
-        if role not in ROLES:
-            raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
-        if len(label) > MAX_LABEL_CHARS:
-            raise ValueError(f"label is longer than {MAX_LABEL_CHARS} characters")
+        check_new_key(tenant, role, label)
         secret = secrets.token_urlsafe(SECRET_BYTES)
         created = time.time()
         while True:
@@ -267,70 +249,54 @@ class SqliteKeyStore(_SqliteStore):
                     )
             except sqlite3.IntegrityError:  # a key id collision: 1 in 2**64 per pair; draw again
                 continue
-            record = KeyRecord(key_id, tenant, role, label, _datetime(created), None)
+            record = KeyRecord(key_id, tenant, role, label, epoch_datetime(created), None)
             return record, f"{TOKEN_PREFIX}{key_id}_{secret}"
 
     def verify(self, token: str) -> KeyRecord | None:
-        parsed = _parse_token(token)
+        parsed = parse_token(token)
         if parsed is None:
             return None
         key_id, secret = parsed
-        digest = self._digest(secret)
+        hashed = self._digest(secret)
         now = self._clock()
-        with self._cache_lock:
-            cached = self._cache.get(key_id)
+        cached = self._cache.get(key_id)
         if cached is not None and cached.expires > now:
-            return cached.record if hmac.compare_digest(cached.digest, digest) else None
+            return cached.record if hmac.compare_digest(cached.digest, hashed) else None
         # The database lock is held until the record is cached, so a concurrent revoke (which takes the same
         # lock, then evicts) cannot be overtaken by a stale entry.
         with self._lock:
             self._check_open()
             row = self._db.execute(
-                "SELECT key_id, tenant, role, label, secret_hash, created_at, revoked_at FROM api_keys"
-                " WHERE key_id = ?",
-                (key_id,),
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)  # noqa: S608
             ).fetchone()
-            if row is None or not hmac.compare_digest(row[4], digest) or row[6] is not None:
+            if row is None or not hmac.compare_digest(row[4], hashed) or row[6] is not None:
                 return None
-            record = _key_record(row)
+            record = key_record(row)
             if self._cache_ttl_s > 0:
-                self._remember(key_id, _Cached(digest, record, now + self._cache_ttl_s), now)
+                self._cache.remember(key_id, CachedKey(hashed, record, now + self._cache_ttl_s), now)
         return record
 
-    def _remember(self, key_id: str, entry: _Cached, now: float) -> None:
-        with self._cache_lock:
-            if len(self._cache) >= MAX_CACHED_KEYS:
-                self._cache = {k: v for k, v in self._cache.items() if v.expires > now}
-                if len(self._cache) >= MAX_CACHED_KEYS:
-                    self._cache.clear()
-            self._cache[key_id] = entry
-
     def get(self, key_id: str) -> KeyRecord | None:
-        rows = self._read(
-            "SELECT key_id, tenant, role, label, secret_hash, created_at, revoked_at FROM api_keys WHERE key_id = ?",
-            (key_id,),
-        )
-        return _key_record(rows[0]) if rows else None
+        rows = self._read(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,))  # noqa: S608
+        return key_record(rows[0]) if rows else None
 
     def revoke(self, key_id: str) -> bool:
         with self._write() as db:
             changed = db.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL", (time.time(), key_id)
             ).rowcount
-            with self._cache_lock:
-                self._cache.pop(key_id, None)
+            self._cache.forget(key_id)
         return changed == 1
 
     def list(self, tenant: str | None = None) -> builtins.list[KeyRecord]:
-        columns = "key_id, tenant, role, label, secret_hash, created_at, revoked_at"
         if tenant is None:
-            rows = self._read(f"SELECT {columns} FROM api_keys ORDER BY created_at, key_id")  # noqa: S608
+            rows = self._read(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, key_id")  # noqa: S608
         else:
             rows = self._read(
-                f"SELECT {columns} FROM api_keys WHERE tenant = ? ORDER BY created_at, key_id",  # noqa: S608
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant = ? ORDER BY created_at, key_id",  # noqa: S608
                 (tenant,),
             )
-        return [_key_record(row) for row in rows]
+        return [key_record(row) for row in rows]
 
 
 class SqlitePolicyVersionStore(_SqliteStore):
@@ -379,7 +345,8 @@ class SqlitePolicyVersionStore(_SqliteStore):
                 ):
                     if version in names:
                         names[version].append(name)
-        return [PolicyVersion(version, actor, _datetime(at), tuple(names[version])) for version, actor, at in heads]
+        return [PolicyVersion(version, actor, epoch_datetime(at), tuple(names[version]))
+                for version, actor, at in heads]
 
     def get(self, version: int) -> PolicyVersion | None:
         with self._lock:
@@ -391,7 +358,7 @@ class SqlitePolicyVersionStore(_SqliteStore):
                 "SELECT name, text FROM policy_files WHERE version = ? ORDER BY name", (version,)
             ).fetchall()
         texts = {name: text for name, text in files}
-        return PolicyVersion(version, head[0], _datetime(head[1]), tuple(texts), MappingProxyType(texts))
+        return PolicyVersion(version, head[0], epoch_datetime(head[1]), tuple(texts), MappingProxyType(texts))
 
 
 def _create_private(path: Path) -> None:
@@ -402,32 +369,6 @@ def _create_private(path: Path) -> None:
     except FileExistsError:
         return
     os.close(fd)
-
-
-def _parse_token(token: str) -> tuple[str, str] | None:
-    """(key_id, secret) of a well-formed token, else None."""
-    if len(token) > MAX_TOKEN_CHARS or not token.startswith(TOKEN_PREFIX):
-        return None
-    key_id, sep, secret = token[len(TOKEN_PREFIX) :].partition("_")
-    if not sep or not secret or len(key_id) != 2 * KEY_ID_BYTES:
-        return None
-    return key_id, secret
-
-
-def _key_record(row: tuple[Any, ...]) -> KeyRecord:
-    key_id, tenant, role, label, _hash, created_at, revoked_at = row
-    return KeyRecord(
-        key_id=str(key_id),
-        tenant=str(tenant),
-        role=cast(Role, role),
-        label=str(label),
-        created_at=_datetime(created_at),
-        revoked_at=None if revoked_at is None else _datetime(revoked_at),
-    )
-
-
-def _datetime(epoch_s: float) -> datetime:
-    return datetime.fromtimestamp(epoch_s, tz=UTC)
 
 
 class SqliteAuditStore(_SqliteStore):
@@ -494,20 +435,22 @@ class SqliteAuditStore(_SqliteStore):
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         rows = self._read(f"SELECT * FROM audit {clause}ORDER BY started_at DESC LIMIT ?",  # noqa: S608
                           (*params, limit))
-        return [_audit_record(r) for r in rows]
+        return [audit_record(r) for r in rows]
 
     def get(self, execution_id: str) -> AuditRecord | None:
         rows = self._read("SELECT * FROM audit WHERE execution_id = ?", (execution_id,))
-        return _audit_record(rows[0]) if rows else None
+        return audit_record(rows[0]) if rows else None
 
     def count(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM audit")[0][0])
 
 
-def _audit_record(row: tuple[Any, ...]) -> AuditRecord:
+def audit_record(row: tuple[Any, ...]) -> AuditRecord:
+    """An AuditRecord from a row of the audit table's columns, in order (limits as JSON text or a mapping)."""
     (eid, tenant, key_id, session, language, digest, limits, outcome, exit_code, wall, cpu, peak, started, ended,
      trace_id, cost, exercise, sent, received, connections) = row
-    return AuditRecord(eid, tenant, key_id, session, language, digest, MappingProxyType(json.loads(limits)),
+    limits = json.loads(limits) if isinstance(limits, str) else dict(limits)
+    return AuditRecord(eid, tenant, key_id, session, language, digest, MappingProxyType(limits),
                        outcome, exit_code, wall, cpu, peak, started, ended, trace_id, cost, bool(exercise),
                        sent, received, connections)
 
@@ -523,7 +466,7 @@ class _PolicySetLike(Protocol):
     def sources(self) -> Mapping[str, str]: ...
 
 
-def record_version(store: SqlitePolicyVersionStore, registry: _RegistryLike, new: _PolicySetLike) -> None:
+def record_version(store: PolicyVersionStore, registry: _RegistryLike, new: _PolicySetLike) -> None:
     """The registry's change hook: every policy set that went live is recorded once, with who changed it."""
     if store.get(new.version) is None:
         actor = registry.versions[-1][2] if registry.versions else "file change"

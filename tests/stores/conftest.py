@@ -6,14 +6,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from store_backings import FACTORIES, IMPLEMENTATIONS, Backing
+import store_backings
+from postgres_server import Postgres
+from store_backings import IMPLEMENTATIONS, Backing
 
 from sandbox_server.stores import KeyStore, PolicyVersionStore
+from sandbox_server.stores.base import AuditStore
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
 def backing(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backing]:
-    made = FACTORIES[request.param](tmp_path)
+    if request.param == "postgres":
+        server: Postgres = request.getfixturevalue("postgres")
+        made = store_backings.postgres(server.create_database())
+    else:
+        made = store_backings.sqlite(tmp_path)
     try:
         yield made
     finally:
@@ -28,3 +35,8 @@ def keys(backing: Backing) -> KeyStore:
 @pytest.fixture
 def versions(backing: Backing) -> PolicyVersionStore:
     return backing.versions()
+
+
+@pytest.fixture
+def audit(backing: Backing) -> AuditStore:
+    return backing.audit()

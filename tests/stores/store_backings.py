@@ -1,4 +1,5 @@
-"""The store implementations the contract suite runs against, each over one durable backing (a file)."""
+"""The store implementations the contract suite runs against, each over one durable backing (a SQLite file, or
+a PostgreSQL database of the test's own)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandbox_server.stores import KeyStore, PolicyVersionStore, SqliteKeyStore, SqlitePolicyVersionStore
+from sandbox_server.stores.base import AuditStore
+from sandbox_server.stores.postgres import (
+    PostgresAuditStore,
+    PostgresDatabase,
+    PostgresKeyStore,
+    PostgresPolicyVersionStore,
+)
+from sandbox_server.stores.sqlite import SqliteAuditStore
 
-IMPLEMENTATIONS = ["sqlite"]
+IMPLEMENTATIONS = ["sqlite", "postgres"]
 
 
 @dataclass
 class Backing:
-    """Opens stores over one durable backing (a file); opening again after ``close`` is a restart."""
+    """Opens stores over one durable backing; opening again after ``close`` is a restart."""
 
     name: str
     _open_keys: Callable[[], KeyStore]
     _open_versions: Callable[[], PolicyVersionStore]
-    _opened: list[KeyStore | PolicyVersionStore] = field(default_factory=list)
+    _open_audit: Callable[[], AuditStore]
+    _opened: list[KeyStore | PolicyVersionStore | AuditStore] = field(default_factory=list)
 
     def keys(self) -> KeyStore:
         store = self._open_keys()
@@ -30,14 +40,24 @@ class Backing:
         self._opened.append(store)
         return store
 
+    def audit(self) -> AuditStore:
+        store = self._open_audit()
+        self._opened.append(store)
+        return store
+
     def close_all(self) -> None:
         for store in self._opened:
             store.close()
 
 
-def _sqlite(tmp_path: Path) -> Backing:
+def sqlite(tmp_path: Path) -> Backing:
     path = tmp_path / "stores.db"
-    return Backing("sqlite", lambda: SqliteKeyStore(path), lambda: SqlitePolicyVersionStore(path))
+    return Backing("sqlite", lambda: SqliteKeyStore(path), lambda: SqlitePolicyVersionStore(path),
+                   lambda: SqliteAuditStore(path))
 
 
-FACTORIES: dict[str, Callable[[Path], Backing]] = {"sqlite": _sqlite}
+def postgres(url: str) -> Backing:
+    """Each store opens its own database pool, as a restarted server (or another replica) would."""
+    return Backing("postgres", lambda: PostgresKeyStore(PostgresDatabase(url), owns=True),
+                   lambda: PostgresPolicyVersionStore(PostgresDatabase(url), owns=True),
+                   lambda: PostgresAuditStore(PostgresDatabase(url), owns=True))
