@@ -13,7 +13,11 @@ is never settled (the server was killed) stops counting at its ``expires_at``.
 from __future__ import annotations
 
 import builtins
+import math
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from typing import Literal, Protocol
 
 BudgetName = Literal["session", "day", "month"]
@@ -141,3 +145,87 @@ class CostStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# ---- what every implementation computes alike ---------------------------------------------------------------
+BUDGET_EPSILON = 1e-9
+"""Slack when comparing a sum of float costs with a limit, so that reaching a limit exactly is allowed."""
+SECONDS_PER_DAY = 86_400
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+SECONDS_PER_DAY = 86_400
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+@dataclass(frozen=True)
+class Periods:
+    """The UTC day and month holding one instant, as half-open epoch-second ranges."""
+
+    day_start: float
+    day_end: float
+    month_start: float
+    month_end: float
+
+    @classmethod
+    def at(cls, now: float) -> Periods:
+        day = int(now // SECONDS_PER_DAY)  # float floor division is exact: no rounding at midnight
+        today = date.fromordinal(_EPOCH_ORDINAL + day)
+        first = today.replace(day=1)
+        following = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+        return cls(
+            day_start=float(day * SECONDS_PER_DAY),
+            day_end=float((day + 1) * SECONDS_PER_DAY),
+            month_start=float((first.toordinal() - _EPOCH_ORDINAL) * SECONDS_PER_DAY),
+            month_end=float((following.toordinal() - _EPOCH_ORDINAL) * SECONDS_PER_DAY),
+        )
+
+
+def reservation_limits(reservation_id: str, tenant: str, session_id: str, amount: float, budgets: Budgets,
+                       expires_at: float, now: float | None) -> tuple[dict[BudgetName, float | None], float]:
+    """A reservation's arguments checked (ValueError as CostStore.reserve documents): the limits that apply, by
+    budget (no session id, no session budget), and ``now`` (the current time for None)."""
+    if not reservation_id:
+        raise ValueError("reservation_id must not be empty")
+    check_tenant(tenant)
+    check_money("amount", amount)
+    limits: dict[BudgetName, float | None] = {name: budgets.limit(name) for name in BUDGET_NAMES}
+    for name, limit in limits.items():
+        if limit is not None and math.isnan(limit):
+            raise ValueError(f"the {name} budget limit is NaN")
+    if not session_id:
+        limits["session"] = None  # no session, no session budget
+    now = time.time() if now is None else now
+    if not expires_at > now:  # also catches NaN
+        raise ValueError(f"expires_at ({expires_at}) must be after now ({now})")
+    return limits, now
+
+
+def refusals_for(limits: Mapping[BudgetName, float | None], settled: Spend, held_session: float,
+                 held_tenant: float, amount: float) -> builtins.list[BudgetRefusal]:
+    """One refusal per set budget that settled cost plus live reservations plus ``amount`` would exceed, in
+    BUDGET_NAMES order. Live reservations carry no period: one running now is charged to the current day and
+    month."""
+    held: dict[BudgetName, float] = {"session": held_session, "day": held_tenant, "month": held_tenant}
+    refusals = []
+    for name, limit in limits.items():
+        if limit is None:
+            continue
+        committed = settled.of(name) + held[name]
+        if committed + amount > limit + BUDGET_EPSILON:
+            refusals.append(BudgetRefusal(name, limit, committed, amount))
+    return refusals
+
+
+def day_key(day: int) -> str:
+    return date.fromordinal(_EPOCH_ORDINAL + day).isoformat()
+
+
+def check_tenant(tenant: str) -> None:
+    if not tenant:
+        raise ValueError("tenant must not be empty")
+
+
+def check_money(what: str, value: float) -> None:
+    # NaN would compare False with every limit and so pass every budget: refuse it here.
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {value}")

@@ -12,10 +12,12 @@ the same rule and subject, so neither bumps the other, and it never has a mitiga
 from __future__ import annotations
 
 import builtins
+import json
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, cast, get_args
 
 Severity = Literal["low", "medium", "high", "critical"]
 SEVERITIES: tuple[Severity, ...] = ("low", "medium", "high", "critical")
@@ -136,3 +138,106 @@ class IncidentStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# ---- what every implementation shares ------------------------------------------------------------------------
+INCIDENT_ID_PREFIX = "inc_"
+MITIGATION_ID_PREFIX = "mit_"
+ID_HEX_BYTES = 6
+"""Ids are a prefix and 12 hex digits: 2**48 values, drawn again on the (rare) collision."""
+RESOLVE_NOTE_KEY = "resolve_note"
+MAX_ID_DRAWS = 8
+
+SCOPES: frozenset[str] = frozenset(get_args(Scope))
+ACTIONS: frozenset[str] = frozenset(get_args(Action))
+
+INCIDENT_COLUMNS = (
+    "id, rule, severity, scope, subject, tenant, summary, details, count, opened_at, resolved_at, resolved_by,"
+    " exercise"
+)
+MITIGATION_COLUMNS = (
+    "id, incident_id, action, scope, subject, created_at, expires_at, lifted_at, lifted_by, throttle_per_minute"
+)
+
+
+def check_incident(
+    rule: str,
+    severity: str,
+    scope: str,
+    subject: str,
+    details: Mapping[str, str],
+    mitigation: MitigationSpec | None,
+    increment: int,
+    exercise: bool,
+) -> None:
+    if not rule:
+        raise ValueError("rule must not be empty")
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, not {severity!r}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(sorted(SCOPES))}, not {scope!r}")
+    if not subject:
+        raise ValueError("subject must not be empty")
+    if increment < 1:
+        raise ValueError(f"increment must be >= 1, got {increment}")
+    for key, value in details.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"details map strings to strings, got {key!r}: {value!r}")
+    if mitigation is not None:
+        if exercise:
+            raise ValueError("an exercise incident has no mitigation")
+        if mitigation.scope == "server" or mitigation.scope not in SCOPES:
+            raise ValueError(f"a mitigation applies to a session, tenant or language, not {mitigation.scope!r}")
+        if mitigation.action not in ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(sorted(ACTIONS))}, not {mitigation.action!r}")
+        if not mitigation.subject:
+            raise ValueError("a mitigation's subject must not be empty")
+        if mitigation.action == "throttle" and not mitigation.throttle_per_minute > 0:
+            raise ValueError(f"a throttle needs a positive rate, got {mitigation.throttle_per_minute}")
+
+
+def new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(ID_HEX_BYTES)
+
+
+def incident_record(row: tuple[Any, ...], mitigations: tuple[MitigationRecord, ...]) -> IncidentRecord:
+    (incident_id, rule, severity, scope, subject, tenant, summary, details, count, opened_at, resolved_at,
+     resolved_by, exercise) = row
+    return IncidentRecord(
+        id=str(incident_id),
+        rule=str(rule),
+        severity=cast(Severity, severity),
+        scope=cast(Scope, scope),
+        subject=str(subject),
+        tenant=str(tenant),
+        summary=str(summary),
+        details=MappingProxyType({str(k): str(v) for k, v in _json_object(details).items()}),
+        count=int(count),
+        opened_at=float(opened_at),
+        resolved_at=None if resolved_at is None else float(resolved_at),
+        resolved_by=str(resolved_by),
+        mitigations=mitigations,
+        exercise=bool(exercise),
+    )
+
+
+def mitigation_record(row: tuple[Any, ...]) -> MitigationRecord:
+    (mitigation_id, incident_id, action, scope, subject, created_at, expires_at, lifted_at, lifted_by,
+     throttle_per_minute) = row
+    return MitigationRecord(
+        id=str(mitigation_id),
+        incident_id=str(incident_id),
+        action=cast(Action, action),
+        scope=cast(Scope, scope),
+        subject=str(subject),
+        created_at=float(created_at),
+        expires_at=None if expires_at is None else float(expires_at),
+        lifted_at=None if lifted_at is None else float(lifted_at),
+        lifted_by=str(lifted_by),
+        throttle_per_minute=float(throttle_per_minute),
+    )
+
+
+def _json_object(value: str | Mapping[str, Any]) -> Mapping[str, Any]:
+    """A details column: JSON text (SQLite) or an already decoded object (PostgreSQL's JSONB)."""
+    return json.loads(value) if isinstance(value, str) else value

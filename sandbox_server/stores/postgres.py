@@ -118,7 +118,7 @@ class PostgresDatabase:
         self.pool.close()
 
 
-class _PostgresStore:
+class PostgresStore:
     """A store over a shared PostgresDatabase; ``owns``: closing the store closes the database too."""
 
     def __init__(self, db: PostgresDatabase, *, owns: bool = False) -> None:
@@ -146,7 +146,7 @@ class _PostgresStore:
         self.close()
 
 
-class PostgresKeyStore(_PostgresStore):
+class PostgresKeyStore(PostgresStore):
     """API keys in PostgreSQL. Thread-safe."""
 
     def __init__(self, db: PostgresDatabase, *, owns: bool = False, cache_ttl_s: float = DEFAULT_CACHE_TTL_S,
@@ -230,7 +230,7 @@ class PostgresKeyStore(_PostgresStore):
         return [key_record(row) for row in rows]
 
 
-class PostgresPolicyVersionStore(_PostgresStore):
+class PostgresPolicyVersionStore(PostgresStore):
     """The policy version history in PostgreSQL. Thread-safe."""
 
     def record(self, version: int, changes: Mapping[str, str], actor: str) -> None:
@@ -276,7 +276,7 @@ class PostgresPolicyVersionStore(_PostgresStore):
         return PolicyVersion(version, head[0], epoch_datetime(head[1]), tuple(texts), MappingProxyType(texts))
 
 
-class PostgresAuditStore(_PostgresStore):
+class PostgresAuditStore(PostgresStore):
     """The audit trail in PostgreSQL: a record is committed (on disk) before the reply goes out. Thread-safe.
     The execution id is the key, so an execution can never have two records."""
 

@@ -10,30 +10,28 @@ period holding its ``at`` (periods are half-open: a day is ``[midnight, next mid
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
-from datetime import date
 from typing import Any
 
 from sandbox_server.stores.costs import (
-    BUDGET_NAMES,
-    BudgetName,
+    BUDGET_EPSILON,
+    SECONDS_PER_DAY,
     BudgetRefusal,
     Budgets,
     CostRow,
     GroupBy,
+    Periods,
     Spend,
     UsageEntry,
+    check_money,
+    check_tenant,
+    day_key,
+    refusals_for,
+    reservation_limits,
 )
 from sandbox_server.stores.sqlite import _SqliteStore
 
 __all__ = ["BUDGET_EPSILON", "SqliteCostStore"]
-
-BUDGET_EPSILON = 1e-9
-"""Slack when comparing a sum of float costs with a limit, so that reaching a limit exactly is allowed."""
-SECONDS_PER_DAY = 86_400
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 # floor(at / 86400) with no math functions (SQLite builds may lack floor()): truncate, then step down once when
 # truncation went up (a negative time, or a quotient rounded up to the next integer).
@@ -46,29 +44,6 @@ _GROUP_KEYS: dict[GroupBy, str] = {
     "session": "tenant || '/' || session_id",
     "day": _SQL_DAY,  # a day number, turned into "YYYY-MM-DD" in Python
 }
-
-
-@dataclass(frozen=True)
-class _Periods:
-    """The UTC day and month holding one instant, as half-open epoch-second ranges."""
-
-    day_start: float
-    day_end: float
-    month_start: float
-    month_end: float
-
-    @classmethod
-    def at(cls, now: float) -> _Periods:
-        day = int(now // SECONDS_PER_DAY)  # float floor division is exact: no rounding at midnight
-        today = date.fromordinal(_EPOCH_ORDINAL + day)
-        first = today.replace(day=1)
-        following = date(first.year + first.month // 12, first.month % 12 + 1, 1)
-        return cls(
-            day_start=float(day * SECONDS_PER_DAY),
-            day_end=float((day + 1) * SECONDS_PER_DAY),
-            month_start=float((first.toordinal() - _EPOCH_ORDINAL) * SECONDS_PER_DAY),
-            month_end=float((following.toordinal() - _EPOCH_ORDINAL) * SECONDS_PER_DAY),
-        )
 
 
 class SqliteCostStore(_SqliteStore):
@@ -134,20 +109,8 @@ class SqliteCostStore(_SqliteStore):
             ValueError: empty ``reservation_id`` or ``tenant``; ``amount`` negative or not finite; a limit that
                 is NaN; ``expires_at`` not after ``now``; ``reservation_id`` already held (and unexpired).
         """
-        if not reservation_id:
-            raise ValueError("reservation_id must not be empty")
-        _check_tenant(tenant)
-        _check_money("amount", amount)
-        limits: dict[BudgetName, float | None] = {name: budgets.limit(name) for name in BUDGET_NAMES}
-        for name, limit in limits.items():
-            if limit is not None and math.isnan(limit):
-                raise ValueError(f"the {name} budget limit is NaN")
-        if not session_id:
-            limits["session"] = None  # no session, no session budget
-        now = time.time() if now is None else now
-        if not expires_at > now:  # also catches NaN
-            raise ValueError(f"expires_at ({expires_at}) must be after now ({now})")
-        periods = _Periods.at(now)
+        limits, now = reservation_limits(reservation_id, tenant, session_id, amount, budgets, expires_at, now)
+        periods = Periods.at(now)
         # Not fsynced: a reservation lost in a power cut held money for an execution the power cut ended
         with self._write(durable=False) as db:
             db.execute("DELETE FROM cost_reservations WHERE expires_at <= ?", (now,))
@@ -161,15 +124,7 @@ class SqliteCostStore(_SqliteStore):
                     " FROM cost_reservations WHERE tenant = ? AND expires_at > ?",
                     (session_id, tenant, now),
                 ).fetchone()
-                # Live reservations carry no period: one running now is charged to the current day and month.
-                held: dict[BudgetName, float] = {"session": held_session, "day": held_tenant, "month": held_tenant}
-                refusals = []
-                for name, limit in limits.items():
-                    if limit is None:
-                        continue
-                    committed = settled.of(name) + held[name]
-                    if committed + amount > limit + BUDGET_EPSILON:
-                        refusals.append(BudgetRefusal(name, limit, committed, amount))
+                refusals = refusals_for(limits, settled, held_session, held_tenant, amount)
                 if refusals:
                     return refusals  # leaving the block commits only the expired-reservation clean-up
             db.execute(
@@ -197,10 +152,10 @@ class SqliteCostStore(_SqliteStore):
             ValueError: empty ``tenant`` or ``execution_id``; ``cost`` negative or not finite; the reservation
                 is held for another tenant (nothing is changed).
         """
-        _check_tenant(tenant)
+        check_tenant(tenant)
         if not execution_id:
             raise ValueError("execution_id must not be empty")
-        _check_money("cost", cost)
+        check_money("cost", cost)
         now = time.time() if now is None else now
         with self._write() as db:
             holder = db.execute("SELECT tenant FROM cost_reservations WHERE id = ?", (reservation_id,)).fetchone()
@@ -230,8 +185,8 @@ class SqliteCostStore(_SqliteStore):
         Raises:
             ValueError: empty tenant; negative token counts; cost negative or not finite.
         """
-        _check_tenant(entry.tenant)
-        _check_money("cost", entry.cost)
+        check_tenant(entry.tenant)
+        check_money("cost", entry.cost)
         if entry.input_tokens < 0 or entry.output_tokens < 0:
             raise ValueError(f"token counts must be >= 0, got {entry.input_tokens} and {entry.output_tokens}")
         now = time.time() if now is None else now
@@ -254,7 +209,7 @@ class SqliteCostStore(_SqliteStore):
     def spent(self, tenant: str, session_id: str, now: float | None = None) -> Spend:
         """Settled cost of the session (0 without a session id) and of the tenant's UTC day and month holding
         ``now``; reservations are not included."""
-        periods = _Periods.at(time.time() if now is None else now)
+        periods = Periods.at(time.time() if now is None else now)
         return _spend(self._read(*_settled_query(tenant, session_id, periods))[0])
 
     def report(
@@ -289,7 +244,7 @@ class SqliteCostStore(_SqliteStore):
         )
         report = [
             CostRow(
-                key=_day_key(k) if group_by == "day" else str(k),
+                key=day_key(k) if group_by == "day" else str(k),
                 execution_cost=float(execution_cost),
                 usage_cost=float(usage_cost),
                 executions=int(executions),
@@ -302,7 +257,7 @@ class SqliteCostStore(_SqliteStore):
         return report
 
 
-def _settled_query(tenant: str, session_id: str, periods: _Periods) -> tuple[str, tuple[object, ...]]:
+def _settled_query(tenant: str, session_id: str, periods: Periods) -> tuple[str, tuple[object, ...]]:
     """The statement summing settled cost of the session (all time), the day and the month: one statement, so
     the three sums come from one snapshot."""
     return (
@@ -320,16 +275,3 @@ def _spend(row: tuple[Any, ...]) -> Spend:
     return Spend(session=float(session), day=float(day), month=float(month))
 
 
-def _day_key(day: int) -> str:
-    return date.fromordinal(_EPOCH_ORDINAL + day).isoformat()
-
-
-def _check_tenant(tenant: str) -> None:
-    if not tenant:
-        raise ValueError("tenant must not be empty")
-
-
-def _check_money(what: str, value: float) -> None:
-    # NaN would compare False with every limit and so pass every budget: refuse it here.
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{what} must be a finite number >= 0, got {value}")

@@ -13,41 +13,29 @@ from __future__ import annotations
 
 import builtins
 import json
-import secrets
 import sqlite3
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, cast, get_args
 
 from sandbox_server.stores.incidents import (
-    SEVERITIES,
-    Action,
+    INCIDENT_COLUMNS,
+    INCIDENT_ID_PREFIX,
+    MAX_ID_DRAWS,
+    MITIGATION_COLUMNS,
+    MITIGATION_ID_PREFIX,
+    RESOLVE_NOTE_KEY,
     IncidentRecord,
     MitigationRecord,
     MitigationSpec,
     Scope,
     Severity,
+    check_incident,
+    incident_record,
+    mitigation_record,
+    new_id,
 )
 from sandbox_server.stores.sqlite import _SqliteStore, _Tx
-
-INCIDENT_ID_PREFIX = "inc_"
-MITIGATION_ID_PREFIX = "mit_"
-ID_HEX_BYTES = 6
-"""Ids are a prefix and 12 hex digits: 2**48 values, drawn again on the (rare) collision."""
-RESOLVE_NOTE_KEY = "resolve_note"
-MAX_ID_DRAWS = 8
-
-_SCOPES: frozenset[str] = frozenset(get_args(Scope))
-_ACTIONS: frozenset[str] = frozenset(get_args(Action))
-
-_INCIDENT_COLUMNS = (
-    "id, rule, severity, scope, subject, tenant, summary, details, count, opened_at, resolved_at, resolved_by,"
-    " exercise"
-)
-_MITIGATION_COLUMNS = (
-    "id, incident_id, action, scope, subject, created_at, expires_at, lifted_at, lifted_by, throttle_per_minute"
-)
 
 
 class SqliteIncidentStore(_SqliteStore):
@@ -115,11 +103,11 @@ class SqliteIncidentStore(_SqliteStore):
         increment: int = 1,
         exercise: bool = False,
     ) -> tuple[IncidentRecord, bool]:
-        _check_incident(rule, severity, scope, subject, details, mitigation, increment, exercise)
+        check_incident(rule, severity, scope, subject, details, mitigation, increment, exercise)
         at = time.time() if now is None else now
         details_json = json.dumps(dict(details), sort_keys=True)
         for _ in range(MAX_ID_DRAWS):
-            incident_id = _new_id(INCIDENT_ID_PREFIX)
+            incident_id = new_id(INCIDENT_ID_PREFIX)
             try:
                 with self._write() as db:
                     found = db.execute(
@@ -138,7 +126,7 @@ class SqliteIncidentStore(_SqliteStore):
                         opened = False
                     else:
                         db.execute(
-                            f"INSERT INTO incidents ({_INCIDENT_COLUMNS}, last_seen_at)"  # noqa: S608
+                            f"INSERT INTO incidents ({INCIDENT_COLUMNS}, last_seen_at)"  # noqa: S608
                             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, '', ?, ?)",
                             (incident_id, rule, severity, scope, subject, tenant, summary, details_json, increment,
                              at, int(exercise), at),
@@ -180,7 +168,7 @@ class SqliteIncidentStore(_SqliteStore):
         if tenant is not None:
             where.append("tenant = ?")
             params.append(tenant)
-        sql = f"SELECT {_INCIDENT_COLUMNS} FROM incidents"  # noqa: S608 - constant columns, bound values
+        sql = f"SELECT {INCIDENT_COLUMNS} FROM incidents"  # noqa: S608 - constant columns, bound values
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY opened_at DESC, rowid DESC LIMIT ?"
@@ -189,7 +177,7 @@ class SqliteIncidentStore(_SqliteStore):
             self._check_open()
             rows = self._db.execute(sql, tuple(params)).fetchall()
             by_incident = _mitigations_of(_Tx(self._db), [str(row[0]) for row in rows])
-        return [_incident(row, by_incident.get(str(row[0]), ())) for row in rows]
+        return [incident_record(row, by_incident.get(str(row[0]), ())) for row in rows]
 
     def resolve(self, incident_id: str, actor: str, note: str = "", now: float | None = None) -> IncidentRecord | None:
         at = time.time() if now is None else now
@@ -216,13 +204,13 @@ class SqliteIncidentStore(_SqliteStore):
         self, include_lifted: bool = False, now: float | None = None
     ) -> builtins.list[MitigationRecord]:
         at = time.time() if now is None else now
-        sql = f"SELECT {_MITIGATION_COLUMNS} FROM mitigations"  # noqa: S608 - constant columns
+        sql = f"SELECT {MITIGATION_COLUMNS} FROM mitigations"  # noqa: S608 - constant columns
         params: tuple[object, ...] = ()
         if not include_lifted:
             sql += " WHERE lifted_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
             params = (at,)
         sql += " ORDER BY created_at DESC, rowid DESC"
-        return [_mitigation(row) for row in self._read(sql, params)]
+        return [mitigation_record(row) for row in self._read(sql, params)]
 
     def lift(self, mitigation_id: str, actor: str, now: float | None = None) -> MitigationRecord | None:
         """Lift one mitigation (idempotent: a lifted one is returned as is; an expired one is marked lifted, so
@@ -234,49 +222,9 @@ class SqliteIncidentStore(_SqliteStore):
                 (at, actor, mitigation_id),
             )
             row = db.execute(
-                f"SELECT {_MITIGATION_COLUMNS} FROM mitigations WHERE id = ?", (mitigation_id,)  # noqa: S608
+                f"SELECT {MITIGATION_COLUMNS} FROM mitigations WHERE id = ?", (mitigation_id,)  # noqa: S608
             ).fetchone()
-        return None if row is None else _mitigation(row)
-
-
-def _check_incident(
-    rule: str,
-    severity: str,
-    scope: str,
-    subject: str,
-    details: Mapping[str, str],
-    mitigation: MitigationSpec | None,
-    increment: int,
-    exercise: bool,
-) -> None:
-    if not rule:
-        raise ValueError("rule must not be empty")
-    if severity not in SEVERITIES:
-        raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, not {severity!r}")
-    if scope not in _SCOPES:
-        raise ValueError(f"scope must be one of {', '.join(sorted(_SCOPES))}, not {scope!r}")
-    if not subject:
-        raise ValueError("subject must not be empty")
-    if increment < 1:
-        raise ValueError(f"increment must be >= 1, got {increment}")
-    for key, value in details.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise ValueError(f"details map strings to strings, got {key!r}: {value!r}")
-    if mitigation is not None:
-        if exercise:
-            raise ValueError("an exercise incident has no mitigation")
-        if mitigation.scope == "server" or mitigation.scope not in _SCOPES:
-            raise ValueError(f"a mitigation applies to a session, tenant or language, not {mitigation.scope!r}")
-        if mitigation.action not in _ACTIONS:
-            raise ValueError(f"action must be one of {', '.join(sorted(_ACTIONS))}, not {mitigation.action!r}")
-        if not mitigation.subject:
-            raise ValueError("a mitigation's subject must not be empty")
-        if mitigation.action == "throttle" and not mitigation.throttle_per_minute > 0:
-            raise ValueError(f"a throttle needs a positive rate, got {mitigation.throttle_per_minute}")
-
-
-def _new_id(prefix: str) -> str:
-    return prefix + secrets.token_hex(ID_HEX_BYTES)
+        return None if row is None else mitigation_record(row)
 
 
 def _rearmable(db: _Tx, incident_id: str, now: float) -> bool:
@@ -295,19 +243,19 @@ def _rearmable(db: _Tx, incident_id: str, now: float) -> bool:
 def _insert_mitigation(db: _Tx, incident_id: str, spec: MitigationSpec, now: float) -> None:
     # An id collision raises IntegrityError, which rolls the whole transaction back; the caller draws again.
     db.execute(
-        f"INSERT INTO mitigations ({_MITIGATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, '', ?)",  # noqa: S608
-        (_new_id(MITIGATION_ID_PREFIX), incident_id, spec.action, spec.scope, spec.subject, now, spec.expires_at,
+        f"INSERT INTO mitigations ({MITIGATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, '', ?)",  # noqa: S608
+        (new_id(MITIGATION_ID_PREFIX), incident_id, spec.action, spec.scope, spec.subject, now, spec.expires_at,
          spec.throttle_per_minute),
     )
 
 
 def _incident_in_tx(db: _Tx, incident_id: str) -> IncidentRecord | None:
     row = db.execute(
-        f"SELECT {_INCIDENT_COLUMNS} FROM incidents WHERE id = ?", (incident_id,)  # noqa: S608
+        f"SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?", (incident_id,)  # noqa: S608
     ).fetchone()
     if row is None:
         return None
-    return _incident(row, _mitigations_of(db, [incident_id]).get(incident_id, ()))
+    return incident_record(row, _mitigations_of(db, [incident_id]).get(incident_id, ()))
 
 
 def _mitigations_of(db: _Tx, incident_ids: builtins.list[str]) -> dict[str, tuple[MitigationRecord, ...]]:
@@ -317,49 +265,13 @@ def _mitigations_of(db: _Tx, incident_ids: builtins.list[str]) -> dict[str, tupl
         return {}
     # One query, whatever the number of incidents (json_each avoids building a statement per list length).
     rows = db.execute(
-        f"SELECT {_MITIGATION_COLUMNS} FROM mitigations"  # noqa: S608 - constant columns, bound values
+        f"SELECT {MITIGATION_COLUMNS} FROM mitigations"  # noqa: S608 - constant columns, bound values
         " WHERE incident_id IN (SELECT value FROM json_each(?)) ORDER BY created_at, rowid",
         (json.dumps(incident_ids),),
     ).fetchall()
     for row in rows:
-        record = _mitigation(row)
+        record = mitigation_record(row)
         found.setdefault(record.incident_id, []).append(record)
     return {key: tuple(value) for key, value in found.items()}
 
 
-def _incident(row: tuple[Any, ...], mitigations: tuple[MitigationRecord, ...]) -> IncidentRecord:
-    (incident_id, rule, severity, scope, subject, tenant, summary, details, count, opened_at, resolved_at,
-     resolved_by, exercise) = row
-    return IncidentRecord(
-        id=str(incident_id),
-        rule=str(rule),
-        severity=cast(Severity, severity),
-        scope=cast(Scope, scope),
-        subject=str(subject),
-        tenant=str(tenant),
-        summary=str(summary),
-        details=MappingProxyType({str(k): str(v) for k, v in json.loads(details).items()}),
-        count=int(count),
-        opened_at=float(opened_at),
-        resolved_at=None if resolved_at is None else float(resolved_at),
-        resolved_by=str(resolved_by),
-        mitigations=mitigations,
-        exercise=bool(exercise),
-    )
-
-
-def _mitigation(row: tuple[Any, ...]) -> MitigationRecord:
-    (mitigation_id, incident_id, action, scope, subject, created_at, expires_at, lifted_at, lifted_by,
-     throttle_per_minute) = row
-    return MitigationRecord(
-        id=str(mitigation_id),
-        incident_id=str(incident_id),
-        action=cast(Action, action),
-        scope=cast(Scope, scope),
-        subject=str(subject),
-        created_at=float(created_at),
-        expires_at=None if expires_at is None else float(expires_at),
-        lifted_at=None if lifted_at is None else float(lifted_at),
-        lifted_by=str(lifted_by),
-        throttle_per_minute=float(throttle_per_minute),
-    )

@@ -1,8 +1,8 @@
 """The contract every CostStore implementation keeps: budgets, reservations, the ledger and its reports.
 
-The suite runs once per entry of ``OPENERS``. An opener is a picklable callable opening one durable backing, so
-a restart (close, open again) and a second OS process (spawned, opening the same backing) are both expressible
-for any implementation; a PostgreSQL one would add a ``"postgres"`` entry opening a fresh database or schema.
+The suite runs once per implementation: SQLite (a file) and PostgreSQL (a database of the test's own, on the
+server the tests start). An opener is a picklable callable opening one durable backing, so a restart (close,
+open again) and a second OS process (spawned, opening the same backing) are both expressible for each.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ from typing import Literal, Protocol
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from postgres_server import Postgres
 
 from sandbox_server.stores import sqlite_costs
 from sandbox_server.stores.costs import BUDGET_NAMES, BudgetName, BudgetRefusal, Budgets, CostRow, CostStore, UsageEntry
+from sandbox_server.stores.postgres import PostgresDatabase
+from sandbox_server.stores.postgres_costs import PostgresCostStore
 from sandbox_server.stores.sqlite_costs import SqliteCostStore
 
 DAY = 86_400.0
@@ -53,10 +56,15 @@ class SqliteOpener:
         return SqliteCostStore(self.path)
 
 
-OPENERS: dict[str, Callable[[Path, str], Opener]] = {
-    "sqlite": lambda tmp_path, name: SqliteOpener(tmp_path / f"{name}.db"),
-}
-IMPLEMENTATIONS = list(OPENERS)
+@dataclass(frozen=True)
+class PostgresOpener:
+    url: str
+
+    def __call__(self) -> CostStore:
+        return PostgresCostStore(PostgresDatabase(self.url), owns=True)
+
+
+IMPLEMENTATIONS = ["sqlite", "postgres"]
 
 
 @dataclass
@@ -64,7 +72,7 @@ class Backing:
     """The stores opened by one test, closed at its end; ``fresh`` makes another empty backing."""
 
     implementation: str
-    tmp_path: Path
+    make: Callable[[str], Opener]  # a new empty backing, by name
     opener: Opener
     _opened: list[CostStore] = field(default_factory=list)
     _names: Iterator[int] = field(default_factory=itertools.count)
@@ -75,7 +83,7 @@ class Backing:
         return store
 
     def fresh(self) -> Opener:
-        return OPENERS[self.implementation](self.tmp_path, f"fresh-{next(self._names)}")
+        return self.make(f"fresh-{next(self._names)}")
 
     def close_all(self) -> None:
         for store in self._opened:
@@ -84,7 +92,13 @@ class Backing:
 
 @pytest.fixture(params=IMPLEMENTATIONS)
 def backing(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backing]:
-    made = Backing(request.param, tmp_path, OPENERS[request.param](tmp_path, "costs"))
+    make: Callable[[str], Opener]
+    if request.param == "postgres":
+        server: Postgres = request.getfixturevalue("postgres")
+        make = lambda _name: PostgresOpener(server.create_database())  # noqa: E731
+    else:
+        make = lambda name: SqliteOpener(tmp_path / f"{name}.db")  # noqa: E731
+    made = Backing(request.param, make, make("costs"))
     try:
         yield made
     finally:

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from sandbox_server.stores.incidents import IncidentRecord, IncidentStore, MitigationSpec
+from sandbox_server.stores.postgres import PostgresDatabase
+from sandbox_server.stores.postgres_incidents import PostgresIncidentStore
 from sandbox_server.stores.sqlite_incidents import SqliteIncidentStore
 
-INCIDENT_STORES: dict[str, Callable[[Path], IncidentStore]] = {
-    "sqlite": lambda directory: SqliteIncidentStore(directory / "incidents.db"),
-}
+INCIDENT_STORES = ["postgres", "sqlite"]
 
 T0 = 1_700_000_000.0
 QUARANTINE_TENANT = MitigationSpec("quarantine", "tenant", "acme")
@@ -23,14 +23,20 @@ QUARANTINE_TENANT = MitigationSpec("quarantine", "tenant", "acme")
 Opener = Callable[[], IncidentStore]
 
 
-@pytest.fixture(params=sorted(INCIDENT_STORES))
+@pytest.fixture(params=INCIDENT_STORES)
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    """Opens the implementation over one durable backing; opening again (after close) is a restart."""
+    """Opens the implementation over one durable backing (a file, or a database of the test's own); opening
+    again (after close) is a restart, and two open at once are two replicas."""
     opened: list[IncidentStore] = []
-    factory = INCIDENT_STORES[request.param]
+    factory: Callable[[], IncidentStore]
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres").create_database()
+        factory = lambda: PostgresIncidentStore(PostgresDatabase(url), owns=True)  # noqa: E731
+    else:
+        factory = lambda: SqliteIncidentStore(tmp_path / "incidents.db")  # noqa: E731
 
     def open_one() -> IncidentStore:
-        made = factory(tmp_path)
+        made = factory()
         opened.append(made)
         return made
 
