@@ -55,6 +55,8 @@ def serve(
     policies_dir: Annotated[Path | None, typer.Option("--policies-dir", "--policies", help="tenant policies (YAML)")]
     = None,
     data_dir: Annotated[Path | None, typer.Option(help="durable stores (SQLite)")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        help="PostgreSQL for every durable store (postgresql://...) instead of SQLite in --data-dir")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus metrics at /metrics (0: any port)")]
     = None,
     otlp_endpoint: Annotated[str | None, typer.Option(help="OTLP/gRPC collector for spans")] = None,
@@ -68,7 +70,8 @@ def serve(
         settings = load_settings(
             host=host, port=port, backend=backend, config_file=config, max_running=max_running,
             max_queued=max_queued, state_dir=state_dir, cgroup_fallback=cgroup_fallback,
-            policies_dir=policies_dir, data_dir=data_dir, metrics_port=metrics_port, otlp_endpoint=otlp_endpoint,
+            policies_dir=policies_dir, data_dir=data_dir, database_url=database_url, metrics_port=metrics_port,
+            otlp_endpoint=otlp_endpoint,
             log_format=log_format, log_level=log_level.upper() if log_level else None, wheelhouse=wheelhouse,
         )
     except (ValidationError, ValueError) as exc:
@@ -146,6 +149,8 @@ def keys_create(
     role: Annotated[str, typer.Option(help="tenant or admin")] = "tenant",
     label: Annotated[str, typer.Option(help="a note for operators")] = "",
     data_dir: Annotated[Path | None, typer.Option(help="where the store lives [default: settings]")] = None,
+    database_url: Annotated[str | None, typer.Option(help="the PostgreSQL store instead [default: settings]")]
+    = None,
 ) -> None:
     """Create a key in the local store and print it once (the first admin key comes from here)."""
     from sandbox_server.stores.embedded import open_stores
@@ -153,8 +158,8 @@ def keys_create(
     if role not in ("tenant", "admin"):
         typer.echo("--role is tenant or admin", err=True)
         raise typer.Exit(2)
-    settings = load_settings(data_dir=data_dir)
-    stores = open_stores(settings.data_dir)
+    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    stores = open_stores(settings.data_dir, settings.database_url)
     try:
         record, secret = stores.keys.create(tenant, role, label)  # type: ignore[arg-type]
     finally:
@@ -174,7 +179,7 @@ def _banner(app: App) -> None:
     if s.dev_mode:
         lines.append("  auth: DEVELOPMENT MODE: no API keys (allowed on loopback only); calls run as tenant 'default'")
     else:
-        lines.append(f"  auth: API keys (store: {s.data_dir / 'state.db'})")
+        lines.append(f"  auth: API keys (store: {app.stores.where if app.stores else s.data_dir / 'state.db'})")
     tls = "off" if s.tls_cert_file is None else ("mTLS" if s.tls_client_ca_file else "on")
     lines.append(f"  tls: {tls}")
     if app.policies is not None:

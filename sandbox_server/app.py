@@ -69,7 +69,7 @@ class App:
 
     def _open_stores_and_policies(self) -> tuple[Stores, PolicyRegistry]:
         """Raises PolicyLoadError: the server does not start on a policy directory that does not validate."""
-        stores = open_stores(self.settings.data_dir)
+        stores = open_stores(self.settings.data_dir, self.settings.database_url)
         try:
             directory = self.settings.policies_dir or seed_policies(self.settings.data_dir / "policies")
             recorded = stores.versions.list(1)

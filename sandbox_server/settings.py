@@ -257,6 +257,8 @@ class Settings(BaseSettings):
     policies_dir: Path | None = Field(default=None, description="tenant policies (YAML); none: one built-in tenant")
     policy_poll_interval_s: float = Field(default=1.0, gt=0)
     data_dir: Path = Field(default=Path("/var/lib/sandbox-server"), description="durable stores (SQLite)")
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL for every durable store (postgresql://...); none: SQLite in data_dir")
     auth: AuthMode = AuthMode.AUTO
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -277,6 +279,13 @@ class Settings(BaseSettings):
         default=3.0, ge=0, description="how long a keyed run whose caller went away waits for a retry")
     log_format: LogFormat = LogFormat.JSON
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("database_url must be a postgresql:// URL")
+        return value
 
     @field_validator("defaults", "ceilings", "session_defaults", mode="before")
     @classmethod

@@ -25,6 +25,7 @@ from sandbox_client import (
     SandboxError,
 )
 from sandbox_server.backends.cgroups import detect
+from sandbox_server.stores.base import AuditStore
 from sandbox_server.stores.sqlite import SqliteAuditStore
 from sandbox_server.testing import RunningServer, server_in_thread
 
@@ -38,7 +39,7 @@ def audited() -> Iterator[RunningServer]:
         yield srv
 
 
-def _audit(srv: RunningServer) -> SqliteAuditStore:
+def _audit(srv: RunningServer) -> AuditStore:
     assert srv.app.stores is not None
     return srv.app.stores.audit
 

@@ -1,42 +1,56 @@
-"""The embedded default: every durable store in one SQLite file under the data dir."""
+"""The server's durable stores: every one in one SQLite file under the data dir (the embedded default), or every
+one in one PostgreSQL database (``database_url``: replicas share it)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from sandbox_server.stores.sqlite import SqliteAuditStore, SqliteKeyStore, SqlitePolicyVersionStore
-from sandbox_server.stores.sqlite_costs import SqliteCostStore
-from sandbox_server.stores.sqlite_incidents import SqliteIncidentStore
-from sandbox_server.stores.sqlite_sessions import SqliteSessionStore, SqliteSnapshotStore
+from sandbox_server.stores.base import AuditStore, KeyStore, PolicyVersionStore
+from sandbox_server.stores.costs import CostStore
+from sandbox_server.stores.incidents import IncidentStore
+from sandbox_server.stores.sessions import SessionStore, SnapshotStore
 
 DB_NAME = "state.db"
 
 
 @dataclass
 class Stores:
-    """The server's durable stores."""
+    """The server's durable stores; ``where`` says where they are (no password in it)."""
 
-    keys: SqliteKeyStore
-    versions: SqlitePolicyVersionStore
-    audit: SqliteAuditStore
-    costs: SqliteCostStore
-    incidents: SqliteIncidentStore
-    sessions: SqliteSessionStore
-    snapshots: SqliteSnapshotStore
+    keys: KeyStore
+    versions: PolicyVersionStore
+    audit: AuditStore
+    costs: CostStore
+    incidents: IncidentStore
+    sessions: SessionStore
+    snapshots: SnapshotStore
+    where: str = ""
+    _close_backing: Callable[[], None] | None = None
 
     def close(self) -> None:
         for store in (self.keys, self.versions, self.audit, self.costs, self.incidents, self.sessions,
                       self.snapshots):
             store.close()
+        if self._close_backing is not None:
+            self._close_backing()
 
 
-def open_stores(data_dir: Path) -> Stores:
-    """Open (creating if needed) every store in ``data_dir``/state.db; on failure nothing stays open."""
+def open_stores(data_dir: Path, database_url: str | None = None) -> Stores:
+    """Open (creating if needed) every store: in ``data_dir``/state.db, or in the PostgreSQL database at
+    ``database_url`` (its schema brought up to date). On failure nothing stays open."""
+    if database_url is not None:
+        return _open_postgres(database_url)
+    from sandbox_server.stores.sqlite import SqliteAuditStore, SqliteKeyStore, SqlitePolicyVersionStore
+    from sandbox_server.stores.sqlite_costs import SqliteCostStore
+    from sandbox_server.stores.sqlite_incidents import SqliteIncidentStore
+    from sandbox_server.stores.sqlite_sessions import SqliteSessionStore, SqliteSnapshotStore
+
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = data_dir / DB_NAME
-    opened: list[SqliteKeyStore | SqlitePolicyVersionStore | SqliteAuditStore | SqliteCostStore
-                 | SqliteIncidentStore | SqliteSessionStore] = []
+    opened: list[KeyStore | PolicyVersionStore | AuditStore | CostStore | IncidentStore | SessionStore] = []
     try:
         keys = SqliteKeyStore(path)
         opened.append(keys)
@@ -56,4 +70,37 @@ def open_stores(data_dir: Path) -> Stores:
             store.close()
         raise
     return Stores(keys=keys, versions=versions, audit=audit, costs=costs, incidents=incidents, sessions=sessions,
-                  snapshots=snapshots)
+                  snapshots=snapshots, where=str(path))
+
+
+def _open_postgres(url: str) -> Stores:
+    from sandbox_server.stores.postgres import (
+        PostgresAuditStore,
+        PostgresDatabase,
+        PostgresKeyStore,
+        PostgresPolicyVersionStore,
+    )
+    from sandbox_server.stores.postgres_costs import PostgresCostStore
+    from sandbox_server.stores.postgres_incidents import PostgresIncidentStore
+    from sandbox_server.stores.postgres_sessions import PostgresSessionStore, PostgresSnapshotStore
+
+    db = PostgresDatabase(url)
+    try:
+        return Stores(keys=PostgresKeyStore(db), versions=PostgresPolicyVersionStore(db), audit=PostgresAuditStore(db),
+                      costs=PostgresCostStore(db), incidents=PostgresIncidentStore(db),
+                      sessions=PostgresSessionStore(db), snapshots=PostgresSnapshotStore(db),
+                      where=f"{redacted(url)} (PostgreSQL, schema version {db.schema_version})",
+                      _close_backing=db.close)
+    except BaseException:
+        db.close()
+        raise
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs and banners."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))

@@ -10,10 +10,11 @@ clear NOT_FOUND.
 from __future__ import annotations
 
 import builtins
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 EVENTS = ("created", "closed", "snapshot", "restored", "uploaded", "deleted", "kernel_restarted", "loop_detected")
 
@@ -144,3 +145,18 @@ class SnapshotStore(Protocol):
     def count(self, tenant: str) -> int: ...
 
     def close(self) -> None: ...
+
+
+def session_record(row: tuple[Any, ...]) -> SessionRecord:
+    """A SessionRecord from a row of the sessions table, in column order; the languages, limits and labels as JSON
+    text (SQLite) or already decoded (PostgreSQL's JSONB)."""
+    (sid, tenant, key_id, owner, backend, languages, limits, labels, snapshot_id, created_at, idle, lifetime,
+     cpu_total, closed_at, reason, calls, cpu, cost, restarts, last_used, peak) = row
+    return SessionRecord(sid, tenant, key_id, owner, backend, tuple(_decoded(languages)),
+                         MappingProxyType(_decoded(limits)), MappingProxyType(_decoded(labels)), snapshot_id,
+                         created_at, idle, lifetime, cpu_total, closed_at, reason, calls, cpu, cost, restarts,
+                         last_used, peak)
+
+
+def _decoded(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value

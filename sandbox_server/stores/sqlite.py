@@ -467,7 +467,13 @@ class _PolicySetLike(Protocol):
 
 
 def record_version(store: PolicyVersionStore, registry: _RegistryLike, new: _PolicySetLike) -> None:
-    """The registry's change hook: every policy set that went live is recorded once, with who changed it."""
+    """The registry's change hook: every policy set that went live is recorded once, with who changed it. Another
+    server sharing the store (a replica) may record the same number first: its record stands."""
     if store.get(new.version) is None:
         actor = registry.versions[-1][2] if registry.versions else "file change"
-        store.record(new.version, dict(new.sources), actor)
+        try:
+            store.record(new.version, dict(new.sources), actor)
+        except ValueError:
+            if store.get(new.version) is None:
+                raise
+            log.info("policy version %d was recorded by another server sharing the store", new.version)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import builtins
 import json
 from types import MappingProxyType
-from typing import Any
 
 from sandbox_server.stores.sessions import (
     EVENTS,
@@ -17,6 +16,7 @@ from sandbox_server.stores.sessions import (
     SessionEvent,
     SessionRecord,
     SnapshotRecord,
+    session_record,
 )
 from sandbox_server.stores.sqlite import _SqliteStore, _Tx
 
@@ -92,7 +92,7 @@ class SqliteSessionStore(_SqliteStore):
 
     def get(self, session_id: str) -> SessionRecord | None:
         rows = self._read("SELECT * FROM sessions WHERE session_id = ?", (session_id,))
-        return _session(rows[0]) if rows else None
+        return session_record(rows[0]) if rows else None
 
     def list(self, tenant: str | None = None, open_only: bool = False,
              limit: int = 100) -> builtins.list[SessionRecord]:
@@ -105,7 +105,7 @@ class SqliteSessionStore(_SqliteStore):
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         rows = self._read(f"SELECT * FROM sessions {clause}ORDER BY created_at DESC LIMIT ?",  # noqa: S608
                           (*params, limit))
-        return [_session(r) for r in rows]
+        return [session_record(r) for r in rows]
 
     def events(self, session_id: str, limit: int = 1000) -> builtins.list[SessionEvent]:
         rows = self._read("SELECT session_id, tenant, key_id, event, at, detail FROM session_events"
@@ -131,15 +131,6 @@ def _insert_event(db: _Tx, event: SessionEvent) -> None:
     db.execute("INSERT INTO session_events (session_id, tenant, key_id, event, at, detail) VALUES (?, ?, ?, ?, ?, ?)",
                (event.session_id, event.tenant, event.key_id, event.event, event.at,
                 json.dumps(dict(event.detail), sort_keys=True)))
-
-
-def _session(row: tuple[Any, ...]) -> SessionRecord:
-    (sid, tenant, key_id, owner, backend, languages, limits, labels, snapshot_id, created_at, idle, lifetime,
-     cpu_total, closed_at, reason, calls, cpu, cost, restarts, last_used, peak) = row
-    return SessionRecord(sid, tenant, key_id, owner, backend, tuple(json.loads(languages)),
-                         MappingProxyType(json.loads(limits)), MappingProxyType(json.loads(labels)), snapshot_id,
-                         created_at, idle, lifetime, cpu_total, closed_at, reason, calls, cpu, cost, restarts,
-                         last_used, peak)
 
 
 class SqliteSnapshotStore(_SqliteStore):

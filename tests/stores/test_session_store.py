@@ -1,5 +1,5 @@
-"""The contract every SessionStore and SnapshotStore implementation keeps. Add an implementation to
-``SESSION_STORES`` / ``SNAPSHOT_STORES``."""
+"""The contract every SessionStore and SnapshotStore implementation keeps: SQLite (a file) and PostgreSQL (a
+database of the test's own, on the server the tests start)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 
+from sandbox_server.stores.postgres import PostgresDatabase
+from sandbox_server.stores.postgres_sessions import PostgresSessionStore, PostgresSnapshotStore
 from sandbox_server.stores.sessions import (
     SessionEnd,
     SessionEvent,
@@ -20,22 +23,26 @@ from sandbox_server.stores.sessions import (
 )
 from sandbox_server.stores.sqlite_sessions import SqliteSessionStore, SqliteSnapshotStore
 
-SESSION_STORES: dict[str, Callable[[Path], SessionStore]] = {
-    "sqlite": lambda directory: SqliteSessionStore(directory / "sessions.db"),
-}
-SNAPSHOT_STORES: dict[str, Callable[[Path], SnapshotStore]] = {
-    "sqlite": lambda directory: SqliteSnapshotStore(directory / "sessions.db"),
-}
+IMPLEMENTATIONS = ["postgres", "sqlite"]
 T0 = 1_700_000_000.0
 
 
-@pytest.fixture(params=sorted(SESSION_STORES))
-def open_sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], SessionStore]]:
+def _opener(request: pytest.FixtureRequest, tmp_path: Path, sqlite: Callable[[Path], Any],
+            postgres: Callable[[PostgresDatabase], Any]) -> Callable[[], Any]:
     """Opens the implementation over one durable backing; opening again (after close) is a restart."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres").create_database()
+        return lambda: postgres(PostgresDatabase(url))
+    return lambda: sqlite(tmp_path / "sessions.db")
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def open_sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], SessionStore]]:
     opened: list[SessionStore] = []
+    make = _opener(request, tmp_path, SqliteSessionStore, lambda db: PostgresSessionStore(db, owns=True))
 
     def open_one() -> SessionStore:
-        opened.append(SESSION_STORES[request.param](tmp_path))
+        opened.append(make())
         return opened[-1]
 
     try:
@@ -45,9 +52,10 @@ def open_sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ca
             store.close()
 
 
-@pytest.fixture(params=sorted(SNAPSHOT_STORES))
+@pytest.fixture(params=IMPLEMENTATIONS)
 def snapshots(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SnapshotStore]:
-    store = SNAPSHOT_STORES[request.param](tmp_path)
+    store: SnapshotStore = _opener(request, tmp_path, SqliteSnapshotStore,
+                                   lambda db: PostgresSnapshotStore(db, owns=True))()
     try:
         yield store
     finally:

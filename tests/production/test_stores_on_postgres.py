@@ -1,0 +1,69 @@
+"""A server on PostgreSQL (``database_url``) instead of its SQLite file: every durable record lands there, and
+replicas sharing the database hold one budget exactly."""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from postgres_server import Postgres
+from production_helpers import server_with_policy
+
+from sandbox_client import ResourceExhaustedError, SandboxClient
+from sandbox_server.stores.embedded import open_stores, redacted
+
+
+def test_every_record_lands_in_postgres_and_none_in_sqlite(tmp_path: Path, postgres: Postgres) -> None:
+    url = postgres.create_database()
+    with server_with_policy(tmp_path, "pricing: {per_execution: 0.5}", database_url=url) as srv, \
+            SandboxClient(srv.target, retry=None) as sbx:
+        ran = [sbx.execute("print('hi')", session_id="pg").execution_id for _ in range(3)]
+        assert srv.app.stores is not None
+        assert "PostgreSQL" in srv.app.stores.where
+        assert not (srv.settings.data_dir / "state.db").exists()
+    stores = open_stores(tmp_path / "unused", url)  # what a restarted server (or another replica) reads
+    try:
+        assert {rec.execution_id for rec in stores.audit.list()} == set(ran)
+        (row,) = stores.costs.report("session", "default")
+        assert (row.key, row.executions, row.execution_cost) == ("default/pg", 3, 1.5)
+        assert stores.versions.list(1), "the policy version that went live is recorded"
+    finally:
+        stores.close()
+
+
+def test_three_replicas_hold_a_budget_exactly_under_a_burst(tmp_path: Path, postgres: Postgres) -> None:
+    """Three servers on one database, 21 concurrent requests spread over them against a day budget of 7
+    executions: exactly 7 run (each replica reserves against the same ledger, one tenant at a time), the other
+    14 are refused before running, and there are exactly 7 audit records and 7.0 spent."""
+    url = postgres.create_database()
+    policy = "pricing: {per_execution: 1.0}\nbudget: {per_day: 7}"
+    for i in range(3):
+        (tmp_path / f"r{i}").mkdir()
+    with contextlib.ExitStack() as stack:
+        replicas = [stack.enter_context(server_with_policy(tmp_path / f"r{i}", policy, database_url=url,
+                                                           max_running=4, max_queued=32)) for i in range(3)]
+
+        def one(i: int) -> str:
+            with SandboxClient(replicas[i % 3].target, retry=None) as sbx:
+                try:
+                    sbx.execute("import time; time.sleep(0.2)", session_id=f"burst{i}")
+                except ResourceExhaustedError as exc:
+                    return exc.reason or "exhausted"
+                return "ran"
+
+        with ThreadPoolExecutor(21) as pool:
+            outcomes = list(pool.map(one, range(21)))
+    assert outcomes.count("ran") == 7, outcomes
+    assert outcomes.count("BUDGET_EXCEEDED") == 14, outcomes
+    stores = open_stores(tmp_path / "unused", url)
+    try:
+        assert stores.audit.count() == 7
+        assert stores.costs.spent("default", "").day == 7.0
+    finally:
+        stores.close()
+
+
+def test_a_password_never_reaches_a_banner_or_log() -> None:
+    assert redacted("postgresql://app:s3cret@db.internal:5432/sandbox") == "postgresql://app:***@db.internal:5432/sandbox"
+    assert redacted("postgresql://app@127.0.0.1/sandbox") == "postgresql://app@127.0.0.1/sandbox"
