@@ -184,6 +184,12 @@ class BackendUnavailable(SandboxError):
         return [_pack(_retry_info(self.retry_after_s)), *super().details()]
 
 
+class StoreUnavailable(BackendUnavailable):
+    """The durable store (PostgreSQL) cannot be reached: nothing that needs it runs (fails closed)."""
+
+    reason = "STORE_UNAVAILABLE"
+
+
 class SandboxFailure(SandboxError):
     """The sandbox could not be set up or torn down: our fault, never the user's."""
 

@@ -53,11 +53,20 @@ class Postgres:
         self._as_postgres(_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
                           "--no-sync", "--locale=C.UTF-8")
         self.port = _free_port()
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server (again, after ``halt``) on the same port and data."""
         options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off"
                    " -c full_page_writes=off -c max_connections=200")
         self._as_postgres(_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-t", "60",
                           "-o", options, "start")
         self.started = True
+
+    def halt(self) -> None:
+        """Stop the server at once, as a crash would (its data stays, for ``resume``)."""
+        self._as_postgres(_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        self.started = False
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"

@@ -37,6 +37,7 @@ from sandbox_server.stores.costs import (
     Spend,
     UsageEntry,
 )
+from sandbox_server.stores.outage import through_outage
 from sandbox_server.telemetry import Metrics
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,9 @@ class Budgeter:
             self.store.settle(res.id, res.tenant, res.session_id, execution_id, cost, now)
             return before
 
-        before = await asyncio.to_thread(write)
+        # The execution has run: its charge waits through a short store outage (settle is idempotent per
+        # execution id).
+        before = await through_outage(write, f"charge of {execution_id}")
         self._after_charge(res.tenant, res.session_id, res.policy, cost, before_spent=before, exercise=res.exercise)
 
     async def record_usage(

@@ -21,6 +21,7 @@ from sandbox_server.context import Acceptance, current_acceptances, principal
 from sandbox_server.errors import SandboxError, SandboxFailure
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
 from sandbox_server.stores.base import AuditRecord
+from sandbox_server.stores.outage import through_outage
 from sandbox_server.telemetry import current_trace_id
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,11 @@ AUDITED = frozenset({"/sandbox.v1.Sandbox/Execute", "/sandbox.v1.Sandbox/Execute
 
 
 class AuditSink(Protocol):
+    remote: bool
+
     def record(self, rec: AuditRecord) -> None: ...
+
+    def ensure_writable(self) -> None: ...
 
 
 class ExecutionObserver(Protocol):
@@ -86,13 +91,38 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
         for rec in records:
             self.sink.record(rec)
 
+    async def _write_retrying(self, records: list[AuditRecord]) -> None:
+        """The execution has run: its record waits through a short store outage (stores/outage.py). A record
+        that an attempt cut off by the outage did commit is not written twice (the execution id is its key)."""
+        attempts = 0
+
+        def write() -> None:
+            nonlocal attempts
+            attempts += 1
+            for rec in records:
+                try:
+                    self.sink.record(rec)
+                except ValueError:
+                    if attempts == 1:
+                        raise  # a second record for one execution: a bug, never hidden
+                    # else: committed by the attempt the outage cut off
+
+        await through_outage(write, f"audit record of {records[0].execution_id}")
+
+    async def _ensure_writable(self) -> None:
+        """A store that can be down without the server (PostgreSQL) is checked before anything runs: with it
+        down, the call is refused (StoreUnavailable) instead of running an execution whose record could not be
+        written. What is already running when it goes down waits for it (_write_retrying)."""
+        if self.sink.remote:
+            await asyncio.to_thread(self.sink.ensure_writable)
+
     async def _write(self, call: _Call) -> None:
         records = call.records()
         if not records:
             return
         try:
             # shield: a cancelled call still gets its record written
-            await asyncio.shield(asyncio.to_thread(self._record_all, records))
+            await asyncio.shield(self._write_retrying(records))
         except (OSError, ValueError, RuntimeError) as exc:
             raise SandboxFailure(f"could not write the audit record: {exc}") from exc
         for rec in records:
@@ -113,6 +143,7 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await self._ensure_writable()
                 call = _Call()
                 token = current_acceptances.set(call.accepted)
                 try:
@@ -129,6 +160,7 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
 
         def stream(behavior: StreamBehavior) -> StreamBehavior:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                await self._ensure_writable()
                 call = _Call()
                 token = current_acceptances.set(call.accepted)
                 try:

@@ -134,7 +134,15 @@ class AuditRecord:
 
 
 class AuditStore(Protocol):
-    """The audit trail: exactly one record per accepted execution, durable before the reply leaves."""
+    """The audit trail: exactly one record per accepted execution, durable before the reply leaves.
+
+    ``remote``: the store is a separate service (PostgreSQL) that can be down while the server runs; then
+    ``ensure_writable`` is called before an execution runs, so that none runs when its record could not be
+    written (it raises StoreUnavailable)."""
+
+    remote: bool
+
+    def ensure_writable(self) -> None: ...
 
     def record(self, rec: AuditRecord) -> None:
         """Write one record durably.

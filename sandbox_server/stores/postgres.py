@@ -29,8 +29,9 @@ from typing import Any, Self
 
 import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
+from sandbox_server.errors import StoreUnavailable
 from sandbox_server.stores.base import TOKEN_PREFIX, AuditRecord, KeyRecord, PolicyVersion, Role
 from sandbox_server.stores.keys import (
     DEFAULT_CACHE_TTL_S,
@@ -56,6 +57,9 @@ MIGRATION_LOCK = 0x5A4E_4458  # pg_advisory_xact_lock key: one migrating replica
 POOL_MIN = 1
 POOL_MAX = 8
 CONNECT_TIMEOUT_S = 10.0
+CHECKOUT_TIMEOUT_S = 5.0
+"""How long a call waits for a connection (the database is down, or every connection is busy) before the call
+fails with StoreUnavailable (UNAVAILABLE, retryable)."""
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -77,10 +81,12 @@ class PostgresDatabase:
     Raises psycopg.OperationalError when the database cannot be reached within ``connect_timeout_s``, and
     RuntimeError when its schema is newer than this code."""
 
-    def __init__(self, url: str, *, pool_max: int = POOL_MAX, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    def __init__(self, url: str, *, pool_max: int = POOL_MAX, connect_timeout_s: float = CONNECT_TIMEOUT_S,
+                 checkout_timeout_s: float = CHECKOUT_TIMEOUT_S) -> None:
         self.url = url
-        self.pool = ConnectionPool(url, min_size=POOL_MIN, max_size=pool_max, open=False, timeout=connect_timeout_s,
-                                   kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s))})
+        self.pool = ConnectionPool(url, min_size=POOL_MIN, max_size=pool_max, open=False, timeout=checkout_timeout_s,
+                                   kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s))},
+                                   check=ConnectionPool.check_connection)
         self.pool.open(wait=True, timeout=connect_timeout_s)
         try:
             self.schema_version = self._migrate()
@@ -107,12 +113,19 @@ class PostgresDatabase:
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:
-        with self.pool.connection() as conn, conn.transaction():
-            yield conn
+        """One transaction. A lost or unreachable database raises StoreUnavailable (nothing was committed)."""
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise StoreUnavailable(f"the database is unavailable: {_first_line(exc)}", retry_after_s=2.0) from exc
 
     def read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        with self.pool.connection() as conn:
-            return conn.execute(sql.encode(), params).fetchall()
+        try:
+            with self.pool.connection() as conn:
+                return conn.execute(sql.encode(), params).fetchall()
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise StoreUnavailable(f"the database is unavailable: {_first_line(exc)}", retry_after_s=2.0) from exc
 
     def close(self) -> None:
         self.pool.close()
@@ -280,6 +293,13 @@ class PostgresAuditStore(PostgresStore):
     """The audit trail in PostgreSQL: a record is committed (on disk) before the reply goes out. Thread-safe.
     The execution id is the key, so an execution can never have two records."""
 
+    remote = True
+
+    def ensure_writable(self) -> None:
+        """StoreUnavailable unless the database answers now (checked before an execution runs)."""
+        self._check_open()
+        self.db.read("SELECT 1")
+
     def record(self, rec: AuditRecord) -> None:
         """Write one record durably; raises ValueError if the execution already has one."""
         self._check_open()
@@ -321,3 +341,8 @@ class PostgresAuditStore(PostgresStore):
         return int(self.db.read("SELECT COUNT(*) FROM audit")[0][0])
 
 
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -377,6 +377,7 @@ class SqliteAuditStore(_SqliteStore):
 
     schema_name = "audit"
     schema_version = 3
+    remote = False  # the file is on this host: writable whenever the server runs
     schema = """
         CREATE TABLE IF NOT EXISTS audit (
             execution_id TEXT PRIMARY KEY,
@@ -408,6 +409,9 @@ class SqliteAuditStore(_SqliteStore):
            "ALTER TABLE audit ADD COLUMN egress_bytes_received INTEGER NOT NULL DEFAULT 0;"
            "ALTER TABLE audit ADD COLUMN egress_connections INTEGER NOT NULL DEFAULT 0",
     })
+
+    def ensure_writable(self) -> None:
+        self._check_open()
 
     def record(self, rec: AuditRecord) -> None:
         """Write one record durably; raises ValueError if the execution already has one."""

@@ -4,13 +4,15 @@ replicas sharing the database hold one budget exactly."""
 from __future__ import annotations
 
 import contextlib
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from postgres_server import Postgres
 from production_helpers import server_with_policy
 
-from sandbox_client import ResourceExhaustedError, SandboxClient
+from sandbox_client import Limits, ResourceExhaustedError, SandboxClient, UnavailableError
 from sandbox_server.stores.embedded import open_stores, redacted
 
 
@@ -60,6 +62,58 @@ def test_three_replicas_hold_a_budget_exactly_under_a_burst(tmp_path: Path, post
     try:
         assert stores.audit.count() == 7
         assert stores.costs.spent("default", "").day == 7.0
+    finally:
+        stores.close()
+
+
+def test_with_the_database_down_nothing_runs_and_the_error_says_why(tmp_path: Path, postgres: Postgres) -> None:
+    url = postgres.create_database()
+    try:
+        with server_with_policy(tmp_path, "pricing: {per_execution: 1.0}", database_url=url) as srv, \
+                SandboxClient(srv.target, retry=None, timeout=60) as sbx:
+            assert sbx.execute("print(1)").status == "OK"
+            postgres.halt()
+            with pytest.raises(UnavailableError) as info:
+                sbx.execute("print('must not run')")
+            assert info.value.reason == "STORE_UNAVAILABLE"
+            assert "database is unavailable" in info.value.message
+            assert info.value.retry_after is not None
+            postgres.resume()
+            assert sbx.execute("print(3)").status == "OK"  # back by itself, no restart of the server
+    finally:
+        if not postgres.started:
+            postgres.resume()
+    stores = open_stores(tmp_path / "unused", url)
+    try:
+        assert stores.audit.count() == 2  # the refused one never ran: no record, no charge
+        assert stores.costs.spent("default", "").day == 2.0
+    finally:
+        stores.close()
+
+
+def test_an_execution_running_through_a_database_restart_keeps_its_record(tmp_path: Path,
+                                                                          postgres: Postgres) -> None:
+    """The database goes away while the program runs and is back a few seconds later: the reply waits for the
+    record (AUDIT_RETRY_S), and the caller gets its result."""
+    url = postgres.create_database()
+    try:
+        with server_with_policy(tmp_path, "", database_url=url) as srv, \
+                SandboxClient(srv.target, retry=None, timeout=90) as sbx, ThreadPoolExecutor(1) as pool:
+            running = pool.submit(sbx.execute, "import time\ntime.sleep(1.5)\nprint('done')",
+                                  limits=Limits(wall_time_s=10))
+            time.sleep(0.5)
+            postgres.halt()
+            time.sleep(3)
+            postgres.resume()
+            result = running.result(timeout=60)
+            assert (result.status, result.stdout) == ("OK", "done\n")
+    finally:
+        if not postgres.started:
+            postgres.resume()
+    stores = open_stores(tmp_path / "unused", url)
+    try:
+        assert stores.audit.get(result.execution_id) is not None
+        assert stores.audit.count() == 1
     finally:
         stores.close()
 
