@@ -57,6 +57,8 @@ def serve(
     data_dir: Annotated[Path | None, typer.Option(help="durable stores (SQLite)")] = None,
     database_url: Annotated[str | None, typer.Option(
         help="PostgreSQL for every durable store (postgresql://...) instead of SQLite in --data-dir")] = None,
+    redis_url: Annotated[str | None, typer.Option(
+        help="Redis for rate limits and concurrency counts shared by replicas (redis://...)")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus metrics at /metrics (0: any port)")]
     = None,
     otlp_endpoint: Annotated[str | None, typer.Option(help="OTLP/gRPC collector for spans")] = None,
@@ -70,7 +72,8 @@ def serve(
         settings = load_settings(
             host=host, port=port, backend=backend, config_file=config, max_running=max_running,
             max_queued=max_queued, state_dir=state_dir, cgroup_fallback=cgroup_fallback,
-            policies_dir=policies_dir, data_dir=data_dir, database_url=database_url, metrics_port=metrics_port,
+            policies_dir=policies_dir, data_dir=data_dir, database_url=database_url, redis_url=redis_url,
+            metrics_port=metrics_port,
             otlp_endpoint=otlp_endpoint,
             log_format=log_format, log_level=log_level.upper() if log_level else None, wheelhouse=wheelhouse,
         )
@@ -173,6 +176,8 @@ async def _run(app: App) -> None:
 
 
 def _banner(app: App) -> None:
+    from sandbox_server.stores.embedded import redacted
+
     s = app.settings
     lines = [f"sandbox-server listening on {s.host}:{app.port}"]
     lines += [f"  {k}: {v}" for k, v in app.backend.describe().items()]
@@ -190,6 +195,10 @@ def _banner(app: App) -> None:
             lines.append("  WARNING: development mode runs calls as tenant 'default', which these policies do not "
                          "define: every call will be refused")
     lines.append(f"  admission: {s.max_running} running, {s.max_queued} queued")
+    if app.stores is not None:
+        lines.append(f"  stores: {app.stores.where}")
+    shared = f"Redis at {redacted(s.redis_url)}" if s.redis_url else "this process only"
+    lines.append(f"  rate limits and concurrency counts: {shared}")
     lines.append(f"  sessions: at most {s.max_sessions} live, {s.session_pool_size} started ahead "
                  f"(a Python kernel each; see docs/sessions.md)")
     metrics = f"http://{s.metrics_host}:{app.metrics_port}/metrics" if app.metrics_port is not None else "off"

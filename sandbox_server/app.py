@@ -13,6 +13,7 @@ import gc
 import logging
 import signal
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -29,7 +30,9 @@ from sandbox_server.execution.pressure import PressureConfig, PressureMonitor
 from sandbox_server.execution.servicer import SandboxServicer
 from sandbox_server.incidents import IncidentManager, build_sinks
 from sandbox_server.interceptors import ChainDeps, build_chain
+from sandbox_server.interceptors._concurrency import RedisConcurrency
 from sandbox_server.interceptors.idempotency import IdempotencyInterceptor
+from sandbox_server.interceptors.rate_limit import DEFAULT_STORAGE_URI
 from sandbox_server.observers import IncidentFeed, IncidentMetrics
 from sandbox_server.policy.embedded import seed_policies
 from sandbox_server.policy.registry import PolicyRegistry
@@ -38,6 +41,7 @@ from sandbox_server.sessions.manager import SessionManager
 from sandbox_server.sessions.servicer import SessionServicer
 from sandbox_server.sessions.snapshots import SnapshotArchive
 from sandbox_server.settings import Settings
+from sandbox_server.shared import shared_redis
 from sandbox_server.stores.embedded import Stores, open_stores
 from sandbox_server.stores.sqlite import record_version
 from sandbox_server.telemetry import ExecutionMetrics, Telemetry, build_telemetry
@@ -66,6 +70,8 @@ class App:
         self.policies: PolicyRegistry | None = None
         self.sessions: SessionManager | None = None
         self.egress: EgressGateway | None = None
+        self.redis: Any = None  # redis.asyncio.Redis, with redis_url
+        self.concurrency: RedisConcurrency | None = None
 
     def _open_stores_and_policies(self) -> tuple[Stores, PolicyRegistry]:
         """Raises PolicyLoadError: the server does not start on a policy directory that does not validate."""
@@ -138,10 +144,15 @@ class App:
         self.backend.egress = self.egress
         self.idempotency = IdempotencyInterceptor(
             settings.idempotency_window_s, settings.idempotency_max_bytes, settings.idempotency_grace_s)
+        concurrency = None
+        if settings.redis_url is not None:
+            self.redis = shared_redis(settings.redis_url)
+            concurrency = self.concurrency = RedisConcurrency(self.redis)
         chain = ChainDeps(
             keys=None if settings.dev_mode else stores.keys, policies=policies, audit=stores.audit,
             telemetry=telemetry, budgeter=budgeter, mitigations=self.incidents, idempotency=self.idempotency,
             call_observers=(feed,), execution_observers=(ExecutionMetrics(metrics), feed),
+            rate_limit_storage=settings.redis_url or DEFAULT_STORAGE_URI, concurrency=concurrency,
         )
         await policies.start()
         self.server, self.health = build_server(settings, self.servicer, admin, build_chain(chain),
@@ -177,6 +188,10 @@ class App:
                     await self.idempotency.aclose()  # executions whose callers went away
                 if self.policies is not None:
                     await self.policies.aclose()
+                if self.concurrency is not None:
+                    await self.concurrency.aclose()
+                if self.redis is not None:
+                    await self.redis.aclose()
                 await self.backend.aclose()
                 if self.incidents is not None:
                     await self.incidents.aclose()

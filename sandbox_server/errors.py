@@ -184,6 +184,12 @@ class BackendUnavailable(SandboxError):
         return [_pack(_retry_info(self.retry_after_s)), *super().details()]
 
 
+class LimiterUnavailable(BackendUnavailable):
+    """The rate limiter's or concurrency count's store (Redis) cannot be consulted: nothing is admitted."""
+
+    reason = "RATE_LIMITER_UNAVAILABLE"
+
+
 class StoreUnavailable(BackendUnavailable):
     """The durable store (PostgreSQL) cannot be reached: nothing that needs it runs (fails closed)."""
 

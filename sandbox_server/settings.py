@@ -259,6 +259,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("/var/lib/sandbox-server"), description="durable stores (SQLite)")
     database_url: str | None = Field(
         default=None, description="PostgreSQL for every durable store (postgresql://...); none: SQLite in data_dir")
+    redis_url: str | None = Field(
+        default=None, description="Redis for rate limits and concurrency counts shared by replicas (redis://...)")
     auth: AuthMode = AuthMode.AUTO
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -279,6 +281,13 @@ class Settings(BaseSettings):
         default=3.0, ge=0, description="how long a keyed run whose caller went away waits for a retry")
     log_format: LogFormat = LogFormat.JSON
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "redis+unix://")):
+            raise ValueError("redis_url must be a redis://, rediss:// or redis+unix:// URL")
+        return value
 
     @field_validator("database_url")
     @classmethod

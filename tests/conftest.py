@@ -12,6 +12,7 @@ import docker
 import pytest
 from docker_daemon import Dockerd, build_images, running_dockerd
 from postgres_server import Postgres, running_postgres
+from redis_server import Redis, running_redis
 
 from sandbox_client import SandboxClient
 from sandbox_server.backends.cgroups import CgroupsUnavailable, detect
@@ -35,6 +36,13 @@ def pytest_configure(config: pytest.Config) -> None:
 def postgres() -> Iterator[Postgres]:
     """The tests' own PostgreSQL cluster (Debian's packages, loopback); each test makes its own database."""
     with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Redis]:
+    """The tests' own redis-server (Debian's package, loopback); tests that share it flush it first."""
+    with running_redis() as server:
         yield server
 
 

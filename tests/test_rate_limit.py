@@ -9,6 +9,7 @@ import time
 from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
 from limits.errors import ConfigurationError
@@ -17,7 +18,7 @@ from limits.util import WindowStats
 from sandbox_client import ExecutionResult, OutputChunk, ResourceExhaustedError, SandboxClient
 from sandbox_server import interceptors
 from sandbox_server.context import Principal, current_principal
-from sandbox_server.errors import ResourceExhausted
+from sandbox_server.errors import LimiterUnavailable
 from sandbox_server.interceptors.rate_limit import RateLimitInterceptor, _per
 from sandbox_server.policy.caller import TenantPolicies
 from sandbox_server.policy.models import RateSettings, TenantPolicy
@@ -209,10 +210,10 @@ async def test_an_error_inside_the_limiter_rejects_the_request() -> None:
     try:
         (await limiter.admit(None)).release()  # works while the store does
         limiter.limiter = _BrokenLimiter()
-        with pytest.raises(ResourceExhausted) as info:
+        with pytest.raises(LimiterUnavailable) as info:
             await limiter.admit(None)
-        assert info.value.message == "rate limiter unavailable; retry later"
-        assert [v.subject for v in info.value.violations] == ["tenant:acme/rate_limiter"]
+        assert info.value.message == "rate limiter unavailable for tenant 'acme'; retry later"
+        assert (info.value.code, info.value.reason) == (grpc.StatusCode.UNAVAILABLE, "RATE_LIMITER_UNAVAILABLE")
         assert info.value.retry_after_s == 1.0
         assert limiter.running("acme") == 0
     finally:

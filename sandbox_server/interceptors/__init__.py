@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import grpc
 
 from sandbox_server.cost.budgeter import Budgeter
+from sandbox_server.interceptors._concurrency import Concurrency
 from sandbox_server.interceptors.audit import AuditInterceptor, AuditSink, ExecutionObserver
 from sandbox_server.interceptors.auth import AuthInterceptor, KeyVerifier
 from sandbox_server.interceptors.cost import CostInterceptor
@@ -49,7 +50,8 @@ class ChainDeps:
     idempotency: IdempotencyInterceptor  # built by the app, which closes it at shutdown
     call_observers: Sequence[CallObserver] = ()
     execution_observers: Sequence[ExecutionObserver] = ()
-    rate_limit_storage: str = DEFAULT_STORAGE_URI  # a `limits` storage URI; no setting feeds it yet
+    rate_limit_storage: str = DEFAULT_STORAGE_URI  # a `limits` storage URI (redis_url, when set)
+    concurrency: Concurrency | None = None  # where executions in flight are counted (None: this process)
 
 
 def build_chain(deps: ChainDeps) -> list[grpc.aio.ServerInterceptor]:
@@ -60,7 +62,7 @@ def build_chain(deps: ChainDeps) -> list[grpc.aio.ServerInterceptor]:
         "auth": AuthInterceptor(deps.keys),
         "idempotency": deps.idempotency,
         "mitigations": MitigationsInterceptor(deps.mitigations),
-        "rate_limit": RateLimitInterceptor(deps.policies, deps.rate_limit_storage),
+        "rate_limit": RateLimitInterceptor(deps.policies, deps.rate_limit_storage, deps.concurrency),
         "guardrails": GuardrailsInterceptor(deps.policies),
         "cost": CostInterceptor(deps.budgeter, deps.policies),
         "audit": AuditInterceptor(deps.audit, deps.execution_observers),

@@ -8,7 +8,7 @@ request. Shared stores (``redis://`` ...) use ``limits``' asyncio stores, since 
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from limits import RateLimitItem
 from limits.aio.storage import Storage as AsyncStorage
@@ -63,7 +63,10 @@ def moving_window(storage_uri: str = "memory://") -> Limiter:
     if storage_uri in MEMORY_URIS:
         return _InProcess()
     uri = storage_uri if storage_uri.startswith("async+") else f"async+{storage_uri}"
-    storage = storage_from_string(uri, wrap_exceptions=True)
+    # redis-py (a dependency already) rather than limits' default Redis client, coredis.
+    options: dict[str, Any] = {"implementation": "redispy", "socket_timeout": 2, "socket_connect_timeout": 2} \
+        if uri.startswith(("async+redis://", "async+rediss://", "async+redis+unix://")) else {}
+    storage = storage_from_string(uri, wrap_exceptions=True, **options)
     if not isinstance(storage, AsyncStorage):
         raise ValueError(f"rate limit storage {storage_uri!r} is not an asyncio storage")
     return AsyncMovingWindow(storage)

@@ -2,25 +2,26 @@
 policy. Every such call counts against the tenant's rates; only executions take a concurrency slot.
 
 Per tenant: ``requests_per_second`` and ``requests_per_minute``; per session (``request.session_id``, when set;
-keyed by tenant and session): ``session_requests_per_minute``; and ``concurrent_executions`` per tenant, an
-in-process counter released when the call ends in any way (result, error, stream closed, cancelled). Unset
-settings mean no limit. The rates use ``limits``' moving window, so a limit of N refuses the N+1th request in
-any window, never 2N across a boundary.
+keyed by tenant and session): ``session_requests_per_minute``; and ``concurrent_executions`` per tenant, a
+count released when the call ends in any way (result, error, stream closed, cancelled). Unset settings mean no
+limit. The rates use ``limits``' moving window, so a limit of N refuses the N+1th request in any window, never
+2N across a boundary. Both live in this process by default, or in Redis (``redis_url``), shared by every
+replica on it: a hit and a slot are each taken atomically there, so replicas together never admit one request
+over a limit (_concurrency.py).
 
 A refused request runs nothing and queues nothing: RESOURCE_EXHAUSTED with a QuotaFailure naming every limit it
 hit (``tenant:acme/requests_per_minute``, ``session:abc/requests_per_minute``,
 ``tenant:acme/concurrent_executions``) and RetryInfo: when the window frees a slot, or CONCURRENCY_RETRY_S.
 A refused request does not count against any limit: every limit is checked first and only then are all hit,
 under a per-tenant lock (exact within one process; across replicas sharing a store, a race may count a
-refused request against the limits it passed).
+refused request against the limits it passed, which only ever errs towards refusing).
 
 Limits are read from the current policy on every request, so a hot reload applies to the next request (a
 changed rate starts a fresh window; running executions count against a newly set concurrency limit).
 
-Fails closed: an error or a timeout inside the limiter (e.g. its store is unreachable) rejects the request with
-RESOURCE_EXHAUSTED "rate limiter unavailable" and RetryInfo, and is logged. RESOURCE_EXHAUSTED rather than
-UNAVAILABLE (which means the sandbox backend is down) or INTERNAL (which clients do not retry): the limiter is
-a capacity control, and the client's right move is the same as for a hit limit, to back off and retry.
+Fails closed: an error or a timeout inside the limiter (e.g. Redis is unreachable) rejects the request with
+UNAVAILABLE (reason RATE_LIMITER_UNAVAILABLE) and RetryInfo, and is logged: nothing is counted and nothing
+runs, and the client's right move is to back off and retry.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ import grpc
 from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
-from sandbox_server.errors import QuotaViolation, ResourceExhausted
+from sandbox_server.errors import LimiterUnavailable, QuotaViolation, ResourceExhausted
+from sandbox_server.interceptors._concurrency import Concurrency, InProcessConcurrency, NoSlot, Slot
 from sandbox_server.interceptors._limiter import moving_window
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
 from sandbox_server.interceptors.methods import EXECUTE, SESSION
@@ -67,28 +69,6 @@ class _RateCheck:
     key: tuple[str, ...]  # identifiers in the store
 
 
-class _Slot:
-    """One admitted execution's place in its tenant's concurrency count; release() is idempotent. A call that
-    is not an execution holds no place (``counted`` False)."""
-
-    def __init__(self, running: dict[str, int], tenant: str, counted: bool = True) -> None:
-        self._running = running
-        self._tenant = tenant
-        self._released = not counted
-        if counted:
-            running[tenant] = running.get(tenant, 0) + 1
-
-    def release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        left = self._running[self._tenant] - 1
-        if left:
-            self._running[self._tenant] = left
-        else:
-            del self._running[self._tenant]
-
-
 def _per(value: float, window: type[RateLimitItem]) -> RateLimitItem:
     """``value`` requests per ``window`` as a limits item with a whole amount (at least 1)."""
     frac = Fraction(value).limit_denominator(MAX_WINDOWS)
@@ -98,18 +78,20 @@ def _per(value: float, window: type[RateLimitItem]) -> RateLimitItem:
 
 
 class RateLimitInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, policies: TenantPolicies, storage_uri: str = DEFAULT_STORAGE_URI) -> None:
+    def __init__(self, policies: TenantPolicies, storage_uri: str = DEFAULT_STORAGE_URI,
+                 concurrency: Concurrency | None = None) -> None:
         """``storage_uri``: a ``limits`` storage URI (``memory://``, ``redis://host:6379``, ...); the store must
-        support the moving window. Raises ValueError (or limits' ConfigurationError) for an unusable one."""
+        support the moving window. Raises ValueError (or limits' ConfigurationError) for an unusable one.
+        ``concurrency``: where executions in flight are counted (default: in this process)."""
         self.policies = policies
         self.limiter = moving_window(storage_uri)
+        self.concurrency = concurrency if concurrency is not None else InProcessConcurrency()
         self._items: dict[tuple[str, float], RateLimitItem] = {}  # parsed once per distinct policy value
         self._locks: dict[str, asyncio.Lock] = {}  # per tenant; tenants are bounded by the policy set
-        self._running: dict[str, int] = {}  # executions in flight per tenant
 
     def running(self, tenant: str) -> int:
-        """Executions of ``tenant`` admitted and not yet ended."""
-        return self._running.get(tenant, 0)
+        """Executions of ``tenant`` admitted here and not yet ended."""
+        return self.concurrency.running(tenant)
 
     def _item(self, value: float, window: type[RateLimitItem]) -> RateLimitItem:
         cache_key = (window.__name__, value)
@@ -140,7 +122,7 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
                 ("session", tenant, session_id, "rpm")))
         return checks
 
-    async def admit(self, request: Any, execution: bool = True) -> _Slot:
+    async def admit(self, request: Any, execution: bool = True) -> Slot:
         """Count the request against its tenant's (and session's) limits and take a concurrency slot.
 
         Raises:
@@ -150,7 +132,7 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
         with phase("rate_limit"):
             return await self._admit(request, execution)
 
-    async def _admit(self, request: Any, execution: bool) -> _Slot:
+    async def _admit(self, request: Any, execution: bool) -> Slot:
         tenant, policy = caller_policy(self.policies)
         rate = policy.rate
         session_id = request.session_id if isinstance(request, pb.ExecuteRequest) else ""
@@ -170,13 +152,22 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
                             retry_after = max(retry_after, stats.reset_time - time.time())
             except Exception as exc:
                 raise self._unavailable(tenant, exc) from exc
-            limit = rate.concurrent_executions if execution else None
-            if limit is not None and self.running(tenant) >= limit:
-                violations.append(QuotaViolation(
-                    f"tenant:{tenant}/concurrent_executions",
-                    f"tenant {tenant!r} allows {limit} concurrent executions; {self.running(tenant)} running"))
-                retry_after = max(retry_after, CONCURRENCY_RETRY_S)
+            slot: Slot = NoSlot()
+            if execution:
+                limit = rate.concurrent_executions
+                try:
+                    taken, count = await self.concurrency.acquire(tenant, limit)
+                except Exception as exc:
+                    raise self._unavailable(tenant, exc) from exc
+                if taken is None:
+                    violations.append(QuotaViolation(
+                        f"tenant:{tenant}/concurrent_executions",
+                        f"tenant {tenant!r} allows {limit} concurrent executions; {count} running"))
+                    retry_after = max(retry_after, CONCURRENCY_RETRY_S)
+                else:
+                    slot = taken
             if violations:
+                slot.release()
                 raise _exhausted(violations, retry_after)
             try:
                 async with asyncio.timeout(LIMITER_TIMEOUT_S):
@@ -187,19 +178,18 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
                             raise _exhausted([QuotaViolation(check.subject, check.description)],
                                              stats.reset_time - time.time())
             except ResourceExhausted:
+                slot.release()
                 raise
             except Exception as exc:
+                slot.release()
                 raise self._unavailable(tenant, exc) from exc
-            return _Slot(self._running, tenant, counted=execution)
+            return slot
 
     @staticmethod
-    def _unavailable(tenant: str, exc: Exception) -> ResourceExhausted:
+    def _unavailable(tenant: str, exc: Exception) -> LimiterUnavailable:
         log.error("rate limiter failed for tenant %r; rejecting the request: %r", tenant, exc)
-        return ResourceExhausted(
-            "rate limiter unavailable; retry later",
-            violations=[QuotaViolation(f"tenant:{tenant}/rate_limiter", "the rate limiter could not be consulted")],
-            retry_after_s=LIMITER_ERROR_RETRY_S,
-        )
+        return LimiterUnavailable(f"rate limiter unavailable for tenant {tenant!r}; retry later",
+                                  retry_after_s=LIMITER_ERROR_RETRY_S)
 
     async def intercept_service(
         self,
@@ -211,7 +201,7 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
             return handler
         execution = handler_call_details.method in EXECUTE
 
-        async def admit(request: Any) -> _Slot:
+        async def admit(request: Any) -> Slot:
             return await self.admit(request, execution)
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:

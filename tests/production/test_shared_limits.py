@@ -1,0 +1,93 @@
+"""Replicas sharing one Redis (``redis_url``): a tenant's rate limit and concurrency limit hold exactly across
+three servers under a concurrent burst, and with Redis down nothing is admitted (UNAVAILABLE, retryable)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from production_helpers import server_with_policy
+from redis_server import Redis
+
+from sandbox_client import ResourceExhaustedError, SandboxClient, UnavailableError
+from sandbox_server.testing import RunningServer
+
+
+@contextlib.contextmanager
+def replicas(tmp_path: Path, policy: str, redis_server: Redis, n: int = 3) -> Iterator[list[RunningServer]]:
+    redis_server.flush()
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for i in range(n):
+            (tmp_path / f"r{i}").mkdir()
+            servers.append(stack.enter_context(server_with_policy(
+                tmp_path / f"r{i}", policy, redis_url=redis_server.url, max_running=8, max_queued=32)))
+        yield servers
+
+
+def _burst(servers: list[RunningServer], n: int, code: str) -> list[str]:
+    start = threading.Barrier(n)
+
+    def one(i: int) -> str:
+        with SandboxClient(servers[i % len(servers)].target, retry=None, timeout=60) as sbx:
+            start.wait()
+            try:
+                sbx.execute(code)
+            except ResourceExhaustedError as exc:
+                return "+".join(v.subject.rsplit("/", 1)[-1] for v in exc.quota_violations)
+            return "ran"
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_a_rate_limit_holds_exactly_across_three_replicas(tmp_path: Path, redis_server: Redis) -> None:
+    with replicas(tmp_path, "rate: {requests_per_minute: 10}", redis_server) as servers:
+        outcomes = _burst(servers, 30, "print(1)")
+        assert outcomes.count("ran") == 10, outcomes
+        assert outcomes.count("requests_per_minute") == 20, outcomes
+        # Each replica alone would have let 10 through: the window is the one in Redis.
+        with SandboxClient(servers[2].target, retry=None) as sbx, pytest.raises(ResourceExhaustedError):
+            sbx.execute("print('over')")
+
+
+def test_a_concurrency_limit_holds_exactly_across_three_replicas(tmp_path: Path, redis_server: Redis) -> None:
+    with replicas(tmp_path, "rate: {concurrent_executions: 2}", redis_server) as servers:
+        outcomes = _burst(servers, 9, "import time\ntime.sleep(1.0)")
+        assert outcomes.count("ran") == 2, outcomes
+        assert outcomes.count("concurrent_executions") == 7, outcomes
+        # The slots were given back when those two ended: two more run at once again.
+        assert _burst(servers, 2, "print(1)") == ["ran", "ran"]
+
+
+def test_with_redis_down_nothing_is_admitted(tmp_path: Path, redis_server: Redis) -> None:
+    try:
+        with replicas(tmp_path, "rate: {requests_per_minute: 100, concurrent_executions: 4}", redis_server,
+                      n=1) as (server,), SandboxClient(server.target, retry=None, timeout=60) as sbx:
+            assert sbx.execute("print(1)").status == "OK"
+            redis_server.halt()
+            started = time.monotonic()
+            with pytest.raises(UnavailableError) as info:
+                sbx.execute("print('must not run')")
+            assert info.value.reason == "RATE_LIMITER_UNAVAILABLE"
+            assert info.value.retry_after is not None
+            assert time.monotonic() - started < 10  # fails fast, never queues
+            redis_server.resume()
+            deadline = time.monotonic() + 30
+            while True:  # back by itself once Redis is
+                try:
+                    assert sbx.execute("print(2)").status == "OK"
+                    break
+                except UnavailableError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+            assert server.app.stores is not None
+            assert server.app.stores.audit.count() == 2  # the refused one never ran
+    finally:
+        if redis_server.proc is None:
+            redis_server.resume()
