@@ -31,6 +31,7 @@ from sandbox_server.execution.servicer import SandboxServicer
 from sandbox_server.incidents import IncidentManager, build_sinks
 from sandbox_server.interceptors import ChainDeps, build_chain
 from sandbox_server.interceptors._concurrency import RedisConcurrency
+from sandbox_server.interceptors._shared_idempotency import SharedIdempotency
 from sandbox_server.interceptors.idempotency import IdempotencyInterceptor
 from sandbox_server.interceptors.rate_limit import DEFAULT_STORAGE_URI
 from sandbox_server.observers import IncidentFeed, IncidentMetrics
@@ -142,12 +143,14 @@ class App:
         self.egress = EgressGateway(settings)
         self.egress.observers.append(feed.on_egress_refusal)
         self.backend.egress = self.egress
-        self.idempotency = IdempotencyInterceptor(
-            settings.idempotency_window_s, settings.idempotency_max_bytes, settings.idempotency_grace_s)
-        concurrency = None
+        concurrency = shared_keys = None
         if settings.redis_url is not None:
             self.redis = shared_redis(settings.redis_url)
             concurrency = self.concurrency = RedisConcurrency(self.redis)
+            shared_keys = SharedIdempotency(self.redis, settings.idempotency_window_s)
+        self.idempotency = IdempotencyInterceptor(
+            settings.idempotency_window_s, settings.idempotency_max_bytes, settings.idempotency_grace_s,
+            shared=shared_keys)
         chain = ChainDeps(
             keys=None if settings.dev_mode else stores.keys, policies=policies, audit=stores.audit,
             telemetry=telemetry, budgeter=budgeter, mitigations=self.incidents, idempotency=self.idempotency,

@@ -190,6 +190,12 @@ class LimiterUnavailable(BackendUnavailable):
     reason = "RATE_LIMITER_UNAVAILABLE"
 
 
+class SharedStateUnavailable(BackendUnavailable):
+    """The state replicas share (Redis) cannot be consulted for this call: nothing runs."""
+
+    reason = "SHARED_STATE_UNAVAILABLE"
+
+
 class StoreUnavailable(BackendUnavailable):
     """The durable store (PostgreSQL) cannot be reached: nothing that needs it runs (fails closed)."""
 

@@ -13,8 +13,10 @@ Right after auth (keys are per tenant), for requests that carry a key:
 - The same key with a different request is INVALID_ARGUMENT (reason ``idempotency_key_reused``).
 - A request refused by a later link (a full queue, a rate limit, a budget) keeps nothing: a retry tries again.
 
-Kept responses live in this process for ``window_s`` and within ``max_bytes`` in all (oldest dropped first), so
-a retry must reach the same replica within the window (clients reuse one channel, so it does).
+Kept responses live in this process for ``window_s`` and within ``max_bytes`` in all (oldest dropped first). With
+``redis_url``, the run first claims its key in Redis and shares its response there before replying
+(_shared_idempotency.py), so a retry that lands on another replica waits for it or gets it, and never runs it
+again; with Redis down, a keyed request is refused (UNAVAILABLE) rather than risk running twice.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import grpc
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.context import principal
 from sandbox_server.errors import BackendUnavailable, FieldViolation, InvalidRequest
+from sandbox_server.interceptors._shared_idempotency import Claim, SharedIdempotency
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
 
 log = logging.getLogger(__name__)
@@ -110,7 +113,10 @@ def fingerprint(request: pb.ExecuteRequest) -> bytes:
 
 class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, window_s: float = DEFAULT_WINDOW_S, max_bytes: int = DEFAULT_MAX_BYTES,
-                 grace_s: float = DEFAULT_GRACE_S, clock: Callable[[], float] = time.monotonic) -> None:
+                 grace_s: float = DEFAULT_GRACE_S, clock: Callable[[], float] = time.monotonic,
+                 shared: SharedIdempotency | None = None) -> None:
+        """``shared``: the entries replicas share (Redis), consulted before a run and written before a reply."""
+        self.shared = shared
         self.window_s = window_s
         self.max_bytes = max_bytes
         self.grace_s = grace_s
@@ -208,6 +214,23 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
             else:
                 asyncio.get_running_loop().call_later(self.grace_s, self._abandon, entry)
 
+    async def _claim(self, key: tuple[str, str], entry: _Entry,
+                     context: grpc.aio.ServicerContext) -> Claim | Kept | None:
+        """With shared entries: a Claim (this replica runs the request), or the response another replica kept
+        (this entry is then resolved with it). None without shared entries. Raises what the shared store
+        raises (SharedStateUnavailable, InvalidRequest for a key reused with another request)."""
+        if self.shared is None:
+            return None
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        try:
+            got = await self.shared.claim(key[0], key[1], entry.fingerprint, deadline)
+        except TimeoutError as exc:
+            raise BackendUnavailable(str(exc), retry_after_s=1.0) from exc
+        if isinstance(got, Claim):
+            return got
+        return Kept(*got)
+
     @staticmethod
     def _abandon(entry: _Entry) -> None:
         if entry.callers == 0 and entry.task is not None and not entry.task.done():
@@ -242,12 +265,23 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
                                                         asyncio.get_running_loop().create_future())
 
                     async def own(owned: _Entry = entry, k: tuple[str, str] = key) -> None:
+                        claim = None
                         try:
+                            claimed = await self._claim(k, owned, context)
+                            if isinstance(claimed, Kept):  # another replica ran it
+                                self._keep(k, owned, claimed)
+                                return
+                            claim = claimed
                             result = await behavior(request, context)
                         except BaseException as exc:
+                            if claim is not None and self.shared is not None:
+                                await self.shared.release(claim)
                             self._fail(k, owned, exc)
                             return
-                        self._keep(k, owned, Kept.of(result))
+                        kept = Kept.of(result)
+                        if claim is not None and self.shared is not None:
+                            await self.shared.keep(claim, kept.stdout, kept.stderr, kept.result)
+                        self._keep(k, owned, kept)
 
                     self._detach(entry, own())
                 kept = await self._wait(entry, context)
@@ -270,7 +304,7 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
                     return
                 live: asyncio.Queue[Any] = asyncio.Queue()
                 entry = self._entries[key] = _Entry(fingerprint(request), asyncio.get_running_loop().create_future())
-                self._detach(entry, self._own_stream(key, entry, live, behavior(request, context)))
+                self._detach(entry, self._own_stream(key, entry, live, behavior(request, context), context))
                 entry.callers += 1
                 try:
                     while (event := await live.get()) is not _STREAM_END:
@@ -288,23 +322,40 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
         return wrap_handler(handler, unary, stream)
 
     async def _own_stream(
-        self, key: tuple[str, str], entry: _Entry, live: asyncio.Queue[Any], events: AsyncIterator[Any]
+        self, key: tuple[str, str], entry: _Entry, live: asyncio.Queue[Any], events: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
     ) -> None:
         """Run the stream to its end whether or not its caller is still there; keep its response. ``live``
         gets every event as it comes, then _STREAM_END or the exception that ended it."""
         out = {pb.STREAM_STDOUT: bytearray(), pb.STREAM_STDERR: bytearray()}
         displays: list[pb.DisplayData] = []
+        claim = None
         try:
+            claimed = await self._claim(key, entry, context)
+            if isinstance(claimed, Kept):  # another replica ran it: replay its response
+                self._keep(key, entry, claimed)
+                for event in claimed.events():
+                    live.put_nowait(event)
+                live.put_nowait(_STREAM_END)
+                with contextlib.suppress(Exception):
+                    await events.aclose()  # type: ignore[attr-defined]
+                return
+            claim = claimed
             async for event in events:
                 if event.HasField("output"):
                     out[event.output.stream] += event.output.data
                 elif event.HasField("display"):
                     displays.append(event.display)
                 elif event.HasField("result"):
-                    self._keep(key, entry, Kept.of(event.result, bytes(out[pb.STREAM_STDOUT]),
-                                                   bytes(out[pb.STREAM_STDERR]), displays))
+                    kept = Kept.of(event.result, bytes(out[pb.STREAM_STDOUT]), bytes(out[pb.STREAM_STDERR]), displays)
+                    if claim is not None and self.shared is not None:
+                        await self.shared.keep(claim, kept.stdout, kept.stderr, kept.result)
+                        claim = None
+                    self._keep(key, entry, kept)
                 live.put_nowait(event)  # unbounded, but the output limit bounds it (and it is kept anyway)
         except BaseException as exc:
+            if claim is not None and self.shared is not None:
+                await self.shared.release(claim)
             if not entry.done.done():
                 self._fail(key, entry, exc)
             failure = entry.done.exception()
@@ -316,5 +367,7 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
             with contextlib.suppress(Exception):
                 await events.aclose()  # type: ignore[attr-defined]
         if not entry.done.done():  # the stream ended without a result
+            if claim is not None and self.shared is not None:
+                await self.shared.release(claim)
             self._fail(key, entry, BackendUnavailable("the execution ended without a result"))
         live.put_nowait(_STREAM_END)

@@ -1,5 +1,6 @@
 """Replicas sharing one Redis (``redis_url``): a tenant's rate limit and concurrency limit hold exactly across
-three servers under a concurrent burst, and with Redis down nothing is admitted (UNAVAILABLE, retryable)."""
+three servers under a concurrent burst; a request retried on another replica with its idempotency key never
+runs twice; and with Redis down nothing is admitted (UNAVAILABLE, retryable)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from production_helpers import server_with_policy
 from redis_server import Redis
 
-from sandbox_client import ResourceExhaustedError, SandboxClient, UnavailableError
+from sandbox_client import InvalidRequestError, ResourceExhaustedError, SandboxClient, UnavailableError
 from sandbox_server.testing import RunningServer
 
 
@@ -74,7 +75,8 @@ def test_with_redis_down_nothing_is_admitted(tmp_path: Path, redis_server: Redis
             started = time.monotonic()
             with pytest.raises(UnavailableError) as info:
                 sbx.execute("print('must not run')")
-            assert info.value.reason == "RATE_LIMITER_UNAVAILABLE"
+            # The client names every request (an idempotency key): the shared keys are the first to be asked.
+            assert info.value.reason == "SHARED_STATE_UNAVAILABLE"
             assert info.value.retry_after is not None
             assert time.monotonic() - started < 10  # fails fast, never queues
             redis_server.resume()
@@ -88,6 +90,50 @@ def test_with_redis_down_nothing_is_admitted(tmp_path: Path, redis_server: Redis
                     time.sleep(0.2)
             assert server.app.stores is not None
             assert server.app.stores.audit.count() == 2  # the refused one never ran
+    finally:
+        if redis_server.proc is None:
+            redis_server.resume()
+
+
+def test_a_retry_on_another_replica_gets_the_first_response(tmp_path: Path, redis_server: Redis) -> None:
+    code = "import os, time\ntime.sleep(0.5)\nprint(os.urandom(8).hex())"
+    with replicas(tmp_path, "", redis_server) as servers:
+        with SandboxClient(servers[0].target, retry=None) as first:
+            done = first.execute(code, idempotency_key="k-done")
+        with SandboxClient(servers[1].target, retry=None) as other:
+            again = other.execute(code, idempotency_key="k-done")  # after it completed, elsewhere
+            assert (again.execution_id, again.stdout) == (done.execution_id, done.stdout)
+            streamed = list(other.execute_stream(code, idempotency_key="k-done"))
+            assert streamed[-1].execution_id == done.execution_id
+            with pytest.raises(InvalidRequestError):
+                other.execute("print('another request')", idempotency_key="k-done")
+
+        # While it runs: the same key sent to all three at once runs once, and all get its response.
+        start = threading.Barrier(3)
+
+        def one(i: int) -> tuple[str, str]:
+            with SandboxClient(servers[i].target, retry=None, timeout=60) as sbx:
+                start.wait()
+                r = sbx.execute(code, idempotency_key="k-running")
+                return r.execution_id, r.stdout
+
+        with ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(one, range(3)))
+        assert len(set(results)) == 1, results
+        audited = sum(s.app.stores.audit.count() for s in servers if s.app.stores is not None)
+        assert audited == 2  # k-done and k-running, once each, on whichever replica ran them
+
+
+def test_with_redis_down_a_keyed_request_is_refused_not_run(tmp_path: Path, redis_server: Redis) -> None:
+    try:
+        with replicas(tmp_path, "", redis_server, n=1) as (server,), \
+                SandboxClient(server.target, retry=None, timeout=60) as sbx:
+            redis_server.halt()
+            with pytest.raises(UnavailableError) as info:
+                sbx.execute("print('must not run')", idempotency_key="k")
+            assert info.value.reason == "SHARED_STATE_UNAVAILABLE"
+            assert server.app.stores is not None
+            assert server.app.stores.audit.count() == 0
     finally:
         if redis_server.proc is None:
             redis_server.resume()
