@@ -15,7 +15,13 @@ import pytest
 from production_helpers import server_with_policy
 from redis_server import Redis
 
-from sandbox_client import InvalidRequestError, ResourceExhaustedError, SandboxClient, UnavailableError
+from sandbox_client import (
+    ExecutionResult,
+    InvalidRequestError,
+    ResourceExhaustedError,
+    SandboxClient,
+    UnavailableError,
+)
 from sandbox_server.testing import RunningServer
 
 
@@ -104,6 +110,7 @@ def test_a_retry_on_another_replica_gets_the_first_response(tmp_path: Path, redi
             again = other.execute(code, idempotency_key="k-done")  # after it completed, elsewhere
             assert (again.execution_id, again.stdout) == (done.execution_id, done.stdout)
             streamed = list(other.execute_stream(code, idempotency_key="k-done"))
+            assert isinstance(streamed[-1], ExecutionResult)
             assert streamed[-1].execution_id == done.execution_id
             with pytest.raises(InvalidRequestError):
                 other.execute("print('another request')", idempotency_key="k-done")
