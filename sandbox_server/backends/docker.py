@@ -483,8 +483,10 @@ class DockerBackend(Backend):
                 raw.close()
                 if frames.complete and frames.status is not None and container.cgroup is not None:
                     # The init reported, after killing every other process, and its tar is done: what is left
-                    # is tar's exit. The outcome is in; the OOM kills are our cgroup's to count (the container's
-                    # own sits below it). Removing the container follows the reply.
+                    # is tar's exit, which is not waited for: the container's processes are killed through our
+                    # cgroup, so none is left when the reply goes out. The outcome is in; the OOM kills are our
+                    # cgroup's to count (the container's own sits below it). Removing the container follows.
+                    container.cgroup.kill_all()
                     state: dict[str, Any] = {}
                     oom_kills = container.cgroup.oom_kills()
                     run.stopped = True
