@@ -267,8 +267,12 @@ class Cgroup:
         out: set[int] = set()
         for d in self.dirs():
             for sub in _tree(d):
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     out.update(int(x) for x in (sub / "cgroup.procs").read_text().split())
+                except OSError as exc:
+                    # Gone, or being removed (ENODEV: a container runtime tearing its nested cgroup down).
+                    if exc.errno not in (errno.ENOENT, errno.ENODEV):
+                        raise
         return out
 
     # ---- teardown -------------------------------------------------------------------------------------

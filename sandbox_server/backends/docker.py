@@ -486,10 +486,13 @@ class DockerBackend(Backend):
                     # is tar's exit, which is not waited for: the container's processes are killed through our
                     # cgroup, so none is left when the reply goes out. The outcome is in; the OOM kills are our
                     # cgroup's to count (the container's own sits below it). Removing the container follows.
-                    container.cgroup.kill_all()
                     state: dict[str, Any] = {}
                     oom_kills = container.cgroup.oom_kills()
-                    run.stopped = True
+                    try:
+                        container.cgroup.kill_all()
+                        run.stopped = True
+                    except OSError as exc:  # then the container is removed before the reply instead
+                        log.warning("could not kill container %s through its cgroup: %r", container.id[:12], exc)
                 else:
                     state = await self._wait_exit(container.id)
                     oom_kills = 1 if state.get("OOMKilled") else 0
