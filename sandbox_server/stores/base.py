@@ -8,11 +8,12 @@ the disk (fsync); asyncio callers run them through ``asyncio.to_thread``.
 from __future__ import annotations
 
 import builtins
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Role = Literal["tenant", "admin"]
 ROLES: tuple[Role, ...] = ("tenant", "admin")
@@ -163,3 +164,8 @@ class AuditStore(Protocol):
     def count(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+def json_column(value: Any) -> Any:
+    """A JSON column as read back: text from SQLite (decoded here), or already decoded by PostgreSQL (JSONB)."""
+    return json.loads(value) if isinstance(value, str) else value

@@ -12,12 +12,13 @@ the same rule and subject, so neither bumps the other, and it never has a mitiga
 from __future__ import annotations
 
 import builtins
-import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, cast, get_args
+
+from sandbox_server.stores.base import json_column
 
 Severity = Literal["low", "medium", "high", "critical"]
 SEVERITIES: tuple[Severity, ...] = ("low", "medium", "high", "critical")
@@ -211,7 +212,7 @@ def incident_record(row: tuple[Any, ...], mitigations: tuple[MitigationRecord, .
         subject=str(subject),
         tenant=str(tenant),
         summary=str(summary),
-        details=MappingProxyType({str(k): str(v) for k, v in _json_object(details).items()}),
+        details=MappingProxyType({str(k): str(v) for k, v in json_column(details).items()}),
         count=int(count),
         opened_at=float(opened_at),
         resolved_at=None if resolved_at is None else float(resolved_at),
@@ -237,7 +238,3 @@ def mitigation_record(row: tuple[Any, ...]) -> MitigationRecord:
         throttle_per_minute=float(throttle_per_minute),
     )
 
-
-def _json_object(value: str | Mapping[str, Any]) -> Mapping[str, Any]:
-    """A details column: JSON text (SQLite) or an already decoded object (PostgreSQL's JSONB)."""
-    return json.loads(value) if isinstance(value, str) else value

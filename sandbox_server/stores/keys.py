@@ -5,7 +5,10 @@ the same way."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -68,6 +71,30 @@ class CachedKey:
     digest: str
     record: KeyRecord
     expires: float
+
+
+def verify_token(token: str, pepper: bytes, cache: KeyCache, cache_ttl_s: float, now: float,
+                 lock: AbstractContextManager[Any],
+                 key_row: Callable[[str], tuple[Any, ...] | None]) -> KeyRecord | None:
+    """KeyStore.verify for any store: the cache first, else ``key_row`` (a row of KEY_COLUMNS, or None), read under
+    ``lock``. The lock is held until the record is cached, and the store's revoke takes it too before it
+    evicts, so a concurrent revoke cannot be overtaken by a stale entry."""
+    parsed = parse_token(token)
+    if parsed is None:
+        return None
+    key_id, secret = parsed
+    hashed = digest(pepper, secret)
+    cached = cache.get(key_id)
+    if cached is not None and cached.expires > now:
+        return cached.record if hmac.compare_digest(cached.digest, hashed) else None
+    with lock:
+        row = key_row(key_id)
+        if row is None or not hmac.compare_digest(row[4], hashed) or row[6] is not None:
+            return None
+        record = key_record(row)
+        if cache_ttl_s > 0:
+            cache.remember(key_id, CachedKey(hashed, record, now + cache_ttl_s), now)
+    return record
 
 
 class KeyCache:

@@ -15,7 +15,6 @@ verified keys are cached the same way; a replica may so accept a key another rep
 from __future__ import annotations
 
 import builtins
-import hmac
 import logging
 import re
 import secrets
@@ -39,13 +38,12 @@ from sandbox_server.stores.keys import (
     KEY_ID_BYTES,
     PEPPER_BYTES,
     SECRET_BYTES,
-    CachedKey,
     KeyCache,
     check_new_key,
     digest,
     epoch_datetime,
     key_record,
-    parse_token,
+    verify_token,
 )
 from sandbox_server.stores.sqlite import audit_record
 
@@ -114,18 +112,12 @@ class PostgresDatabase:
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:
         """One transaction. A lost or unreachable database raises StoreUnavailable (nothing was committed)."""
-        try:
-            with self.pool.connection() as conn, conn.transaction():
-                yield conn
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise StoreUnavailable(f"the database is unavailable: {_first_line(exc)}", retry_after_s=2.0) from exc
+        with _reachable(), self.pool.connection() as conn, conn.transaction():
+            yield conn
 
     def read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        try:
-            with self.pool.connection() as conn:
-                return conn.execute(sql.encode(), params).fetchall()
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise StoreUnavailable(f"the database is unavailable: {_first_line(exc)}", retry_after_s=2.0) from exc
+        with _reachable(), self.pool.connection() as conn:
+            return conn.execute(sql.encode(), params).fetchall()
 
     def close(self) -> None:
         self.pool.close()
@@ -199,24 +191,13 @@ class PostgresKeyStore(PostgresStore):
                 f"{TOKEN_PREFIX}{key_id}_{secret}"
 
     def verify(self, token: str) -> KeyRecord | None:
-        parsed = parse_token(token)
-        if parsed is None:
-            return None
-        key_id, secret = parsed
-        hashed = digest(self._pepper, secret)
-        now = self._clock()
-        cached = self._cache.get(key_id)
-        if cached is not None and cached.expires > now:
-            return cached.record if hmac.compare_digest(cached.digest, hashed) else None
+        return verify_token(token, self._pepper, self._cache, self._cache_ttl_s, self._clock(), self._verify_lock,
+                            self._key_row)
+
+    def _key_row(self, key_id: str) -> tuple[Any, ...] | None:
         self._check_open()
-        with self._verify_lock:
-            rows = self.db.read(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = %s", (key_id,))  # noqa: S608
-            if not rows or not hmac.compare_digest(rows[0][4], hashed) or rows[0][6] is not None:
-                return None
-            record = key_record(rows[0])
-            if self._cache_ttl_s > 0:
-                self._cache.remember(key_id, CachedKey(hashed, record, now + self._cache_ttl_s), now)
-        return record
+        rows = self.db.read(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = %s", (key_id,))  # noqa: S608
+        return rows[0] if rows else None
 
     def get(self, key_id: str) -> KeyRecord | None:
         self._check_open()
@@ -343,6 +324,12 @@ class PostgresAuditStore(PostgresStore):
 
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+@contextmanager
+def _reachable() -> Iterator[None]:
+    """A lost or unreachable database (no connection within the checkout timeout) as StoreUnavailable."""
+    try:
+        yield
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        text = str(exc).strip().splitlines()
+        reason = text[0][:200] if text else type(exc).__name__
+        raise StoreUnavailable(f"the database is unavailable: {reason}", retry_after_s=2.0) from exc

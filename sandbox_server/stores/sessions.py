@@ -10,11 +10,12 @@ clear NOT_FOUND.
 from __future__ import annotations
 
 import builtins
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
+
+from sandbox_server.stores.base import json_column
 
 EVENTS = ("created", "closed", "snapshot", "restored", "uploaded", "deleted", "kernel_restarted", "loop_detected")
 
@@ -152,11 +153,8 @@ def session_record(row: tuple[Any, ...]) -> SessionRecord:
     text (SQLite) or already decoded (PostgreSQL's JSONB)."""
     (sid, tenant, key_id, owner, backend, languages, limits, labels, snapshot_id, created_at, idle, lifetime,
      cpu_total, closed_at, reason, calls, cpu, cost, restarts, last_used, peak) = row
-    return SessionRecord(sid, tenant, key_id, owner, backend, tuple(_decoded(languages)),
-                         MappingProxyType(_decoded(limits)), MappingProxyType(_decoded(labels)), snapshot_id,
+    return SessionRecord(sid, tenant, key_id, owner, backend, tuple(json_column(languages)),
+                         MappingProxyType(json_column(limits)), MappingProxyType(json_column(labels)), snapshot_id,
                          created_at, idle, lifetime, cpu_total, closed_at, reason, calls, cpu, cost, restarts,
                          last_used, peak)
 
-
-def _decoded(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value

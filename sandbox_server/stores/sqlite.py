@@ -27,7 +27,6 @@ file may still accept a revoked key until its own cache entry expires, ``cache_t
 from __future__ import annotations
 
 import builtins
-import hmac
 import json
 import logging
 import os
@@ -41,20 +40,27 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, Protocol, Self
 
-from sandbox_server.stores.base import TOKEN_PREFIX, AuditRecord, KeyRecord, PolicyVersion, PolicyVersionStore, Role
+from sandbox_server.stores.base import (
+    TOKEN_PREFIX,
+    AuditRecord,
+    KeyRecord,
+    PolicyVersion,
+    PolicyVersionStore,
+    Role,
+    json_column,
+)
 from sandbox_server.stores.keys import (
     DEFAULT_CACHE_TTL_S,
     KEY_COLUMNS,
     KEY_ID_BYTES,
     PEPPER_BYTES,
     SECRET_BYTES,
-    CachedKey,
     KeyCache,
     check_new_key,
     digest,
     epoch_datetime,
     key_record,
-    parse_token,
+    verify_token,
 )
 
 log = logging.getLogger(__name__)
@@ -253,28 +259,16 @@ class SqliteKeyStore(_SqliteStore):
             return record, f"{TOKEN_PREFIX}{key_id}_{secret}"
 
     def verify(self, token: str) -> KeyRecord | None:
-        parsed = parse_token(token)
-        if parsed is None:
-            return None
-        key_id, secret = parsed
-        hashed = self._digest(secret)
-        now = self._clock()
-        cached = self._cache.get(key_id)
-        if cached is not None and cached.expires > now:
-            return cached.record if hmac.compare_digest(cached.digest, hashed) else None
-        # The database lock is held until the record is cached, so a concurrent revoke (which takes the same
-        # lock, then evicts) cannot be overtaken by a stale entry.
-        with self._lock:
-            self._check_open()
-            row = self._db.execute(
-                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)  # noqa: S608
-            ).fetchone()
-            if row is None or not hmac.compare_digest(row[4], hashed) or row[6] is not None:
-                return None
-            record = key_record(row)
-            if self._cache_ttl_s > 0:
-                self._cache.remember(key_id, CachedKey(hashed, record, now + self._cache_ttl_s), now)
-        return record
+        # Under the database lock, which revoke takes too (see verify_token).
+        return verify_token(token, self._pepper, self._cache, self._cache_ttl_s, self._clock(), self._lock,
+                            self._key_row_locked)
+
+    def _key_row_locked(self, key_id: str) -> tuple[Any, ...] | None:
+        self._check_open()
+        row: tuple[Any, ...] | None = self._db.execute(
+            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)  # noqa: S608
+        ).fetchone()
+        return row
 
     def get(self, key_id: str) -> KeyRecord | None:
         rows = self._read(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,))  # noqa: S608
@@ -453,8 +447,7 @@ def audit_record(row: tuple[Any, ...]) -> AuditRecord:
     """An AuditRecord from a row of the audit table's columns, in order (limits as JSON text or a mapping)."""
     (eid, tenant, key_id, session, language, digest, limits, outcome, exit_code, wall, cpu, peak, started, ended,
      trace_id, cost, exercise, sent, received, connections) = row
-    limits = json.loads(limits) if isinstance(limits, str) else dict(limits)
-    return AuditRecord(eid, tenant, key_id, session, language, digest, MappingProxyType(limits),
+    return AuditRecord(eid, tenant, key_id, session, language, digest, MappingProxyType(dict(json_column(limits))),
                        outcome, exit_code, wall, cpu, peak, started, ended, trace_id, cost, bool(exercise),
                        sent, received, connections)
 
