@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import socket
 import tempfile
 import threading
 import uuid
@@ -41,6 +42,14 @@ class RunningServer:
     settings: Settings
     app: App
     loop: asyncio.AbstractEventLoop  # the server's event loop (to run its coroutines from another thread)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on (bound, then released): for a server to take, or a connection to be refused."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def private_settings(**overrides: Any) -> Settings:

@@ -12,7 +12,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -21,18 +20,14 @@ from pathlib import Path
 
 import psycopg
 
+from sandbox_server.testing import free_port
+
 
 def _bin(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(p.split("/")[4]))
     if not found:
         raise RuntimeError(f"PostgreSQL's {name} is missing: install Debian's postgresql (scripts/setup.sh does)")
     return found[-1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Postgres:
@@ -52,7 +47,7 @@ class Postgres:
         os.chown(self.dir, user.pw_uid, user.pw_gid)
         self._as_postgres(_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
                           "--no-sync", "--locale=C.UTF-8")
-        self.port = _free_port()
+        self.port = free_port()
         self.resume()
 
     def resume(self) -> None:

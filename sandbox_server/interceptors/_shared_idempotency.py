@@ -37,11 +37,19 @@ _RENEW_IF_OURS = ("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.ca
 
 @dataclass
 class Claim:
-    """This replica runs the request; ``marker`` is its value in Redis while it does."""
+    """This replica runs the request; ``marker`` is its value in Redis while it does. Ended by ``keep`` (the
+    response) or ``release`` (nothing kept)."""
 
+    owner: SharedIdempotency = field(repr=False)
     key: str
     marker: bytes
     renewer: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def keep(self, stdout: bytes, stderr: bytes, result: bytes) -> None:
+        await self.owner.keep(self, stdout, stderr, result)
+
+    async def release(self) -> None:
+        await self.owner.release(self)
 
 
 def _redis_key(tenant: str, key: str) -> str:
@@ -84,7 +92,7 @@ class SharedIdempotency:
         marker = b"R" + fingerprint + uuid.uuid4().bytes
         while True:
             if await self._call("claim", self._client.set(redis_key, marker, nx=True, px=int(LEASE_S * 1000))):
-                claim = Claim(redis_key, marker)
+                claim = Claim(self, redis_key, marker)
                 claim.renewer = asyncio.get_running_loop().create_task(self._renew(claim))
                 return claim
             value = await self._call("read", self._client.get(redis_key))

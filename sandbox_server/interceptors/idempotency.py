@@ -274,13 +274,13 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
                             claim = claimed
                             result = await behavior(request, context)
                         except BaseException as exc:
-                            if claim is not None and self.shared is not None:
-                                await self.shared.release(claim)
+                            if claim is not None:
+                                await claim.release()
                             self._fail(k, owned, exc)
                             return
                         kept = Kept.of(result)
-                        if claim is not None and self.shared is not None:
-                            await self.shared.keep(claim, kept.stdout, kept.stderr, kept.result)
+                        if claim is not None:
+                            await claim.keep(kept.stdout, kept.stderr, kept.result)
                         self._keep(k, owned, kept)
 
                     self._detach(entry, own())
@@ -348,14 +348,14 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
                     displays.append(event.display)
                 elif event.HasField("result"):
                     kept = Kept.of(event.result, bytes(out[pb.STREAM_STDOUT]), bytes(out[pb.STREAM_STDERR]), displays)
-                    if claim is not None and self.shared is not None:
-                        await self.shared.keep(claim, kept.stdout, kept.stderr, kept.result)
+                    if claim is not None:
+                        await claim.keep(kept.stdout, kept.stderr, kept.result)
                         claim = None
                     self._keep(key, entry, kept)
                 live.put_nowait(event)  # unbounded, but the output limit bounds it (and it is kept anyway)
         except BaseException as exc:
-            if claim is not None and self.shared is not None:
-                await self.shared.release(claim)
+            if claim is not None:
+                await claim.release()
             if not entry.done.done():
                 self._fail(key, entry, exc)
             failure = entry.done.exception()
@@ -367,7 +367,7 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
             with contextlib.suppress(Exception):
                 await events.aclose()  # type: ignore[attr-defined]
         if not entry.done.done():  # the stream ended without a result
-            if claim is not None and self.shared is not None:
-                await self.shared.release(claim)
+            if claim is not None:
+                await claim.release()
             self._fail(key, entry, BackendUnavailable("the execution ended without a result"))
         live.put_nowait(_STREAM_END)

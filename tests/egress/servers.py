@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import socket
 import ssl
 import subprocess
 import threading
@@ -280,11 +279,3 @@ def running_upstream(host: str = "127.0.0.2", *, tls: ssl.SSLContext | None = No
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on (bound, then released): for connection-refused cases."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port

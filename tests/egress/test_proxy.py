@@ -34,8 +34,9 @@ from sandbox_server.egress.credentials import CredentialMissing, SecretsFileErro
 from sandbox_server.egress.proxy import MAX_OPEN_CLIENTS, EgressLimits, EgressProxy, Refusal
 from sandbox_server.egress.resolver import ResolveError, Resolver, StaticResolver, SystemResolver
 from sandbox_server.egress.rules import AllowEntry, Credential, EgressRules, IPAddress
+from sandbox_server.testing import free_port
 
-from .servers import CertificateAuthority, Upstream, free_port, make_test_ca, pattern, running_upstream
+from .servers import CertificateAuthority, Upstream, make_test_ca, pattern, running_upstream
 
 CURL = "/usr/bin/curl"
 SECRET_ENV = "EGRESS_TEST_TOKEN"  # noqa: S105 (a variable's name)
