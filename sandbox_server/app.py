@@ -37,6 +37,7 @@ from sandbox_server.interceptors.rate_limit import DEFAULT_STORAGE_URI
 from sandbox_server.observers import IncidentFeed, IncidentMetrics
 from sandbox_server.policy.embedded import seed_policies
 from sandbox_server.policy.registry import PolicyRegistry
+from sandbox_server.policy.replicas import PolicySync
 from sandbox_server.server import SERVICE_NAME, build_server, server_credentials
 from sandbox_server.sessions.manager import SessionManager
 from sandbox_server.sessions.servicer import SessionServicer
@@ -48,6 +49,9 @@ from sandbox_server.stores.sqlite import record_version
 from sandbox_server.telemetry import ExecutionMetrics, Telemetry, build_telemetry
 
 log = logging.getLogger(__name__)
+
+SHARED_REFRESH_S = 1.0
+"""With a shared database, how stale another server's quarantine may be here at most (unless configured lower)."""
 
 
 class App:
@@ -73,6 +77,7 @@ class App:
         self.egress: EgressGateway | None = None
         self.redis: Any = None  # redis.asyncio.Redis, with redis_url
         self.concurrency: RedisConcurrency | None = None
+        self.policy_sync: PolicySync | None = None
 
     def _open_stores_and_policies(self) -> tuple[Stores, PolicyRegistry]:
         """Raises PolicyLoadError: the server does not start on a policy directory that does not validate."""
@@ -85,8 +90,12 @@ class App:
                 poll_interval_s=self.settings.policy_poll_interval_s,
                 first_version=recorded[0].version + 1 if recorded else 1,
             )
-            registry.set_on_change(lambda new: record_version(stores.versions, registry, new))
-            registry.load()
+            if self.settings.database_url is not None:  # replicas: the shared history is the policy
+                self.policy_sync = PolicySync(registry, stores.versions)
+                self.policy_sync.load()
+            else:
+                registry.set_on_change(lambda new: record_version(stores.versions, registry, new))
+                registry.load()
         except BaseException:
             stores.close()
             raise
@@ -109,6 +118,8 @@ class App:
                 await self.sessions.aclose()
             if self.incidents is not None:
                 await self.incidents.aclose()
+            if self.policy_sync is not None:
+                await self.policy_sync.aclose()
             await self.policies.aclose()
             await self.backend.aclose()
             self.telemetry.shutdown()
@@ -127,7 +138,11 @@ class App:
         metrics = telemetry.metrics
         await self.pressure.start(metrics)  # judged from the first request on
         sinks = [*build_sinks(settings.incidents), IncidentMetrics(metrics)]
-        self.incidents = IncidentManager(stores.incidents, settings.incidents, sinks)
+        incident_settings = settings.incidents
+        if settings.database_url is not None:  # a quarantine set on another server is enforced here within 1 s
+            incident_settings = incident_settings.model_copy(update={
+                "refresh_interval_s": min(incident_settings.refresh_interval_s, SHARED_REFRESH_S)})
+        self.incidents = IncidentManager(stores.incidents, incident_settings, sinks)
         await self.incidents.start()
         budgeter = Budgeter(stores.costs, metrics, events=self.incidents)
         self.sessions = SessionManager(
@@ -158,6 +173,8 @@ class App:
             rate_limit_storage=settings.redis_url or DEFAULT_STORAGE_URI, concurrency=concurrency,
         )
         await policies.start()
+        if self.policy_sync is not None:
+            await self.policy_sync.start()
         self.server, self.health = build_server(settings, self.servicer, admin, build_chain(chain),
                                                 SessionServicer(settings, self.sessions, policies))
         address = f"{_host(settings.host)}:{settings.port}"
@@ -189,6 +206,8 @@ class App:
                     await self.sessions.aclose()
                 if self.idempotency is not None:
                     await self.idempotency.aclose()  # executions whose callers went away
+                if self.policy_sync is not None:
+                    await self.policy_sync.aclose()
                 if self.policies is not None:
                     await self.policies.aclose()
                 if self.concurrency is not None:

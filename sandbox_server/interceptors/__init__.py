@@ -61,7 +61,7 @@ def build_chain(deps: ChainDeps) -> list[grpc.aio.ServerInterceptor]:
         "errors": ErrorsInterceptor(),
         "auth": AuthInterceptor(deps.keys),
         "idempotency": deps.idempotency,
-        "mitigations": MitigationsInterceptor(deps.mitigations),
+        "mitigations": MitigationsInterceptor(deps.mitigations, deps.rate_limit_storage),
         "rate_limit": RateLimitInterceptor(deps.policies, deps.rate_limit_storage, deps.concurrency),
         "guardrails": GuardrailsInterceptor(deps.policies),
         "cost": CostInterceptor(deps.budgeter, deps.policies),

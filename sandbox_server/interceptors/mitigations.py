@@ -3,12 +3,15 @@
 A disabled language or a quarantined tenant or session is refused with PERMISSION_DENIED (ErrorInfo reason
 LANGUAGE_DISABLED or QUARANTINED, naming the mitigation and its incident, so an agent knows to stop and an
 operator knows what to lift); CloseSession, which only ends work, is never refused. A throttled tenant or
-session gets the mitigation's rate (a moving window in this process): beyond it RESOURCE_EXHAUSTED +
-QuotaFailure + RetryInfo. The verdict comes from memory (``IncidentManager.check``), microseconds per request.
+session gets the mitigation's rate (a moving window in the rate limits' store: this process's memory, or Redis
+shared by replicas): beyond it RESOURCE_EXHAUSTED + QuotaFailure + RetryInfo; a store that does not answer refuses
+with UNAVAILABLE. The verdict comes from memory (``IncidentManager.check``), microseconds per request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
@@ -18,17 +21,19 @@ from limits import RateLimitItemPerMinute
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.context import principal
-from sandbox_server.errors import PermissionDenied, QuotaViolation, ResourceExhausted
+from sandbox_server.errors import LimiterUnavailable, PermissionDenied, QuotaViolation, ResourceExhausted
 from sandbox_server.execution.runtimes import find_runtime
 from sandbox_server.incidents.manager import Verdict
 from sandbox_server.interceptors._limiter import moving_window
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
 from sandbox_server.interceptors.methods import CLOSE_SESSION, EXECUTE, SESSION
+from sandbox_server.interceptors.rate_limit import DEFAULT_STORAGE_URI, LIMITER_ERROR_RETRY_S, LIMITER_TIMEOUT_S
 from sandbox_server.telemetry import phase
 
 # Closing a session only ends work and frees what it holds: a quarantined or throttled caller may still do it.
 MITIGATED = (EXECUTE | SESSION) - {CLOSE_SESSION}
 MIN_RETRY_S = 0.001
+log = logging.getLogger(__name__)
 
 
 class MitigationCheck(Protocol):
@@ -36,9 +41,10 @@ class MitigationCheck(Protocol):
 
 
 class MitigationsInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, mitigations: MitigationCheck) -> None:
+    def __init__(self, mitigations: MitigationCheck, storage_uri: str = DEFAULT_STORAGE_URI) -> None:
+        """``storage_uri``: where throttle windows are counted (the rate limits' store)."""
         self.mitigations = mitigations
-        self.limiter = moving_window()
+        self.limiter = moving_window(storage_uri)
         self._items: dict[float, RateLimitItemPerMinute] = {}
 
     async def enforce(self, request: Any) -> None:
@@ -70,8 +76,16 @@ class MitigationsInterceptor(grpc.aio.ServerInterceptor):
             item = self._items.get(rate)
             if item is None:
                 item = self._items[rate] = RateLimitItemPerMinute(max(1, int(rate)))
-            if not await self.limiter.hit(item, "throttle", verdict.throttle_key):
-                stats = await self.limiter.get_window_stats(item, "throttle", verdict.throttle_key)
+            try:
+                async with asyncio.timeout(LIMITER_TIMEOUT_S):
+                    allowed = await self.limiter.hit(item, "throttle", verdict.throttle_key)
+                    stats = None if allowed else await self.limiter.get_window_stats(
+                        item, "throttle", verdict.throttle_key)
+            except Exception as exc:
+                log.error("throttle window unavailable for %s; refusing: %r", verdict.throttle_key, exc)
+                raise LimiterUnavailable(f"throttle window unavailable for {verdict.throttle_key}; retry later",
+                                         retry_after_s=LIMITER_ERROR_RETRY_S) from exc
+            if stats is not None:
                 raise ResourceExhausted(
                     f"{verdict.throttle_key} is throttled to {rate:g} requests per minute by incident response",
                     violations=[QuotaViolation(f"{verdict.throttle_key}/throttle",

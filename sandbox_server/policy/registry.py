@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -77,6 +78,7 @@ class PolicyRegistry:
         self.last_error_at: float | None = None
         self.versions: list[tuple[int, float, str]] = []
         self._on_change = on_change
+        self._numbering: Callable[[PolicySet, str], int] | None = None
         self._first_version = max(1, first_version)
         self._current: PolicySet | None = None
         self._lock = threading.RLock()
@@ -87,6 +89,12 @@ class PolicyRegistry:
     def set_on_change(self, on_change: Callable[[PolicySet], None] | None) -> None:
         """Replace the change hook (before ``load()``, when the hook needs the registry itself)."""
         self._on_change = on_change
+
+    def set_numbering(self, numbering: Callable[[PolicySet, str], int] | None) -> None:
+        """Let ``numbering(new_set, actor)`` give every set built from the directory its version, before the swap
+        (servers sharing a version store: the store hands out the numbers). If it raises, the change is refused,
+        the current set stays, and the watcher tries the same files again on its next poll."""
+        self._numbering = numbering
 
     # -- reading ------------------------------------------------------------------------------------------------
 
@@ -134,6 +142,14 @@ class PolicyRegistry:
         except PolicyLoadError as exc:
             self.last_errors, self.last_error_at = exc.errors, time.time()
             raise
+        if self._numbering is not None:
+            try:
+                number = self._numbering(new, actor)
+            except BaseException:
+                self._seen = None  # not taken: the watcher sees these files as a change again
+                raise
+            if number != new.version:
+                new = dataclasses.replace(new, version=number)
         self._current = new  # the swap: a single attribute store
         self.last_errors, self.last_error_at = (), None
         # A new list, not an append: a reader iterating the old one is not disturbed.
@@ -167,6 +183,33 @@ class PolicyRegistry:
                 raise PolicyLoadError(errors)
             self._write(file_name, text)
             return self._reload(actor)
+
+    def adopt(self, version: int, texts: Mapping[str, str], actor: str) -> PolicySet:
+        """Make ``texts`` the directory's files and the current set as ``version``: a version another server
+        recorded in a shared store. A version not above the current one changes nothing; texts that do not
+        validate here raise ``PolicyLoadError`` and keep the current set and the files. The change hook is not
+        called (the version is recorded already)."""
+        with self._lock:
+            current = self._current
+            if current is not None and version <= current.version:
+                return current
+            # Names are checked before any is used as a path: the store is another process's word.
+            bad = [e for name in texts for e in check_file_name(name)]
+            if bad:
+                raise PolicyLoadError(bad)
+            new = build_set(dict(texts), [], directory=str(self.directory), version=version)
+            on_disk, _ = read_directory(self.directory)
+            for name in list_policy_files(self.directory):
+                if name not in texts:
+                    os.unlink(self.directory / name)
+            for name, text in texts.items():
+                if on_disk.get(name) != text:
+                    self._write(name, text)
+            self._seen = self._signature()
+            self._current = new
+            self.last_errors, self.last_error_at = (), None
+            self.versions = [*self.versions, (new.version, new.loaded_at, actor)][-MAX_VERSIONS:]
+            return new
 
     def _write(self, file_name: str, text: str) -> None:
         data = text.encode("utf-8")

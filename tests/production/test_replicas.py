@@ -1,0 +1,226 @@
+"""Three replicas as separate processes, on one PostgreSQL and one Redis, behind HAProxy (gRPC over h2c, each
+call balanced round robin): the deployment docs/operations.md describes, with every part real.
+
+- calls through the balancer reach every replica, and each leaves exactly one audit record in the shared store;
+- a policy applied on one replica is live on all three within a second;
+- a quarantine opened on one replica is enforced by all three, and lifting it on another frees all three;
+- a replica killed with SIGKILL in the middle of a burst: every reply a caller got has its audit record, a retry
+  with the same idempotency key gets the first reply (or runs once, for the calls the dead replica never answered),
+  new calls go to the survivors, and the killed replica's sandboxes and scratch space are gone after its restart.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import psutil
+import pytest
+from haproxy_server import HAProxy, running_haproxy
+from postgres_server import Postgres
+from production_helpers import metric
+from redis_server import Redis
+from replica_processes import Replica, policy_text, running_replicas
+
+from sandbox_client import PermissionDeniedError, SandboxClient, SandboxError
+from sandbox_client.admin import AdminClient
+from sandbox_server.stores.incidents import MitigationSpec
+from sandbox_server.stores.postgres import PostgresAuditStore, PostgresDatabase
+from sandbox_server.stores.postgres_incidents import PostgresIncidentStore
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@dataclass
+class Topology:
+    replicas: list[Replica]
+    balancer: HAProxy
+    database_url: str
+
+    def audit(self) -> PostgresAuditStore:
+        return PostgresAuditStore(PostgresDatabase(self.database_url), owns=True)
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres, redis_server: Redis) -> Iterator[Topology]:
+    redis_server.flush()
+    url = postgres.create_database()
+    with running_replicas(tmp_path_factory.mktemp("replicas"), 3, url, redis_server.url) as replicas, \
+            running_haproxy([r.port for r in replicas]) as balancer:
+        yield Topology(replicas, balancer, url)
+
+
+def _scrape(replica: Replica) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{replica.metrics_port}/metrics", timeout=10) as reply:
+        return str(reply.read().decode())
+
+
+def test_calls_through_the_balancer_reach_every_replica_with_one_record_each(topology: Topology) -> None:
+    before = [metric(_scrape(r), "sandbox_executions_total") for r in topology.replicas]
+    with SandboxClient(topology.balancer.target, timeout=60) as sbx, ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda i: sbx.execute(f"print({i} * 2)"), range(30)))
+    assert [r.stdout for r in results] == [f"{i * 2}\n" for i in range(30)]
+    after = [metric(_scrape(r), "sandbox_executions_total") for r in topology.replicas]
+    served = [a - b for a, b in zip(after, before, strict=True)]
+    assert sum(served) == 30, served
+    assert min(served) >= 5, served  # round robin, per call
+    audit = topology.audit()
+    try:
+        for result in results:
+            record = audit.get(result.execution_id)
+            assert record is not None
+            assert record.outcome == "OK"
+    finally:
+        audit.close()
+
+
+def _wait_for(check: Callable[[], bool], limit_s: float) -> float:
+    """Seconds until ``check()`` is true; fails past ``limit_s``."""
+    started = time.monotonic()
+    while not check():
+        elapsed = time.monotonic() - started
+        assert elapsed < limit_s, f"not within {limit_s} s"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_a_policy_applied_on_one_replica_is_live_on_all_within_a_second(topology: Topology) -> None:
+    first, *others = topology.replicas
+    with AdminClient(first.target, api_key=None) as admin:
+        applied = admin.apply_policy("default.yaml", policy_text("description: applied on one replica"))
+    listings = [AdminClient(r.target, api_key=None) for r in topology.replicas]
+    try:
+        took = _wait_for(lambda: all(a.list_policies().version == applied.version for a in listings), 1.0)
+        for a in listings:
+            file = a.get_policy().file("default.yaml")
+            assert file is not None
+            assert "applied on one replica" in file.text
+    finally:
+        for a in listings:
+            a.close()
+    # Each replica wrote the version into its own policy directory: a restart starts where it left off.
+    for replica in others:
+        assert "applied on one replica" in (replica.policies / "default.yaml").read_text()
+    assert took < 1.0
+
+
+def test_a_quarantine_is_enforced_by_every_replica_and_lifted_by_any(topology: Topology) -> None:
+    # What a replica's incident response does when a tenant trips a critical rule: open it in the shared store.
+    store = PostgresIncidentStore(PostgresDatabase(topology.database_url), owns=True)
+    try:
+        incident, _ = store.open_or_bump("escape_attempts", "critical", "tenant", "default", "default",
+                                         "an escape attempt", {}, MitigationSpec("quarantine", "tenant", "default"))
+    finally:
+        store.close()
+    clients = [SandboxClient(r.target, retry=None) for r in topology.replicas]
+    try:
+        def refused(sbx: SandboxClient) -> bool:
+            try:
+                sbx.execute("print(1)")
+            except PermissionDeniedError as exc:
+                return exc.reason == "QUARANTINED"
+            return False
+
+        _wait_for(lambda: all(refused(c) for c in clients), 3.0)
+        with AdminClient(topology.replicas[2].target, api_key=None) as admin:
+            (mitigation,) = [m for m in admin.list_quarantines() if m.incident_id == incident.id]
+            admin.lift_quarantine(mitigation.id)
+
+        def runs(sbx: SandboxClient) -> bool:
+            try:
+                return sbx.execute("print(1)").stdout == "1\n"
+            except PermissionDeniedError:
+                return False
+
+        _wait_for(lambda: all(runs(c) for c in clients), 3.0)
+    finally:
+        for c in clients:
+            c.close()
+
+
+@dataclass
+class Outcome:
+    key: str
+    execution_id: str = ""
+    stdout: str = ""
+    error: str = ""
+
+
+def test_a_replica_killed_mid_burst(topology: Topology) -> None:
+    victim = topology.replicas[1]
+    # Python runs on the warm path (a pre-started sandbox, its scratch in the sandbox's own tmpfs), bash in a
+    # cold jail with its scratch directory on the host: the restart must reap both kinds.
+    programs = [("python", "import os, time\ntime.sleep(1.5)\nprint(os.urandom(8).hex())"),
+                ("bash", "sleep 1.5; od -An -N8 -tx1 /dev/urandom")]
+    n = 18
+    start = threading.Barrier(n + 1)
+
+    def call(i: int) -> Outcome:
+        outcome = Outcome(f"burst-{os.getpid()}-{i}")
+        with SandboxClient(topology.balancer.target, retry=None, timeout=120) as sbx:
+            start.wait()
+            try:
+                result = sbx.execute(programs[i % 2][1], language=programs[i % 2][0], idempotency_key=outcome.key)
+            except SandboxError as exc:
+                outcome.error = type(exc).__name__
+                return outcome
+        outcome.execution_id, outcome.stdout = result.execution_id, result.stdout
+        return outcome
+
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(call, i) for i in range(n)]
+        start.wait()
+        _wait_for(lambda: len(victim.sandbox_processes()) > 0 and len(victim.scratch_entries()) > 0, 10.0)
+        time.sleep(0.5)  # every call is in its sandbox now
+        left = {p.pid: p.create_time() for p in map(psutil.Process, victim.sandbox_processes())}
+        left_scratch = set(victim.scratch_entries())
+        victim.kill()
+        # New work goes to the survivors at once: the balancer redispatches a failed connection.
+        with SandboxClient(topology.balancer.target, retry=None, timeout=60) as sbx:
+            for _ in range(3):
+                assert sbx.execute("print('after')").stdout == "after\n"
+        outcomes = [f.result() for f in futures]
+
+    answered = [o for o in outcomes if o.execution_id]
+    failed = [o for o in outcomes if not o.execution_id]
+    assert failed, "no call was on the killed replica"
+    assert len(answered) >= n // 2, outcomes
+    assert {o.error for o in failed} <= {"UnavailableError", "InternalError"}, failed
+    audit = topology.audit()
+    try:
+        for o in answered:  # every reply a caller got has its record
+            record = audit.get(o.execution_id)
+            assert record is not None, o
+            assert record.outcome == "OK", o
+        # Retries with the same keys, through the balancer: a call that was answered gets that same answer
+        # (never a second run); one the dead replica never answered runs now, once (its claim expires first).
+        with SandboxClient(topology.balancer.target, retry=None, timeout=120) as sbx, ThreadPoolExecutor(n) as pool:
+            retried = list(pool.map(
+                lambda i: sbx.execute(programs[i % 2][1], language=programs[i % 2][0], idempotency_key=outcomes[i].key),
+                range(n)))
+        for o, again in zip(outcomes, retried, strict=True):
+            if o.execution_id:
+                assert (again.execution_id, again.stdout) == (o.execution_id, o.stdout)
+            assert again.status == "OK"
+            assert audit.get(again.execution_id) is not None
+        assert len({r.execution_id for r in retried}) == n
+    finally:
+        audit.close()
+
+    # Nothing of the killed replica's sandboxes outlives its restart.
+    victim.start()
+    for pid, created in left.items():
+        try:
+            alive = psutil.Process(pid).create_time() == created
+        except psutil.NoSuchProcess:
+            alive = False
+        assert not alive, f"sandbox process {pid} of the killed replica is still running"
+    assert not left_scratch & set(victim.scratch_entries()), "the killed replica's scratch space was not reaped"
+    with SandboxClient(victim.target, retry=None) as sbx:
+        assert sbx.execute("print('back')").stdout == "back\n"
