@@ -59,6 +59,9 @@ def serve(
         help="PostgreSQL for every durable store (postgresql://...) instead of SQLite in --data-dir")] = None,
     redis_url: Annotated[str | None, typer.Option(
         help="Redis for rate limits and concurrency counts shared by replicas (redis://...)")] = None,
+    advertise_address: Annotated[str | None, typer.Option(
+        help="host:port other replicas reach this server at (sessions' calls are forwarded to their server)")]
+    = None,
     metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus metrics at /metrics (0: any port)")]
     = None,
     otlp_endpoint: Annotated[str | None, typer.Option(help="OTLP/gRPC collector for spans")] = None,
@@ -73,7 +76,7 @@ def serve(
             host=host, port=port, backend=backend, config_file=config, max_running=max_running,
             max_queued=max_queued, state_dir=state_dir, cgroup_fallback=cgroup_fallback,
             policies_dir=policies_dir, data_dir=data_dir, database_url=database_url, redis_url=redis_url,
-            metrics_port=metrics_port,
+            advertise_address=advertise_address, metrics_port=metrics_port,
             otlp_endpoint=otlp_endpoint,
             log_format=log_format, log_level=log_level.upper() if log_level else None, wheelhouse=wheelhouse,
         )

@@ -32,14 +32,16 @@ from sandbox_server.incidents import IncidentManager, build_sinks
 from sandbox_server.interceptors import ChainDeps, build_chain
 from sandbox_server.interceptors._concurrency import RedisConcurrency
 from sandbox_server.interceptors._shared_idempotency import SharedIdempotency
+from sandbox_server.interceptors.forward import ForwardInterceptor
 from sandbox_server.interceptors.idempotency import IdempotencyInterceptor
 from sandbox_server.interceptors.rate_limit import DEFAULT_STORAGE_URI
 from sandbox_server.observers import IncidentFeed, IncidentMetrics
 from sandbox_server.policy.embedded import seed_policies
 from sandbox_server.policy.registry import PolicyRegistry
 from sandbox_server.policy.replicas import PolicySync
-from sandbox_server.server import SERVICE_NAME, build_server, server_credentials
+from sandbox_server.server import SERVICE_NAME, build_server, forward_credentials, server_credentials
 from sandbox_server.sessions.manager import SessionManager
+from sandbox_server.sessions.registry import SessionRegistry
 from sandbox_server.sessions.servicer import SessionServicer
 from sandbox_server.sessions.snapshots import SnapshotArchive
 from sandbox_server.settings import Settings
@@ -78,6 +80,8 @@ class App:
         self.redis: Any = None  # redis.asyncio.Redis, with redis_url
         self.concurrency: RedisConcurrency | None = None
         self.policy_sync: PolicySync | None = None
+        self.session_registry: SessionRegistry | None = None
+        self.forward: ForwardInterceptor | None = None
 
     def _open_stores_and_policies(self) -> tuple[Stores, PolicyRegistry]:
         """Raises PolicyLoadError: the server does not start on a policy directory that does not validate."""
@@ -163,6 +167,10 @@ class App:
             self.redis = shared_redis(settings.redis_url)
             concurrency = self.concurrency = RedisConcurrency(self.redis)
             shared_keys = SharedIdempotency(self.redis, settings.idempotency_window_s)
+            # The address is known once the port is bound (below); no session exists before.
+            self.session_registry = SessionRegistry(self.redis, settings.advertise_address or "")
+            self.sessions.registry = self.session_registry
+            self.forward = ForwardInterceptor(self.session_registry, self.sessions, forward_credentials(settings))
         self.idempotency = IdempotencyInterceptor(
             settings.idempotency_window_s, settings.idempotency_max_bytes, settings.idempotency_grace_s,
             shared=shared_keys)
@@ -171,6 +179,7 @@ class App:
             telemetry=telemetry, budgeter=budgeter, mitigations=self.incidents, idempotency=self.idempotency,
             call_observers=(feed,), execution_observers=(ExecutionMetrics(metrics), feed),
             rate_limit_storage=settings.redis_url or DEFAULT_STORAGE_URI, concurrency=concurrency,
+            forward=self.forward,
         )
         await policies.start()
         if self.policy_sync is not None:
@@ -183,6 +192,9 @@ class App:
             self.port = self.server.add_insecure_port(address)
         else:
             self.port = self.server.add_secure_port(address, credentials)
+        if self.session_registry is not None:
+            self.session_registry.address = settings.advertise_address or advertised(settings.host, self.port)
+            self.session_registry.start()
         if settings.metrics_port is not None:
             self.metrics_port = telemetry.serve_metrics(settings.metrics_host, settings.metrics_port)
         # The ports actually bound (0 in the settings picks one): no sandbox's proxy may reach them.
@@ -212,6 +224,10 @@ class App:
                     await self.policies.aclose()
                 if self.concurrency is not None:
                     await self.concurrency.aclose()
+                if self.session_registry is not None:
+                    await self.session_registry.aclose()
+                if self.forward is not None:
+                    await self.forward.aclose()
                 if self.redis is not None:
                     await self.redis.aclose()
                 await self.backend.aclose()
@@ -237,6 +253,12 @@ class App:
             log.info("signal received: draining (up to %.0f s)", self.settings.drain_timeout_s)
         finally:
             await self.stop()
+
+
+def advertised(host: str, port: int) -> str:
+    """The address replicas reach this server at: the bound one (settings refuse a wildcard host without
+    ``advertise_address``)."""
+    return f"{_host(host)}:{port}"
 
 
 def _host(host: str) -> str:

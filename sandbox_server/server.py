@@ -104,3 +104,17 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     key = settings.tls_key_file.read_bytes()
     ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
     return grpc.ssl_server_credentials([(key, chain)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def forward_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
+    """How this server calls another replica (a session's call forwarded to the server holding it): plaintext
+    when it serves plaintext; with TLS, trusting the client CA (mTLS: replicas' certificates come from it, and this
+    server presents its own certificate as a client) or else its own certificate chain (a chain ending with its
+    CA, or one certificate the replicas share)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    chain = settings.tls_cert_file.read_bytes()
+    if settings.tls_client_ca_file is None:
+        return grpc.ssl_channel_credentials(root_certificates=chain)
+    return grpc.ssl_channel_credentials(root_certificates=settings.tls_client_ca_file.read_bytes(),
+                                        private_key=settings.tls_key_file.read_bytes(), certificate_chain=chain)

@@ -163,6 +163,9 @@ class LogFormat(StrEnum):
     TEXT = "text"  # for people at a terminal
 
 
+WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")  # noqa: S104 - compared with, never bound
+
+
 class Settings(BaseSettings):
     """Every knob of the server. Frozen once built."""
 
@@ -261,6 +264,10 @@ class Settings(BaseSettings):
         default=None, description="PostgreSQL for every durable store (postgresql://...); none: SQLite in data_dir")
     redis_url: str | None = Field(
         default=None, description="Redis for rate limits and concurrency counts shared by replicas (redis://...)")
+    advertise_address: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9.\-]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$",
+        description="host:port other replicas reach this server at, to forward a session's calls to it (with "
+                    "redis_url); none: the bound host and port, when the host is not a wildcard")
     auth: AuthMode = AuthMode.AUTO
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -329,6 +336,9 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert_file and tls_key_file go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        if self.redis_url is not None and self.advertise_address is None and self.host in WILDCARD_HOSTS:
+            raise ValueError("with redis_url and a wildcard host, set advertise_address: the host:port other "
+                             "replicas reach this server at (a session's calls are forwarded there)")
         return self
 
     @property

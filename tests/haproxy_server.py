@@ -22,6 +22,7 @@ from sandbox_server.testing import free_port
 CONFIG = """\
 global
     log stderr format raw local0 warning
+    stats socket {socket} mode 600 level operator
 defaults
     mode http
     log global
@@ -47,7 +48,8 @@ class HAProxy:
         self.config = self.dir / "haproxy.cfg"
         servers = "\n".join(f"    server r{i} 127.0.0.1:{p} proto h2 check inter 300ms fall 1 rise 1"
                             for i, p in enumerate(backends))
-        self.config.write_text(CONFIG.format(port=self.port, servers=servers))
+        self.socket = self.dir / "stats.sock"
+        self.config.write_text(CONFIG.format(port=self.port, servers=servers, socket=self.socket))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,6 +69,26 @@ class HAProxy:
                 return
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"haproxy did not start: {(self.dir / 'haproxy.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def servers_up(self) -> int:
+        """How many backends HAProxy sends calls to now (its own view, from its stats socket)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.socket))
+            s.sendall(b"show stat\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        rows = [line.split(",") for line in data.decode().splitlines() if line and not line.startswith("#")]
+        return sum(1 for row in rows if row[0] == "replicas" and row[1] not in ("BACKEND", "FRONTEND")
+                   and row[17] == "UP")
+
+    def wait_until_up(self, n: int, limit_s: float = 20.0) -> None:
+        """Wait until ``n`` backends are up in HAProxy's view (a restarted one is seen at its next check)."""
+        deadline = time.monotonic() + limit_s
+        while self.servers_up() < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"haproxy sees {self.servers_up()} backends up, not {n}")
             time.sleep(0.05)
 
     def stop(self) -> None:

@@ -56,6 +56,7 @@ class Replica:
         command = [str(SERVER), "serve", "--host", "127.0.0.1", "--port", str(self.port),
                    "--state-dir", str(self.state), "--data-dir", str(self.data), "--policies-dir", str(self.policies),
                    "--database-url", self.database_url, "--redis-url", self.redis_url,
+                   "--advertise-address", self.target,
                    "--metrics-port", str(self.metrics_port), "--max-running", "8", "--max-queued", "64"]
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env=env, text=True)

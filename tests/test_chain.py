@@ -11,6 +11,7 @@ from sandbox_server.interceptors.audit import AuditInterceptor
 from sandbox_server.interceptors.auth import AuthInterceptor
 from sandbox_server.interceptors.cost import CostInterceptor
 from sandbox_server.interceptors.errors import ErrorsInterceptor
+from sandbox_server.interceptors.forward import ForwardInterceptor
 from sandbox_server.interceptors.guardrails import GuardrailsInterceptor
 from sandbox_server.interceptors.idempotency import IdempotencyInterceptor
 from sandbox_server.interceptors.mitigations import MitigationsInterceptor
@@ -25,7 +26,8 @@ from sandbox_server.telemetry import build_telemetry
 
 def test_chain_order_is_pinned(tmp_path: Path) -> None:
     assert interceptors.CHAIN_ORDER == (
-        "telemetry", "errors", "auth", "idempotency", "mitigations", "rate_limit", "guardrails", "cost", "audit")
+        "telemetry", "errors", "auth", "forward", "idempotency", "mitigations", "rate_limit", "guardrails", "cost",
+        "audit")
     registry = PolicyRegistry(seed_policies(tmp_path / "policies"))
     registry.load()
     stores = open_stores(tmp_path / "data")
@@ -39,6 +41,7 @@ def test_chain_order_is_pinned(tmp_path: Path) -> None:
         telemetry.shutdown()
         stores.close()
     assert [type(link) for link in chain] == [
-        TelemetryInterceptor, ErrorsInterceptor, AuthInterceptor, IdempotencyInterceptor, MitigationsInterceptor,
+        TelemetryInterceptor, ErrorsInterceptor, AuthInterceptor, ForwardInterceptor, IdempotencyInterceptor,
+        MitigationsInterceptor,
         RateLimitInterceptor,
         GuardrailsInterceptor, CostInterceptor, AuditInterceptor]

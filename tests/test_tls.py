@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from redis_server import Redis
 
 from sandbox_client import SandboxClient, UnavailableError
 from sandbox_server.testing import server_in_thread
@@ -50,3 +52,20 @@ def test_mtls_requires_a_client_certificate(pki: Path) -> None:
         without = grpc.ssl_channel_credentials(ca)
         with SandboxClient(srv.target, credentials=without, timeout=3) as sbx, pytest.raises(UnavailableError):
             sbx.execute("print(1)")
+
+
+def test_a_session_call_is_forwarded_between_replicas_over_mtls(pki: Path, redis_server: Redis) -> None:
+    """Replicas serving mTLS call each other with their own certificate when they forward a session's call."""
+    redis_server.flush()
+    tls: dict[str, Any] = {"tls_cert_file": pki / "server.crt", "tls_key_file": pki / "server.key",
+                           "tls_client_ca_file": pki / "ca.crt", "redis_url": redis_server.url}
+    ca = (pki / "ca.crt").read_bytes()
+    creds = grpc.ssl_channel_credentials(ca, (pki / "client.key").read_bytes(), (pki / "client.crt").read_bytes())
+    with server_in_thread(**tls) as holder, server_in_thread(**tls) as other, \
+            SandboxClient(holder.target, credentials=creds) as first, \
+            SandboxClient(other.target, credentials=creds) as second:
+        session = first.session()
+        session.run("x = 41")
+        assert second.execute("x + 1", session_id=session.id).value == "42"
+        assert other.app.sessions is not None
+        assert other.app.sessions.count == 0  # it ran on its holder

@@ -4,6 +4,7 @@ Order and why (see docs/architecture.md):
 telemetry (sees every outcome, rejections included: span, call metrics, the call's log line)
 -> errors (maps every SandboxError raised inside it to a status with rich details)
 -> auth (who is calling)
+-> forward (a call for a session another replica holds goes there, before this server spends anything on it)
 -> idempotency (a retried request with the same key gets the first one's response; keys are per tenant)
 -> mitigations (a quarantined or throttled caller spends nothing further)
 -> rate_limit (per tenant and session)
@@ -25,6 +26,7 @@ from sandbox_server.interceptors.audit import AuditInterceptor, AuditSink, Execu
 from sandbox_server.interceptors.auth import AuthInterceptor, KeyVerifier
 from sandbox_server.interceptors.cost import CostInterceptor
 from sandbox_server.interceptors.errors import ErrorsInterceptor
+from sandbox_server.interceptors.forward import ForwardInterceptor
 from sandbox_server.interceptors.guardrails import GuardrailsInterceptor
 from sandbox_server.interceptors.idempotency import IdempotencyInterceptor
 from sandbox_server.interceptors.mitigations import MitigationCheck, MitigationsInterceptor
@@ -34,7 +36,7 @@ from sandbox_server.policy.caller import TenantPolicies
 from sandbox_server.telemetry import Telemetry
 
 CHAIN_ORDER = (
-    "telemetry", "errors", "auth", "idempotency", "mitigations", "rate_limit", "guardrails", "cost", "audit")
+    "telemetry", "errors", "auth", "forward", "idempotency", "mitigations", "rate_limit", "guardrails", "cost", "audit")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class ChainDeps:
     execution_observers: Sequence[ExecutionObserver] = ()
     rate_limit_storage: str = DEFAULT_STORAGE_URI  # a `limits` storage URI (redis_url, when set)
     concurrency: Concurrency | None = None  # where executions in flight are counted (None: this process)
+    forward: ForwardInterceptor | None = None  # built by the app with replicas (closes its channels); None: one server
 
 
 def build_chain(deps: ChainDeps) -> list[grpc.aio.ServerInterceptor]:
@@ -60,6 +63,7 @@ def build_chain(deps: ChainDeps) -> list[grpc.aio.ServerInterceptor]:
         "telemetry": TelemetryInterceptor(deps.telemetry, deps.call_observers),
         "errors": ErrorsInterceptor(),
         "auth": AuthInterceptor(deps.keys),
+        "forward": deps.forward if deps.forward is not None else ForwardInterceptor(),
         "idempotency": deps.idempotency,
         "mitigations": MitigationsInterceptor(deps.mitigations, deps.rate_limit_storage),
         "rate_limit": RateLimitInterceptor(deps.policies, deps.rate_limit_storage, deps.concurrency),

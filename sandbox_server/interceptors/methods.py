@@ -12,3 +12,8 @@ CREATE_SESSION = PREFIX + "CreateSession"
 CLOSE_SESSION = PREFIX + "CloseSession"
 UPLOAD_FILE = PREFIX + "UploadFile"
 DOWNLOAD_FILE = PREFIX + "DownloadFile"
+# The methods that name one session, forwarded to the replica holding it (Execute and ExecuteStream only when
+# their session_id is set; RecordUsage's session_id is an agent's, not a sandbox session).
+SESSION_ADDRESSED = frozenset(PREFIX + name for name in (
+    "Execute", "ExecuteStream", "GetSession", "CloseSession", "UploadFile", "DownloadFile", "ListFiles",
+    "DeleteFile", "SnapshotSession"))

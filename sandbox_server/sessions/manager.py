@@ -45,6 +45,7 @@ from sandbox_server.sessions import files
 from sandbox_server.sessions.calls import CallControl, DisplayCallback, run_call
 from sandbox_server.sessions.ids import is_session_id, new_session_id
 from sandbox_server.sessions.pool import SessionPool
+from sandbox_server.sessions.registry import SessionRegistry
 from sandbox_server.sessions.requests import SessionParams
 from sandbox_server.sessions.sandbox import SessionSandbox
 from sandbox_server.sessions.snapshots import SnapshotArchive, SnapshotLimits
@@ -61,6 +62,7 @@ CPU_LIMIT = "cpu_limit"
 BUDGET_EXCEEDED = "budget_exceeded"
 SERVER_SHUTDOWN = "server_shutdown"
 SERVER_RESTART = "server_restart"
+SERVER_LOST = "server_lost"  # the replica holding it does not answer (seen by another replica)
 SANDBOX_FAILED = "sandbox_failed"
 ADMIN = "admin"
 SWEEP_INTERVAL_S = 1.0
@@ -191,6 +193,8 @@ class SessionManager:
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Replicas (redis_url): where other servers look up which server holds a session.
+        self.registry: SessionRegistry | None = None
 
     # ---- life of the manager -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -231,6 +235,18 @@ class SessionManager:
             if record is not None and record.tenant == tenant and record.closed_at is not None:
                 raise SessionClosed(session_id, record.close_reason)
         raise SessionNotFound(session_id)
+
+    def holds(self, session_id: str) -> bool:
+        """Whether this server holds the session (live, or closing: its own answer is the right one)."""
+        return session_id in self._live
+
+    async def lost(self, tenant: str, session_id: str) -> Exception:
+        """The answer for a session whose server (another replica) does not answer: closed (``server_lost``)
+        for its own tenant, not found for anyone else."""
+        record = await asyncio.to_thread(self.store.get, session_id) if is_session_id(session_id) else None
+        if record is not None and record.tenant == tenant:
+            return SessionClosed(session_id, SERVER_LOST)
+        return SessionNotFound(session_id)
 
     def find(self, session_id: str) -> LiveSession | None:
         """Any tenant's live session (the admin API)."""
@@ -372,7 +388,14 @@ class SessionManager:
             detail["snapshot_id"] = snapshot.snapshot_id
         if params.exercise:
             detail["exercise"] = True
-        await asyncio.to_thread(self.store.create, record, self._event(session, "created", detail))
+        if self.registry is not None:
+            await self.registry.claim(session_id)  # before any caller can know the id
+        try:
+            await asyncio.to_thread(self.store.create, record, self._event(session, "created", detail))
+        except BaseException:
+            if self.registry is not None:
+                await self.registry.release(session_id)
+            raise
         self._live[session_id] = session
         if self.metrics is not None:
             self.metrics.sessions_active.add(1, {"tenant": tenant})
@@ -403,6 +426,8 @@ class SessionManager:
             cpu_s = 0.0
         finally:
             self._live.pop(session.id, None)
+        if self.registry is not None:
+            await self.registry.release(session.id)
         await self._charge_held(session, closing=True)
         cost = session.held_cost
         if self.budgeter is not None:

@@ -4,6 +4,8 @@ call balanced round robin): the deployment docs/operations.md describes, with ev
 - calls through the balancer reach every replica, and each leaves exactly one audit record in the shared store;
 - a policy applied on one replica is live on all three within a second;
 - a quarantine opened on one replica is enforced by all three, and lifting it on another frees all three;
+- a session lives on the replica that created it, and every call for it through the balancer (wherever it lands)
+  is forwarded there: one kernel, one workspace; once that replica is gone, its caller is told so;
 - a replica killed with SIGKILL in the middle of a burst: every reply a caller got has its audit record, a retry
   with the same idempotency key gets the first reply (or runs once, for the calls the dead replica never answered),
   new calls go to the survivors, and the killed replica's sandboxes and scratch space are gone after its restart.
@@ -20,13 +22,14 @@ from dataclasses import dataclass
 
 import psutil
 import pytest
+import redis
 from haproxy_server import HAProxy, running_haproxy
 from postgres_server import Postgres
 from production_helpers import metric
 from redis_server import Redis
 from replica_processes import Replica, policy_text, running_replicas
 
-from sandbox_client import PermissionDeniedError, SandboxClient, SandboxError
+from sandbox_client import PermissionDeniedError, SandboxClient, SandboxError, SessionNotFoundError
 from sandbox_client.admin import AdminClient
 from sandbox_server.stores.incidents import MitigationSpec
 from sandbox_server.stores.postgres import PostgresAuditStore, PostgresDatabase
@@ -40,6 +43,7 @@ class Topology:
     replicas: list[Replica]
     balancer: HAProxy
     database_url: str
+    redis_url: str
 
     def audit(self) -> PostgresAuditStore:
         return PostgresAuditStore(PostgresDatabase(self.database_url), owns=True)
@@ -51,7 +55,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres, redis
     url = postgres.create_database()
     with running_replicas(tmp_path_factory.mktemp("replicas"), 3, url, redis_server.url) as replicas, \
             running_haproxy([r.port for r in replicas]) as balancer:
-        yield Topology(replicas, balancer, url)
+        yield Topology(replicas, balancer, url, redis_server.url)
 
 
 def _scrape(replica: Replica) -> str:
@@ -144,6 +148,75 @@ def test_a_quarantine_is_enforced_by_every_replica_and_lifted_by_any(topology: T
             c.close()
 
 
+def _holder(topology: Topology, session_id: str) -> Replica:
+    """The replica holding the session, asked of each replica's Admin API (not of the registry under test)."""
+    found = []
+    for replica in topology.replicas:
+        if replica.proc is None:
+            continue
+        with AdminClient(replica.target, api_key=None) as admin:
+            if any(s.session.id == session_id for s in admin.list_sessions()):
+                found.append(replica)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_a_session_is_one_kernel_and_workspace_wherever_its_calls_land(topology: Topology) -> None:
+    with SandboxClient(topology.balancer.target, timeout=60) as sbx:
+        session = sbx.session()
+        holder = _holder(topology, session.id)
+        # Round robin sends consecutive calls to each replica in turn: two of every three are forwarded.
+        session.run("n = 0")
+        for i in range(1, 7):
+            assert session.run("n += 1\nn").value == str(i)
+        session.files.upload("data/in.txt", b"uploaded through the balancer\n")
+        assert session.run("cat data/in.txt", language="bash").stdout == "uploaded through the balancer\n"
+        session.run("open('data/out.txt', 'w').write(str(n * 7))")
+        for _ in range(3):
+            assert session.files.download("data/out.txt") == b"42"
+            assert [f.path for f in session.files.list("data")] == ["data/in.txt", "data/out.txt"]
+        streamed = list(sbx.execute_stream("print(n)", session_id=session.id))
+        assert streamed[-1].stdout == "6\n"  # type: ignore[union-attr]
+        session.files.delete("data/in.txt")
+        assert session.refresh().usage.calls >= 8
+        assert _holder(topology, session.id) is holder  # it never moved
+        # Every call ran, and was audited, on its holder: one record per execution in the shared trail.
+        closed = session.close()
+        assert closed is not None
+        assert closed.close_reason == "closed"
+    with SandboxClient(topology.balancer.target, retry=None) as sbx, pytest.raises(SessionNotFoundError) as info:
+        sbx.execute("n", session_id=session.id)
+    assert info.value.close_reason == "closed"
+    # The registry forgets a closed session.
+    client = redis.Redis.from_url(topology.redis_url)
+    try:
+        assert not [k for k in client.scan_iter("sandbox:session-owner:*") if session.id.encode() in k]
+    finally:
+        client.close()
+
+
+def test_a_session_whose_replica_is_gone_says_so(topology: Topology) -> None:
+    with SandboxClient(topology.balancer.target, timeout=60) as sbx:
+        session = sbx.session()
+        session.run("x = 1")
+        holder = _holder(topology, session.id)
+        holder.kill()
+        try:
+            others = [r for r in topology.replicas if r is not holder]
+            for other in others:  # every survivor gives the same clear answer, within seconds
+                with SandboxClient(other.target, retry=None, timeout=30) as direct:
+                    started = time.monotonic()
+                    with pytest.raises(SessionNotFoundError) as info:
+                        direct.execute("x", session_id=session.id)
+                    assert info.value.close_reason == "server_lost"
+                    assert time.monotonic() - started < 10
+        finally:
+            holder.start()
+    with SandboxClient(holder.target, retry=None) as direct, pytest.raises(SessionNotFoundError) as info:
+        direct.execute("x", session_id=session.id)
+    assert info.value.close_reason == "server_restart"  # its restart closed the lost session's record
+
+
 @dataclass
 class Outcome:
     key: str
@@ -173,6 +246,7 @@ def test_a_replica_killed_mid_burst(topology: Topology) -> None:
         outcome.execution_id, outcome.stdout = result.execution_id, result.stdout
         return outcome
 
+    topology.balancer.wait_until_up(len(topology.replicas))  # the burst is spread over all three
     with ThreadPoolExecutor(n) as pool:
         futures = [pool.submit(call, i) for i in range(n)]
         start.wait()

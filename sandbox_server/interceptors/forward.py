@@ -1,0 +1,187 @@
+"""Forwarding: a call for a session another replica holds is sent to that replica, with the caller's identity.
+
+Replicas behind a load balancer each hold their own live sessions (a kernel and a workspace live in one
+server's sandbox). A call naming a session this server does not hold is looked up in the sessions registry
+(``sessions/registry.py``); if another server holds it, the call is relayed there over gRPC: the same method and
+request, the caller's own metadata (its API key, idempotency key and trace context: the holder authenticates the
+caller again and runs the whole chain itself), the caller's remaining deadline, and the holder's answer (its
+responses, or its status with every detail) is passed back unchanged. A relayed call carries
+``x-sandbox-forwarded`` and is never relayed again, so two servers that disagree cannot bounce a call between
+them. A holder that does not answer at all has lost the session with itself: the caller gets NOT_FOUND
+(SESSION_CLOSED, close reason ``server_lost``) for its own session, SESSION_NOT_FOUND for anyone else's.
+
+It runs right after auth: a caller without valid credentials is refused here, and nothing of this server's
+chain (idempotency, limits, budgets, audit) is spent on a call another server runs and accounts for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf import message_factory
+
+from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
+from sandbox_server.context import principal
+from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
+from sandbox_server.interceptors.methods import PREFIX, SESSION_ADDRESSED, UPLOAD_FILE
+from sandbox_server.telemetry import phase
+
+log = logging.getLogger(__name__)
+
+FORWARDED = "x-sandbox-forwarded"
+_SKIPPED_METADATA = ("user-agent", "content-type", "te", "host")
+_SERVICE = pb.DESCRIPTOR.services_by_name["Sandbox"]
+_RESPONSES: dict[str, Any] = {
+    PREFIX + m.name: message_factory.GetMessageClass(m.output_type) for m in _SERVICE.methods}
+
+
+class Holders(Protocol):
+    """What forwarding needs from the sessions side."""
+
+    def holds(self, session_id: str) -> bool: ...
+    async def lost(self, tenant: str, session_id: str) -> Exception: ...
+
+
+class Owners(Protocol):
+    address: str
+
+    async def owner(self, session_id: str) -> str | None: ...
+
+
+def _serialize(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def _session_of(request: Any) -> str:
+    if isinstance(request, pb.UploadFileRequest):
+        return request.header.session_id if request.WhichOneof("part") == "header" else ""
+    session_id = getattr(request, "session_id", "")
+    return session_id if isinstance(session_id, str) else ""
+
+
+class ForwardInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, owners: Owners | None = None, holders: Holders | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        """``owners`` None (one server, no registry): the link passes every call through. ``credentials``: for
+        the channels to other replicas (None: plaintext, as this server serves)."""
+        self.owners = owners
+        self.holders = holders
+        self.credentials = credentials
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def aclose(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close()
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+            channel = (grpc.aio.secure_channel(address, self.credentials, options) if self.credentials is not None
+                       else grpc.aio.insecure_channel(address, options))
+            self._channels[address] = channel
+        return channel
+
+    async def _holder(self, owners: Owners, holders: Holders, session_id: str,
+                      context: grpc.aio.ServicerContext) -> str | None:
+        """The other server to relay to, or None: handle here."""
+        if not session_id or holders.holds(session_id):
+            return None
+        if any(key == FORWARDED for key, _ in context.invocation_metadata() or ()):
+            return None  # relayed once already: answer here, whatever the registry says
+        with phase("forward"):
+            owner = await owners.owner(session_id)
+        return owner if owner is not None and owner != owners.address else None
+
+    @staticmethod
+    def _call_args(owners: Owners, context: grpc.aio.ServicerContext) -> dict[str, Any]:
+        metadata = [(k, v) for k, v in context.invocation_metadata() or ()
+                    if not k.startswith((":", "grpc-")) and k not in _SKIPPED_METADATA]
+        metadata.append((FORWARDED, owners.address))
+        return {"metadata": tuple(metadata), "timeout": context.time_remaining()}
+
+    @staticmethod
+    async def _relay_error(holders: Holders, exc: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext,
+                           owner: str, session_id: str) -> None:
+        details = dict(exc.trailing_metadata() or ())
+        if exc.code() is grpc.StatusCode.UNAVAILABLE and "grpc-status-details-bin" not in details:
+            # No answer from the holder at all (the holder's own UNAVAILABLE carries details): it is gone.
+            log.warning("session %s: its server at %s does not answer: %s", session_id, owner, exc.details())
+            who = principal()
+            raise await holders.lost(who.tenant if who is not None else "", session_id) from exc
+        await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata())
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        owners, holders = self.owners, self.holders
+        if owners is None or holders is None or method not in SESSION_ADDRESSED:
+            return handler
+        response_type = _RESPONSES[method]
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                streamed = method == UPLOAD_FILE  # an iterator of requests
+                first: Any = None
+                if streamed:
+                    first = await anext(aiter(request), None)
+                    request = _replay(first, request)
+                session_id = _session_of(first if streamed else request)
+                owner = await self._holder(owners, holders, session_id, context)
+                if owner is None:
+                    return await behavior(request, context)
+                channel = self._channel(owner)
+                try:
+                    if streamed:
+                        return await channel.stream_unary(
+                            method, request_serializer=_serialize, response_deserializer=response_type.FromString,
+                        )(request, **self._call_args(owners, context))
+                    return await channel.unary_unary(
+                        method, request_serializer=_serialize, response_deserializer=response_type.FromString,
+                    )(request, **self._call_args(owners, context))
+                except grpc.aio.AioRpcError as exc:
+                    await self._relay_error(holders, exc, context, owner, session_id)
+                    raise  # _relay_error always raises
+
+            return wrapped
+
+        def stream(behavior: StreamBehavior) -> StreamBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                session_id = _session_of(request)
+                owner = await self._holder(owners, holders, session_id, context)
+                if owner is None:
+                    async for item in behavior(request, context):
+                        yield item
+                    return
+                call = self._channel(owner).unary_stream(
+                    method, request_serializer=_serialize, response_deserializer=response_type.FromString,
+                )(request, **self._call_args(owners, context))
+                try:
+                    async for item in call:
+                        yield item
+                except grpc.aio.AioRpcError as exc:
+                    await self._relay_error(holders, exc, context, owner, session_id)
+                finally:
+                    call.cancel()  # the caller went away: so does the relayed call
+
+            return wrapped
+
+        return wrap_handler(handler, unary, stream)
+
+
+async def _replay(first: Any, rest: Any) -> AsyncIterator[Any]:
+    """The request stream again, its first message (already read) included."""
+    if first is None:
+        return
+    yield first
+    async for item in rest:
+        yield item

@@ -1,0 +1,94 @@
+"""Which server holds which live session, in Redis (``redis_url``), so that replicas forward a session's calls
+to the one that holds it (``interceptors/forward.py``).
+
+One key per session, its value the holder's address (``advertise_address``), set when the session is created and
+deleted when it closes. The holder renews every key it holds every LEASE_S / 3; the keys of a server that died
+expire after LEASE_S, and a call for one of its sessions then gets the ordinary answer for a session this server
+does not hold (the record's close reason once the dead server's restart has closed it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from sandbox_server.errors import SharedStateUnavailable
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "sandbox:session-owner:"
+LEASE_S = 30.0
+OP_TIMEOUT_S = 2.0
+RETRY_S = 1.0
+_DELETE_IF_OURS = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_RENEW_IF_OURS = ("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
+                  "end return 0")
+
+
+class SessionRegistry:
+    """This server's entries in the registry, and lookups of other servers'."""
+
+    def __init__(self, redis: Any, address: str) -> None:
+        self.redis = redis
+        self.address = address
+        self._held: set[str] = set()
+        self._renewer: asyncio.Task[None] | None = None
+        self._delete = redis.register_script(_DELETE_IF_OURS)
+        self._renew = redis.register_script(_RENEW_IF_OURS)
+
+    async def claim(self, session_id: str) -> None:
+        """Record this server as the session's holder. Raises SharedStateUnavailable: a session other servers
+        cannot find would be unreachable through a load balancer, so it is not handed out."""
+        try:
+            async with asyncio.timeout(OP_TIMEOUT_S):
+                await self.redis.set(KEY_PREFIX + session_id, self.address, px=int(LEASE_S * 1000))
+        except Exception as exc:
+            log.error("sessions registry: could not record session %s: %r", session_id, exc)
+            raise SharedStateUnavailable("the sessions registry is unavailable; retry later",
+                                         retry_after_s=RETRY_S) from exc
+        self._held.add(session_id)
+
+    async def release(self, session_id: str) -> None:
+        """Forget the session (closed). Best effort: its lease ends the entry anyway."""
+        self._held.discard(session_id)
+        try:
+            async with asyncio.timeout(OP_TIMEOUT_S):
+                await self._delete(keys=[KEY_PREFIX + session_id], args=[self.address])
+        except Exception as exc:
+            log.warning("sessions registry: could not remove session %s (its lease ends it): %r", session_id, exc)
+
+    async def owner(self, session_id: str) -> str | None:
+        """The address of the server holding the session, or None. Raises SharedStateUnavailable."""
+        try:
+            async with asyncio.timeout(OP_TIMEOUT_S):
+                value = await self.redis.get(KEY_PREFIX + session_id)
+        except Exception as exc:
+            log.error("sessions registry: lookup of session %s failed: %r", session_id, exc)
+            raise SharedStateUnavailable("the sessions registry is unavailable; retry later",
+                                         retry_after_s=RETRY_S) from exc
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    def start(self) -> None:
+        self._renewer = asyncio.create_task(self._renew_forever(), name="sessions-registry-renewer")
+
+    async def aclose(self) -> None:
+        task, self._renewer = self._renewer, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_S / 3)
+            for session_id in list(self._held):
+                try:
+                    async with asyncio.timeout(OP_TIMEOUT_S):
+                        await self._renew(keys=[KEY_PREFIX + session_id], args=[self.address, int(LEASE_S * 1000)])
+                except Exception as exc:  # the next round tries again; the lease covers two missed rounds
+                    log.warning("sessions registry: could not renew session %s: %r", session_id, exc)
+                    break
