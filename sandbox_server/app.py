@@ -140,6 +140,7 @@ class App:
     async def _start_serving(self, stores: Stores, policies: PolicyRegistry, telemetry: Telemetry) -> None:
         settings = self.settings
         metrics = telemetry.metrics
+        metrics.watch_queue(lambda: self.admission.queued)
         await self.pressure.start(metrics)  # judged from the first request on
         sinks = [*build_sinks(settings.incidents), IncidentMetrics(metrics)]
         incident_settings = settings.incidents

@@ -17,14 +17,14 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
 from opentelemetry import trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import Meter
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -68,6 +68,10 @@ class Metrics:
             "sandbox.rejections", description="Requests refused before running, by reason")
         self.cost = meter.create_counter("sandbox.cost", description="Cost of executions and model usage by tenant")
         self.active = meter.create_up_down_counter("sandbox.active_sandboxes", description="Sandboxes running now")
+        self._queue_depth: Callable[[], int] = lambda: 0
+        # Read at each scrape: the autoscaler's signal (work waiting for a slot on this server).
+        meter.create_observable_gauge("sandbox.queue.depth", callbacks=[self._observe_queue_depth],
+                                      description="Requests waiting for an admission slot now")
         self.shedding = meter.create_gauge(
             "sandbox.shedding", description="1 while new work is refused for host pressure, by reason (memory, tasks)")
         self.budget_used = meter.create_gauge(
@@ -89,6 +93,14 @@ class Metrics:
         self.session_lifetime = meter.create_histogram(
             "sandbox.sessions.lifetime", unit="s", description="How long sessions lived, by close reason",
             explicit_bucket_boundaries_advisory=SESSION_LIFETIME_BUCKETS_S)
+
+
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        """Report ``depth()`` as ``sandbox_queue_depth`` from now on."""
+        self._queue_depth = depth
+
+    def _observe_queue_depth(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self._queue_depth())]
 
 
 class ExecutionMetrics:

@@ -94,6 +94,19 @@ def test_active_sandboxes_and_queue_rejections(tmp_path: Path) -> None:
     assert metric(text, "sandbox_active_sandboxes") == 0
 
 
+def test_queue_depth_counts_the_requests_waiting_for_a_slot(tmp_path: Path) -> None:
+    with server_with_policy(tmp_path, "", max_running=1, max_queued=4) as srv, ThreadPoolExecutor(3) as pool, \
+            SandboxClient(srv.target, retry=None, timeout=60) as sbx:
+        assert metric(scrape(srv), "sandbox_queue_depth") == 0
+        calls = [pool.submit(sbx.execute, "import time; time.sleep(1.0)") for _ in range(3)]
+        deadline = time.monotonic() + 10
+        while metric(scrape(srv), "sandbox_queue_depth") != 2:  # one runs, two wait
+            assert time.monotonic() < deadline, "the waiting requests never showed"
+            time.sleep(0.05)
+        assert all(c.result().ok for c in calls)
+        assert metric(scrape(srv), "sandbox_queue_depth") == 0
+
+
 def test_metrics_are_off_unless_a_port_is_set(tmp_path: Path) -> None:
     with server_with_policy(tmp_path, textwrap.dedent(""), metrics_port=None) as srv:
         assert srv.app.metrics_port is None
