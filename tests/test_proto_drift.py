@@ -47,7 +47,8 @@ def test_every_service_is_served() -> None:
     from sandbox_client._proto.sandbox.v1 import admin_pb2
 
     admin = {m.name for m in admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods}
-    assert admin == {"ListPolicies", "GetPolicy", "ValidatePolicy", "ApplyPolicy", "ListPolicyVersions",
-                     "ListTenants", "CreateApiKey", "RevokeApiKey", "ListApiKeys", "ListIncidents", "GetIncident",
+    assert admin == {"ListPolicies", "GetPolicy", "ValidatePolicy", "ApplyPolicy", "RollbackPolicy",
+                     "ListPolicyVersions", "ListTenants", "CreateApiKey", "RevokeApiKey", "ListApiKeys",
+                     "ListIncidents", "GetIncident",
                      "ResolveIncident", "CostReport", "ListExecutions", "GetExecution", "KillExecution",
                      "ListQuarantines", "LiftQuarantine", "ListSessions", "GetSession", "CloseSession"}

@@ -57,6 +57,7 @@ __all__ = [
     "PolicySnapshot",
     "PolicyVersion",
     "Role",
+    "RolledBackPolicy",
     "SessionEvent",
     "SessionInfo",
     "Severity",
@@ -104,6 +105,16 @@ class PolicyListing:
 
     def file(self, name: str) -> PolicyFile | None:
         return next((f for f in self.files if f.name == name), None)
+
+
+@dataclass(frozen=True)
+class RolledBackPolicy:
+    """The policy after a rollback."""
+
+    version: int
+    """The version now in force (a new one, unless the files were the current ones already)."""
+    rolled_back_to: int
+    tenants: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -408,6 +419,20 @@ class AdminClient:
             "ApplyPolicy", admin_pb2.ApplyPolicyRequest(file_name=file_name, text=text), timeout
         )
         return AppliedPolicy(version=response.version, tenants=tuple(response.tenants))
+
+    def rollback_policy(self, to_version: int, *, timeout: float | None = None) -> RolledBackPolicy:
+        """Make version ``to_version``'s files the whole policy again; in force when this returns, as a new
+        version recorded with who rolled back (the current version when its files are those already).
+
+        Raises:
+            InvalidRequestError: no such version in the history, or its files no longer load (a field
+                violation per problem). Nothing changed.
+        """
+        response: admin_pb2.RollbackPolicyResponse = self._call(
+            "RollbackPolicy", admin_pb2.RollbackPolicyRequest(to_version=to_version), timeout
+        )
+        return RolledBackPolicy(version=response.version, rolled_back_to=response.rolled_back_to,
+                                tenants=tuple(response.tenants))
 
     def list_policy_versions(self, limit: int = 50, *, timeout: float | None = None) -> tuple[PolicyVersion, ...]:
         """The latest ``limit`` policy versions (1 to 1000), newest first."""

@@ -1,6 +1,7 @@
 """``sandbox-admin``: the sandbox server's admin command line (install with ``pip install 'sandbox-client[cli]'``).
 
     sandbox-admin policies list | show [--version N] [--file NAME] | diff FILE | validate FILE [--offline] | apply FILE
+                       | rollback --to VERSION
     sandbox-admin tenants list
     sandbox-admin keys create --tenant T [--role admin] [--label L] | revoke KEY_ID | list [--tenant T]
     sandbox-admin incidents list [--open] [--tenant T] [--limit N] | show ID | resolve ID [--note TEXT]
@@ -96,7 +97,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-policies_app = typer.Typer(help="Tenant policies: list, show, diff, validate, apply.", no_args_is_help=True)
+policies_app = typer.Typer(help="Tenant policies: list, show, diff, validate, apply, rollback.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Tenants of the current policy.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys: create, revoke, list.", no_args_is_help=True)
 app.add_typer(policies_app, name="policies")
@@ -296,6 +297,23 @@ def policies_apply(ctx: typer.Context, path: PolicyPath) -> None:
         return
     tenants = ", ".join(applied.tenants) or "none"
     _stdout().print(Text(f"Applied {path.name}: policy version {applied.version} (tenants: {tenants})."))
+
+
+@policies_app.command("rollback")
+def policies_rollback(
+    ctx: typer.Context,
+    to: Annotated[int, typer.Option("--to", min=1, help="The version to go back to (see `policies show`).")],
+) -> None:
+    """Make version VERSION's files the whole policy again; in force at once, recorded as a new version."""
+    opts = _options(ctx)
+    with _server_call(opts), opts.client() as admin:
+        rolled = admin.rollback_policy(to)
+    if opts.json:
+        _print_json(asdict(rolled))
+        return
+    tenants = ", ".join(rolled.tenants) or "none"
+    _stdout().print(Text(f"Rolled back to version {rolled.rolled_back_to}: policy version {rolled.version} "
+                         f"(tenants: {tenants})."))
 
 
 # -- tenants ----------------------------------------------------------------------------------------------------

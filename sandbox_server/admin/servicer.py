@@ -73,6 +73,10 @@ class PolicyRegistryLike(Protocol):
         """Raises PolicyLoadError (nothing changed) for an invalid change."""
         ...
 
+    def replace_all(self, texts: Mapping[str, str], actor: str) -> PolicySetLike:
+        """Raises PolicyLoadError (nothing changed) for texts that do not load."""
+        ...
+
     @property
     def last_errors(self) -> Sequence[PolicyErrorLike]: ...
 
@@ -151,6 +155,30 @@ class AdminServicer:
             await self._record(new, who.actor)
         tenants = _tenants_in(new.sources.get(request.file_name, ""), known=new.tenants)
         return pb.ApplyPolicyResponse(version=new.version, tenants=tenants)
+
+    async def RollbackPolicy(
+        self, request: pb.RollbackPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RollbackPolicyResponse:
+        who = _require_admin()
+        if request.to_version <= 0:
+            raise InvalidRequest([FieldViolation("to_version", "must be a positive version number")])
+        found = await _run(self.versions.get, request.to_version)
+        if found is None:
+            raise InvalidRequest([FieldViolation("to_version", f"no policy version {request.to_version} in the "
+                                                               "history")])
+        actor = f"{who.actor} (rollback to version {found.version})"
+        before = self.registry.current()
+        try:
+            new = await _run(self.registry.replace_all, dict(found.texts), actor)
+        except PolicyLoadError as exc:
+            raise InvalidRequest([_violation(e) for e in exc.errors]) from exc
+        except OSError as exc:
+            log.error("rolling the policy back to version %d failed: %s", found.version, exc)
+            raise SandboxError(f"the policy files could not be written: {exc.strerror or exc}") from exc
+        if new is not before:
+            await self._record(new, actor)
+        return pb.RollbackPolicyResponse(version=new.version, rolled_back_to=found.version,
+                                         tenants=sorted(new.tenants))
 
     async def _record(self, new: PolicySetLike, actor: str) -> None:
         """Record the applied set in the history, unless it is there already (e.g. by the registry's change hook)."""
@@ -269,6 +297,7 @@ def admin_handler(servicer: AdminServicer) -> grpc.GenericRpcHandler:
         "GetPolicy": (servicer.GetPolicy, pb.GetPolicyRequest, pb.GetPolicyResponse),
         "ValidatePolicy": (servicer.ValidatePolicy, pb.ValidatePolicyRequest, pb.ValidatePolicyResponse),
         "ApplyPolicy": (servicer.ApplyPolicy, pb.ApplyPolicyRequest, pb.ApplyPolicyResponse),
+        "RollbackPolicy": (servicer.RollbackPolicy, pb.RollbackPolicyRequest, pb.RollbackPolicyResponse),
         "ListPolicyVersions": (
             servicer.ListPolicyVersions,
             pb.ListPolicyVersionsRequest,

@@ -184,6 +184,28 @@ class PolicyRegistry:
             self._write(file_name, text)
             return self._reload(actor)
 
+    def replace_all(self, texts: Mapping[str, str], actor: str) -> PolicySet:
+        """Make ``texts`` the whole directory (a rollback to a recorded version) and reload: a new version, like
+        any change, unless the texts are the current ones. Raises ``PolicyLoadError`` before writing anything if
+        they would not load; ``OSError`` if a file cannot be written."""
+        with self._lock:
+            bad = [e for name in texts for e in check_file_name(name)]
+            if bad:
+                raise PolicyLoadError(bad)
+            build_set(dict(texts), [], directory=str(self.directory), version=1)  # validates; nothing written yet
+            self._sync_files(texts)
+            return self._reload(actor)
+
+    def _sync_files(self, texts: Mapping[str, str]) -> None:
+        """The directory's policy files become exactly ``texts`` (names checked by the caller)."""
+        on_disk, _ = read_directory(self.directory)
+        for name in list_policy_files(self.directory):
+            if name not in texts:
+                os.unlink(self.directory / name)
+        for name, text in texts.items():
+            if on_disk.get(name) != text:
+                self._write(name, text)
+
     def adopt(self, version: int, texts: Mapping[str, str], actor: str) -> PolicySet:
         """Make ``texts`` the directory's files and the current set as ``version``: a version another server
         recorded in a shared store. A version not above the current one changes nothing; texts that do not
@@ -198,13 +220,7 @@ class PolicyRegistry:
             if bad:
                 raise PolicyLoadError(bad)
             new = build_set(dict(texts), [], directory=str(self.directory), version=version)
-            on_disk, _ = read_directory(self.directory)
-            for name in list_policy_files(self.directory):
-                if name not in texts:
-                    os.unlink(self.directory / name)
-            for name, text in texts.items():
-                if on_disk.get(name) != text:
-                    self._write(name, text)
+            self._sync_files(texts)
             self._seen = self._signature()
             self._current = new
             self.last_errors, self.last_error_at = (), None

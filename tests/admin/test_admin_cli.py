@@ -163,6 +163,25 @@ def test_policies_apply_an_invalid_file(runner: CliRunner, srv: AdminServer, fil
     assert srv.registry.current().version == 1
 
 
+def test_policies_rollback(runner: CliRunner, srv: AdminServer, files: dict[str, Path]) -> None:
+    # This fixture's server records applied versions only (no change hook): record the initial one as app.py does.
+    srv.versions.record(1, dict(srv.registry.current().sources), "initial load")
+    parsed(invoke(runner, srv, "policies", "apply", str(files["good"])))
+    assert (srv.policy_dir / "initech.yaml").exists()
+    rolled = parsed(invoke(runner, srv, "policies", "rollback", "--to", "1"))
+    # Version 1's files, whole: the file added since is gone, and the rollback is a version of its own.
+    assert rolled == {"version": 3, "rolled_back_to": 1, "tenants": ["acme", "globex"]}
+    assert not (srv.policy_dir / "initech.yaml").exists()
+    assert srv.registry.current().version == 3
+    v3 = parsed(invoke(runner, srv, "policies", "show", "--version", "3"))
+    assert v3["actor"] == f"acme/{srv.admin_key_id} (rollback to version 1)"
+    assert [f["name"] for f in v3["files"]] == [BASE_FILE]
+    human = invoke(runner, srv, "policies", "rollback", "--to", "9", json_out=False)
+    assert human.exit_code == EXIT_FAILURE
+    assert "no policy version 9" in human.stderr
+    assert srv.registry.current().version == 3
+
+
 def test_policies_versions_through_show(runner: CliRunner, srv: AdminServer, files: dict[str, Path]) -> None:
     parsed(invoke(runner, srv, "policies", "apply", str(files["good"])))
     v2 = parsed(invoke(runner, srv, "policies", "show", "--version", "2"))

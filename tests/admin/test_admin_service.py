@@ -108,6 +108,27 @@ def test_apply_replaces_a_file(admin: AdminClient) -> None:
     assert next(t for t in admin.list_tenants() if t.name == "acme").description == "Acme Corp"
 
 
+def test_rollback_makes_an_old_version_the_policy_as_a_new_version(admin: AdminClient, srv: AdminServer) -> None:
+    changed = BASE_TEXT.replace("Acme Corp", "Acme Corporation")
+    assert admin.apply_policy(BASE_FILE, changed).version == 2
+    assert admin.apply_policy("extra.yaml", EXTRA_TEXT).version == 3
+    rolled = admin.rollback_policy(2)
+    assert (rolled.version, rolled.rolled_back_to, rolled.tenants) == (4, 2, ("acme", "globex"))
+    assert srv.registry.current().version == 4
+    assert dict(srv.registry.current().sources) == {BASE_FILE: changed}
+    assert not (srv.policy_dir / "extra.yaml").exists()
+    recorded = admin.get_policy(4)
+    assert recorded.actor == f"acme/{srv.admin_key_id} (rollback to version 2)"
+    assert {f.name: f.text for f in recorded.files} == {BASE_FILE: changed}
+    # Rolling back to what is in force already changes nothing.
+    assert admin.rollback_policy(2).version == 4
+    for bad in (0, -1, 99):
+        with pytest.raises(InvalidRequestError) as caught:
+            admin.rollback_policy(bad)
+        assert [v.field for v in caught.value.field_violations] == ["to_version"]
+    assert srv.registry.current().version == 4
+
+
 def test_apply_an_invalid_file_is_refused_and_changes_nothing(admin: AdminClient, srv: AdminServer) -> None:
     with pytest.raises(InvalidRequestError) as caught:
         admin.apply_policy("extra.yaml", BAD_TEXT)
@@ -332,6 +353,7 @@ def test_the_client_module_api_is_pinned() -> None:
             "PolicySnapshot",
             "PolicyVersion",
             "Role",
+            "RolledBackPolicy",
             "SessionEvent",
             "SessionInfo",
             "Severity",

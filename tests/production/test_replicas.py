@@ -112,6 +112,20 @@ def test_a_policy_applied_on_one_replica_is_live_on_all_within_a_second(topology
     for replica in others:
         assert "applied on one replica" in (replica.policies / "default.yaml").read_text()
     assert took < 1.0
+    # A rollback on another replica is a version like any other: live on all within a second too.
+    with AdminClient(others[-1].target, api_key=None) as admin:
+        rolled = admin.rollback_policy(applied.version - 1)
+    assert rolled.version == applied.version + 1
+    listings = [AdminClient(r.target, api_key=None) for r in topology.replicas]
+    try:
+        assert _wait_for(lambda: all(a.list_policies().version == rolled.version for a in listings), 1.0) < 1.0
+        for a in listings:
+            file = a.get_policy().file("default.yaml")
+            assert file is not None
+            assert "applied on one replica" not in file.text
+    finally:
+        for a in listings:
+            a.close()
 
 
 def test_a_quarantine_is_enforced_by_every_replica_and_lifted_by_any(topology: Topology) -> None:

@@ -128,6 +128,22 @@ class ApplyPolicyResponse(_message.Message):
     tenants: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, version: _Optional[int] = ..., tenants: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class RollbackPolicyRequest(_message.Message):
+    __slots__ = ("to_version",)
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    to_version: int
+    def __init__(self, to_version: _Optional[int] = ...) -> None: ...
+
+class RollbackPolicyResponse(_message.Message):
+    __slots__ = ("version", "rolled_back_to", "tenants")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_TO_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    rolled_back_to: int
+    tenants: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., rolled_back_to: _Optional[int] = ..., tenants: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class PolicyVersion(_message.Message):
     __slots__ = ("version", "actor", "at", "files")
     VERSION_FIELD_NUMBER: _ClassVar[int]

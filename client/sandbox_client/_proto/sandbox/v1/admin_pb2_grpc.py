@@ -55,6 +55,11 @@ class AdminStub:
                 request_serializer=sandbox_dot_v1_dot_admin__pb2.ApplyPolicyRequest.SerializeToString,
                 response_deserializer=sandbox_dot_v1_dot_admin__pb2.ApplyPolicyResponse.FromString,
                 _registered_method=True)
+        self.RollbackPolicy = channel.unary_unary(
+                '/sandbox.v1.Admin/RollbackPolicy',
+                request_serializer=sandbox_dot_v1_dot_admin__pb2.RollbackPolicyRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_admin__pb2.RollbackPolicyResponse.FromString,
+                _registered_method=True)
         self.ListPolicyVersions = channel.unary_unary(
                 '/sandbox.v1.Admin/ListPolicyVersions',
                 request_serializer=sandbox_dot_v1_dot_admin__pb2.ListPolicyVersionsRequest.SerializeToString,
@@ -172,6 +177,16 @@ class AdminServicer:
         to the current one changes nothing and keeps the current version).
         An invalid file is INVALID_ARGUMENT with a BadRequest field violation per problem
         (field "<file>:<location>"), and nothing changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackPolicy(self, request, context):
+        """Makes a recorded version's files the whole policy again, in force at once as a new version: the rollback is
+        itself recorded, with who did it (files equal to the current ones change nothing and keep the version).
+        A version not in the history is INVALID_ARGUMENT (field "to_version"); so are files that no longer
+        validate (a field violation per problem), and then nothing changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -319,6 +334,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ApplyPolicy,
                     request_deserializer=sandbox_dot_v1_dot_admin__pb2.ApplyPolicyRequest.FromString,
                     response_serializer=sandbox_dot_v1_dot_admin__pb2.ApplyPolicyResponse.SerializeToString,
+            ),
+            'RollbackPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackPolicy,
+                    request_deserializer=sandbox_dot_v1_dot_admin__pb2.RollbackPolicyRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_admin__pb2.RollbackPolicyResponse.SerializeToString,
             ),
             'ListPolicyVersions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPolicyVersions,
@@ -515,6 +535,33 @@ class Admin:
             '/sandbox.v1.Admin/ApplyPolicy',
             sandbox_dot_v1_dot_admin__pb2.ApplyPolicyRequest.SerializeToString,
             sandbox_dot_v1_dot_admin__pb2.ApplyPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.Admin/RollbackPolicy',
+            sandbox_dot_v1_dot_admin__pb2.RollbackPolicyRequest.SerializeToString,
+            sandbox_dot_v1_dot_admin__pb2.RollbackPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,
