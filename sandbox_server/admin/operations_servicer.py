@@ -102,6 +102,8 @@ class OperationsServicer:
         problems = _id("id", request.id)
         if len(request.note) > MAX_NOTE_CHARS:
             problems.append(FieldViolation("note", f"longer than {MAX_NOTE_CHARS} characters"))
+        elif "\x00" in request.note:  # a database's text refuses it: bad input, never a failed write
+            problems.append(FieldViolation("note", "contains a NUL character"))
         _check(problems)
         found = await ops.incidents.resolve(request.id, who.actor, request.note)
         if found is None:

@@ -35,6 +35,7 @@ ADMIN_SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 
 DEFAULT_VERSIONS_LIMIT = 50
 MAX_VERSIONS_LIMIT = 1000
+MAX_FILTER_CHARS = 128  # a tenant or key id named in a request: printable, bounded (the stores refuse NUL)
 
 _ROLES: Mapping[pb.ApiKeyRole, Role] = {
     pb.API_KEY_ROLE_UNSPECIFIED: "tenant",
@@ -262,6 +263,8 @@ class AdminServicer:
         _require_admin()
         if not request.key_id:
             raise InvalidRequest([FieldViolation("key_id", "is required")])
+        if len(request.key_id) > MAX_FILTER_CHARS or not request.key_id.isprintable():
+            raise InvalidRequest([FieldViolation("key_id", f"at most {MAX_FILTER_CHARS} printable characters")])
         if await _run(self.keys.get, request.key_id) is None:
             raise InvalidRequest([FieldViolation("key_id", f"no API key {request.key_id!r}")])
         was_active = await _run(self.keys.revoke, request.key_id)
@@ -276,6 +279,8 @@ class AdminServicer:
         self, request: pb.ListApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListApiKeysResponse:
         _require_admin()
+        if len(request.tenant) > MAX_FILTER_CHARS or not request.tenant.isprintable():
+            raise InvalidRequest([FieldViolation("tenant", f"at most {MAX_FILTER_CHARS} printable characters")])
         found = await _run(self.keys.list, request.tenant or None)
         return pb.ListApiKeysResponse(keys=[_key_to_proto(k) for k in found])
 

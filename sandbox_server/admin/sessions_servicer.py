@@ -41,8 +41,8 @@ class AdminSessionsServicer:
         sessions = self._sessions()
         if request.limit < 0 or request.limit > MAX_LIMIT:
             raise InvalidRequest([FieldViolation("limit", f"0 (for {DEFAULT_LIMIT}) to {MAX_LIMIT}")])
-        if len(request.tenant) > MAX_ID_CHARS:
-            raise InvalidRequest([FieldViolation("tenant", f"at most {MAX_ID_CHARS} characters")])
+        if len(request.tenant) > MAX_ID_CHARS or not request.tenant.isprintable():
+            raise InvalidRequest([FieldViolation("tenant", f"at most {MAX_ID_CHARS} printable characters")])
         limit = request.limit or DEFAULT_LIMIT
         live = sessions.live(request.tenant or None, closing=True)
         out = [await self._live(s) for s in live[:limit]]
@@ -82,8 +82,8 @@ class AdminSessionsServicer:
 
 
 def _id(value: str) -> str:
-    if not value or len(value) > MAX_ID_CHARS:
-        raise InvalidRequest([FieldViolation("session_id", f"required, at most {MAX_ID_CHARS} characters")])
+    if not value or len(value) > MAX_ID_CHARS or not value.isprintable():
+        raise InvalidRequest([FieldViolation("session_id", f"required, at most {MAX_ID_CHARS} printable characters")])
     return value
 
 

@@ -345,6 +345,25 @@ def test_unknown_ids_are_not_found(ops_admin: AdminClient) -> None:
         assert missing.value.reason == "NOT_FOUND"
 
 
+def test_strings_a_database_cannot_hold_are_bad_input(ops_admin: AdminClient) -> None:
+    """PostgreSQL's text refuses NUL: every admin string that reaches a store is checked first, so a NUL is an
+    INVALID_ARGUMENT naming the field (never a failed write or an INTERNAL), whichever store the server uses."""
+    for call, field in (
+        (lambda: ops_admin.resolve_incident("inc_000000000000", note="a\x00b"), "note"),
+        (lambda: ops_admin.list_sessions("acme\x00"), "tenant"),
+        (lambda: ops_admin.get_session("ses_\x00"), "session_id"),
+        (lambda: ops_admin.close_session("ses_\x00"), "session_id"),
+        (lambda: ops_admin.list_api_keys("acme\x00"), "tenant"),
+        (lambda: ops_admin.revoke_api_key("key\x00"), "key_id"),
+        (lambda: ops_admin.list_executions(tenant="acme\x00"), "tenant"),
+        (lambda: ops_admin.cost_report(tenant="acme\x00"), "tenant"),
+        (lambda: ops_admin.list_incidents(tenant="acme\x00"), "tenant"),
+    ):
+        with pytest.raises(InvalidRequestError) as bad:
+            call()
+        assert [v.field for v in bad.value.field_violations] == [field]
+
+
 # --- costs -----------------------------------------------------------------------------------------------------
 
 
