@@ -151,7 +151,8 @@ class App:
         await self.incidents.start()
         budgeter = Budgeter(stores.costs, metrics, events=self.incidents)
         self.sessions = SessionManager(
-            settings, self.backend, stores.sessions, SnapshotArchive(settings.data_dir / "snapshots", stores.snapshots),
+            settings, self.backend, stores.sessions,
+            SnapshotArchive(settings.data_dir / "snapshots", stores.snapshots, stores.archives),
             self.admission, policies, budgeter, metrics, events=self.incidents)
         await self.sessions.start()
         self.servicer = SandboxServicer(settings, self.backend, self.admission, policies, budgeter, self.sessions)

@@ -3,7 +3,9 @@
 Innermost link: a request refused by validation, policy, guardrails or admission was never accepted and leaves
 no record (a bad request changes nothing). An accepted one gets its record whatever happens next: a result,
 a sandbox failure (``ERROR:<code>``), or the client going away (``CANCELLED``). A record that cannot be written
-fails the call (INTERNAL): the server never replies about an execution it could not record.
+fails the call (INTERNAL): the server never replies about an execution it could not record. A remote store
+(PostgreSQL) that is down gets OUTBOX_AFTER_S of retries; then the record is kept in its outbox on this server's
+disk (stores/outbox.py) before the reply, and moved into the database when it answers again.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ import grpc
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.context import Acceptance, current_acceptances, principal
-from sandbox_server.errors import SandboxError, SandboxFailure
+from sandbox_server.errors import SandboxError, SandboxFailure, StoreUnavailable
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
 from sandbox_server.stores.base import AuditRecord
-from sandbox_server.stores.outage import through_outage
+from sandbox_server.stores.outage import OUTAGE_RETRY_S, through_outage
 from sandbox_server.telemetry import current_trace_id
 
 log = logging.getLogger(__name__)
 
+OUTBOX_AFTER_S = 5.0
+"""With an outbox, how long a record waits for the database (a failover) before it is kept on disk instead."""
 AUDITED = frozenset({"/sandbox.v1.Sandbox/Execute", "/sandbox.v1.Sandbox/ExecuteStream"})
 
 
@@ -107,7 +111,15 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
                         raise  # a second record for one execution: a bug, never hidden
                     # else: committed by the attempt the outage cut off
 
-        await through_outage(write, f"audit record of {records[0].execution_id}")
+        defer = getattr(self.sink, "defer", None)  # a remote store's outbox (stores/outbox.py), if it has one
+        try:
+            await through_outage(write, f"audit record of {records[0].execution_id}",
+                                 OUTBOX_AFTER_S if defer is not None else OUTAGE_RETRY_S)
+        except StoreUnavailable:
+            if defer is None:
+                raise
+            for rec in records:  # one already committed is recognised when the outbox drains
+                await asyncio.to_thread(defer, rec)
 
     async def _ensure_writable(self) -> None:
         """A store that can be down without the server (PostgreSQL) is checked before anything runs: with it

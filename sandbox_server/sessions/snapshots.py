@@ -1,5 +1,6 @@
-"""Snapshots: a session's workspace (regular files only) saved durably under the data dir, and restored into a
-new session.
+"""Snapshots: a session's workspace (regular files only) saved durably, and restored into a new session. The
+archive's bytes are kept by an ArchiveStore: under the data dir (one server), or in the shared database, where a
+snapshot taken on one replica restores on any.
 
 Taking one: the files are listed and read through the session's agent (sessions/files.py: nothing of the
 sandbox is touched from the host), each is spooled to a private temp file, and the archive is written by the
@@ -27,7 +28,7 @@ from sandbox_server.errors import QuotaViolation, ResourceExhausted, SandboxFail
 from sandbox_server.sessions import files
 from sandbox_server.sessions.ids import new_snapshot_id
 from sandbox_server.sessions.sandbox import SessionSandbox
-from sandbox_server.stores.sessions import SnapshotRecord, SnapshotStore
+from sandbox_server.stores.sessions import ArchiveStore, LocalArchiveStore, SnapshotRecord, SnapshotStore
 from sandbox_server.validation.request import path_problem
 
 log = logging.getLogger(__name__)
@@ -42,16 +43,18 @@ class SnapshotLimits:
 
 
 class SnapshotArchive:
-    """The snapshots directory (``<data_dir>/snapshots``, private to the server) and its index."""
+    """Snapshots: their index, the store of their archives' bytes, and the directory (``<data_dir>/snapshots``,
+    private to the server) where archives are built and, with the local store, kept."""
 
-    def __init__(self, root: Path, index: SnapshotStore) -> None:
+    def __init__(self, root: Path, index: SnapshotStore, storage: ArchiveStore | None = None) -> None:
         self.root = root
         self.index = index
+        self.storage: ArchiveStore = storage if storage is not None else LocalArchiveStore(root)
 
     def setup(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, 0o700)
-        for stale in self.root.glob(".tmp-*"):  # a snapshot a crash cut short
+        for stale in [*self.root.glob(".tmp-*"), *self.root.glob(".fetch-*")]:  # what a crash cut short
             with contextlib.suppress(OSError):
                 stale.unlink()
 
@@ -100,10 +103,14 @@ class SnapshotArchive:
             record = SnapshotRecord(snapshot_id=snapshot_id, tenant=tenant, session_id=session_id, name=name,
                                     created_at=time.time(), size_bytes=size, files=count, skipped=skipped,
                                     file=final.name, sha256=digest.hexdigest())
-            os.rename(temp, final)
-            _fsync_dir(self.root)
-            if not await asyncio.to_thread(self.index.add, record, limits.max_count):
-                final.unlink()
+            await asyncio.to_thread(self.storage.put, final.name, temp)
+            try:
+                added = await asyncio.to_thread(self.index.add, record, limits.max_count)
+            except BaseException:
+                await asyncio.to_thread(self.storage.delete, final.name)
+                raise
+            if not added:
+                await asyncio.to_thread(self.storage.delete, final.name)
                 raise _too_many(tenant, limits.max_count)
             return record
         finally:
@@ -113,24 +120,25 @@ class SnapshotArchive:
     async def restore(self, record: SnapshotRecord) -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
         """The snapshot's files as (path, content chunks), each read from the archive as it is consumed; raises
         SandboxFailure for a damaged archive (checked whole, against its index entry, before the first file)."""
-        path = self.root / record.file
-        await asyncio.to_thread(_check_sum, path, record.sha256)
-        tar = await asyncio.to_thread(tarfile.open, path, "r:")
-        try:
-            while (member := await asyncio.to_thread(tar.next)) is not None:
-                if not member.isreg() or path_problem(member.name) is not None:
-                    raise SandboxFailure(f"snapshot {record.snapshot_id} holds an unexpected member")
-                handle = tar.extractfile(member)
-                if handle is None:
-                    raise SandboxFailure(f"snapshot {record.snapshot_id} is damaged")
-                yield member.name, _chunks(handle)
-        finally:
-            tar.close()
+        with self.storage.fetched(record.file, self.root) as path:
+            if path is None:
+                raise SandboxFailure(f"snapshot {record.snapshot_id}'s archive is missing")
+            await asyncio.to_thread(_check_sum, path, record.sha256)
+            tar = await asyncio.to_thread(tarfile.open, path, "r:")
+            try:
+                while (member := await asyncio.to_thread(tar.next)) is not None:
+                    if not member.isreg() or path_problem(member.name) is not None:
+                        raise SandboxFailure(f"snapshot {record.snapshot_id} holds an unexpected member")
+                    handle = tar.extractfile(member)
+                    if handle is None:
+                        raise SandboxFailure(f"snapshot {record.snapshot_id} is damaged")
+                    yield member.name, _chunks(handle)
+            finally:
+                tar.close()
 
     async def delete(self, record: SnapshotRecord) -> None:
         if await asyncio.to_thread(self.index.delete, record.snapshot_id):
-            with contextlib.suppress(FileNotFoundError):
-                (self.root / record.file).unlink()
+            await asyncio.to_thread(self.storage.delete, record.file)
 
 
 class _Hashing:
@@ -175,14 +183,6 @@ def _check_sum(path: Path, sha256: str) -> None:
 async def _chunks(handle: IO[bytes]) -> AsyncIterator[bytes]:
     while chunk := await asyncio.to_thread(handle.read, SPOOL_CHUNK):
         yield chunk
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _too_large(tenant: str, size: int, limit: int) -> ResourceExhausted:

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sandbox_server.stores.base import AuditStore, KeyStore, PolicyVersionStore
 from sandbox_server.stores.costs import CostStore
 from sandbox_server.stores.incidents import IncidentStore
-from sandbox_server.stores.sessions import SessionStore, SnapshotStore
+from sandbox_server.stores.sessions import ArchiveStore, SessionStore, SnapshotStore
 
 DB_NAME = "state.db"
 
@@ -27,6 +27,7 @@ class Stores:
     incidents: IncidentStore
     sessions: SessionStore
     snapshots: SnapshotStore
+    archives: ArchiveStore | None = None  # None: the snapshots directory under the data dir (one server)
     where: str = ""
     _close_backing: Callable[[], None] | None = None
 
@@ -42,7 +43,7 @@ def open_stores(data_dir: Path, database_url: str | None = None) -> Stores:
     """Open (creating if needed) every store: in ``data_dir``/state.db, or in the PostgreSQL database at
     ``database_url`` (its schema brought up to date). On failure nothing stays open."""
     if database_url is not None:
-        return _open_postgres(database_url)
+        return _open_postgres(database_url, data_dir)
     from sandbox_server.stores.sqlite import SqliteAuditStore, SqliteKeyStore, SqlitePolicyVersionStore
     from sandbox_server.stores.sqlite_costs import SqliteCostStore
     from sandbox_server.stores.sqlite_incidents import SqliteIncidentStore
@@ -73,7 +74,8 @@ def open_stores(data_dir: Path, database_url: str | None = None) -> Stores:
                   snapshots=snapshots, where=str(path))
 
 
-def _open_postgres(url: str) -> Stores:
+def _open_postgres(url: str, data_dir: Path) -> Stores:
+    from sandbox_server.stores.outbox import FILE_NAME, AuditOutbox, OutboxAuditStore
     from sandbox_server.stores.postgres import (
         PostgresAuditStore,
         PostgresDatabase,
@@ -82,16 +84,28 @@ def _open_postgres(url: str) -> Stores:
     )
     from sandbox_server.stores.postgres_costs import PostgresCostStore
     from sandbox_server.stores.postgres_incidents import PostgresIncidentStore
-    from sandbox_server.stores.postgres_sessions import PostgresSessionStore, PostgresSnapshotStore
+    from sandbox_server.stores.postgres_sessions import (
+        PostgresArchiveStore,
+        PostgresSessionStore,
+        PostgresSnapshotStore,
+    )
 
     db = PostgresDatabase(url)
     try:
-        return Stores(keys=PostgresKeyStore(db), versions=PostgresPolicyVersionStore(db), audit=PostgresAuditStore(db),
+        # Records the database cannot take during a long outage wait on this server's disk (stores/outbox.py).
+        audit = OutboxAuditStore(PostgresAuditStore(db), AuditOutbox(data_dir / FILE_NAME))
+    except BaseException:
+        db.close()
+        raise
+    try:
+        return Stores(keys=PostgresKeyStore(db), versions=PostgresPolicyVersionStore(db), audit=audit,
                       costs=PostgresCostStore(db), incidents=PostgresIncidentStore(db),
                       sessions=PostgresSessionStore(db), snapshots=PostgresSnapshotStore(db),
+                      archives=PostgresArchiveStore(db),
                       where=f"{redacted(url)} (PostgreSQL, schema version {db.schema_version})",
                       _close_backing=db.close)
     except BaseException:
+        audit.close()
         db.close()
         raise
 

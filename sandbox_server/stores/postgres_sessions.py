@@ -8,6 +8,11 @@ snapshots for one tenant at once never keep more than its ``max_count``.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -24,6 +29,7 @@ from sandbox_server.stores.sessions import (
     session_record,
 )
 
+ARCHIVE_CHUNK = 1024 * 1024
 SNAPSHOT_LOCK = 0x534E4150  # the advisory lock space of SnapshotStore.add: (SNAPSHOT_LOCK, hashtext(tenant))
 _Conn = psycopg.Connection[Any]
 
@@ -150,3 +156,42 @@ class PostgresSnapshotStore(PostgresStore):
     def count(self, tenant: str) -> int:
         self._check_open()
         return int(self.db.read("SELECT COUNT(*) FROM snapshots WHERE tenant = %s", (tenant,))[0][0])
+
+
+class PostgresArchiveStore(PostgresStore):
+    """Snapshot archives' bytes in PostgreSQL, in chunks of ARCHIVE_CHUNK bytes. Thread-safe."""
+
+    def put(self, name: str, source: Path) -> None:
+        self._check_open()
+        with self.db.transaction() as conn, open(source, "rb") as f:
+            conn.execute("DELETE FROM snapshot_archives WHERE name = %s", (name,))
+            seq = 0
+            while chunk := f.read(ARCHIVE_CHUNK):
+                conn.execute("INSERT INTO snapshot_archives (name, seq, data) VALUES (%s, %s, %s)",
+                             (name, seq, chunk))
+                seq += 1
+            if seq == 0:  # an empty archive still exists
+                conn.execute("INSERT INTO snapshot_archives (name, seq, data) VALUES (%s, 0, %s)", (name, b""))
+
+    @contextlib.contextmanager
+    def fetched(self, name: str, spool: Path) -> Iterator[Path | None]:
+        self._check_open()
+        fd, temp = tempfile.mkstemp(prefix=".fetch-", dir=spool)
+        try:
+            found = False
+            with os.fdopen(fd, "wb") as out:
+                seq = 0
+                while rows := self.db.read("SELECT data FROM snapshot_archives WHERE name = %s AND seq = %s",
+                                           (name, seq)):
+                    out.write(bytes(rows[0][0]))
+                    found = True
+                    seq += 1
+            yield Path(temp) if found else None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+
+    def delete(self, name: str) -> None:
+        self._check_open()
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM snapshot_archives WHERE name = %s", (name,))

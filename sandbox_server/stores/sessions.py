@@ -2,7 +2,8 @@
 
 A live session is a sandbox in one server process; the store keeps what must outlive it: who created it and
 when, how and why it ended (the lifecycle audit trail: one event per created, closed, snapshot, restore, file
-change), and the index of snapshots (their files live under the data dir). A server that starts closes the
+change), the index of snapshots, and their archives' bytes (under the data dir, or in the shared database). A
+server that starts closes the
 records its predecessor left open (its sessions died with it), so a restarted server answers for them with a
 clear NOT_FOUND.
 """
@@ -10,8 +11,12 @@ clear NOT_FOUND.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -146,6 +151,49 @@ class SnapshotStore(Protocol):
     def count(self, tenant: str) -> int: ...
 
     def close(self) -> None: ...
+
+
+class ArchiveStore(Protocol):
+    """Where snapshot archives' bytes are kept, by file name (``SnapshotRecord.file``): the server's data
+    directory (one server), or the shared database (replicas: a snapshot taken on one restores on any)."""
+
+    def put(self, name: str, source: Path) -> None:
+        """Keep ``source``'s bytes under ``name``, durably when this returns; ``source`` is the caller's to
+        remove (it may be gone: a local store moves it into place)."""
+        ...
+
+    def fetched(self, name: str, spool: Path) -> AbstractContextManager[Path | None]:
+        """A readable local file with the bytes kept under ``name`` for the block (a copy in ``spool``, removed
+        after, when they are not local), or None when none are kept."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Forget the bytes under ``name`` (nothing when none are kept)."""
+        ...
+
+
+class LocalArchiveStore:
+    """Archives as files in one directory (``<data_dir>/snapshots``), private to the server. Thread-safe."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def put(self, name: str, source: Path) -> None:
+        os.rename(source, self.root / name)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)  # the rename itself survives a crash
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def fetched(self, name: str, spool: Path) -> Iterator[Path | None]:
+        path = self.root / name
+        yield path if path.is_file() and not path.is_symlink() else None
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / name).unlink()
 
 
 def session_record(row: tuple[Any, ...]) -> SessionRecord:

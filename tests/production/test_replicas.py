@@ -209,6 +209,24 @@ def test_a_session_is_one_kernel_and_workspace_wherever_its_calls_land(topology:
         client.close()
 
 
+def test_a_snapshot_taken_on_one_replica_restores_on_another(topology: Topology) -> None:
+    first, second = topology.replicas[0], topology.replicas[2]
+    with SandboxClient(first.target, timeout=60) as one:
+        session = one.session()
+        session.files.upload("notes/plan.txt", b"kept across replicas\n")
+        snapshot = session.snapshot("before the move")
+        session.close()
+    # Its archive is in the shared database, not in the first replica's data directory.
+    assert not list((first.data / "snapshots").glob("*.tar"))
+    with SandboxClient(second.target, timeout=60) as other:
+        restored = other.session(snapshot_id=snapshot.id)
+        assert restored.files.download("notes/plan.txt") == b"kept across replicas\n"
+        restored.close()
+        assert snapshot.id in [s.id for s in other.list_snapshots()]
+        other.delete_snapshot(snapshot.id)
+        assert snapshot.id not in [s.id for s in other.list_snapshots()]
+
+
 def test_a_session_whose_replica_is_gone_says_so(topology: Topology) -> None:
     with SandboxClient(topology.balancer.target, timeout=60) as sbx:
         session = sbx.session()

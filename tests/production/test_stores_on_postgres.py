@@ -126,6 +126,43 @@ def test_an_execution_running_through_a_database_restart_keeps_its_record(tmp_pa
         stores.close()
 
 
+def test_an_execution_outlasting_the_database_keeps_its_record_through_the_outbox(tmp_path: Path,
+                                                                                  postgres: Postgres) -> None:
+    """The database stays away longer than a failover: the record waits in the server's outbox on disk (the
+    reply does not wait for the database), and moves into the database, once, when it is back."""
+    url = postgres.create_database()
+    try:
+        with server_with_policy(tmp_path, "", database_url=url) as srv, \
+                SandboxClient(srv.target, retry=None, timeout=120) as sbx, ThreadPoolExecutor(1) as pool:
+            audit = srv.app.stores.audit  # type: ignore[union-attr]
+            running = pool.submit(sbx.execute, "import time\ntime.sleep(1.0)\nprint('done')",
+                                  limits=Limits(wall_time_s=10))
+            time.sleep(0.5)
+            postgres.halt()
+            deadline = time.monotonic() + 20
+            while audit.outbox.count() == 0:  # type: ignore[attr-defined]
+                assert time.monotonic() < deadline, "the record never reached the outbox"
+                time.sleep(0.1)
+            execution_id = audit.outbox.oldest()[0].execution_id  # type: ignore[attr-defined]
+            assert audit.get(execution_id) is not None  # found while it waits
+            postgres.resume()
+            result = running.result(timeout=60)  # its charge waited for the database; then the reply
+            assert (result.status, result.stdout, result.execution_id) == ("OK", "done\n", execution_id)
+            deadline = time.monotonic() + 20
+            while audit.outbox.count():  # type: ignore[attr-defined]
+                assert time.monotonic() < deadline, "the outbox never drained"
+                time.sleep(0.1)
+    finally:
+        if not postgres.started:
+            postgres.resume()
+    stores = open_stores(tmp_path / "unused", url)
+    try:
+        assert stores.audit.get(result.execution_id) is not None
+        assert stores.audit.count() == 1
+    finally:
+        stores.close()
+
+
 def test_a_password_never_reaches_a_banner_or_log() -> None:
     assert redacted("postgresql://app:s3cret@db.internal:5432/sandbox") == "postgresql://app:***@db.internal:5432/sandbox"
     assert redacted("postgresql://app@127.0.0.1/sandbox") == "postgresql://app@127.0.0.1/sandbox"

@@ -3,6 +3,7 @@ database of the test's own, on the server the tests start)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,8 +13,14 @@ from typing import Any
 import pytest
 
 from sandbox_server.stores.postgres import PostgresDatabase
-from sandbox_server.stores.postgres_sessions import PostgresSessionStore, PostgresSnapshotStore
+from sandbox_server.stores.postgres_sessions import (
+    PostgresArchiveStore,
+    PostgresSessionStore,
+    PostgresSnapshotStore,
+)
 from sandbox_server.stores.sessions import (
+    ArchiveStore,
+    LocalArchiveStore,
     SessionEnd,
     SessionEvent,
     SessionRecord,
@@ -178,3 +185,45 @@ def test_snapshot_listing_pages_newest_first(snapshots: SnapshotStore) -> None:
     rest = snapshots.list("acme", limit=10, before=(first[-1].created_at, first[-1].snapshot_id))
     assert [r.snapshot_id for r in rest] == ["s2", "s1", "s0"]
     assert snapshots.list("other") == []
+
+
+# --- the archives' bytes: the data dir, or the shared database ---------------------------------------------------
+
+@pytest.fixture(params=["local", "postgres"])
+def archives(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ArchiveStore]:
+    if request.param == "postgres":
+        store = PostgresArchiveStore(PostgresDatabase(request.getfixturevalue("postgres").create_database()),
+                                     owns=True)
+        try:
+            yield store
+        finally:
+            store.close()
+    else:
+        (tmp_path / "kept").mkdir()
+        yield LocalArchiveStore(tmp_path / "kept")
+
+
+def test_an_archive_is_kept_fetched_replaced_and_deleted(archives: ArchiveStore, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    big = os.urandom(2 * 1024 * 1024 + 123)  # more than one chunk, not a whole number of them
+    for name, content in (("a.tar", big), ("empty.tar", b"")):
+        source = tmp_path / f"source-{name}"
+        source.write_bytes(content)
+        archives.put(name, source)
+        with archives.fetched(name, spool) as path:
+            assert path is not None
+            assert path.read_bytes() == content
+    with archives.fetched("missing.tar", spool) as path:
+        assert path is None
+    replaced = tmp_path / "replaced"
+    replaced.write_bytes(b"v2")
+    archives.put("a.tar", replaced)
+    with archives.fetched("a.tar", spool) as path:
+        assert path is not None
+        assert path.read_bytes() == b"v2"
+    archives.delete("a.tar")
+    archives.delete("a.tar")  # idempotent
+    with archives.fetched("a.tar", spool) as path:
+        assert path is None
+    assert not list(spool.iterdir()), "a fetched copy outlived its block"
