@@ -14,6 +14,7 @@ from production_helpers import server_with_policy
 
 from sandbox_client import Limits, ResourceExhaustedError, SandboxClient, UnavailableError
 from sandbox_server.stores.embedded import open_stores, redacted
+from sandbox_server.stores.outbox import OutboxAuditStore
 
 
 def test_every_record_lands_in_postgres_and_none_in_sqlite(tmp_path: Path, postgres: Postgres) -> None:
@@ -134,22 +135,24 @@ def test_an_execution_outlasting_the_database_keeps_its_record_through_the_outbo
     try:
         with server_with_policy(tmp_path, "", database_url=url) as srv, \
                 SandboxClient(srv.target, retry=None, timeout=120) as sbx, ThreadPoolExecutor(1) as pool:
-            audit = srv.app.stores.audit  # type: ignore[union-attr]
+            assert srv.app.stores is not None
+            audit = srv.app.stores.audit
+            assert isinstance(audit, OutboxAuditStore)  # a remote store has an outbox
             running = pool.submit(sbx.execute, "import time\ntime.sleep(1.0)\nprint('done')",
                                   limits=Limits(wall_time_s=10))
             time.sleep(0.5)
             postgres.halt()
             deadline = time.monotonic() + 20
-            while audit.outbox.count() == 0:  # type: ignore[attr-defined]
+            while audit.outbox.count() == 0:
                 assert time.monotonic() < deadline, "the record never reached the outbox"
                 time.sleep(0.1)
-            execution_id = audit.outbox.oldest()[0].execution_id  # type: ignore[attr-defined]
+            execution_id = audit.outbox.oldest()[0].execution_id
             assert audit.get(execution_id) is not None  # found while it waits
             postgres.resume()
             result = running.result(timeout=60)  # its charge waited for the database; then the reply
             assert (result.status, result.stdout, result.execution_id) == ("OK", "done\n", execution_id)
             deadline = time.monotonic() + 20
-            while audit.outbox.count():  # type: ignore[attr-defined]
+            while audit.outbox.count():
                 assert time.monotonic() < deadline, "the outbox never drained"
                 time.sleep(0.1)
     finally:
