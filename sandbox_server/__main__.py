@@ -64,6 +64,8 @@ def serve(
     = None,
     metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus metrics at /metrics (0: any port)")]
     = None,
+    console_port: Annotated[int | None, typer.Option(
+        help="serve the operators' web console on this port (0: any port; docs/console.md) [default: off]")] = None,
     otlp_endpoint: Annotated[str | None, typer.Option(help="OTLP/gRPC collector for spans")] = None,
     log_format: Annotated[LogFormat | None, typer.Option(help="json lines or text [default: json]")] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ... [default: INFO]")] = None,
@@ -76,7 +78,7 @@ def serve(
             host=host, port=port, backend=backend, config_file=config, max_running=max_running,
             max_queued=max_queued, state_dir=state_dir, cgroup_fallback=cgroup_fallback,
             policies_dir=policies_dir, data_dir=data_dir, database_url=database_url, redis_url=redis_url,
-            advertise_address=advertise_address, metrics_port=metrics_port,
+            advertise_address=advertise_address, metrics_port=metrics_port, console_port=console_port,
             otlp_endpoint=otlp_endpoint,
             log_format=log_format, log_level=log_level.upper() if log_level else None, wheelhouse=wheelhouse,
         )
@@ -206,6 +208,7 @@ def _banner(app: App) -> None:
                  f"(a Python kernel each; see docs/sessions.md)")
     metrics = f"http://{s.metrics_host}:{app.metrics_port}/metrics" if app.metrics_port is not None else "off"
     lines.append(f"  metrics: {metrics}")
+    lines.append(f"  console: {app.console.describe() if app.console is not None else 'off'}")
     lines.append(f"  traces: {'OTLP to ' + s.otlp_endpoint if s.otlp_endpoint else 'not exported'}")
     incidents = "on" + (" (webhook alerts)" if s.incidents.webhook_url else "") if s.incidents.enabled else "OFF"
     lines.append(f"  incident response: {incidents}")

@@ -1,9 +1,9 @@
 """Composition root: builds the backend, admission, servicer and server from Settings; owns start/stop order.
 
 Start: backend (reaps leftovers of a crash, probes the host) -> host-pressure sampler -> sessions (closes the
-records a crash left open) -> server (port bound) -> health SERVING.
-Stop: health NOT_SERVING and admission closed -> server drains in-flight calls up to the grace period, then
-cancels the rest -> every session closed -> backend waits for every teardown.
+records a crash left open) -> server (port bound) -> the web console, with console_port -> health SERVING.
+Stop: the web console -> health NOT_SERVING and admission closed -> server drains in-flight calls up to the grace
+period, then cancels the rest -> every session closed -> backend waits for every teardown.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import gc
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -50,6 +50,9 @@ from sandbox_server.stores.embedded import Stores, open_stores
 from sandbox_server.stores.sqlite import record_version
 from sandbox_server.telemetry import ExecutionMetrics, Telemetry, build_telemetry
 
+if TYPE_CHECKING:
+    from sandbox_server.console import Console
+
 log = logging.getLogger(__name__)
 
 SHARED_REFRESH_S = 1.0
@@ -82,6 +85,8 @@ class App:
         self.policy_sync: PolicySync | None = None
         self.session_registry: SessionRegistry | None = None
         self.forward: ForwardInterceptor | None = None
+        self.console: Console | None = None  # the operators' web console, with console_port
+        self.console_port: int | None = None
 
     def _open_stores_and_policies(self) -> tuple[Stores, PolicyRegistry]:
         """Raises PolicyLoadError: the server does not start on a policy directory that does not validate."""
@@ -129,6 +134,12 @@ class App:
             self.telemetry.shutdown()
             self.stores.close()
             raise
+        if self.settings.console_port is not None:
+            try:
+                await self._start_console()
+            except BaseException:
+                await self.stop(grace_s=0)
+                raise
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)  # type: ignore[union-attr]
         # What start-up built (modules, gRPC, telemetry, policies: ~100k objects) lives as long as the server: out
@@ -203,9 +214,21 @@ class App:
         self.egress.server_ports.update(p for p in (self.port, self.metrics_port) if p)
         await self.server.start()
 
+    async def _start_console(self) -> None:
+        """After the gRPC server: every console action is an Admin API call to it."""
+        from sandbox_server.console import Console  # Starlette, uvicorn and Jinja2 load only when it is on
+
+        self.console = Console(self.settings, self.port)
+        await self.console.start()
+        self.console_port = self.console.port
+        if self.egress is not None:
+            self.egress.server_ports.add(self.console.port)  # no sandbox's proxy may reach it either
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: refuse new work, let in-flight executions finish (up to the grace period), tear down."""
         grace = self.settings.drain_timeout_s if grace_s is None else grace_s
+        if self.console is not None:
+            await self.console.stop()  # its actions are Admin API calls: it goes before the server drains
         self.admission.close()
         gc.unfreeze()  # what start() froze becomes collectable again once this server lets go of it
         if self.health is not None:

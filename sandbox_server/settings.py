@@ -279,6 +279,10 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="serve Prometheus metrics at /metrics; 0: any free port")
     metrics_host: str = Field(default=DEFAULT_HOST, description="address of the metrics endpoint")
+    console_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="serve the operators' web console (docs/console.md); none: off; 0: any free port")
+    console_host: str = Field(default=DEFAULT_HOST, description="address of the web console (loopback by default)")
     incidents: IncidentSettings = IncidentSettings()
     idempotency_window_s: float = Field(
         default=600.0, gt=0, description="how long a completed response is kept for retries with its key")

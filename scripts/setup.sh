@@ -27,9 +27,11 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 # postgresql and redis-server: the tests start throwaway servers of their own (tests/postgres_server.py,
 # tests/redis_server.py) for the stores and the state replicas share; haproxy balances the tests' replicas
 # (tests/haproxy_server.py). None of them is started here.
+# chromium: the web console's tests (tests/console) drive Debian's browser headless through Playwright, pointed at
+# this executable, so Playwright never downloads a browser of its own.
 APT_PACKAGES=(python3 python3-venv python3-pip nodejs bash ca-certificates iproute2 procps util-linux perl
     docker.io debootstrap tar openssl prometheus python3-seccomp gcc libc6-dev postgresql redis-server haproxy
-    python3-numpy python3-pandas python3-matplotlib python3-ipykernel python3-jupyter-client)
+    python3-numpy python3-pandas python3-matplotlib python3-ipykernel python3-jupyter-client chromium)
 # Paths the jails (and this script) rely on, beyond "the package is installed".
 REQUIRED_PATHS=(/usr/bin/python3 /usr/bin/node /bin/bash /usr/lib/python3/dist-packages/ipykernel)
 
