@@ -19,9 +19,12 @@ echo "test: ruff check ."
 echo "test: mypy --strict (scripts/typecheck.sh)"
 bash scripts/typecheck.sh
 
-echo "test: pytest -q $*"
+# Two workers (pytest-xdist): the suite mostly waits on sandboxes, so two pytest processes use both cores of
+# a 2-core host. TEST_WORKERS=0 runs it in one process. tests/conftest.py keeps every dockerd test on one worker.
+workers="${TEST_WORKERS:-2}"
+echo "test: pytest -q -n $workers $*"
 rc=0
-.venv/bin/pytest -q "$@" || rc=$?
+.venv/bin/pytest -q -n "$workers" "$@" || rc=$?
 if ((rc == 5)); then
     echo "test: error: pytest collected no tests; failing" >&2
     exit 1

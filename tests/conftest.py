@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +31,37 @@ ROOTFS = Path("/var/lib/sandbox-server/rootfs/bookworm")
 def pytest_configure(config: pytest.Config) -> None:
     if os.geteuid() != 0:
         raise pytest.UsageError("the test suite runs real jails and must run as root")
+
+
+# scripts/test.sh runs the suite on two pytest-xdist workers. The tests' dockerd has fixed paths, so only one may
+# run: every test that needs it goes to one worker. xdist's scheduler sees node ids only, so the rule is on node
+# ids (the backend in the parameters, or the Docker backend's own module), and collection checks that it finds
+# every test whose fixtures start dockerd (the nsjail-rootfs backend builds its root filesystem with it too).
+DOCKERD_NODEID = re.compile(r"test_docker\.py::|[\[-](docker|nsjail-rootfs)[\]-]")
+
+
+def _needs_dockerd(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    values = {str(v) for v in callspec.params.values()} if callspec is not None else set()
+    return "dockerd" in getattr(item, "fixturenames", ()) or bool(values & {"docker", "nsjail-rootfs"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missed = [item.nodeid for item in items if _needs_dockerd(item) and not DOCKERD_NODEID.search(item.nodeid)]
+    if missed:
+        raise pytest.UsageError(f"tests that start dockerd but that DOCKERD_NODEID does not name: {missed[:5]}")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class DockerdOnOneWorker(LoadScopeScheduling):  # type: ignore[misc]
+        """Each test is its own unit of work, but those that need dockerd are one unit together."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return "dockerd" if DOCKERD_NODEID.search(nodeid) else nodeid
+
+    return DockerdOnOneWorker(config, log)
 
 
 @pytest.fixture(scope="session")
