@@ -208,7 +208,8 @@ def _docker_leftovers(server: RunningServer, backend: DockerBackend) -> list[str
     out = [f"container {c['Id'][:12]} {c['State']}" for c in found
            if c["Id"] not in pooled and not {n.removeprefix("/sandbox-") for n in c.get("Names") or ()} & pooled]
     if backend.cgroups is not None:
-        for d in backend.cgroups.hierarchy.dirs():
+        # Ours, and runc's parents in the hierarchies we do not manage (blkio, devices, ...): both are ours to remove.
+        for d in [*backend.cgroups.hierarchy.dirs(), *backend._unmanaged]:
             if d.exists():
                 out += [f"cgroup {p}" for p in d.iterdir() if p.is_dir() and p.name not in cgroups]
     return out

@@ -50,6 +50,37 @@ class Hierarchy:
         return sorted(set(self.parents.values()))
 
 
+def unmanaged_dirs(hierarchy: Hierarchy, parent: str, mountinfo: Path = Path("/proc/self/mountinfo")) -> list[Path]:
+    """``parent`` in every cgroup mount (v1 or v2) ``hierarchy`` does not use. A container runtime given a cgroup
+    parent makes it in each of them (blkio, devices, freezer, name=systemd, ...), and removes only its own
+    container's cgroup there: the directories between are ours to remove."""
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return []
+    ours = {d.parent for d in hierarchy.dirs()}
+    found: list[Path] = []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(fields) > 4 and rfields and rfields[0] in ("cgroup", "cgroup2"):
+            mount = Path(fields[4])
+            if mount not in ours:
+                found.append(mount / parent)
+    return sorted(set(found))
+
+
+def remove_empty_below(directory: Path) -> None:
+    """Remove the cgroups below ``directory``, deepest first, that hold no process (rmdir refuses the others).
+    cgroupfs holds directories and its own control files only: nothing a sandbox could plant."""
+    if not directory.is_dir():
+        return
+    for sub in reversed(_tree(directory)):
+        if sub != directory:
+            with contextlib.suppress(OSError):
+                sub.rmdir()
+
+
 def detect(parent: str, mountinfo: Path = Path("/proc/self/mountinfo")) -> Hierarchy:
     """Find a usable hierarchy (v2 preferred when it has the controllers, else v1); raise CgroupsUnavailable."""
     v1: dict[str, Path] = {}

@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import docker
@@ -45,7 +46,15 @@ import requests.exceptions
 from docker.types import LogConfig, Ulimit
 
 from sandbox_server.backends.base import Backend, with_egress
-from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager, CgroupsUnavailable, detect
+from sandbox_server.backends.cgroups import (
+    Cgroup,
+    CgroupLimits,
+    CgroupManager,
+    CgroupsUnavailable,
+    detect,
+    remove_empty_below,
+    unmanaged_dirs,
+)
 from sandbox_server.backends.outcome import finish, watchdog
 from sandbox_server.backends.sandbox_init import (
     DOCKER_INIT,
@@ -229,6 +238,7 @@ class DockerBackend(Backend):
         self.problem = "not started"
         self.missing_images: list[str] = []
         self.cgroups: CgroupManager | None = None
+        self._unmanaged: list[Path] = []  # our parent in the hierarchies we do not manage (see start)
         self._pool: dict[str, deque[_Container]] = {}
         self._live: set[str] = set()
         self._runs: dict[str, _Run] = {}  # running executions by id, for kill()
@@ -244,6 +254,11 @@ class DockerBackend(Backend):
             hierarchy = detect(f"sandbox-docker-{self.owner}")
             self.cgroups = CgroupManager(hierarchy)
             self.cgroups.setup()
+            # runc makes each container's cgroup parent in every mounted hierarchy, ours or not; in the others
+            # the per-execution directories are ours to remove (what a crash left, now).
+            self._unmanaged = unmanaged_dirs(hierarchy, f"sandbox-docker-{self.owner}")
+            for directory in self._unmanaged:
+                remove_empty_below(directory)
         except CgroupsUnavailable as exc:
             self.cgroups = None
             log.warning("Docker backend without per-execution cgroups (%s): CPU time and peak memory are "
@@ -331,6 +346,10 @@ class DockerBackend(Backend):
         if self.cgroups is not None:
             self.cgroups.reap()
             self.cgroups.remove_parents()
+        for directory in self._unmanaged:
+            remove_empty_below(directory)
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         self._executor.shutdown(wait=True)
 
     # ---- one execution ----------------------------------------------------------------------------------
@@ -696,6 +715,10 @@ class DockerBackend(Backend):
                 await asyncio.sleep(0.01)
             else:
                 problems.append("per-execution cgroup still busy")
+            name = container.cgroup.dirs()[0].name
+            for directory in self._unmanaged:  # runc removed the container's own cgroup there, not ours
+                with contextlib.suppress(OSError):
+                    (directory / name).rmdir()
         if problems:
             log.error("teardown left: %s", "; ".join(problems))
             raise SandboxFailure("container teardown failed: " + "; ".join(problems),

@@ -110,6 +110,42 @@ def test_pool_never_hands_out_a_used_container(docker_server: RunningServer) -> 
             seen.add(container_id)
 
 
+def test_no_cgroup_is_left_in_the_hierarchies_we_do_not_manage(dockerd: Dockerd, backend_policies: Path) -> None:
+    """runc makes each container's cgroup parent (our per-execution cgroup) in every mounted hierarchy, blkio,
+    devices, freezer and the rest included, and removes only the container's own cgroup: the per-execution
+    directories there are the backend's to remove, after every execution and, for a crash's, at start."""
+    with server_in_thread(backend="docker", docker_host=dockerd.host, max_running=2, docker_pool_size=1,
+                          policies_dir=backend_policies) as srv:
+        backend = srv.app.backend
+        assert isinstance(backend, DockerBackend)
+        assert backend.cgroups is not None
+        if not backend._unmanaged:
+            pytest.skip("one cgroup hierarchy only (cgroup v2): nothing outside it")
+        def pooled() -> set[str]:
+            return {c.cgroup.dirs()[0].name for q in backend._pool.values() for c in q if c.cgroup is not None}
+
+        def left() -> list[str]:
+            spared = pooled()
+            return [str(p) for d in backend._unmanaged if d.exists() for p in d.iterdir()
+                    if p.is_dir() and p.name not in spared]
+
+        assert _wait(lambda: bool(pooled()), 30)
+        # The runtime does make them there: a pooled container's directory is in every one of those hierarchies.
+        assert all((d / name).is_dir() for d in backend._unmanaged for name in pooled())
+        with SandboxClient(srv.target, timeout=60) as sbx:
+            for language in ("python", "bash", "python"):
+                assert sbx.execute("echo hi" if language == "bash" else "print('hi')", language=language).ok
+        assert _wait(lambda: not left(), 10), left()
+        unmanaged, settings = list(backend._unmanaged), srv.settings
+    assert not any(d.exists() for d in unmanaged), "the parents outlived the backend's close"
+    # What a crash leaves there (empty per-execution directories) goes at the next start.
+    planted = [d / f"crash-{uuid.uuid4().hex[:8]}" for d in unmanaged]
+    for d in planted:
+        d.mkdir(parents=True)
+    with server_in_thread(settings):
+        assert not any(d.exists() for d in planted)
+
+
 @contextlib.contextmanager
 def _program_started_at_go(backend: DockerBackend) -> Iterator[None]:
     """The backend's containers exec the Python interpreter at "go" (a cold start, as for other languages)
