@@ -119,12 +119,7 @@ def test_an_execution_running_through_a_database_restart_keeps_its_record(tmp_pa
     finally:
         if not postgres.started:
             postgres.resume()
-    stores = open_stores(tmp_path / "unused", url)
-    try:
-        assert stores.audit.get(result.execution_id) is not None
-        assert stores.audit.count() == 1
-    finally:
-        stores.close()
+    _recorded_once(tmp_path, url, result.execution_id)
 
 
 def test_an_execution_outlasting_the_database_keeps_its_record_through_the_outbox(tmp_path: Path,
@@ -158,9 +153,14 @@ def test_an_execution_outlasting_the_database_keeps_its_record_through_the_outbo
     finally:
         if not postgres.started:
             postgres.resume()
+    _recorded_once(tmp_path, url, result.execution_id)
+
+
+def _recorded_once(tmp_path: Path, url: str, execution_id: str) -> None:
+    """The database holds the execution's record, and no other."""
     stores = open_stores(tmp_path / "unused", url)
     try:
-        assert stores.audit.get(result.execution_id) is not None
+        assert stores.audit.get(execution_id) is not None
         assert stores.audit.count() == 1
     finally:
         stores.close()
