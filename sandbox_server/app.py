@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FLEET_SESSIONS_PREFIX = "sandbox:sessions:"  # Redis: each tenant's live sessions on every replica
 SHARED_REFRESH_S = 1.0
 """With a shared database, how stale another server's quarantine may be here at most (unless configured lower)."""
 
@@ -84,6 +85,7 @@ class App:
         self.concurrency: RedisConcurrency | None = None
         self.policy_sync: PolicySync | None = None
         self.session_registry: SessionRegistry | None = None
+        self.fleet_sessions: RedisConcurrency | None = None
         self.forward: ForwardInterceptor | None = None
         self.console: Console | None = None  # the operators' web console, with console_port
         self.console_port: int | None = None
@@ -183,6 +185,8 @@ class App:
             # The address is known once the port is bound (below); no session exists before.
             self.session_registry = SessionRegistry(self.redis, settings.advertise_address or "")
             self.sessions.registry = self.session_registry
+            self.fleet_sessions = RedisConcurrency(self.redis, prefix=FLEET_SESSIONS_PREFIX)
+            self.sessions.fleet_sessions = self.fleet_sessions
             self.forward = ForwardInterceptor(self.session_registry, self.sessions, forward_credentials(settings))
         self.idempotency = IdempotencyInterceptor(
             settings.idempotency_window_s, settings.idempotency_max_bytes, settings.idempotency_grace_s,
@@ -251,6 +255,8 @@ class App:
                     await self.concurrency.aclose()
                 if self.session_registry is not None:
                     await self.session_registry.aclose()
+                if self.fleet_sessions is not None:
+                    await self.fleet_sessions.aclose()
                 if self.forward is not None:
                     await self.forward.aclose()
                 if self.redis is not None:

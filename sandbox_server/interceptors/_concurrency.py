@@ -123,8 +123,10 @@ class _RedisSlot:
 class RedisConcurrency:
     """Counts in Redis (see the module docstring). ``client``: a redis.asyncio.Redis."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, prefix: str = KEY_PREFIX) -> None:
+        """``prefix``: the keys' namespace (one per kind of slot: executions in flight, live sessions)."""
         self._client = client
+        self._prefix = prefix
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._held: dict[str, _RedisSlot] = {}
@@ -134,7 +136,7 @@ class RedisConcurrency:
     async def acquire(self, tenant: str, limit: int | None) -> tuple[Slot | None, int]:
         member = uuid.uuid4().hex
         async with asyncio.timeout(OP_TIMEOUT_S):
-            admitted, count = await self._acquire(keys=[KEY_PREFIX + tenant],
+            admitted, count = await self._acquire(keys=[self._prefix + tenant],
                                                   args=["" if limit is None else limit, member, int(LEASE_S * 1000)])
         if not admitted:
             return None, int(count)
@@ -156,7 +158,7 @@ class RedisConcurrency:
     async def _remove(self, slot: _RedisSlot) -> None:
         try:
             async with asyncio.timeout(OP_TIMEOUT_S):
-                await self._client.zrem(KEY_PREFIX + slot.tenant, slot.member)
+                await self._client.zrem(self._prefix + slot.tenant, slot.member)
         except Exception as exc:  # its lease ends it anyway, LEASE_S at most
             log.warning("could not free a concurrency slot of tenant %r in Redis (its lease expires): %r",
                         slot.tenant, exc)
@@ -169,7 +171,7 @@ class RedisConcurrency:
                 continue
             try:
                 async with asyncio.timeout(OP_TIMEOUT_S):
-                    await self._renew(keys=[KEY_PREFIX + s.tenant for s in held],
+                    await self._renew(keys=[self._prefix + s.tenant for s in held],
                                       args=[int(LEASE_S * 1000), *(s.member for s in held)])
             except Exception as exc:
                 log.warning("could not renew %d concurrency leases in Redis: %r", len(held), exc)

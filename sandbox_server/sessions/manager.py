@@ -35,10 +35,12 @@ from sandbox_server.errors import (
     QuotaViolation,
     ResourceExhausted,
     SandboxFailure,
+    SharedStateUnavailable,
 )
 from sandbox_server.execution.admission import Admission
 from sandbox_server.execution.runtimes import BASE_ENV
 from sandbox_server.execution.spec import ExecutionResult, ExecutionSpec, OutputCallback, SessionSpec, Status
+from sandbox_server.interceptors._concurrency import Concurrency, Slot
 from sandbox_server.policy.caller import TenantPolicies
 from sandbox_server.policy.models import TenantPolicy
 from sandbox_server.sessions import files
@@ -134,6 +136,7 @@ class LiveSession:
     close_reason: str = ""
     closed_at: float = 0.0
     closing: asyncio.Task[None] | None = None
+    slot: Slot | None = None  # replicas: its place in the tenant's live sessions, counted in Redis
     peak_memory_bytes: int = 0
     final_cost: float | None = None  # once closed: what it cost in all
 
@@ -193,8 +196,10 @@ class SessionManager:
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
-        # Replicas (redis_url): where other servers look up which server holds a session.
+        # Replicas (redis_url): where other servers look up which server holds a session, and the tenant's live
+        # sessions counted across every server (sessions.max_active holds for the whole fleet).
         self.registry: SessionRegistry | None = None
+        self.fleet_sessions: Concurrency | None = None
 
     # ---- life of the manager -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -312,6 +317,38 @@ class SessionManager:
                     QuotaViolation("server/sessions", f"at most {self.settings.max_sessions} live sessions")],
                 retry_after_s=SERVER_FULL_RETRY_S)
         self.admission.check_host_pressure()  # a pooled sandbox too: the session will grow in it
+        slot = await self._fleet_slot(tenant, policy)
+        try:
+            session = await self._create_held(params, tenant, key_id, policy)
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
+        session.slot = slot
+        return session
+
+    async def _fleet_slot(self, tenant: str, policy: TenantPolicy) -> Slot | None:
+        """With replicas, a place among the tenant's live sessions on every server (None without replicas).
+        Raises ResourceExhausted at the limit, SharedStateUnavailable when the count cannot be read."""
+        if self.fleet_sessions is None:
+            return None
+        limit = policy.sessions.max_active
+        try:
+            slot, count = await self.fleet_sessions.acquire(tenant, limit)
+        except Exception as exc:
+            log.error("live sessions of tenant %r cannot be counted: %r", tenant, exc)
+            raise SharedStateUnavailable("the count of live sessions is unavailable; retry later",
+                                         retry_after_s=SERVER_FULL_RETRY_S) from exc
+        if slot is None:
+            raise ResourceExhausted(
+                f"tenant {tenant!r} has {count} live sessions, its limit (close one first)", violations=[
+                    QuotaViolation(f"tenant:{tenant}/sessions.max_active",
+                                   f"at most {limit} live sessions at once")],
+                retry_after_s=None)
+        return slot
+
+    async def _create_held(self, params: SessionParams, tenant: str, key_id: str,
+                           policy: TenantPolicy) -> LiveSession:
         session_id = new_session_id()
         if self.budgeter is not None:
             await self.budgeter.check(tenant, policy, session_id)
@@ -426,6 +463,8 @@ class SessionManager:
             cpu_s = 0.0
         finally:
             self._live.pop(session.id, None)
+            if session.slot is not None:
+                session.slot.release()
         if self.registry is not None:
             await self.registry.release(session.id)
         await self._charge_held(session, closing=True)

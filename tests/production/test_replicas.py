@@ -29,7 +29,13 @@ from production_helpers import metric
 from redis_server import Redis
 from replica_processes import Replica, policy_text, running_replicas
 
-from sandbox_client import PermissionDeniedError, SandboxClient, SandboxError, SessionNotFoundError
+from sandbox_client import (
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    SandboxClient,
+    SandboxError,
+    SessionNotFoundError,
+)
 from sandbox_client.admin import AdminClient
 from sandbox_server.stores.incidents import MitigationSpec
 from sandbox_server.stores.postgres import PostgresAuditStore, PostgresDatabase
@@ -207,6 +213,30 @@ def test_a_session_is_one_kernel_and_workspace_wherever_its_calls_land(topology:
         assert not [k for k in client.scan_iter("sandbox:session-owner:*") if session.id.encode() in k]
     finally:
         client.close()
+
+
+def test_a_tenants_live_sessions_are_counted_across_every_replica(topology: Topology) -> None:
+    """sessions.max_active is the tenant's limit for the fleet, not for each server (counted in Redis)."""
+    first, second, third = topology.replicas
+    listings = [AdminClient(r.target, api_key=None) for r in topology.replicas]
+    try:
+        before = listings[0].list_policies().version
+        applied = listings[0].apply_policy("default.yaml", policy_text("sessions: {max_active: 2}"))
+        _wait_for(lambda: all(a.list_policies().version == applied.version for a in listings), 2.0)
+        with SandboxClient(first.target, retry=None) as one, SandboxClient(second.target, retry=None) as two, \
+                SandboxClient(third.target, retry=None) as three:
+            kept = [one.session(), two.session()]
+            with pytest.raises(ResourceExhaustedError) as refused:
+                three.session()  # a server with no session of the tenant refuses the third
+            assert [v.subject for v in refused.value.quota_violations] == ["tenant:default/sessions.max_active"]
+            kept[0].close()  # a place is free again, on every server
+            again = three.session()
+            again.close()
+            kept[1].close()
+        listings[2].rollback_policy(before)
+    finally:
+        for a in listings:
+            a.close()
 
 
 def test_a_snapshot_taken_on_one_replica_restores_on_another(topology: Topology) -> None:
