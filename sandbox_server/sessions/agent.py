@@ -68,10 +68,17 @@ WRAPPER = 'cd /work || exit 126; echo 1000 > /proc/self/oom_score_adj 2>/dev/nul
 # stderr back-pressure: ipykernel buffers what a cell writes until its I/O thread flushes (every 0.2 s), so a
 # tight printing loop would grow that buffer by hundreds of MB first; here a writer past 1 MiB waits for the
 # flush, and the output limit stops the call long before memory is at stake.
+# Drains the file-descriptor capture before a call ends. What a cell writes to fd 1 or 2 itself (os.write, a
+# subprocess) goes through a pipe that a thread of ipykernel reads and turns into output of whichever call is
+# current when it gets to it: on a loaded host that was the next call (a call's output showing up in the next
+# one). Here each call, once run, writes a random mark into both pipes and waits (2 s at most) until the reading
+# thread has reached it, so everything before it is this call's; the thread also decodes UTF-8 split across
+# reads, which ipykernel's own did not.
 KERNEL_LAUNCHER = (
     "import sys\n"
     "sys.modules['debugpy'] = None\n"
-    "from ipykernel import iostream\n"
+    "import codecs, os, threading\n"
+    "from ipykernel import iostream, ipkernel\n"
     "_write = iostream.OutStream.write\n"
     "def write(self, string):\n"
     "    n = _write(self, string)\n"
@@ -80,6 +87,48 @@ KERNEL_LAUNCHER = (
     "        self.flush()\n"
     "    return n\n"
     "iostream.OutStream.write = write\n"
+    "MARK = b'\\0sandbox-drain-' + os.urandom(12).hex().encode() + b'\\0'\n"
+    "def watch(self):\n"
+    "    self._drained = threading.Event()\n"
+    "    decode = codecs.getincrementaldecoder('utf-8')('replace').decode\n"
+    "    held = b''\n"
+    "    def emit(data):\n"
+    "        if data:\n"
+    "            text = decode(data)\n"
+    "            if text:\n"
+    "                self.write(text)\n"
+    "            os.write(self._original_stdstream_copy, data)\n"
+    "    try:\n"
+    "        while self._should_watch:\n"
+    "            bts = os.read(self._fid, 65536)\n"
+    "            if not bts:\n"
+    "                break\n"
+    "            data = held + bts\n"
+    "            while MARK in data:\n"
+    "                before, data = data.split(MARK, 1)\n"
+    "                emit(before)\n"
+    "                self._drained.set()\n"
+    "            keep = len(MARK) - 1\n"
+    "            cut = max(0, len(data) - keep)\n"
+    "            while cut < len(data) and not MARK.startswith(data[cut:]):\n"
+    "                cut += 1\n"
+    "            emit(data[:cut])\n"
+    "            held = data[cut:]\n"
+    "    except Exception:\n"
+    "        self._exc = sys.exc_info()\n"
+    "iostream.OutStream._watch_pipe_fd = watch\n"
+    "_do_execute = ipkernel.IPythonKernel.do_execute\n"
+    "async def do_execute(self, *args, **kwargs):\n"
+    "    reply = await _do_execute(self, *args, **kwargs)\n"
+    "    for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):\n"
+    "        drained = getattr(stream, '_drained', None)\n"
+    "        if drained is not None and getattr(stream, '_should_watch', False):\n"
+    "            drained.clear()\n"
+    "            os.write(fd, MARK)\n"
+    "            drained.wait(2.0)\n"
+    "        stream.flush()\n"
+    "    return reply\n"
+    "ipkernel.IPythonKernel.do_execute = do_execute\n"
     "from ipykernel.kernelapp import IPKernelApp\n"
     "IPKernelApp.launch_instance()\n"
 )

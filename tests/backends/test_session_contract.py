@@ -72,6 +72,20 @@ def test_globals_imports_functions_and_open_files_persist(s: Session) -> None:
     assert s.run("open('log.txt').read()").value == "'ab'"
 
 
+def test_what_a_call_writes_to_its_file_descriptors_is_that_calls_output(s: Session) -> None:
+    """os.write and subprocesses bypass sys.stdout: ipykernel reads their pipe in a thread of its own, and what it
+    had not read when the call ended went to the next call (seen on a loaded host, where that thread lags; a quiet
+    one rarely shows it). Each call now ends with that pipe drained; UTF-8 split across reads stays whole."""
+    big = "import os, subprocess\nos.write(1, b'A' * 900000 + '\u00e9'.encode() * 3000)\n" \
+          "os.write(2, b'E' * 50000)\nsubprocess.run(['echo', 'from-a-child'])"
+    for _ in range(3):
+        first = s.run(big)
+        assert first.stdout == "A" * 900000 + "\u00e9" * 3000 + "from-a-child\n"
+        assert first.stderr == "E" * 50000
+        second = s.run("print('only mine')")
+        assert (second.stdout, second.stderr) == ("only mine\n", "")
+
+
 def test_the_last_expression_is_the_value_and_statements_have_none(s: Session) -> None:
     assert s.run("'text'").value == "'text'"
     assert s.run("None").value == ""
