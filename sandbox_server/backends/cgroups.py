@@ -265,7 +265,13 @@ class Cgroup:
             return _keyed(mem / "memory.oom_control").get("oom_kill", 0)
         total = 0
         for directory, subdirs, _ in os.walk(mem):  # cgroupfs: directories the kernel made; no links followed
-            total += _keyed(Path(directory) / "memory.oom_control").get("oom_kill", 0)
+            try:
+                total += _keyed(Path(directory) / "memory.oom_control").get("oom_kill", 0)
+            except OSError as exc:
+                # A cgroup below ours being removed (ENODEV: a container runtime tearing its own down as its
+                # processes end); a container's OOM kill there is also in dockerd's OOMKilled.
+                if exc.errno != errno.ENODEV or Path(directory) == mem:
+                    raise
             del subdirs[64:]  # a bound, should a cgroup ever hold many
         return total
 
