@@ -27,7 +27,7 @@ from sandbox_server.execution.runtimes import RUNTIMES
 from sandbox_server.execution.spec import ExecutionSpec
 from sandbox_server.settings import LIMIT_FLOORS, RequestCaps, Settings
 from sandbox_server.testing import RunningServer, private_settings
-from sandbox_server.validation.request import RESERVED_ENV, build_spec
+from sandbox_server.validation.request import RESERVED_ENV, admin_name, build_spec
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -456,3 +456,22 @@ def test_build_spec_returns_a_spec_or_raises_invalid_request(req: pb.ExecuteRequ
     for file in spec.files:
         assert not file.path.startswith("/")
         assert ".." not in file.path.split("/")
+
+
+@pytest.mark.parametrize("value", ["acme", "team one", "k_9f2c", "é" * 128])
+def test_an_admin_name_may_be_any_printable_text_up_to_the_id_bound(value: str) -> None:
+    assert admin_name("tenant", value) == []
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "line\nbreak", "tab\there", "\x7f", "x" * 129])
+def test_an_admin_name_with_a_control_character_or_too_long_is_refused_naming_its_field(value: str) -> None:
+    (violation,) = admin_name("session_id", value)
+    assert violation.field == "session_id"
+    assert "printable" in violation.description
+
+
+def test_an_empty_admin_name_is_no_filter_unless_it_is_required() -> None:
+    assert admin_name("tenant", "") == []
+    (violation,) = admin_name("key_id", "", required=True)
+    assert violation.field == "key_id"
+    assert violation.description == "is required"

@@ -29,12 +29,12 @@ from sandbox_server.execution.servicer import RunningExecution
 from sandbox_server.stores.base import AuditRecord
 from sandbox_server.stores.costs import CostRow, GroupBy
 from sandbox_server.stores.incidents import IncidentRecord, MitigationRecord, Severity
+from sandbox_server.validation.request import admin_name
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 1000
-MAX_ID_CHARS = 128
 """Ids (incidents, mitigations, executions) and filters (tenant, session) longer than this are refused."""
 MAX_NOTE_CHARS = 1000
 """A resolution note is kept in the incident's details; the store keeps detail values this long at most."""
@@ -83,13 +83,13 @@ class OperationsServicer:
         self, request: pb.ListIncidentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListIncidentsResponse:
         _, ops = self._ops()
-        limit = _limit(request.limit, _filter("tenant", request.tenant))
+        limit = _limit(request.limit, admin_name("tenant", request.tenant))
         found = await ops.incidents.list(request.open_only, request.tenant or None, limit)
         return pb.ListIncidentsResponse(incidents=[_incident(i) for i in found])
 
     async def GetIncident(self, request: pb.GetIncidentRequest, context: grpc.aio.ServicerContext) -> pb.Incident:
         _, ops = self._ops()
-        _check(_id("id", request.id))
+        _check(admin_name("id", request.id, required=True))
         found = await ops.incidents.get(request.id)
         if found is None:
             raise _not_found("incident", request.id)
@@ -99,7 +99,7 @@ class OperationsServicer:
         self, request: pb.ResolveIncidentRequest, context: grpc.aio.ServicerContext
     ) -> pb.Incident:
         who, ops = self._ops()
-        problems = _id("id", request.id)
+        problems = admin_name("id", request.id, required=True)
         if len(request.note) > MAX_NOTE_CHARS:
             problems.append(FieldViolation("note", f"longer than {MAX_NOTE_CHARS} characters"))
         elif "\x00" in request.note:  # a database's text refuses it: bad input, never a failed write
@@ -117,7 +117,7 @@ class OperationsServicer:
         self, request: pb.CostReportRequest, context: grpc.aio.ServicerContext
     ) -> pb.CostReportResponse:
         _, ops = self._ops()
-        problems = _filter("tenant", request.tenant)
+        problems = admin_name("tenant", request.tenant)
         group_by = _GROUP_BY.get(request.group_by)
         if group_by is None:
             problems.append(FieldViolation("group_by", f"unknown grouping {request.group_by}"))
@@ -138,7 +138,7 @@ class OperationsServicer:
         """The running executions and the audit trail's, merged newest first (by start), ``limit`` in all."""
         _, ops = self._ops()
         limit = _limit(
-            request.limit, [*_filter("tenant", request.tenant), *_filter("session_id", request.session_id)]
+            request.limit, [*admin_name("tenant", request.tenant), *admin_name("session_id", request.session_id)]
         )
         now = time.time()
         live = [
@@ -162,7 +162,7 @@ class OperationsServicer:
     async def GetExecution(self, request: pb.GetExecutionRequest, context: grpc.aio.ServicerContext) -> pb.Execution:
         """The live state while it runs (outcome RUNNING, no ``ended_at``), else its audit record."""
         _, ops = self._ops()
-        _check(_id("execution_id", request.execution_id))
+        _check(admin_name("execution_id", request.execution_id, required=True))
         running = ops.executions.running.get(request.execution_id)
         if running is not None:
             return _live_execution(running, time.time())
@@ -175,7 +175,7 @@ class OperationsServicer:
         self, request: pb.KillExecutionRequest, context: grpc.aio.ServicerContext
     ) -> pb.KillExecutionResponse:
         who, ops = self._ops()
-        _check(_id("execution_id", request.execution_id))
+        _check(admin_name("execution_id", request.execution_id, required=True))
         if not ops.executions.kill(request.execution_id):
             raise NotFound(
                 f"no running execution {request.execution_id!r} on this server (unknown, or it has ended)",
@@ -197,7 +197,7 @@ class OperationsServicer:
         self, request: pb.LiftQuarantineRequest, context: grpc.aio.ServicerContext
     ) -> pb.Mitigation:
         who, ops = self._ops()
-        _check(_id("id", request.id))
+        _check(admin_name("id", request.id, required=True))
         found = await ops.incidents.lift(request.id, who.actor)
         if found is None:
             raise _not_found("mitigation", request.id)
@@ -225,16 +225,6 @@ def _limit(requested: int, problems: list[FieldViolation]) -> int:
     return limit
 
 
-def _id(field: str, value: str) -> list[FieldViolation]:
-    if not value:
-        return [FieldViolation(field, "is required")]
-    return _filter(field, value)
-
-
-def _filter(field: str, value: str) -> list[FieldViolation]:
-    if len(value) > MAX_ID_CHARS or not value.isprintable():
-        return [FieldViolation(field, f"at most {MAX_ID_CHARS} printable characters")]
-    return []
 
 
 def _epoch(field: str, stamp: timestamp_pb2.Timestamp, problems: list[FieldViolation]) -> float | None:

@@ -28,6 +28,7 @@ from sandbox_server.execution.servicer import MalformedRequest, ensure_request, 
 from sandbox_server.policy.loader import PolicyLoadError
 from sandbox_server.policy.models import TenantPolicy
 from sandbox_server.stores.base import MAX_LABEL_CHARS, KeyRecord, KeyStore, PolicyVersionStore, Role
+from sandbox_server.validation.request import admin_name
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ ADMIN_SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 
 DEFAULT_VERSIONS_LIMIT = 50
 MAX_VERSIONS_LIMIT = 1000
-MAX_FILTER_CHARS = 128  # a tenant or key id named in a request: printable, bounded (the stores refuse NUL)
 
 _ROLES: Mapping[pb.ApiKeyRole, Role] = {
     pb.API_KEY_ROLE_UNSPECIFIED: "tenant",
@@ -261,10 +261,8 @@ class AdminServicer:
         self, request: pb.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.RevokeApiKeyResponse:
         _require_admin()
-        if not request.key_id:
-            raise InvalidRequest([FieldViolation("key_id", "is required")])
-        if len(request.key_id) > MAX_FILTER_CHARS or not request.key_id.isprintable():
-            raise InvalidRequest([FieldViolation("key_id", f"at most {MAX_FILTER_CHARS} printable characters")])
+        if problems := admin_name("key_id", request.key_id, required=True):
+            raise InvalidRequest(problems)
         if await _run(self.keys.get, request.key_id) is None:
             raise InvalidRequest([FieldViolation("key_id", f"no API key {request.key_id!r}")])
         was_active = await _run(self.keys.revoke, request.key_id)
@@ -279,8 +277,8 @@ class AdminServicer:
         self, request: pb.ListApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListApiKeysResponse:
         _require_admin()
-        if len(request.tenant) > MAX_FILTER_CHARS or not request.tenant.isprintable():
-            raise InvalidRequest([FieldViolation("tenant", f"at most {MAX_FILTER_CHARS} printable characters")])
+        if problems := admin_name("tenant", request.tenant):
+            raise InvalidRequest(problems)
         found = await _run(self.keys.list, request.tenant or None)
         return pb.ListApiKeysResponse(keys=[_key_to_proto(k) for k in found])
 

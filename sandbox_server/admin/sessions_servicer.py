@@ -16,10 +16,10 @@ from sandbox_server.errors import BackendUnavailable, FieldViolation, InvalidReq
 from sandbox_server.sessions.manager import ADMIN, LiveSession, SessionManager
 from sandbox_server.sessions.servicer import finish_closed, session_to_proto, timestamp
 from sandbox_server.stores.sessions import SessionEvent, SessionRecord
+from sandbox_server.validation.request import admin_name
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
-MAX_ID_CHARS = 128
 
 
 class AdminSessionsServicer:
@@ -41,8 +41,8 @@ class AdminSessionsServicer:
         sessions = self._sessions()
         if request.limit < 0 or request.limit > MAX_LIMIT:
             raise InvalidRequest([FieldViolation("limit", f"0 (for {DEFAULT_LIMIT}) to {MAX_LIMIT}")])
-        if len(request.tenant) > MAX_ID_CHARS or not request.tenant.isprintable():
-            raise InvalidRequest([FieldViolation("tenant", f"at most {MAX_ID_CHARS} printable characters")])
+        if problems := admin_name("tenant", request.tenant):
+            raise InvalidRequest(problems)
         limit = request.limit or DEFAULT_LIMIT
         live = sessions.live(request.tenant or None, closing=True)
         out = [await self._live(s) for s in live[:limit]]
@@ -82,8 +82,8 @@ class AdminSessionsServicer:
 
 
 def _id(value: str) -> str:
-    if not value or len(value) > MAX_ID_CHARS or not value.isprintable():
-        raise InvalidRequest([FieldViolation("session_id", f"required, at most {MAX_ID_CHARS} printable characters")])
+    if problems := admin_name("session_id", value, required=True):
+        raise InvalidRequest(problems)
     return value
 
 

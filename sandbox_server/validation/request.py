@@ -116,6 +116,17 @@ def check_id(value: str, name: str, bad: _Bad) -> None:
         bad(FieldViolation(name, f"at most {MAX_ID_CHARS} printable ASCII characters, no spaces"))
 
 
+def admin_name(field: str, value: str, *, required: bool = False) -> list[FieldViolation]:
+    """A tenant, key or session id an admin request names (a filter or a target): at most MAX_ID_CHARS printable
+    characters. Looser than check_id (spaces pass, as in a tenant's name), but never NUL or another control
+    character, which PostgreSQL's text refuses and no stored name holds."""
+    if not value:
+        return [FieldViolation(field, "is required")] if required else []
+    if len(value) > MAX_ID_CHARS or not value.isprintable():
+        return [FieldViolation(field, f"at most {MAX_ID_CHARS} printable characters")]
+    return []
+
+
 def _utf8(data: bytes, field: str, bad: _Bad) -> None:
     try:
         data.decode("utf-8")
