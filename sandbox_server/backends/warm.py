@@ -529,12 +529,17 @@ class WarmPython:
         except BaseException:
             self.sizer.finished()
             raise
+        # In flight until PID 1's report, not until the teardown after the reply: a burst right after another
+        # must not find the last one's teardowns counted and lift the pool's target above the real load.
+        if jail.reported():  # it ended while it was being handed over
+            self.sizer.finished()
+        else:
+            jail.on_report = self.sizer.finished
         jail.on_close = self._ended
         return jail
 
     def _ended(self) -> None:
-        """An execution's jail is closed: one fewer in flight, and the pool made whole (see _launch)."""
-        self.sizer.finished()
+        """An execution's jail is closed: the pool made whole (see _launch)."""
         if not self._closed:
             self._refill()
 
@@ -652,6 +657,7 @@ class WarmJail(Jail):
         self._reports: asyncio.Task[None] | None = None
         self._reported = asyncio.Event()  # PID 1's report is in (or the status pipe's EOF came without one)
         self.on_close: Callable[[], None] | None = None  # told once, when the jail is closed
+        self.on_report: Callable[[], None] | None = None  # told once, at PID 1's report or the close before it
 
     def __str__(self) -> str:
         return f"warm sandbox (PID 1 = host pid {self.init_pid})"
@@ -695,9 +701,15 @@ class WarmJail(Jail):
                 if len(self._report) < REPORT_CAP:
                     self._report += chunk[: REPORT_CAP - len(self._report)]
                 if b"\n" in self._report:  # one short write, so whole: "<code> <signal>\n"
-                    self._reported.set()
+                    self._report_in()
         finally:
-            self._reported.set()
+            self._report_in()
+
+    def _report_in(self) -> None:
+        self._reported.set()
+        on_report, self.on_report = self.on_report, None
+        if on_report is not None:
+            on_report()
 
     def running(self) -> bool:
         return self._reports is not None and not self._reports.done()
@@ -755,6 +767,9 @@ class WarmJail(Jail):
         for transport in self._transports:
             transport.close()
         self._ready.close()
+        on_report, self.on_report = self.on_report, None
+        if on_report is not None:  # closed without a report (a set-up failure, a kill before it)
+            on_report()
         on_close, self.on_close = self.on_close, None
         if on_close is not None:
             on_close()

@@ -438,14 +438,10 @@ def test_pool_grows_to_the_load_and_a_burst_finds_it_ready(backend_policies: Pat
                                                    for _ in range(4))))
 
         assert [r.stdout for r in asyncio.run(burst())] == ["ok\n"] * 4
-        wait_for_ready(warm_py, 4)
-        # The pool may be whole before the first burst's teardowns have run (they follow the replies), and an
-        # execution counts as in flight until its teardown: a burst started before then would be a fifth to
-        # eighth in flight, and the pool would grow past four
-        deadline = time.monotonic() + 20
-        while warm_py.sizer.in_flight and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # An execution is in flight until its report, which its reply waits for; its teardown, after the reply,
+        # no longer counts (a burst started then would have counted as a fifth to eighth, and grown the pool)
         assert warm_py.sizer.in_flight == 0
+        wait_for_ready(warm_py, 4)
         forks = warm_py.zygote.forks if warm_py.zygote else 0
         launched = warm_py.launched
         assert [r.stdout for r in asyncio.run(burst())] == ["ok\n"] * 4
