@@ -9,6 +9,7 @@
     │   ├── QueueFull                 the admission queue is full
     │   └── HostPressure              the host is short of memory or tasks: new work is shed
     ├── BackendUnavailable            UNAVAILABLE + ErrorInfo + RetryInfo
+    │   └── SandboxGone               the sandbox's process ended while it was being set up
     └── SandboxFailure                INTERNAL + ErrorInfo: the sandbox could not be set up or torn down
 
 The errors interceptor turns any of these into a status with rich details; anything else that escapes a
@@ -58,6 +59,17 @@ class SandboxError(Exception):
         return status_pb2.Status(
             code=_rpc_code(self.code), message=self.message, details=self.details()
         )
+
+
+class RelayedStatus(SandboxError):
+    """The status another server answered a call relayed to it with (interceptors/forward.py). The forward link
+    passes that status on unchanged; this names its code and reason to the telemetry link, which would
+    otherwise take the abort for a fault of this server."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
 
 
 class InvalidRequest(SandboxError):
@@ -200,6 +212,13 @@ class StoreUnavailable(BackendUnavailable):
     """The durable store (PostgreSQL) cannot be reached: nothing that needs it runs (fails closed)."""
 
     reason = "STORE_UNAVAILABLE"
+
+
+class SandboxGone(BackendUnavailable):
+    """The sandbox's process ended while the server was still setting the sandbox up (e.g. before its egress
+    proxy was attached), so the program never started: a transient condition on our side, worth retrying."""
+
+    reason = "SANDBOX_GONE"
 
 
 class SandboxFailure(SandboxError):

@@ -16,15 +16,19 @@ chain (idempotency, limits, budgets, audit) is spent on a call another server ru
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import grpc
 from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
-from sandbox_server.context import principal
+from sandbox_server.context import call_record, principal
+from sandbox_server.errors import RelayedStatus
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
 from sandbox_server.interceptors.methods import PREFIX, SESSION_ADDRESSED, UPLOAD_FILE
 from sandbox_server.telemetry import phase
@@ -109,12 +113,18 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
     async def _relay_error(holders: Holders, exc: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext,
                            owner: str, session_id: str) -> None:
         details = dict(exc.trailing_metadata() or ())
+        call = call_record()
         if exc.code() is grpc.StatusCode.UNAVAILABLE and "grpc-status-details-bin" not in details:
             # No answer from the holder at all (the holder's own UNAVAILABLE carries details): it is gone.
             log.warning("session %s: its server at %s does not answer: %s", session_id, owner, exc.details())
+            if call is not None:
+                call.relayed = False  # nothing answered it there: this server's answer, counted here
             who = principal()
             raise await holders.lost(who.tenant if who is not None else "", session_id) from exc
-        await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata())
+        if call is not None:  # the telemetry link sees only the abort: tell it what the holder said
+            call.error = _relayed_status(exc, details.get("grpc-status-details-bin"))
+        # grpc's abort takes a tuple, not the call's Metadata (given that, it failed every relayed error as INTERNAL)
+        await context.abort(exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ()))
 
     async def intercept_service(
         self,
@@ -140,6 +150,7 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
                 if owner is None:
                     return await behavior(request, context)
                 channel = self._channel(owner)
+                _mark_relayed()
                 try:
                     if streamed:
                         return await channel.stream_unary(
@@ -162,6 +173,7 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
                     async for item in behavior(request, context):
                         yield item
                     return
+                _mark_relayed()
                 call = self._channel(owner).unary_stream(
                     method, request_serializer=_serialize, response_deserializer=response_type.FromString,
                 )(request, **self._call_args(owners, context))
@@ -176,6 +188,26 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
             return wrapped
 
         return wrap_handler(handler, unary, stream)
+
+
+def _mark_relayed() -> None:
+    """The holder runs and counts this call (sandbox_rpcs_total, rejections): this server must not count it too."""
+    call = call_record()
+    if call is not None:
+        call.relayed = True
+
+
+def _relayed_status(exc: grpc.aio.AioRpcError, raw: object) -> RelayedStatus:
+    """The holder's code, message and ErrorInfo reason, as an error the telemetry link can name."""
+    reason = ""
+    if isinstance(raw, bytes):
+        with contextlib.suppress(DecodeError):
+            for detail in status_pb2.Status.FromString(raw).details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    reason = info.reason
+                    break
+    return RelayedStatus(exc.code(), exc.details() or "", reason)
 
 
 async def _replay(first: Any, rest: Any) -> AsyncIterator[Any]:

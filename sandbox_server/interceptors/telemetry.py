@@ -165,6 +165,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 attributes[key] = value
         if call.exercise:
             attributes["sandbox.exercise"] = True
+        if call.relayed:
+            attributes["sandbox.relayed"] = True
         attributes.update(call.attributes)
         reason = rejection_reason(error)
         if reason is not None:
@@ -174,7 +176,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         if code in SERVER_FAULTS:
             span.set_status(Status(StatusCode.ERROR, getattr(error, "message", type(error).__name__)))
         metrics = self.telemetry.metrics
-        if call.method.startswith(SANDBOX_PREFIX):
+        if call.method.startswith(SANDBOX_PREFIX) and not call.relayed:  # a relayed call: its holder counts it
             metrics.rpcs.add(1, {"method": call.method.removeprefix(SANDBOX_PREFIX), "code": code.name})
             if reason is not None:
                 metrics.rejections.add(1, {"reason": reason})
@@ -185,9 +187,10 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             "tenant": call.tenant, "session_id": call.session_id, "execution_id": call.execution_id,
             "language": call.language, **({"rejection": reason} if reason else {}),
             **({"exercise": True} if call.exercise else {}),
+            **({"relayed": True} if call.relayed else {}),
             **{k.removeprefix("sandbox."): v for k, v in call.attributes.items()}, **call.log_extra,
         })
-        if call.method in EXECUTE_METHODS:
+        if call.method in EXECUTE_METHODS and not call.relayed:  # the holder observes a relayed call
             for observer in self.observers:
                 try:
                     observer.on_call_end(call, code)

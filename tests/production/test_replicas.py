@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import grpc
 import psutil
 import pytest
 import redis
@@ -213,6 +214,32 @@ def test_a_session_is_one_kernel_and_workspace_wherever_its_calls_land(topology:
         assert not [k for k in client.scan_iter("sandbox:session-owner:*") if session.id.encode() in k]
     finally:
         client.close()
+
+
+def test_a_relayed_call_is_counted_once_with_the_holders_code(topology: Topology) -> None:
+    """The holder's refusal reaches the caller whole (it used to become INTERNAL on the way back), and the call
+    is counted once, by the holder: the server that relayed it neither counts it again nor takes it for a
+    fault of its own."""
+    holder, front = topology.replicas[0], topology.replicas[1]
+
+    def counts(code: str) -> list[float]:
+        return [metric(_scrape(r), "sandbox_rpcs_total", method="Execute", code=code) for r in (holder, front)]
+
+    with SandboxClient(holder.target, timeout=60) as own:
+        session = own.session()
+        try:
+            ok, refused, internal = counts("OK"), counts("INVALID_ARGUMENT"), counts("INTERNAL")
+            with SandboxClient(front.target, timeout=60, retry=None) as other:
+                assert other.execute("print(6 * 7)", session_id=session.id).stdout == "42\n"
+                with pytest.raises(SandboxError) as info:
+                    other.execute("print(1)", session_id=session.id, language="cobol")
+            assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT  # the holder's answer, with its details
+            assert [v.field for v in info.value.details.field_violations] == ["language"]
+            assert [a - b for a, b in zip(counts("OK"), ok, strict=True)] == [1, 0]
+            assert [a - b for a, b in zip(counts("INVALID_ARGUMENT"), refused, strict=True)] == [1, 0]
+            assert counts("INTERNAL") == internal
+        finally:
+            session.close()
 
 
 def test_a_tenants_live_sessions_are_counted_across_every_replica(topology: Topology) -> None:
