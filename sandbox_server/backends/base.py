@@ -42,7 +42,8 @@ class Backend(abc.ABC):
     async def attach_egress(self, pid: int, egress: EgressSpec, max_bytes: int, *, execution_id: str = "",
                             session_id: str = "", exercise: bool = False) -> EgressLink:
         """Open the proxy of the sandbox whose process ``pid`` is given (in its network namespace). Raises
-        SandboxFailure when it cannot: the program must not run without the network its policy gives it."""
+        SandboxFailure when it cannot: the program must not run without the network its policy gives it; or
+        SandboxGone (UNAVAILABLE, from the gateway) when that process has already ended."""
         from sandbox_server.egress.gateway import EgressContext
 
         if self.egress is None:

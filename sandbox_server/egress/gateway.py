@@ -10,6 +10,7 @@ wires it to sandboxes, settings and observers.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import ssl
@@ -19,10 +20,11 @@ from dataclasses import dataclass, field, replace
 import psutil
 
 from sandbox_server.egress.credentials import SecretSource
-from sandbox_server.egress.netns import PROXY_PORT, listen_in
+from sandbox_server.egress.netns import PROXY_PORT, listen_in, net_namespace
 from sandbox_server.egress.proxy import EgressLimits, EgressProxy, EgressStats, Refusal
 from sandbox_server.egress.resolver import Resolver, StaticResolver, SystemResolver
 from sandbox_server.egress.rules import IPAddress
+from sandbox_server.errors import SandboxGone
 from sandbox_server.execution.spec import EgressSpec
 from sandbox_server.guardrails.secrets import add_known_secret
 from sandbox_server.settings import Settings
@@ -78,9 +80,22 @@ class EgressGateway:
         self.observers: list[RefusalObserver] = []
 
     async def attach(self, pid: int, egress: EgressSpec, max_bytes: int, context: EgressContext) -> EgressLink:
-        """A proxy serving the sandbox whose process ``pid`` is given, listening inside its namespace."""
+        """A proxy serving the sandbox whose process ``pid`` is given, listening inside its namespace.
+
+        Raises SandboxGone (UNAVAILABLE) when that process has ended (a zombie's namespace is gone too), and
+        OSError (netns.NamespaceError) when the socket cannot be made in its namespace for any other reason.
+        """
         self._register_secrets(egress)
-        sock = await asyncio.to_thread(listen_in, pid, PROXY_PORT)
+        try:
+            sock = await asyncio.to_thread(listen_in, pid, PROXY_PORT)
+        except OSError as exc:
+            # ENOENT/ESRCH also come from the server's own /proc/thread-self: only a namespace that is gone
+            # now means the sandbox's process ended, which is no fault of the server's set-up.
+            if exc.errno in (errno.ENOENT, errno.ESRCH) and net_namespace(pid) is None:
+                log.warning("sandbox process %d ended before its egress proxy was attached: %s", pid, exc)
+                raise SandboxGone("the sandbox ended before its egress proxy could be attached (the program "
+                                  "never started); try again") from exc
+            raise
         rules = replace(egress.rules, server_ports=frozenset(self.server_ports),
                         local_addresses=frozenset(_local_addresses()))
         proxy = EgressProxy(
