@@ -2,9 +2,9 @@
 
 It runs inside the sandbox, as the sandbox user, under the same namespaces, seccomp filter, cgroup and rlimits
 as any program, with the sandbox's own ``/usr/bin/python3`` (the host's, read-only, on nsjail; the image's on
-Docker). The server starts it as ``python3 -I -c <this file's source>`` and talks to it over its stdin and
-stdout only: pipes (nsjail) or the container's attached stdio (Docker), never a path. It owns, inside the
-sandbox:
+Docker). The server starts it as ``python3 -I -c <this file's source> <kernel_launcher.py's source>`` and talks
+to it over its stdin and stdout only: pipes (nsjail) or the container's attached stdio (Docker), never a path. It
+owns, inside the sandbox:
 
 - the session's IPython kernel (ipykernel, started ahead, driven with ``jupyter_client`` over the Jupyter
   messaging protocol on unix sockets in a directory private to the sandbox, so no network is needed);
@@ -64,74 +64,25 @@ LOG_TAIL = 8192
 PR_SET_DUMPABLE = 4
 # The sandbox's processes start through this shell: in the workspace, and first in line for the OOM killer.
 WRAPPER = 'cd /work || exit 126; echo 1000 > /proc/self/oom_score_adj 2>/dev/null; exec "$@"'
-# Blocks debugpy (ipykernel imports it when present: 30 MB and a debugger nobody can reach here). Gives stdout and
-# stderr back-pressure: ipykernel buffers what a cell writes until its I/O thread flushes (every 0.2 s), so a
-# tight printing loop would grow that buffer by hundreds of MB first; here a writer past 1 MiB waits for the
-# flush, and the output limit stops the call long before memory is at stake.
-# Drains the file-descriptor capture before a call ends. What a cell writes to fd 1 or 2 itself (os.write, a
-# subprocess) goes through a pipe that a thread of ipykernel reads and turns into output of whichever call is
-# current when it gets to it: on a loaded host that was the next call (a call's output showing up in the next
-# one). Here each call, once run, writes a random mark into both pipes and waits (2 s at most) until the reading
-# thread has reached it, so everything before it is this call's; the thread also decodes UTF-8 split across
-# reads, which ipykernel's own did not.
-KERNEL_LAUNCHER = (
-    "import sys\n"
-    "sys.modules['debugpy'] = None\n"
-    "import codecs, os, threading\n"
-    "from ipykernel import iostream, ipkernel\n"
-    "_write = iostream.OutStream.write\n"
-    "def write(self, string):\n"
-    "    n = _write(self, string)\n"
-    "    buffer = getattr(self, '_buffer', None)\n"
-    "    if buffer is not None and buffer.tell() > 1048576:\n"
-    "        self.flush()\n"
-    "    return n\n"
-    "iostream.OutStream.write = write\n"
-    "MARK = b'\\0sandbox-drain-' + os.urandom(12).hex().encode() + b'\\0'\n"
-    "def watch(self):\n"
-    "    self._drained = threading.Event()\n"
-    "    decode = codecs.getincrementaldecoder('utf-8')('replace').decode\n"
-    "    held = b''\n"
-    "    def emit(data):\n"
-    "        if data:\n"
-    "            text = decode(data)\n"
-    "            if text:\n"
-    "                self.write(text)\n"
-    "            os.write(self._original_stdstream_copy, data)\n"
-    "    try:\n"
-    "        while self._should_watch:\n"
-    "            bts = os.read(self._fid, 65536)\n"
-    "            if not bts:\n"
-    "                break\n"
-    "            data = held + bts\n"
-    "            while MARK in data:\n"
-    "                before, data = data.split(MARK, 1)\n"
-    "                emit(before)\n"
-    "                self._drained.set()\n"
-    "            keep = len(MARK) - 1\n"
-    "            cut = max(0, len(data) - keep)\n"
-    "            while cut < len(data) and not MARK.startswith(data[cut:]):\n"
-    "                cut += 1\n"
-    "            emit(data[:cut])\n"
-    "            held = data[cut:]\n"
-    "    except Exception:\n"
-    "        self._exc = sys.exc_info()\n"
-    "iostream.OutStream._watch_pipe_fd = watch\n"
-    "_do_execute = ipkernel.IPythonKernel.do_execute\n"
-    "async def do_execute(self, *args, **kwargs):\n"
-    "    reply = await _do_execute(self, *args, **kwargs)\n"
-    "    for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):\n"
-    "        drained = getattr(stream, '_drained', None)\n"
-    "        if drained is not None and getattr(stream, '_should_watch', False):\n"
-    "            drained.clear()\n"
-    "            os.write(fd, MARK)\n"
-    "            drained.wait(2.0)\n"
-    "        stream.flush()\n"
-    "    return reply\n"
-    "ipkernel.IPythonKernel.do_execute = do_execute\n"
-    "from ipykernel.kernelapp import IPKernelApp\n"
-    "IPKernelApp.launch_instance()\n"
-)
+# The kernel's program (debugpy blocked, stdout and stderr with back-pressure, the fd capture drained at each
+# call's end): kernel_launcher.py, package data beside this file, passed to the kernel's python3 as its -c source.
+KERNEL_LAUNCHER_FILE = "kernel_launcher.py"
+
+
+def _kernel_launcher() -> str:
+    """kernel_launcher.py's text. On the server, this module is in its package and reads it from there. In the
+    sandbox this file is ``python3 -c`` source with no package around it (and nothing of the server to read): the
+    server passes that text as the agent's one argument (sessions/start.py)."""
+    if not __package__:
+        if len(sys.argv) != 2:
+            sys.exit("usage: python3 -I -c <agent source> <kernel launcher source>")
+        return sys.argv[1]
+    from importlib import resources  # here only: the agent's own start in the sandbox does not pay for it
+
+    return resources.files(__package__).joinpath(KERNEL_LAUNCHER_FILE).read_text(encoding="utf-8")
+
+
+KERNEL_LAUNCHER = _kernel_launcher()
 KERNEL_ARGS = (
     "--HistoryManager.enabled=False",  # no history database in the workspace or the kernel's dirs
     "--InteractiveShell.colors=NoColor",  # tracebacks as plain text

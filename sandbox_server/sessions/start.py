@@ -14,9 +14,10 @@ from sandbox_server.sessions.channel import AgentError, ChannelClosed
 from sandbox_server.sessions.sandbox import SessionSandbox
 
 # The agent is passed as the interpreter's -c argument: read-only to the sandbox, one string (well under
-# Linux's 128 KiB per argument). -I: no PYTHON* variable, no user site, no script directory on sys.path.
+# Linux's 128 KiB per argument). -I: no PYTHON* variable, no user site, no script directory on sys.path. Its one
+# argument is the kernel's program (kernel_launcher.py), which the agent cannot read from the server's package.
 AGENT_SOURCE = Path(agent.__file__).read_text()
-AGENT_ARGV = ("/usr/bin/python3", "-I", "-c", AGENT_SOURCE)
+AGENT_ARGV = ("/usr/bin/python3", "-I", "-c", AGENT_SOURCE, agent.KERNEL_LAUNCHER)
 RUN_BYTES = 16 * 1024 * 1024
 # The agent's private directory lives here: the kernel's sockets and connection file, the calls' code.
 SESSION_RUN_MOUNT = f"none:/run:tmpfs:size={RUN_BYTES},mode=1777"
