@@ -10,7 +10,6 @@ set: the old one stays, and the problems are kept in ``last_errors``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -23,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from sandbox_server.periodic import Periodic
 from sandbox_server.policy.loader import (
     PolicyError,
     PolicyLoadError,
@@ -83,8 +83,8 @@ class PolicyRegistry:
         self._current: PolicySet | None = None
         self._lock = threading.RLock()
         self._seen: _Signature | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
+        self._watcher = Periodic(f"policy-watcher {self.directory}", poll_interval_s, self.poll_once,
+                                 self._watch_failed)
 
     def set_on_change(self, on_change: Callable[[PolicySet], None] | None) -> None:
         """Replace the change hook (before ``load()``, when the hook needs the registry itself)."""
@@ -253,18 +253,11 @@ class PolicyRegistry:
     async def start(self) -> None:
         """Start watching the directory every ``poll_interval_s`` seconds. Requires ``load()`` first."""
         self.current()
-        if self._task is not None:
-            raise RuntimeError("the policy watcher is already running")
-        self._stop = asyncio.Event()
-        self._task = asyncio.create_task(self._watch(), name=f"policy-watcher {self.directory}")
+        self._watcher.start()
 
     async def aclose(self) -> None:
         """Stop watching; waits for a poll in progress to finish (nothing keeps running afterwards)."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stop.set()
-        await task
+        await self._watcher.aclose()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -275,17 +268,9 @@ class PolicyRegistry:
     ) -> None:
         await self.aclose()
 
-    async def _watch(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.poll_interval_s)
-            if self._stop.is_set():
-                return
-            try:
-                # Not cancellable half-way: aclose() stops the loop with the event, after the poll.
-                await asyncio.to_thread(self.poll_once)
-            except Exception:
-                logger.exception("policy watcher: unexpected error (the current policy stays)")
+    @staticmethod
+    def _watch_failed(exc: Exception, first: bool) -> None:
+        logger.error("policy watcher: unexpected error (the current policy stays)", exc_info=exc)
 
     def poll_once(self) -> PolicySet | None:
         """One watcher step: if the directory's files changed (names, inodes, sizes, mtimes) since the last look,

@@ -14,10 +14,9 @@ takes the next, and the later of the two versions is what every server ends on.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
+from sandbox_server.periodic import Periodic
 from sandbox_server.policy.loader import PolicyLoadError
 from sandbox_server.policy.registry import PolicyRegistry, PolicySet
 from sandbox_server.stores.base import PolicyVersion, PolicyVersionStore
@@ -34,8 +33,7 @@ class PolicySync:
         self.registry = registry
         self.store = store
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
+        self._poller = Periodic("policy-sync", interval_s, self.poll_once, self._poll_failed)
         self._refused: int | None = None  # the latest version this server could not adopt (logged once)
         registry.set_numbering(self.number)
 
@@ -86,29 +84,12 @@ class PolicySync:
         return self.store.get(found[0].version) if found else None
 
     async def start(self) -> None:
-        if self._task is not None:
-            raise RuntimeError("the policy sync is already running")
-        self._stop = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name="policy-sync")
+        self._poller.start()
 
     async def aclose(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stop.set()
-        await task
+        await self._poller.aclose()
 
-    async def _run(self) -> None:
-        failing = False
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
-            if self._stop.is_set():
-                return
-            try:
-                await asyncio.to_thread(self.poll_once)
-                failing = False
-            except Exception:  # the store is unreachable: the current policy stays in force
-                if not failing:
-                    log.warning("policy sync: the shared version history cannot be read", exc_info=True)
-                failing = True
+    @staticmethod
+    def _poll_failed(exc: Exception, first: bool) -> None:
+        if first:  # the store is unreachable: the current policy stays in force; said once per outage
+            log.warning("policy sync: the shared version history cannot be read", exc_info=exc)
