@@ -14,7 +14,8 @@ from sandbox_server.admin.operations import Operations
 from sandbox_server.admin.servicer import _require_admin
 from sandbox_server.errors import BackendUnavailable, FieldViolation, InvalidRequest, NotFound
 from sandbox_server.sessions.manager import ADMIN, LiveSession, SessionManager
-from sandbox_server.sessions.servicer import finish_closed, session_to_proto, timestamp
+from sandbox_server.sessions.pages import timestamp
+from sandbox_server.sessions.servicer import finish_closed, session_to_proto
 from sandbox_server.stores.sessions import SessionEvent, SessionRecord
 from sandbox_server.validation.request import admin_name
 

@@ -10,12 +10,18 @@ responses, or its status with every detail) is passed back unchanged. A relayed 
 them. A holder that does not answer at all has lost the session with itself: the caller gets NOT_FOUND
 (SESSION_CLOSED, close reason ``server_lost``) for its own session, SESSION_NOT_FOUND for anyone else's.
 
+The Admin API's GetSession and CloseSession are relayed the same way (if the holder does not answer, this
+server's answer from the shared record stands). ListSessions, a tenant's or the Admin API's, is answered by
+every server for the sessions it holds: the server asked relays it to every other holder in the registry and
+merges the answers.
+
 It runs right after auth: a caller without valid credentials is refused here, and nothing of this server's
 chain (idempotency, limits, budgets, audit) is spent on a call another server runs and accounts for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,20 +32,32 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
+from sandbox_client._proto.sandbox.v1 import admin_pb2
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.context import call_record, principal
 from sandbox_server.errors import RelayedStatus
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
-from sandbox_server.interceptors.methods import PREFIX, SESSION_ADDRESSED, UPLOAD_FILE
+from sandbox_server.interceptors.methods import (
+    ADMIN_PREFIX,
+    ADMIN_SESSION_ADDRESSED,
+    PREFIX,
+    SESSION_ADDRESSED,
+    SESSION_LISTINGS,
+    UPLOAD_FILE,
+)
+from sandbox_server.sessions.pages import page_size, session_page_token
 from sandbox_server.telemetry import phase
 
 log = logging.getLogger(__name__)
 
 FORWARDED = "x-sandbox-forwarded"
 _SKIPPED_METADATA = ("user-agent", "content-type", "te", "host")
-_SERVICE = pb.DESCRIPTOR.services_by_name["Sandbox"]
 _RESPONSES: dict[str, Any] = {
-    PREFIX + m.name: message_factory.GetMessageClass(m.output_type) for m in _SERVICE.methods}
+    prefix + m.name: message_factory.GetMessageClass(m.output_type)
+    for prefix, service in ((PREFIX, pb.DESCRIPTOR.services_by_name["Sandbox"]),
+                            (ADMIN_PREFIX, admin_pb2.DESCRIPTOR.services_by_name["Admin"]))
+    for m in service.methods}
+ADMIN_LIST_SESSIONS = ADMIN_PREFIX + "ListSessions"
 
 
 class Holders(Protocol):
@@ -53,6 +71,7 @@ class Owners(Protocol):
     address: str
 
     async def owner(self, session_id: str) -> str | None: ...
+    async def others(self) -> set[str]: ...
 
 
 def _serialize(message: Any) -> bytes:
@@ -114,17 +133,56 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
                            owner: str, session_id: str) -> None:
         details = dict(exc.trailing_metadata() or ())
         call = call_record()
-        if exc.code() is grpc.StatusCode.UNAVAILABLE and "grpc-status-details-bin" not in details:
-            # No answer from the holder at all (the holder's own UNAVAILABLE carries details): it is gone.
+        if _no_answer(exc):
             log.warning("session %s: its server at %s does not answer: %s", session_id, owner, exc.details())
-            if call is not None:
-                call.relayed = False  # nothing answered it there: this server's answer, counted here
+            _unmark_relayed()
             who = principal()
             raise await holders.lost(who.tenant if who is not None else "", session_id) from exc
         if call is not None:  # the telemetry link sees only the abort: tell it what the holder said
             call.error = _relayed_status(exc, details.get("grpc-status-details-bin"))
         # grpc's abort takes a tuple, not the call's Metadata (given that, it failed every relayed error as INTERNAL)
         await context.abort(exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ()))
+
+    def _listing(self, handler: grpc.RpcMethodHandler, method: str, owners: Owners) -> grpc.RpcMethodHandler:
+        """ListSessions (a tenant's, or the Admin API's): this server's answer merged with the answers of every
+        other server holding sessions, each for its own, so that a listing through a load balancer shows the
+        fleet's. A server that does not answer is left out (its sessions are lost with it)."""
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                local = await behavior(request, context)  # first: it validates the request and the caller
+                if any(key == FORWARDED for key, _ in context.invocation_metadata() or ()):
+                    return local  # another server's fan-out: this one's own sessions only
+                with phase("forward"):
+                    others = sorted(await owners.others())
+                if not others:
+                    return local
+                args = self._call_args(owners, context)
+                answers = await asyncio.gather(*(self._channel(address).unary_unary(
+                    method, request_serializer=_serialize, response_deserializer=_RESPONSES[method].FromString,
+                )(request, **args) for address in others), return_exceptions=True)
+                remote: list[Any] = []
+                for address, answer in zip(others, answers, strict=True):
+                    if isinstance(answer, grpc.aio.AioRpcError) and _no_answer(answer):
+                        log.warning("listing sessions: the server at %s does not answer: %s", address,
+                                    answer.details())
+                    elif isinstance(answer, grpc.aio.AioRpcError):
+                        await context.abort(answer.code(), answer.details() or "",
+                                            tuple(answer.trailing_metadata() or ()))
+                    elif isinstance(answer, BaseException):
+                        raise answer
+                    else:
+                        remote.append(answer)
+                if method == ADMIN_LIST_SESSIONS:
+                    return _merge_admin(request, local, remote)
+                return _merge_tenant(request, local, remote)
+
+            return wrapped
+
+        def stream(behavior: StreamBehavior) -> StreamBehavior:
+            return behavior  # both listings are unary
+
+        return wrap_handler(handler, unary, stream)
 
     async def intercept_service(
         self,
@@ -134,7 +192,12 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         owners, holders = self.owners, self.holders
-        if owners is None or holders is None or method not in SESSION_ADDRESSED:
+        if owners is None or holders is None:
+            return handler
+        if method in SESSION_LISTINGS:
+            return self._listing(handler, method, owners)
+        admin = method in ADMIN_SESSION_ADDRESSED
+        if method not in SESSION_ADDRESSED and not admin:
             return handler
         response_type = _RESPONSES[method]
 
@@ -160,6 +223,12 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
                         method, request_serializer=_serialize, response_deserializer=response_type.FromString,
                     )(request, **self._call_args(owners, context))
                 except grpc.aio.AioRpcError as exc:
+                    if admin and _no_answer(exc):
+                        # An operator asks after it: what this server knows (the shared record) is the answer.
+                        _unmark_relayed()
+                        log.warning("session %s: its server at %s does not answer: %s", session_id, owner,
+                                    exc.details())
+                        return await behavior(request, context)
                     await self._relay_error(holders, exc, context, owner, session_id)
                     raise  # _relay_error always raises
 
@@ -190,6 +259,19 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
         return wrap_handler(handler, unary, stream)
 
 
+def _no_answer(exc: grpc.aio.AioRpcError) -> bool:
+    """No answer from the other server at all (its own UNAVAILABLE carries details): it is gone."""
+    return exc.code() is grpc.StatusCode.UNAVAILABLE and "grpc-status-details-bin" not in dict(
+        exc.trailing_metadata() or ())
+
+
+def _unmark_relayed() -> None:
+    """Nothing answered the call there: it is this server's answer, counted here."""
+    call = call_record()
+    if call is not None:
+        call.relayed = False
+
+
 def _mark_relayed() -> None:
     """The holder runs and counts this call (sandbox_rpcs_total, rejections): this server must not count it too."""
     call = call_record()
@@ -208,6 +290,37 @@ def _relayed_status(exc: grpc.aio.AioRpcError, raw: object) -> RelayedStatus:
                     reason = info.reason
                     break
     return RelayedStatus(exc.code(), exc.details() or "", reason)
+
+
+def _position(session: Any) -> tuple[int, str]:
+    return session.created_at.ToNanoseconds(), session.id
+
+
+def _merge_tenant(request: Any, local: Any, remote: list[Any]) -> Any:
+    """One page of a tenant's live sessions across servers, oldest first, as each server pages its own: the
+    page token is a position (creation, id), so the next page asks every server again from there."""
+    size = page_size(request.page_size)
+    found = sorted([*local.sessions, *(s for answer in remote for s in answer.sessions)], key=_position)
+    page = found[:size]
+    more = len(found) > size or any(a.next_page_token for a in (local, *remote))
+    token = session_page_token(page[-1].created_at, page[-1].id) if more and page else ""
+    return pb.ListSessionsResponse(sessions=page, next_page_token=token)
+
+
+def _merge_admin(request: Any, local: Any, remote: list[Any]) -> Any:
+    """The live sessions of every server, oldest first, then the closed ones (from the shared records, so every
+    server lists the same: each once), ``limit`` in all."""
+    from sandbox_server.admin.sessions_servicer import DEFAULT_LIMIT  # here: the admin package imports the chain
+
+    limit = request.limit or DEFAULT_LIMIT
+    answers = [*local.sessions, *(s for answer in remote for s in answer.sessions)]
+    live = {s.session.id: s for s in answers if s.session.state != pb.SESSION_STATE_CLOSED}
+    closed: dict[str, Any] = {}
+    for s in answers:
+        if s.session.state == pb.SESSION_STATE_CLOSED and s.session.id not in live:
+            closed.setdefault(s.session.id, s)
+    merged = sorted(live.values(), key=lambda s: _position(s.session)) + list(closed.values())
+    return admin_pb2.AdminListSessionsResponse(sessions=merged[:limit])
 
 
 async def _replay(first: Any, rest: Any) -> AsyncIterator[Any]:

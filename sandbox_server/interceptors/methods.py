@@ -17,3 +17,8 @@ DOWNLOAD_FILE = PREFIX + "DownloadFile"
 SESSION_ADDRESSED = frozenset(PREFIX + name for name in (
     "Execute", "ExecuteStream", "GetSession", "CloseSession", "UploadFile", "DownloadFile", "ListFiles",
     "DeleteFile", "SnapshotSession"))
+# The Admin service's calls on one session, forwarded the same way (a held session's live state is its holder's).
+ADMIN_PREFIX = "/sandbox.v1.Admin/"
+ADMIN_SESSION_ADDRESSED = frozenset({ADMIN_PREFIX + "GetSession", ADMIN_PREFIX + "CloseSession"})
+# Listings of live sessions: every server answers for those it holds, and the server asked merges the answers.
+SESSION_LISTINGS = frozenset({PREFIX + "ListSessions", ADMIN_PREFIX + "ListSessions"})

@@ -72,6 +72,20 @@ class SessionRegistry:
             return None
         return value.decode() if isinstance(value, bytes) else str(value)
 
+    async def others(self) -> set[str]:
+        """The other servers that hold live sessions now: the addresses in the registry's entries (a SCAN, for
+        listings). Raises SharedStateUnavailable."""
+        try:
+            async with asyncio.timeout(OP_TIMEOUT_S):
+                keys = [key async for key in self.redis.scan_iter(match=KEY_PREFIX + "*", count=1000)]
+                values = await self.redis.mget(keys) if keys else []
+        except Exception as exc:
+            log.error("sessions registry: listing the holders failed: %r", exc)
+            raise SharedStateUnavailable("the sessions registry is unavailable; retry later",
+                                         retry_after_s=RETRY_S) from exc
+        found = {v.decode() if isinstance(v, bytes) else str(v) for v in values if v is not None}
+        return found - {self.address}
+
     def start(self) -> None:
         self._renewer = asyncio.create_task(self._renew_forever(), name="sessions-registry-renewer")
 

@@ -5,12 +5,9 @@ else lives here."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.context import call_record, principal
@@ -22,22 +19,23 @@ from sandbox_server.sessions import files
 from sandbox_server.sessions.channel import AgentError
 from sandbox_server.sessions.ids import is_snapshot_id
 from sandbox_server.sessions.manager import CLOSED, LiveSession, SessionManager
+from sandbox_server.sessions.pages import (
+    decode_token,
+    encode_token,
+    nanoseconds,
+    page_size,
+    session_page_token,
+    session_position,
+    timestamp,
+)
 from sandbox_server.sessions.requests import check_name, check_path, session_params
 from sandbox_server.settings import Settings
 from sandbox_server.stores.sessions import SnapshotRecord
 from sandbox_server.validation.request import MAX_ID_CHARS
 
-DEFAULT_PAGE = 50
-MAX_PAGE = 500
 DOWNLOAD_CHUNK = 1024 * 1024
 FILE_TYPES = {"file": pb.FILE_TYPE_FILE, "directory": pb.FILE_TYPE_DIRECTORY, "symlink": pb.FILE_TYPE_SYMLINK,
               "other": pb.FILE_TYPE_OTHER}
-
-
-def timestamp(epoch: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(epoch * 1e9))
-    return ts
 
 
 class SessionServicer:
@@ -78,14 +76,14 @@ class SessionServicer:
                            context: grpc.aio.ServicerContext) -> pb.ListSessionsResponse:
         checked = ensure_request(request)
         tenant, _ = caller_policy(self.policies)
-        size = _page_size(checked.page_size)
-        after = _decode_token(checked.page_token)
+        size = page_size(checked.page_size)
+        after = session_position(checked.page_token)
         found = self.sessions.live(tenant, dict(checked.labels))
         if after is not None:
-            found = [s for s in found if (s.created_at, s.id) > after]
+            found = [s for s in found if (nanoseconds(s.created_at), s.id) > after]
         page = found[:size]
         protos = await asyncio.gather(*(self.to_proto(s) for s in page))
-        token = _encode_token((page[-1].created_at, page[-1].id)) if len(found) > size else ""
+        token = session_page_token(page[-1].created_at, page[-1].id) if len(found) > size else ""
         return pb.ListSessionsResponse(sessions=protos, next_page_token=token)
 
     async def CloseSession(self, request: pb.CloseSessionRequest | MalformedRequest,
@@ -168,11 +166,11 @@ class SessionServicer:
                             context: grpc.aio.ServicerContext) -> pb.ListSnapshotsResponse:
         checked = ensure_request(request)
         tenant, _ = caller_policy(self.policies)
-        size = _page_size(checked.page_size)
-        before = _decode_token(checked.page_token)
+        size = page_size(checked.page_size)
+        before = decode_token(checked.page_token)
         found = await asyncio.to_thread(self.sessions.archive.index.list, tenant, size + 1, before)
         page = found[:size]
-        token = _encode_token((page[-1].created_at, page[-1].snapshot_id)) if len(found) > size else ""
+        token = encode_token((page[-1].created_at, page[-1].snapshot_id)) if len(found) > size else ""
         return pb.ListSnapshotsResponse(snapshots=[snapshot_to_proto(r) for r in page], next_page_token=token)
 
     async def DeleteSnapshot(self, request: pb.DeleteSnapshotRequest | MalformedRequest,
@@ -235,28 +233,6 @@ def snapshot_to_proto(record: SnapshotRecord) -> pb.Snapshot:
 def _file_info(entry: files.FileEntry) -> pb.FileInfo:
     return pb.FileInfo(path=entry.path, type=FILE_TYPES.get(entry.kind, pb.FILE_TYPE_OTHER), size=entry.size,
                        mtime=timestamp(entry.mtime))
-
-
-def _page_size(requested: int) -> int:
-    if requested < 0:
-        raise InvalidRequest([FieldViolation("page_size", "must not be negative")])
-    return min(requested or DEFAULT_PAGE, MAX_PAGE)
-
-
-def _encode_token(position: tuple[float, str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(position)).encode()).decode()
-
-
-def _decode_token(token: str) -> tuple[float, str] | None:
-    if not token:
-        return None
-    try:
-        created, ident = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if not isinstance(created, int | float) or not isinstance(ident, str):
-            raise ValueError(token)
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest([FieldViolation("page_token", "not a token this server gave")]) from exc
-    return float(created), ident
 
 
 

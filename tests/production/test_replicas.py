@@ -37,7 +37,9 @@ from sandbox_client import (
     SandboxError,
     SessionNotFoundError,
 )
+from sandbox_client._proto.sandbox.v1 import admin_pb2, admin_pb2_grpc
 from sandbox_client.admin import AdminClient
+from sandbox_server.interceptors.forward import FORWARDED
 from sandbox_server.stores.incidents import MitigationSpec
 from sandbox_server.stores.postgres import PostgresAuditStore, PostgresDatabase
 from sandbox_server.stores.postgres_incidents import PostgresIncidentStore
@@ -170,14 +172,17 @@ def test_a_quarantine_is_enforced_by_every_replica_and_lifted_by_any(topology: T
 
 
 def _holder(topology: Topology, session_id: str) -> Replica:
-    """The replica holding the session, asked of each replica's Admin API (not of the registry under test)."""
+    """The replica holding the session, asked of each replica's Admin API (not of the registry under test). The
+    listing is asked as another server's fan-out asks it (x-sandbox-forwarded), so each answers for its own."""
     found = []
     for replica in topology.replicas:
         if replica.proc is None:
             continue
-        with AdminClient(replica.target, api_key=None) as admin:
-            if any(s.session.id == session_id for s in admin.list_sessions()):
-                found.append(replica)
+        with grpc.insecure_channel(replica.target) as channel:
+            own = admin_pb2_grpc.AdminStub(channel).ListSessions(
+                admin_pb2.AdminListSessionsRequest(), metadata=((FORWARDED, "test"),), timeout=30)
+        if any(s.session.id == session_id for s in own.sessions):
+            found.append(replica)
     assert len(found) == 1, found
     return found[0]
 
@@ -240,6 +245,38 @@ def test_a_relayed_call_is_counted_once_with_the_holders_code(topology: Topology
             assert counts("INTERNAL") == internal
         finally:
             session.close()
+
+
+def test_session_listings_and_admin_session_calls_cover_every_replica(topology: Topology) -> None:
+    """A tenant's ListSessions and the Admin API's, on any server, list the fleet's live sessions (each server
+    answers for those it holds), pages included; the Admin API reads and closes a session another server holds."""
+    labels = {"listing": os.urandom(4).hex()}
+    clients = [SandboxClient(r.target, timeout=60) for r in topology.replicas]
+    admins = [AdminClient(r.target, api_key=None) for r in topology.replicas]
+    try:
+        opened = [clients[i % 3].session(labels=labels) for i in range(5)]  # two, two and one per server
+        ids = [s.id for s in opened]
+        for sbx in clients:
+            assert [s.id for s in sbx.list_sessions(labels)] == ids  # oldest first, from every server
+            assert [s.id for s in sbx.list_sessions(labels, page_size=2)] == ids  # in pages of two
+        for admin in admins:
+            listed = [s.session.id for s in admin.list_sessions() if s.session.id in ids]
+            assert listed == ids
+        held_by_third = opened[2]
+        got = admins[0].get_session(held_by_third.id)
+        assert got.session.state == "READY"
+        assert got.events  # its events, from the shared records
+        closed = admins[1].close_session(held_by_third.id)  # held by the third server
+        assert closed.session.close_reason == "admin"
+        remaining = [i for i in ids if i != held_by_third.id]
+        assert [s.id for s in clients[0].list_sessions(labels)] == remaining
+        for session in opened:
+            if session.id != held_by_third.id:
+                session.close()
+        assert list(clients[1].list_sessions(labels)) == []
+    finally:
+        for closing in (*clients, *admins):
+            closing.close()
 
 
 def test_a_tenants_live_sessions_are_counted_across_every_replica(topology: Topology) -> None:
