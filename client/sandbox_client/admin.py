@@ -561,13 +561,29 @@ class AdminClient:
         session_id: str | None = None,
         running_only: bool = False,
         limit: int = 50,
+        outcomes: Sequence[str] | str = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
         timeout: float | None = None,
     ) -> tuple[Execution, ...]:
-        """The latest ``limit`` executions (1 to 1000), newest first: the running ones and the audit trail's
-        (only the running ones with ``running_only``), filtered by ``tenant`` and ``session_id`` when given."""
+        """The latest ``limit`` executions (1 to 1000) that pass every filter given, newest first: the running
+        ones and the audit trail's (only the running ones with ``running_only``). The server filters, so
+        ``limit`` counts matches: by ``tenant``, ``session_id``, ``outcomes`` (any of: "RUNNING", a status such
+        as "OK" or "TIMEOUT", "CANCELLED", "ERROR:<grpc code>", or "ERROR" for every "ERROR:<code>") and start
+        time within [``since``, ``until``).
+
+        Raises:
+            ValueError: a naive datetime (give a timezone).
+            InvalidRequestError: an unknown outcome, or ``since`` is not before ``until``.
+        """
         request = admin_pb2.ListExecutionsRequest(
-            tenant=tenant or "", session_id=session_id or "", running_only=running_only, limit=limit
+            tenant=tenant or "", session_id=session_id or "", running_only=running_only, limit=limit,
+            outcomes=[outcomes] if isinstance(outcomes, str) else list(outcomes),  # one outcome, not its letters
         )
+        if since is not None:
+            request.since.CopyFrom(_timestamp("since", since))
+        if until is not None:
+            request.until.CopyFrom(_timestamp("until", until))
         response: admin_pb2.ListExecutionsResponse = self._call("ListExecutions", request, timeout)
         return tuple(_execution(e) for e in response.executions)
 

@@ -553,18 +553,38 @@ def executions_list(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's executions.")] = None,
     session: Annotated[str | None, typer.Option(help="Only this session's executions.")] = None,
     running: Annotated[bool, typer.Option("--running", help="Only the ones running now.")] = False,
+    outcome: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="OUTCOME",
+            help="Only this outcome (repeat for any of several): RUNNING, a status (OK, TIMEOUT, ...), CANCELLED, "
+            "ERROR:<grpc code>, or ERROR for every ERROR:<code>.",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Started at or after: ISO 8601 time or date (UTC without a zone).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Started before: ISO 8601 time or date, excluded.")] = None,
     limit: Limit = 50,
     json_output: JsonFlag = False,
 ) -> None:
-    """Executions, newest first: the running ones and the audit trail's."""
+    """Executions, newest first: the running ones and the audit trail's. The server filters, so --limit counts
+    the executions that match."""
     opts = _options(ctx, json_output)
+    start = _parse_when(opts, "--since", since)
+    end = _parse_when(opts, "--until", until)
     with _server_call(opts), opts.client() as admin:
-        executions = admin.list_executions(tenant=tenant, session_id=session, running_only=running, limit=limit)
+        executions = admin.list_executions(
+            tenant=tenant, session_id=session, running_only=running, limit=limit, outcomes=outcome or (),
+            since=start, until=end,
+        )
     if opts.json:
         _print_json([asdict(e) for e in executions])
         return
     if not executions:
-        _stdout().print(Text("No running executions." if running else "No executions."))
+        filtered = bool(outcome) or start is not None or end is not None
+        empty = "No running executions" if running else "No executions"
+        _stdout().print(Text(f"{empty} match." if filtered else f"{empty}."))
         return
     table = Table()
     table.add_column("Execution ID", no_wrap=True)

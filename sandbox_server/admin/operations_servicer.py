@@ -4,9 +4,9 @@ Every method needs an admin principal (the same fail-closed check as the policy 
 on comes in one ``Operations`` input; without it (a server built for policies and keys alone) every one of
 these calls answers UNAVAILABLE. Blocking store reads run in worker threads, never on the event loop.
 
-Errors: a malformed request (a limit out of range, a missing id, ``since`` not before ``until``) is
-INVALID_ARGUMENT with a field violation per problem and changes nothing; an id the server does not know (or an
-execution that is not running, for a kill) is NOT_FOUND with ResourceInfo.
+Errors: a malformed request (a limit out of range, a missing id, an unknown outcome, ``since`` not before
+``until``) is INVALID_ARGUMENT with a field violation per problem and changes nothing; an id the server does not
+know (or an execution that is not running, for a kill) is NOT_FOUND with ResourceInfo.
 """
 
 from __future__ import annotations
@@ -16,17 +16,19 @@ import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import grpc
 from google.protobuf import timestamp_pb2
 
 from sandbox_client._proto.sandbox.v1 import admin_pb2 as pb
+from sandbox_client._proto.sandbox.v1 import sandbox_pb2
 from sandbox_server.admin.operations import Operations
 from sandbox_server.admin.servicer import _require_admin
 from sandbox_server.context import Principal
 from sandbox_server.errors import BackendUnavailable, FieldViolation, InvalidRequest, NotFound
 from sandbox_server.execution.servicer import RunningExecution
-from sandbox_server.stores.base import AuditRecord
+from sandbox_server.stores.base import ANY_ERROR, AuditRecord
 from sandbox_server.stores.costs import CostRow, GroupBy
 from sandbox_server.stores.incidents import IncidentRecord, MitigationRecord, Severity
 from sandbox_server.validation.request import admin_name
@@ -40,6 +42,15 @@ MAX_NOTE_CHARS = 1000
 """A resolution note is kept in the incident's details; the store keeps detail values this long at most."""
 RUNNING = "RUNNING"
 """The outcome of an execution that holds a sandbox now."""
+MAX_OUTCOMES = 32
+"""Outcomes one ListExecutions may filter by (there are fewer distinct ones than this)."""
+# The outcomes an audit record can have (interceptors/audit.py writes them), plus RUNNING for a live execution and
+# ANY_ERROR for every "ERROR:<code>".
+_OUTCOMES = frozenset({
+    *(name.removeprefix("STATUS_") for name, n in sandbox_pb2.Status.items() if n != sandbox_pb2.STATUS_UNSPECIFIED),
+    "CANCELLED", ANY_ERROR, RUNNING,
+    *(f"{ANY_ERROR}:{code.name}" for code in grpc.StatusCode if code is not grpc.StatusCode.OK),
+})
 UNAVAILABLE_RETRY_S = 60.0
 
 _SEVERITIES: Mapping[Severity, pb.Severity] = {
@@ -135,22 +146,32 @@ class OperationsServicer:
     async def ListExecutions(
         self, request: pb.ListExecutionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListExecutionsResponse:
-        """The running executions and the audit trail's, merged newest first (by start), ``limit`` in all."""
+        """The running executions and the audit trail's that pass every filter of the request, merged newest
+        first (by start), ``limit`` in all. The audit store filters in SQL, so ``limit`` counts matches only."""
         _, ops = self._ops()
-        limit = _limit(
-            request.limit, [*admin_name("tenant", request.tenant), *admin_name("session_id", request.session_id)]
-        )
+        problems = [*admin_name("tenant", request.tenant), *admin_name("session_id", request.session_id)]
+        outcomes = _outcomes(request.outcomes, problems)
+        since = _epoch("since", request.since, problems) if request.HasField("since") else None
+        until = _epoch("until", request.until, problems) if request.HasField("until") else None
+        if since is not None and until is not None and not since < until:
+            problems.append(FieldViolation("since", "must be before until"))
+        limit = _limit(request.limit, problems)
         now = time.time()
         live = [
             _live_execution(r, now)
             for r in ops.executions.running.values()
             if (not request.tenant or r.tenant == request.tenant)
             and (not request.session_id or r.spec.session_id == request.session_id)
+            and (not outcomes or RUNNING in outcomes)
+            and (since is None or r.started_at >= since)
+            and (until is None or r.started_at < until)
         ]
         audited: list[pb.Execution] = []
-        if not request.running_only:
+        finished_outcomes = outcomes - {RUNNING}  # no audit record is RUNNING
+        if not request.running_only and (not outcomes or finished_outcomes):
             records = await asyncio.to_thread(
-                ops.audit.list, request.tenant or None, limit, request.session_id or None
+                partial(ops.audit.list, request.tenant or None, limit, request.session_id or None,
+                        outcomes=finished_outcomes, since=since, until=until)
             )
             audited = [_audited_execution(r) for r in records]
         # An execution that ended while we read the trail may show up in both: its audit record is the final word.
@@ -225,6 +246,19 @@ def _limit(requested: int, problems: list[FieldViolation]) -> int:
     return limit
 
 
+def _outcomes(requested: Sequence[str], problems: list[FieldViolation]) -> frozenset[str]:
+    """The outcomes to filter by (empty: any); each unknown one adds a violation naming its index."""
+    if len(requested) > MAX_OUTCOMES:
+        problems.append(FieldViolation("outcomes", f"at most {MAX_OUTCOMES} values"))
+        return frozenset()
+    for i, outcome in enumerate(requested):
+        if outcome not in _OUTCOMES:
+            problems.append(FieldViolation(
+                f"outcomes[{i}]",
+                f"unknown outcome {outcome[:40]!r}: a status (OK, TIMEOUT, ...), RUNNING, CANCELLED, "
+                f"{ANY_ERROR}:<grpc code> (e.g. {ANY_ERROR}:INTERNAL), or {ANY_ERROR} for any of those",
+            ))
+    return frozenset(requested)
 
 
 def _epoch(field: str, stamp: timestamp_pb2.Timestamp, problems: list[FieldViolation]) -> float | None:

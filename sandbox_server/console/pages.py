@@ -27,7 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from sandbox_client import AuthenticationError, InvalidRequestError, NotFoundError, SandboxError, Status
-from sandbox_client.admin import AdminClient, CostGroupBy, CostReport, Execution, Role
+from sandbox_client.admin import AdminClient, CostGroupBy, CostReport, Role
 from sandbox_server.console import live
 from sandbox_server.console.admin_calls import SignInRefused, Upstream, problem, sign_in
 from sandbox_server.console.auth import (
@@ -48,8 +48,8 @@ _T = TypeVar("_T")
 
 STATIC_DIR = Path(__file__).parent / "static"
 AUDIT_LIMIT = 200
-"""Audit records a page reads by default (the Admin API's latest; at most 1000)."""
-# Outcomes an execution's record can have (ERROR stands for every "ERROR:<code>").
+"""Executions the audit page shows by default (the latest that match its filters; at most 1000)."""
+# Outcomes an execution can have, as the Admin API's filter takes them (ERROR stands for every "ERROR:<code>").
 OUTCOMES = (*(s.value for s in Status if s is not Status.UNSPECIFIED), "CANCELLED", "ERROR", "RUNNING")
 _BACK = re.compile(r"^/[a-z]+(/[A-Za-z0-9_.-]{1,128})?$")
 _SIGNED_OUT = {
@@ -272,15 +272,6 @@ def _moment(text: str, name: str) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _matches(execution: Execution, status: str, since: datetime | None, until: datetime | None) -> bool:
-    if status and not (execution.outcome == status or (status == "ERROR" and execution.outcome.startswith("ERROR:"))):
-        return False
-    started = execution.started_at
-    if since is not None and (started is None or started < since):
-        return False
-    return not (until is not None and (started is None or started >= until))
-
-
 @signed_in
 async def audit_page(request: Request, ctx: Ctx) -> Response:
     query = request.query_params
@@ -294,13 +285,14 @@ async def audit_page(request: Request, ctx: Ctx) -> Response:
     since = _moment(query["since"], "since") if query.get("since") else None
     until = _moment(query["until"], "until") if query.get("until") else None
     tenants = await ctx.admin(lambda admin: admin.list_tenants())
-    executions = await ctx.admin(
-        lambda admin: admin.list_executions(tenant=tenant or None, session_id=session_id or None, limit=limit))
-    shown = [e for e in executions if _matches(e, status, since, until)]
+    # The Admin API filters (in SQL), so the latest `limit` matches are found however far back they are.
+    executions = await ctx.admin(partial(
+        AdminClient.list_executions, tenant=tenant or None, session_id=session_id or None, limit=limit,
+        outcomes=(status,) if status else (), since=since, until=until))
     filters = {"tenant": tenant, "session": session_id, "status": status, "since": query.get("since", ""),
                "until": query.get("until", ""), "limit": limit}
-    return ctx.page("audit.html", "audit", executions=shown, read=len(executions), tenants=tenants,
-                    outcomes=OUTCOMES, filters=filters)
+    return ctx.page("audit.html", "audit", executions=executions, tenants=tenants, outcomes=OUTCOMES,
+                    filters=filters)
 
 
 # --- costs -----------------------------------------------------------------------------------------------------

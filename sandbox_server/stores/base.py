@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -22,6 +22,8 @@ TOKEN_PREFIX = "sbx_"  # noqa: S105 (a prefix, not a password)
 """Every API key reads ``sbx_<key_id>_<secret>``: the key id is public, the secret is 32 random bytes."""
 
 MAX_LABEL_CHARS = 200
+ANY_ERROR = "ERROR"
+"""In an audit listing's outcome filter: every "ERROR:<code>" outcome."""
 
 
 @dataclass(frozen=True)
@@ -156,14 +158,49 @@ class AuditStore(Protocol):
     def get(self, execution_id: str) -> AuditRecord | None: ...
 
     def list(
-        self, tenant: str | None = None, limit: int = 100, session_id: str | None = None
+        self, tenant: str | None = None, limit: int = 100, session_id: str | None = None, *,
+        outcomes: Collection[str] = (), since: float | None = None, until: float | None = None,
     ) -> builtins.list[AuditRecord]:
-        """Newest first; ``tenant`` and ``session_id`` filter when set."""
+        """Newest first (by start), at most ``limit`` of those that pass every filter set: ``tenant``,
+        ``session_id``, ``outcomes`` (one of these; ANY_ERROR stands for every "ERROR:<code>"), and a start time
+        in [``since``, ``until``) (epoch seconds)."""
         ...
 
     def count(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+def audit_where(
+    mark: str, tenant: str | None, session_id: str | None, outcomes: Collection[str], since: float | None,
+    until: float | None,
+) -> tuple[str, builtins.list[Any]]:
+    """An audit listing's WHERE clause ("WHERE ... ", or "" without a filter) and its parameters, for both SQL
+    stores: ``mark`` is the driver's placeholder ("?" or "%s")."""
+    where: builtins.list[str] = []
+    params: builtins.list[Any] = []
+    for column, value in (("tenant", tenant), ("session_id", session_id)):
+        if value is not None:
+            where.append(f"{column} = {mark}")
+            params.append(value)
+    if outcomes:
+        exact = sorted(set(outcomes) - {ANY_ERROR})
+        either: builtins.list[str] = []
+        if exact:
+            either.append(f"outcome IN ({', '.join([mark] * len(exact))})")
+            params.extend(exact)
+        if ANY_ERROR in outcomes:
+            # substr rather than LIKE: the same exact, case-sensitive match in both (and no "%" for psycopg).
+            either.append(f"substr(outcome, 1, 6) = {mark}")
+            params.append(f"{ANY_ERROR}:")
+        where.append(f"({' OR '.join(either)})")
+    if since is not None:
+        where.append(f"started_at >= {mark}")
+        params.append(since)
+    if until is not None:
+        where.append(f"started_at < {mark}")
+        params.append(until)
+    return (f"WHERE {' AND '.join(where)} " if where else ""), params
 
 
 def json_column(value: Any) -> Any:

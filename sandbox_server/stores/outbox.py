@@ -20,6 +20,7 @@ import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Collection
 from dataclasses import fields
 from pathlib import Path
 from types import MappingProxyType
@@ -110,9 +111,11 @@ class OutboxAuditStore:
         waiting = self.outbox.get(execution_id)
         return waiting if waiting is not None else self._store.get(execution_id)
 
-    def list(self, tenant: str | None = None, limit: int = 100,
-             session_id: str | None = None) -> builtins.list[AuditRecord]:
-        return self._store.list(tenant, limit, session_id)
+    def list(
+        self, tenant: str | None = None, limit: int = 100, session_id: str | None = None, *,
+        outcomes: Collection[str] = (), since: float | None = None, until: float | None = None,
+    ) -> builtins.list[AuditRecord]:
+        return self._store.list(tenant, limit, session_id, outcomes=outcomes, since=since, until=until)
 
     def count(self) -> int:
         return self._store.count()

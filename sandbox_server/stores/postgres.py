@@ -20,7 +20,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import resources
 from types import MappingProxyType, TracebackType
@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sandbox_server.errors import StoreUnavailable
-from sandbox_server.stores.base import TOKEN_PREFIX, AuditRecord, KeyRecord, PolicyVersion, Role
+from sandbox_server.stores.base import TOKEN_PREFIX, AuditRecord, KeyRecord, PolicyVersion, Role, audit_where
 from sandbox_server.stores.keys import (
     DEFAULT_CACHE_TTL_S,
     KEY_COLUMNS,
@@ -296,18 +296,12 @@ class PostgresAuditStore(PostgresStore):
             raise ValueError(f"execution {rec.execution_id} already has an audit record") from exc
 
     def list(
-        self, tenant: str | None = None, limit: int = 100, session_id: str | None = None
+        self, tenant: str | None = None, limit: int = 100, session_id: str | None = None, *,
+        outcomes: Collection[str] = (), since: float | None = None, until: float | None = None,
     ) -> builtins.list[AuditRecord]:
-        """Newest first; ``tenant`` and ``session_id`` filter when set."""
+        """Newest first, filtered in SQL (see AuditStore.list)."""
         self._check_open()
-        where, params = [], []
-        if tenant is not None:
-            where.append("tenant = %s")
-            params.append(tenant)
-        if session_id is not None:
-            where.append("session_id = %s")
-            params.append(session_id)
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        clause, params = audit_where("%s", tenant, session_id, outcomes, since, until)
         rows = self.db.read(f"SELECT * FROM audit {clause}ORDER BY started_at DESC LIMIT %s",  # noqa: S608
                             (*params, limit))
         return [audit_record(r) for r in rows]

@@ -34,7 +34,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -47,6 +47,7 @@ from sandbox_server.stores.base import (
     PolicyVersion,
     PolicyVersionStore,
     Role,
+    audit_where,
     json_column,
 )
 from sandbox_server.stores.keys import (
@@ -420,17 +421,11 @@ class SqliteAuditStore(_SqliteStore):
             raise ValueError(f"execution {rec.execution_id} already has an audit record") from exc
 
     def list(
-        self, tenant: str | None = None, limit: int = 100, session_id: str | None = None
+        self, tenant: str | None = None, limit: int = 100, session_id: str | None = None, *,
+        outcomes: Collection[str] = (), since: float | None = None, until: float | None = None,
     ) -> builtins.list[AuditRecord]:
-        """Newest first; ``tenant`` and ``session_id`` filter when set."""
-        where, params = [], []
-        if tenant is not None:
-            where.append("tenant = ?")
-            params.append(tenant)
-        if session_id is not None:
-            where.append("session_id = ?")
-            params.append(session_id)
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        """Newest first, filtered in SQL (see AuditStore.list)."""
+        clause, params = audit_where("?", tenant, session_id, outcomes, since, until)
         rows = self._read(f"SELECT * FROM audit {clause}ORDER BY started_at DESC LIMIT ?",  # noqa: S608
                           (*params, limit))
         return [audit_record(r) for r in rows]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -222,6 +222,52 @@ def test_finished_executions_are_listed_newest_first_and_shown(ops: OpsServer, o
     assert (missing.value.resource_type, missing.value.resource_name) == ("execution", "0" * 32)
 
 
+def test_executions_are_filtered_by_outcome_and_start_time(ops: OpsServer, ops_admin: AdminClient) -> None:
+    """The filters apply before ``limit`` (in the audit store's SQL and to the running ones alike)."""
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    with ops.sandbox("acme") as acme, ops.sandbox("globex") as globex:
+        failed = acme.execute("import sys; sys.exit(3)", session_id="s1")
+        timed_out = acme.execute(LOOP, session_id="s1", limits=Limits(wall_time_s=0.2))
+        middle = datetime.now(UTC)  # the two above started before it, the two below after
+        ok = globex.execute("print(1)", session_id="s2")
+        newest = acme.execute("print(2)", session_id="s2")
+    assert (failed.status, ok.status, newest.status) == (Status.NONZERO_EXIT, Status.OK, Status.OK)
+    assert timed_out.status in (Status.TIMEOUT, Status.CPU_LIMIT)
+    loop_outcome = timed_out.status.value
+
+    def ids(**filters: Any) -> list[str]:
+        return [e.execution_id for e in ops_admin.list_executions(**filters)]
+
+    assert ids(outcomes=["NONZERO_EXIT"]) == [failed.execution_id]
+    assert ids(outcomes=["NONZERO_EXIT", loop_outcome]) == [timed_out.execution_id, failed.execution_id]
+    # One OK is newer than both failures: with the filter, limit=1 still finds the newest failure.
+    assert ids(outcomes=["NONZERO_EXIT", loop_outcome], limit=1) == [timed_out.execution_id]
+    assert ids(outcomes="OK") == [newest.execution_id, ok.execution_id]  # one outcome as a plain string
+    assert ids(outcomes=["OK"], tenant="globex") == [ok.execution_id]
+    assert ids(outcomes=["ERROR", "CANCELLED", "RUNNING"]) == []
+    assert ids(since=middle) == [newest.execution_id, ok.execution_id]
+    assert ids(until=middle) == [timed_out.execution_id, failed.execution_id]
+    assert ids(since=before, until=middle, outcomes=["OK", "NONZERO_EXIT"]) == [failed.execution_id]
+    assert ids(since=middle, outcomes=["NONZERO_EXIT"]) == []
+    assert ids(since=middle, session_id="s2", limit=1) == [newest.execution_id]
+    assert ids(until=before) == []
+
+    with sleeping_execution(ops, "sleepy") as result:
+        [live] = poll("the execution to be running", lambda: ops_admin.list_executions(running_only=True) or None)
+        assert ids(outcomes=["RUNNING"]) == [live.execution_id]
+        assert ids(outcomes=["RUNNING", "NONZERO_EXIT"]) == [live.execution_id, failed.execution_id]
+        assert live.execution_id not in ids(outcomes=["OK"])
+        assert ids(since=middle, limit=2) == [live.execution_id, newest.execution_id]
+        assert ids(until=middle, outcomes=["RUNNING"]) == []  # it started later
+        assert ids(since=datetime.now(UTC) + timedelta(seconds=1)) == []
+        assert ids(running_only=True, outcomes=["RUNNING"], since=middle) == [live.execution_id]
+        assert ids(running_only=True, outcomes=["OK"]) == []
+        ops_admin.kill_execution(live.execution_id)
+        assert result().status is Status.KILLED
+    assert ids(outcomes=["KILLED"]) == [live.execution_id]
+    assert ids(outcomes=["RUNNING"]) == []
+
+
 def test_a_running_execution_is_listed_and_killed(ops: OpsServer, ops_admin: AdminClient) -> None:
     with ops.sandbox("acme") as acme:
         done = acme.execute("print('done')", session_id="other")
@@ -417,6 +463,18 @@ def test_bad_requests_are_invalid_argument_with_field_violations(ops_admin: Admi
         (lambda: ops_admin.list_incidents(limit=-1), "limit"),
         (lambda: ops_admin.list_executions(limit=5000), "limit"),
         (lambda: ops_admin.list_executions(tenant="x" * 500), "tenant"),
+        (lambda: ops_admin.list_executions(outcomes=["BOGUS"]), "outcomes[0]"),
+        (lambda: ops_admin.list_executions(outcomes=["OK", "ok"]), "outcomes[1]"),  # case-sensitive
+        (lambda: ops_admin.list_executions(outcomes=["ERROR:NOPE"]), "outcomes[0]"),  # not a gRPC code
+        (lambda: ops_admin.list_executions(outcomes=["ERROR:OK"]), "outcomes[0]"),
+        (lambda: ops_admin.list_executions(outcomes=["ERROR:"]), "outcomes[0]"),
+        (lambda: ops_admin.list_executions(outcomes=["STATUS_OK"]), "outcomes[0]"),
+        (lambda: ops_admin.list_executions(outcomes=["OK\x00"]), "outcomes[0]"),
+        (lambda: ops_admin.list_executions(outcomes=["OK"] * 33), "outcomes"),
+        (lambda: ops_admin.list_executions(since=datetime.now(UTC), until=datetime.now(UTC) - timedelta(hours=1)),
+         "since"),
+        (lambda: ops_admin.list_executions(since=datetime(2024, 1, 1, tzinfo=UTC),
+                                           until=datetime(2024, 1, 1, tzinfo=UTC)), "since"),
         (lambda: ops_admin.get_incident(""), "id"),
         (lambda: ops_admin.resolve_incident(""), "id"),
         (lambda: ops_admin.resolve_incident("inc_000000000000", note="n" * 1001), "note"),
@@ -430,10 +488,19 @@ def test_bad_requests_are_invalid_argument_with_field_violations(ops_admin: Admi
         assert [v.field for v in refused.value.field_violations] == [field]
     assert ops_admin.list_incidents(limit=1000) == ()  # the bounds themselves are fine
     assert ops_admin.list_executions(limit=1) == ()
+    every = ["OK", "NONZERO_EXIT", "TIMEOUT", "CPU_LIMIT", "MEMORY_LIMIT", "OUTPUT_LIMIT", "KILLED", "REJECTED",
+             "FILE_SIZE_LIMIT", "RUNNING", "CANCELLED", "ERROR", "ERROR:INTERNAL", "ERROR:UNAVAILABLE"]
+    assert ops_admin.list_executions(outcomes=every, since=datetime(1, 1, 1, tzinfo=UTC)) == ()
+    with pytest.raises(InvalidRequestError) as several:  # every problem at once, each named
+        ops_admin.list_executions(outcomes=["OK", "nope", "ERROR:x"], limit=5000,
+                                  since=datetime.now(UTC), until=datetime.now(UTC) - timedelta(hours=1))
+    assert [v.field for v in several.value.field_violations] == ["outcomes[1]", "outcomes[2]", "since", "limit"]
+    with pytest.raises(ValueError, match="aware datetime"):
+        ops_admin.list_executions(until=datetime(2024, 1, 1))  # naive: refused
 
 
 def test_requests_the_client_would_not_send_are_refused_too(ops: OpsServer) -> None:
-    """Straight through the stub: an unknown grouping and out-of-range timestamps."""
+    """Straight through the stub: an unknown grouping, an empty outcome and out-of-range timestamps."""
     request = admin_pb2.CostReportRequest(group_by=99)  # type: ignore[arg-type]  # an enum value no one defined
     request.since.seconds = 10**12  # past year 9999
     request.until.nanos = -1
@@ -444,6 +511,17 @@ def test_requests_the_client_would_not_send_are_refused_too(ops: OpsServer) -> N
     error = from_rpc_error(refused.value)
     assert isinstance(error, InvalidRequestError)
     assert [v.field for v in error.field_violations] == ["group_by", "since", "until"]
+
+    listing = admin_pb2.ListExecutionsRequest(outcomes=["TIMEOUT", ""])
+    listing.since.seconds = -(10**12)  # before year 1
+    listing.until.nanos = 10**9
+    with grpc.insecure_channel(ops.target) as channel:
+        stub = admin_pb2_grpc.AdminStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListExecutions(listing, metadata=(("authorization", f"Bearer {ops.keys['admin']}"),), timeout=10)
+    error = from_rpc_error(refused.value)
+    assert isinstance(error, InvalidRequestError)
+    assert [v.field for v in error.field_violations] == ["outcomes[1]", "since", "until"]
 
 
 def test_a_tenant_key_may_not_use_them(ops: OpsServer) -> None:

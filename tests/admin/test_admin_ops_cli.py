@@ -101,6 +101,53 @@ def test_executions_list_and_show(runner: CliRunner, ops: OpsServer) -> None:
     assert cli(runner, ops, "executions", "list", "--running").stdout.strip() == "No running executions."
 
 
+def test_executions_list_filters_by_outcome_and_time(runner: CliRunner, ops: OpsServer) -> None:
+    with ops.sandbox("acme") as acme:
+        failed = acme.execute("raise SystemExit(2)", session_id="s1")
+        middle = datetime.now(UTC)  # ``failed`` started before it, the other two after
+        ok = acme.execute("print(1)", session_id="s1")
+        newest = acme.execute("print(2)", session_id="s2")
+
+    def ids(*args: str) -> list[str]:
+        return [e["execution_id"] for e in parsed(cli(runner, ops, "executions", "list", "--json", *args))]
+
+    assert ids("--outcome", "NONZERO_EXIT") == [failed.execution_id]
+    assert ids("--outcome", "OK", "--outcome", "NONZERO_EXIT") == [
+        newest.execution_id, ok.execution_id, failed.execution_id
+    ]
+    # Filtered by the server: --limit counts the matches, so the failure is found behind the newer OKs.
+    assert ids("--outcome", "NONZERO_EXIT", "--outcome", "ERROR", "--limit", "1") == [failed.execution_id]
+    assert ids("--since", middle.isoformat()) == [newest.execution_id, ok.execution_id]
+    assert ids("--until", middle.isoformat(), "--tenant", "acme") == [failed.execution_id]
+    assert ids("--since", middle.isoformat(), "--outcome", "OK", "--session", "s1") == [ok.execution_id]
+    # A date alone, without a zone, is a UTC midnight.
+    assert ids("--until", "2001-01-02") == []
+    assert ids("--since", "2001-01-01", "--outcome", "NONZERO_EXIT") == [failed.execution_id]
+
+    table = cli(runner, ops, "executions", "list", "--outcome", "NONZERO_EXIT")
+    assert table.exit_code == 0, table.stderr
+    assert failed.execution_id in table.stdout
+    assert ok.execution_id not in table.stdout
+    none = cli(runner, ops, "executions", "list", "--outcome", "TIMEOUT", "--since", middle.isoformat())
+    assert (none.exit_code, none.stdout.strip()) == (0, "No executions match.")
+    assert cli(runner, ops, "executions", "list", "--running", "--outcome", "RUNNING").stdout.strip() == (
+        "No running executions match."
+    )
+
+    unknown = cli(runner, ops, "executions", "list", "--outcome", "OK", "--outcome", "FAILED")
+    assert unknown.exit_code == EXIT_FAILURE
+    assert "(INVALID_ARGUMENT)" in unknown.stderr
+    assert "outcomes[1]: unknown outcome 'FAILED'" in unknown.stderr
+    machine = cli(runner, ops, "--json", "executions", "list", "--outcome", "ERROR:BOGUS")
+    assert [v["field"] for v in json.loads(machine.stderr)["error"]["field_violations"]] == ["outcomes[0]"]
+    backwards = cli(runner, ops, "executions", "list", "--since", "2024-02-01", "--until", "2024-01-01")
+    assert backwards.exit_code == EXIT_FAILURE
+    assert "since: must be before until" in backwards.stderr
+    bad = cli(runner, ops, "executions", "list", "--until", "an hour ago")
+    assert bad.exit_code == EXIT_USAGE
+    assert "--until: not an ISO 8601 time or date" in bad.stderr
+
+
 def test_executions_kill(runner: CliRunner, ops: OpsServer) -> None:
     with sleeping_execution(ops, "sleepy") as result:
         running = poll(

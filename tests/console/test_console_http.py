@@ -7,6 +7,7 @@ import re
 import ssl
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -174,6 +175,32 @@ def test_charts_escape_their_labels() -> None:
     assert str(bar_chart([], "empty")) == ""
     days = str(day_chart([("2026-01-02", 1.0), ("2026-01-01", 3.0)], "days"))
     assert days.index("01-01") < days.index("01-02")  # oldest on the left
+
+
+def test_the_audit_page_filters_through_the_admin_api(console: ConsoleServer) -> None:
+    """Status and time go to ListExecutions: a failure behind newer successes is found with "At most" 1."""
+    with console.sandbox("acme") as acme:
+        failed = acme.execute("raise SystemExit(4)", session_id="audit-http")
+        middle = datetime.now(UTC).replace(tzinfo=None)  # the form's times are UTC without a zone
+        newer = [acme.execute("print(1)", session_id="audit-http") for _ in range(2)]
+
+    def shown(**query: str) -> list[str]:
+        page = browser.get("/audit", params={"session": "audit-http", **query})
+        assert page.status_code == 200, page.text
+        return re.findall(r'data-execution="([^"]+)"', page.text)
+
+    with httpx.Client(base_url=console.origin) as browser:
+        sign_in(browser, console.keys["admin"])
+        assert shown(status="NONZERO_EXIT", limit="1") == [failed.execution_id]
+        assert shown(status="OK") == [newer[1].execution_id, newer[0].execution_id]
+        assert shown(status="ERROR") == []
+        assert shown(since=middle.isoformat(timespec="microseconds")) == [e.execution_id for e in reversed(newer)]
+        assert shown(until=middle.isoformat(timespec="microseconds"), status="NONZERO_EXIT") == [failed.execution_id]
+        assert shown(since="2999-01-01T00:00") == []
+        assert shown(status="NO_SUCH_STATUS", limit="1") == [newer[1].execution_id]  # an unknown one is dropped
+        backwards = browser.get("/audit", params={"since": "2024-02-01T00:00", "until": "2024-01-01T00:00"})
+        assert backwards.status_code == 400
+        assert "must be before until" in backwards.text
 
 
 def test_admin_client_is_what_the_console_calls(console: ConsoleServer) -> None:

@@ -425,16 +425,22 @@ class Execution(_message.Message):
     def __init__(self, execution_id: _Optional[str] = ..., tenant: _Optional[str] = ..., key_id: _Optional[str] = ..., session_id: _Optional[str] = ..., language: _Optional[str] = ..., code_sha256: _Optional[str] = ..., limits: _Optional[_Mapping[str, int]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., wall_time_s: _Optional[float] = ..., cpu_time_s: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., cost: _Optional[float] = ..., trace_id: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exercise: _Optional[bool] = ...) -> None: ...
 
 class ListExecutionsRequest(_message.Message):
-    __slots__ = ("tenant", "session_id", "running_only", "limit")
+    __slots__ = ("tenant", "session_id", "running_only", "limit", "outcomes", "since", "until")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_ONLY_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     session_id: str
     running_only: bool
     limit: int
-    def __init__(self, tenant: _Optional[str] = ..., session_id: _Optional[str] = ..., running_only: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+    outcomes: _containers.RepeatedScalarFieldContainer[str]
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    def __init__(self, tenant: _Optional[str] = ..., session_id: _Optional[str] = ..., running_only: _Optional[bool] = ..., limit: _Optional[int] = ..., outcomes: _Optional[_Iterable[str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListExecutionsResponse(_message.Message):
     __slots__ = ("executions",)
