@@ -11,9 +11,10 @@ them. A holder that does not answer at all has lost the session with itself: the
 (SESSION_CLOSED, close reason ``server_lost``) for its own session, SESSION_NOT_FOUND for anyone else's.
 
 The Admin API's GetSession and CloseSession are relayed the same way (if the holder does not answer, this
-server's answer from the shared record stands). ListSessions, a tenant's or the Admin API's, is answered by
-every server for the sessions it holds: the server asked relays it to every other holder in the registry and
-merges the answers.
+server's answer from the shared record stands). The fleet calls (``methods.FLEET_LISTINGS``, ``FLEET_LOOKUPS``)
+are answered by every server for its own part: a listing of sessions (a tenant's or the Admin API's) or of
+executions is asked of every other live server in the registry and the answers merged; a lookup or kill of an
+execution this server does not run is asked of every other one.
 
 It runs right after auth: a caller without valid credentials is refused here, and nothing of this server's
 chain (idempotency, limits, budgets, audit) is spent on a call another server runs and accounts for.
@@ -35,14 +36,15 @@ from google.rpc import error_details_pb2, status_pb2
 from sandbox_client._proto.sandbox.v1 import admin_pb2
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.context import call_record, principal
-from sandbox_server.errors import RelayedStatus
+from sandbox_server.errors import NotFound, RelayedStatus
 from sandbox_server.interceptors._wrap import StreamBehavior, UnaryBehavior, wrap_handler
 from sandbox_server.interceptors.methods import (
     ADMIN_PREFIX,
     ADMIN_SESSION_ADDRESSED,
+    FLEET_LISTINGS,
+    FLEET_LOOKUPS,
     PREFIX,
     SESSION_ADDRESSED,
-    SESSION_LISTINGS,
     UPLOAD_FILE,
 )
 from sandbox_server.sessions.pages import page_size, session_page_token
@@ -58,6 +60,8 @@ _RESPONSES: dict[str, Any] = {
                             (ADMIN_PREFIX, admin_pb2.DESCRIPTOR.services_by_name["Admin"]))
     for m in service.methods}
 ADMIN_LIST_SESSIONS = ADMIN_PREFIX + "ListSessions"
+ADMIN_LIST_EXECUTIONS = ADMIN_PREFIX + "ListExecutions"
+FLEET_TIMEOUT_S = 10.0  # each other server's part of a fleet call: a hung one must not hang the caller's listing
 
 
 class Holders(Protocol):
@@ -115,7 +119,7 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
         """The other server to relay to, or None: handle here."""
         if not session_id or holders.holds(session_id):
             return None
-        if any(key == FORWARDED for key, _ in context.invocation_metadata() or ()):
+        if _asked_by_a_server(context):
             return None  # relayed once already: answer here, whatever the registry says
         with phase("forward"):
             owner = await owners.owner(session_id)
@@ -143,46 +147,62 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
         # grpc's abort takes a tuple, not the call's Metadata (given that, it failed every relayed error as INTERNAL)
         await context.abort(exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ()))
 
-    def _listing(self, handler: grpc.RpcMethodHandler, method: str, owners: Owners) -> grpc.RpcMethodHandler:
-        """ListSessions (a tenant's, or the Admin API's): this server's answer merged with the answers of every
-        other server holding sessions, each for its own, so that a listing through a load balancer shows the
-        fleet's. A server that does not answer is left out (its sessions are lost with it)."""
+    def _fleet(self, handler: grpc.RpcMethodHandler, method: str, owners: Owners) -> grpc.RpcMethodHandler:
+        """A call every server answers for its own part (FLEET_LISTINGS, FLEET_LOOKUPS): this server answers,
+        then (a listing) asks every other live server and merges the answers, or (a lookup that found nothing
+        here) asks every other one and takes the answer of the one that has it. Asked by another server
+        (``x-sandbox-forwarded``), a server answers for its own part only."""
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if _asked_by_a_server(context):
+                    return await behavior(request, context)
+                if method in FLEET_LOOKUPS:
+                    try:
+                        return await behavior(request, context)
+                    except NotFound as missing:  # not here: running on another server, perhaps
+                        found = await self._ask_others(owners, method, request, context, skip_not_found=True)
+                        if found:
+                            return found[0]
+                        raise missing from None
                 local = await behavior(request, context)  # first: it validates the request and the caller
-                if any(key == FORWARDED for key, _ in context.invocation_metadata() or ()):
-                    return local  # another server's fan-out: this one's own sessions only
-                with phase("forward"):
-                    others = sorted(await owners.others())
-                if not others:
-                    return local
-                args = self._call_args(owners, context)
-                answers = await asyncio.gather(*(self._channel(address).unary_unary(
-                    method, request_serializer=_serialize, response_deserializer=_RESPONSES[method].FromString,
-                )(request, **args) for address in others), return_exceptions=True)
-                remote: list[Any] = []
-                for address, answer in zip(others, answers, strict=True):
-                    if isinstance(answer, grpc.aio.AioRpcError) and _no_answer(answer):
-                        log.warning("listing sessions: the server at %s does not answer: %s", address,
-                                    answer.details())
-                    elif isinstance(answer, grpc.aio.AioRpcError):
-                        await context.abort(answer.code(), answer.details() or "",
-                                            tuple(answer.trailing_metadata() or ()))
-                    elif isinstance(answer, BaseException):
-                        raise answer
-                    else:
-                        remote.append(answer)
-                if method == ADMIN_LIST_SESSIONS:
-                    return _merge_admin(request, local, remote)
-                return _merge_tenant(request, local, remote)
+                answers = await self._ask_others(owners, method, _their_part(method, request), context)
+                return _MERGES[method](request, local, answers) if answers else local
 
             return wrapped
 
         def stream(behavior: StreamBehavior) -> StreamBehavior:
-            return behavior  # both listings are unary
+            return behavior  # every fleet call is unary
 
         return wrap_handler(handler, unary, stream)
+
+    async def _ask_others(self, owners: Owners, method: str, request: Any, context: grpc.aio.ServicerContext,
+                          *, skip_not_found: bool = False) -> list[Any]:
+        """The answers of every other live server. One that does not answer is left out (what it held is lost
+        with it); another refusal is passed on, as a relayed call's would be."""
+        with phase("forward"):
+            others = sorted(await owners.others())
+        if not others:
+            return []
+        args = self._call_args(owners, context)
+        remaining = args["timeout"]
+        args["timeout"] = FLEET_TIMEOUT_S if remaining is None else min(remaining, FLEET_TIMEOUT_S)
+        answers = await asyncio.gather(*(self._channel(address).unary_unary(
+            method, request_serializer=_serialize, response_deserializer=_RESPONSES[method].FromString,
+        )(request, **args) for address in others), return_exceptions=True)
+        found: list[Any] = []
+        for address, answer in zip(others, answers, strict=True):
+            if isinstance(answer, grpc.aio.AioRpcError):
+                if _no_answer(answer):
+                    log.warning("%s: the server at %s does not answer: %s", method, address, answer.details())
+                elif not (skip_not_found and answer.code() is grpc.StatusCode.NOT_FOUND):
+                    await context.abort(answer.code(), answer.details() or "",
+                                        tuple(answer.trailing_metadata() or ()))
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                found.append(answer)
+        return found
 
     async def intercept_service(
         self,
@@ -194,8 +214,8 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
         owners, holders = self.owners, self.holders
         if owners is None or holders is None:
             return handler
-        if method in SESSION_LISTINGS:
-            return self._listing(handler, method, owners)
+        if method in FLEET_LISTINGS or method in FLEET_LOOKUPS:
+            return self._fleet(handler, method, owners)
         admin = method in ADMIN_SESSION_ADDRESSED
         if method not in SESSION_ADDRESSED and not admin:
             return handler
@@ -321,6 +341,39 @@ def _merge_admin(request: Any, local: Any, remote: list[Any]) -> Any:
             closed.setdefault(s.session.id, s)
     merged = sorted(live.values(), key=lambda s: _position(s.session)) + list(closed.values())
     return admin_pb2.AdminListSessionsResponse(sessions=merged[:limit])
+
+
+def _merge_executions(request: Any, local: Any, remote: list[Any]) -> Any:
+    """This server's answer (its running executions and the shared audit trail's) with the executions running
+    on the others, newest first, ``limit`` in all; an execution's audit record is the final word on it."""
+    from sandbox_server.admin.operations_servicer import DEFAULT_LIST_LIMIT  # here: the admin package imports
+    # the chain
+
+    found = {e.execution_id: e for answer in remote for e in answer.executions}
+    found.update((e.execution_id, e) for e in local.executions)
+    merged = sorted(found.values(), key=lambda e: (e.started_at.seconds, e.started_at.nanos), reverse=True)
+    return admin_pb2.ListExecutionsResponse(executions=merged[: request.limit or DEFAULT_LIST_LIMIT])
+
+
+def _their_part(method: str, request: Any) -> Any:
+    """What to ask the other servers: for executions, only those running there (the audit trail is shared)."""
+    if method != ADMIN_LIST_EXECUTIONS:
+        return request
+    theirs = admin_pb2.ListExecutionsRequest()
+    theirs.CopyFrom(request)
+    theirs.running_only = True
+    return theirs
+
+
+def _asked_by_a_server(context: grpc.aio.ServicerContext) -> bool:
+    return any(key == FORWARDED for key, _ in context.invocation_metadata() or ())
+
+
+_MERGES: dict[str, Callable[[Any, Any, list[Any]], Any]] = {
+    PREFIX + "ListSessions": _merge_tenant,
+    ADMIN_LIST_SESSIONS: _merge_admin,
+    ADMIN_LIST_EXECUTIONS: _merge_executions,
+}
 
 
 async def _replay(first: Any, rest: Any) -> AsyncIterator[Any]:

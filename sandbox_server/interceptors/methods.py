@@ -20,5 +20,8 @@ SESSION_ADDRESSED = frozenset(PREFIX + name for name in (
 # The Admin service's calls on one session, forwarded the same way (a held session's live state is its holder's).
 ADMIN_PREFIX = "/sandbox.v1.Admin/"
 ADMIN_SESSION_ADDRESSED = frozenset({ADMIN_PREFIX + "GetSession", ADMIN_PREFIX + "CloseSession"})
-# Listings of live sessions: every server answers for those it holds, and the server asked merges the answers.
-SESSION_LISTINGS = frozenset({PREFIX + "ListSessions", ADMIN_PREFIX + "ListSessions"})
+# Calls every replica answers for its own part (interceptors/forward.py). Listings of what lives in one server
+# (sessions, running executions): the server asked merges every server's answer. Lookups of a running
+# execution: the server that runs it answers.
+FLEET_LISTINGS = frozenset({PREFIX + "ListSessions", ADMIN_PREFIX + "ListSessions", ADMIN_PREFIX + "ListExecutions"})
+FLEET_LOOKUPS = frozenset({ADMIN_PREFIX + "GetExecution", ADMIN_PREFIX + "KillExecution"})

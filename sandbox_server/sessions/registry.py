@@ -2,9 +2,11 @@
 to the one that holds it (``interceptors/forward.py``).
 
 One key per session, its value the holder's address (``advertise_address``), set when the session is created and
-deleted when it closes. The holder renews every key it holds every LEASE_S / 3; the keys of a server that died
-expire after LEASE_S, and a call for one of its sessions then gets the ordinary answer for a session this server
-does not hold (the record's close reason once the dead server's restart has closed it).
+deleted when it closes; and one per live server (its address), for the calls every server answers for its own
+part (listings of sessions and running executions, an execution's lookup and kill). A server renews its own
+entry and every session's it holds every LEASE_S / 3; those of a server that died expire after LEASE_S, and a
+call for one of its sessions then gets the ordinary answer for a session this server does not hold (the
+record's close reason once the dead server's restart has closed it).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sandbox_server.errors import SharedStateUnavailable
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "sandbox:session-owner:"
+SERVER_PREFIX = "sandbox:server:"  # one entry per live server: the calls every server answers for its own part
 LEASE_S = 30.0
 OP_TIMEOUT_S = 2.0
 RETRY_S = 1.0
@@ -73,14 +76,14 @@ class SessionRegistry:
         return value.decode() if isinstance(value, bytes) else str(value)
 
     async def others(self) -> set[str]:
-        """The other servers that hold live sessions now: the addresses in the registry's entries (a SCAN, for
-        listings). Raises SharedStateUnavailable."""
+        """Every other live server: the addresses of the servers' entries (a SCAN, for the calls every server
+        answers for its own part). Raises SharedStateUnavailable."""
         try:
             async with asyncio.timeout(OP_TIMEOUT_S):
-                keys = [key async for key in self.redis.scan_iter(match=KEY_PREFIX + "*", count=1000)]
+                keys = [key async for key in self.redis.scan_iter(match=SERVER_PREFIX + "*", count=1000)]
                 values = await self.redis.mget(keys) if keys else []
         except Exception as exc:
-            log.error("sessions registry: listing the holders failed: %r", exc)
+            log.error("sessions registry: listing the servers failed: %r", exc)
             raise SharedStateUnavailable("the sessions registry is unavailable; retry later",
                                          retry_after_s=RETRY_S) from exc
         found = {v.decode() if isinstance(v, bytes) else str(v) for v in values if v is not None}
@@ -95,9 +98,23 @@ class SessionRegistry:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            try:  # the other servers stop asking this one at once, rather than once its lease ends
+                async with asyncio.timeout(OP_TIMEOUT_S):
+                    await self._delete(keys=[SERVER_PREFIX + self.address], args=[self.address])
+            except Exception as exc:
+                log.warning("sessions registry: could not remove this server's entry (its lease ends it): %r", exc)
+
+    async def _announce(self) -> None:
+        """This server's own entry: live, at this address (renewed with the sessions' leases)."""
+        try:
+            async with asyncio.timeout(OP_TIMEOUT_S):
+                await self.redis.set(SERVER_PREFIX + self.address, self.address, px=int(LEASE_S * 1000))
+        except Exception as exc:  # the next round tries again; the lease covers two missed rounds
+            log.warning("sessions registry: could not renew this server's entry: %r", exc)
 
     async def _renew_forever(self) -> None:
         while True:
+            await self._announce()
             await asyncio.sleep(LEASE_S / 3)
             for session_id in list(self._held):
                 try:

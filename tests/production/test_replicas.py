@@ -279,6 +279,30 @@ def test_session_listings_and_admin_session_calls_cover_every_replica(topology: 
             closing.close()
 
 
+def test_an_execution_running_on_one_replica_is_listed_read_and_killed_through_another(
+        topology: Topology) -> None:
+    runner, other = topology.replicas[0], topology.replicas[2]
+    marker = os.urandom(4).hex()
+    with SandboxClient(runner.target, timeout=120) as sbx, ThreadPoolExecutor(1) as pool, \
+            AdminClient(other.target, api_key=None) as admin:
+        pending = pool.submit(sbx.execute, f"import time\nprint({marker!r}, flush=True)\ntime.sleep(60)")
+
+        def running_there() -> list[str]:
+            return [e.execution_id for e in admin.list_executions(running_only=True)]
+
+        _wait_for(lambda: len(running_there()) == 1, 30.0)
+        (execution_id,) = running_there()
+        assert admin.get_execution(execution_id).outcome == "RUNNING"
+        assert [e.execution_id for e in admin.list_executions(limit=1)] == [execution_id]  # the newest
+        assert admin.kill_execution(execution_id) is True
+        killed = pending.result(timeout=60)
+        assert (killed.execution_id, killed.status.name) == (execution_id, "KILLED")
+        assert admin.get_execution(execution_id).outcome == "KILLED"  # its record, in the shared trail
+        with pytest.raises(SandboxError) as missing:
+            admin.kill_execution(execution_id)  # ended: no server runs it
+        assert missing.value.code is grpc.StatusCode.NOT_FOUND
+
+
 def test_a_tenants_live_sessions_are_counted_across_every_replica(topology: Topology) -> None:
     """sessions.max_active is the tenant's limit for the fleet, not for each server (counted in Redis)."""
     first, second, third = topology.replicas
