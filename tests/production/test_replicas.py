@@ -275,8 +275,10 @@ def test_session_listings_and_admin_session_calls_cover_every_replica(topology: 
                 session.close()
         assert list(clients[1].list_sessions(labels)) == []
     finally:
-        for closing in (*clients, *admins):
-            closing.close()
+        for client in clients:
+            client.close()
+        for admin in admins:
+            admin.close()
 
 
 def test_an_execution_running_on_one_replica_is_listed_read_and_killed_through_another(
