@@ -14,6 +14,7 @@ from typing import Any, cast
 import httpx
 import pytest
 from console_helpers import CONSOLE_POLICY, ConsoleServer, console_server
+from pki import make_pki
 from typer.testing import CliRunner
 
 from sandbox_client import PermissionDeniedError
@@ -139,6 +140,29 @@ def test_with_tls_the_console_speaks_https_and_its_cookie_is_secure(tmp_path: Pa
             assert browser.get("/keys").status_code == 200
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as plain, pytest.raises(httpx.HTTPError):
             plain.get("/signin")
+
+
+def test_with_mtls_the_console_asks_browsers_for_a_certificate_from_the_client_ca(tmp_path: Path) -> None:
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    tls: dict[str, Any] = {"tls_cert_file": pki / "server.crt", "tls_key_file": pki / "server.key",
+                           "tls_client_ca_file": pki / "ca.crt"}
+    with console_server(tmp_path, **tls) as console:
+        base = f"https://127.0.0.1:{console.srv.app.console_port}"
+
+        def browser_with(name: str | None) -> httpx.Client:
+            context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+            if name is not None:
+                context.load_cert_chain(str(pki / f"{name}.crt"), str(pki / f"{name}.key"))
+            return httpx.Client(base_url=base, verify=context)
+
+        with browser_with("client") as browser:
+            # Its own Admin API calls go to the server's mTLS port, presenting the server's certificate.
+            assert sign_in(browser, console.keys["admin"]).headers["location"] == "/live"
+            assert browser.get("/keys").status_code == 200
+        for refused in (None, "stranger"):  # no certificate, or one the client CA did not sign
+            with browser_with(refused) as browser, pytest.raises(httpx.HTTPError):
+                browser.get("/signin")
 
 
 class _Calls:
