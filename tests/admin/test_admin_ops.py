@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 
 from sandbox_client import (
     ExecutionResult,
@@ -499,28 +500,28 @@ def test_bad_requests_are_invalid_argument_with_field_violations(ops_admin: Admi
         ops_admin.list_executions(until=datetime(2024, 1, 1))  # naive: refused
 
 
+def _refused_by_the_stub(ops: OpsServer, method: str, request: Message) -> InvalidRequestError:
+    with grpc.insecure_channel(ops.target) as channel:
+        call = getattr(admin_pb2_grpc.AdminStub(channel), method)
+        with pytest.raises(grpc.RpcError) as refused:
+            call(request, metadata=(("authorization", f"Bearer {ops.keys['admin']}"),), timeout=10)
+    error = from_rpc_error(refused.value)
+    assert isinstance(error, InvalidRequestError)
+    return error
+
+
 def test_requests_the_client_would_not_send_are_refused_too(ops: OpsServer) -> None:
     """Straight through the stub: an unknown grouping, an empty outcome and out-of-range timestamps."""
     request = admin_pb2.CostReportRequest(group_by=99)  # type: ignore[arg-type]  # an enum value no one defined
     request.since.seconds = 10**12  # past year 9999
     request.until.nanos = -1
-    with grpc.insecure_channel(ops.target) as channel:
-        stub = admin_pb2_grpc.AdminStub(channel)
-        with pytest.raises(grpc.RpcError) as refused:
-            stub.CostReport(request, metadata=(("authorization", f"Bearer {ops.keys['admin']}"),), timeout=10)
-    error = from_rpc_error(refused.value)
-    assert isinstance(error, InvalidRequestError)
+    error = _refused_by_the_stub(ops, "CostReport", request)
     assert [v.field for v in error.field_violations] == ["group_by", "since", "until"]
 
     listing = admin_pb2.ListExecutionsRequest(outcomes=["TIMEOUT", ""])
     listing.since.seconds = -(10**12)  # before year 1
     listing.until.nanos = 10**9
-    with grpc.insecure_channel(ops.target) as channel:
-        stub = admin_pb2_grpc.AdminStub(channel)
-        with pytest.raises(grpc.RpcError) as refused:
-            stub.ListExecutions(listing, metadata=(("authorization", f"Bearer {ops.keys['admin']}"),), timeout=10)
-    error = from_rpc_error(refused.value)
-    assert isinstance(error, InvalidRequestError)
+    error = _refused_by_the_stub(ops, "ListExecutions", listing)
     assert [v.field for v in error.field_violations] == ["outcomes[1]", "since", "until"]
 
 

@@ -140,12 +140,7 @@ def test_executions_list_filters_by_outcome_and_time(runner: CliRunner, ops: Ops
     assert "outcomes[1]: unknown outcome 'FAILED'" in unknown.stderr
     machine = cli(runner, ops, "--json", "executions", "list", "--outcome", "ERROR:BOGUS")
     assert [v["field"] for v in json.loads(machine.stderr)["error"]["field_violations"]] == ["outcomes[0]"]
-    backwards = cli(runner, ops, "executions", "list", "--since", "2024-02-01", "--until", "2024-01-01")
-    assert backwards.exit_code == EXIT_FAILURE
-    assert "since: must be before until" in backwards.stderr
-    bad = cli(runner, ops, "executions", "list", "--until", "an hour ago")
-    assert bad.exit_code == EXIT_USAGE
-    assert "--until: not an ISO 8601 time or date" in bad.stderr
+    _refuses_bad_time_ranges(runner, ops, "executions", "list")
 
 
 def test_executions_kill(runner: CliRunner, ops: OpsServer) -> None:
@@ -294,12 +289,7 @@ def test_costs_report(runner: CliRunner, ops: OpsServer) -> None:
     for text in ("globex", "acme", "0.0500", "0.0200", "0.0700"):
         assert text in table.stdout
 
-    backwards = cli(runner, ops, "costs", "report", "--since", "2024-02-01", "--until", "2024-01-01")
-    assert backwards.exit_code == EXIT_FAILURE
-    assert "since: must be before until" in backwards.stderr
-    bad = cli(runner, ops, "costs", "report", "--since", "yesterday")
-    assert bad.exit_code == EXIT_USAGE
-    assert "--since: not an ISO 8601 time or date" in bad.stderr
+    _refuses_bad_time_ranges(runner, ops, "costs", "report")
     assert cli(runner, ops, "costs", "report", "--by", "week").exit_code == EXIT_USAGE
 
 
@@ -333,3 +323,14 @@ def test_subprocess_executions_and_incidents(ops: OpsServer) -> None:
     assert missing.returncode == EXIT_FAILURE
     assert missing.stdout == ""
     assert "NOT_FOUND" in missing.stderr
+
+
+def _refuses_bad_time_ranges(runner: CliRunner, ops: OpsServer, *command: str) -> None:
+    """A backwards range is the server's refusal (exit 1); a time it cannot read is a usage error (exit 2)."""
+    backwards = cli(runner, ops, *command, "--since", "2024-02-01", "--until", "2024-01-01")
+    assert backwards.exit_code == EXIT_FAILURE
+    assert "since: must be before until" in backwards.stderr
+    for flag, text in (("--since", "yesterday"), ("--until", "an hour ago")):
+        bad = cli(runner, ops, *command, flag, text)
+        assert bad.exit_code == EXIT_USAGE
+        assert f"{flag}: not an ISO 8601 time or date" in bad.stderr
