@@ -1,5 +1,6 @@
-"""The shipped case network-bash-dev-tcp, judged by the runner on what its program really does in a network
-namespace of its own with only loopback up (as in a sandbox), without a server.
+"""The shipped cases that connect to the host's loopback ports (bash's /dev/tcp, Python, Node), judged by the
+runner on what their programs really do in a network namespace of their own with only loopback up (as in a
+sandbox), without a server.
 
 A connect to a port nothing listens on may take that very port as its source port and connect the socket to
 itself (TCP simultaneous open). It happens rarely with a sandbox's whole ephemeral range; here the namespace's
@@ -17,26 +18,31 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import pytest
+
 from sandbox_client import AsyncSandboxClient, ExecutionResult, Limits, ResourceUsage, Status
 from sandbox_client.redteam.corpus import shipped_corpus
 from sandbox_client.redteam.runner import COMMON_PORTS, RunOptions, RunReport, Verdict, run_cases
 
-CASE_ID = "network-bash-dev-tcp"
+# The cases that connect to the host's loopback ports, each in its language.
+CASES = {"network-bash-dev-tcp": "bash", "network-host-loopback-python": "python",
+         "network-host-loopback-javascript": "javascript"}
 SELF_PORT = 40000
 """The namespace's only ephemeral port: a connect to it from inside connects the socket to itself."""
 PEER_PORT = 40001
 """Where the namespace's listener (a reachable "host service") is, when there is one."""
 
-# Run as ``python -c NAMESPACE CODE SELF_PORT PEER_PORT`` under ``unshare --net``; prints one JSON line.
+# Run as ``python -c NAMESPACE LANGUAGE CODE SELF_PORT PEER_PORT`` under ``unshare --net``; prints one JSON line.
 NAMESPACE = """\
 import json, socket, subprocess, sys
 from pathlib import Path
 
-code, self_port, peer_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+RUN = {"bash": ["/bin/bash", "-c"], "python": ["/usr/bin/python3", "-c"], "javascript": ["/usr/bin/node", "-e"]}
+language, code, self_port, peer_port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 Path("/proc/sys/net/ipv4/ip_local_port_range").write_text(f"{self_port} {self_port}")
 listener = socket.create_server(("127.0.0.1", peer_port)) if peer_port else None
-done = subprocess.run(["bash", "-c", code], capture_output=True, timeout=120, check=False)
+done = subprocess.run([*RUN[language], code], capture_output=True, timeout=120, check=False)
 accepted = 0
 if listener is not None:
     listener.setblocking(False)
@@ -59,10 +65,9 @@ class NamespaceClient:
     runs: list[dict[str, Any]] = field(default_factory=list)
 
     async def execute(self, code: str, *, language: str, **_: Any) -> ExecutionResult:
-        assert language == "bash"
         done = await asyncio.to_thread(
             subprocess.run,
-            ["unshare", "--net", "--", sys.executable, "-c", NAMESPACE, code, str(SELF_PORT),
+            ["unshare", "--net", "--", sys.executable, "-c", NAMESPACE, language, code, str(SELF_PORT),
              str(PEER_PORT if self.peer else 0)],
             capture_output=True, text=True, timeout=180, check=False,
         )
@@ -74,12 +79,12 @@ class NamespaceClient:
             stdout_bytes=run["stdout"].encode(), stderr_bytes=run["stderr"].encode(), stdout_truncated=False,
             stderr_truncated=False, files=(), files_truncated=False,
             usage=ResourceUsage(wall_time_s=1.0, cpu_time_s=0.1, peak_memory_bytes=1 << 20), message="",
-            limits=Limits(), language="bash", backend="nsjail",
+            limits=Limits(), language=language, backend="nsjail",
         )
 
 
-def run_case(client: NamespaceClient, host_ports: tuple[int, ...]) -> RunReport:
-    case = shipped_corpus().case(CASE_ID)
+def run_case(case_id: str, client: NamespaceClient, host_ports: tuple[int, ...]) -> RunReport:
+    case = shipped_corpus().case(case_id)
     assert case is not None
     sandbox = cast(AsyncSandboxClient, client)
     return asyncio.run(run_cases(sandbox, (case,), RunOptions(host_ports=host_ports)))
@@ -89,23 +94,25 @@ def test_ports_are_not_common_ones() -> None:
     assert not {SELF_PORT, PEER_PORT} & set(COMMON_PORTS)
 
 
-def test_a_self_connection_is_not_an_escape() -> None:
+@pytest.mark.parametrize("case_id", CASES)
+def test_a_self_connection_is_not_an_escape(case_id: str) -> None:
     client = NamespaceClient(peer=False)
-    report = run_case(client, (SELF_PORT,))
+    report = run_case(case_id, client, (SELF_PORT,))
     (case,) = report.cases
     (run,) = client.runs
     assert case.verdict is Verdict.CONTAINED, (case.problems, run)
     # It did connect its socket to itself (so the test exercised that), and that alone is no breach.
-    assert f"SELF-CONNECTION 127.0.0.1:{SELF_PORT} " in run["stdout"], run
+    assert f"SELF-CONNECTION 127.0.0.1:{SELF_PORT}" in run["stdout"], run
 
 
-def test_a_real_connection_is_still_an_escape() -> None:
+@pytest.mark.parametrize("case_id", CASES)
+def test_a_real_connection_is_still_an_escape(case_id: str) -> None:
     client = NamespaceClient(peer=True)
-    report = run_case(client, (SELF_PORT, PEER_PORT))
+    report = run_case(case_id, client, (SELF_PORT, PEER_PORT))
     (case,) = report.cases
     (run,) = client.runs
     assert run["accepted"] == 1, run
     assert f"CONNECTED 127.0.0.1:{PEER_PORT}\n" in run["stdout"], run
-    assert f"SELF-CONNECTION 127.0.0.1:{SELF_PORT} " in run["stdout"], run
+    assert f"SELF-CONNECTION 127.0.0.1:{SELF_PORT}" in run["stdout"], run
     assert case.verdict is Verdict.NOT_CONTAINED
     assert case.problems == ("the program: stdout contains 'CONNECTED'",)
