@@ -113,7 +113,8 @@ class ExecutionMetrics:
     def on_execution(self, rec: AuditRecord) -> None:
         labels = {"tenant": rec.tenant, "language": rec.language}
         status = rec.outcome.split(":", 1)[0]
-        self.metrics.executions.add(1, {**labels, "status": status})
+        # exercise: an operator's red-team or eval run, told apart from the agents' work on dashboards
+        self.metrics.executions.add(1, {**labels, "status": status, "exercise": str(rec.exercise).lower()})
         if status not in ("ERROR", "CANCELLED"):
             self.metrics.duration.record(rec.wall_time_s, labels)
             self.metrics.cpu.add(rec.cpu_time_s, labels)

@@ -61,6 +61,7 @@ def test_counters_after_known_traffic(tmp_path: Path) -> None:
     assert metric(text, "sandbox_executions_total", tenant="acme", language="python", status="OK") == 3
     assert metric(text, "sandbox_executions_total", tenant="acme", language="bash", status="NONZERO_EXIT") == 1
     assert metric(text, "sandbox_executions_total") == 4
+    assert metric(text, "sandbox_executions_total", exercise="false") == 4
     for reason, count in {"auth": 1, "validation": 1, "guardrail": 1, "budget": 1, "rate": 1}.items():
         assert metric(text, "sandbox_rejections_total", reason=reason) == count, reason
     assert metric(text, "sandbox_rpcs_total", method="Execute", code="OK") == 4
@@ -76,6 +77,18 @@ def test_counters_after_known_traffic(tmp_path: Path) -> None:
     assert metric(text, "sandbox_execution_cpu_seconds_total", tenant="acme") > 0
     assert metric(text, "sandbox_execution_peak_memory_bytes_sum", tenant="acme") > 1_000_000
     assert metric(text, "sandbox_active_sandboxes") == 0
+
+
+def test_an_exercise_is_counted_apart(tmp_path: Path) -> None:
+    """An admin's exercise (a red-team or eval run) is labelled exercise="true"; an agent's work "false"."""
+    with server_in_thread(private_settings(metrics_port=0)) as srv:  # development mode: the caller may say so
+        with SandboxClient(srv.target, exercise=True) as drill, SandboxClient(srv.target) as agent:
+            assert drill.execute("print(1)").ok
+            assert agent.execute("print(2)").ok
+            assert agent.execute("print(3)").ok
+        text = scrape(srv, calls=3)
+    assert metric(text, "sandbox_executions_total", exercise="true") == 1
+    assert metric(text, "sandbox_executions_total", exercise="false") == 2
 
 
 def test_active_sandboxes_and_queue_rejections(tmp_path: Path) -> None:
