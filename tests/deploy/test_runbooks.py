@@ -42,6 +42,8 @@ PLACEHOLDERS = {
     "KEY_ID": "key_0123456789",
     "VERSION": "3",
 }
+# All-capitals values that are the commands' own words, passed as they are (an execution's outcome filter).
+LITERALS = frozenset({"ERROR", "RUNNING", "TIMEOUT", "OK", "CANCELLED", "KILLED"})
 _PLACEHOLDER = re.compile(r"[A-Z][A-Z0-9_]*")
 _FENCE = re.compile(r"^ *```[^\n]*\n(.*?)^ *```", re.MULTILINE | re.DOTALL)
 _LINK = re.compile(r"\]\(([^)#]+\.md)(?:#[^)]*)?\)")
@@ -115,7 +117,7 @@ def substituted(args: Sequence[str]) -> list[str]:
     out = []
     for arg in args:
         option, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
-        if _PLACEHOLDER.fullmatch(value):
+        if _PLACEHOLDER.fullmatch(value) and value not in LITERALS:
             value = PLACEHOLDERS[value]
         out.append(option + eq + value)
     return out
