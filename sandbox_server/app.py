@@ -26,7 +26,7 @@ from sandbox_server.backends.registry import build_backend
 from sandbox_server.cost.budgeter import Budgeter
 from sandbox_server.egress.gateway import EgressGateway
 from sandbox_server.execution.admission import Admission
-from sandbox_server.execution.pressure import PressureConfig, PressureMonitor
+from sandbox_server.execution.pressure import PressureConfig, PressureMonitor, sandbox_memory_reader
 from sandbox_server.execution.servicer import SandboxServicer
 from sandbox_server.incidents import IncidentManager, build_sinks
 from sandbox_server.interceptors import ChainDeps, build_chain
@@ -72,7 +72,8 @@ class App:
         self.metrics_port: int | None = None
         self.idempotency: IdempotencyInterceptor | None = None
         self.backend = backend if backend is not None else build_backend(settings)
-        self.pressure = PressureMonitor(PressureConfig.from_settings(settings))
+        self.pressure = PressureMonitor(PressureConfig.from_settings(settings),
+                                        read_memory=sandbox_memory_reader(settings.cgroup_parent))
         self.admission = Admission(settings.max_running, settings.max_queued, pressure=self.pressure)
         self.server: grpc.aio.Server | None = None
         self.health: health.aio.HealthServicer | None = None

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+import psutil
+
 log = logging.getLogger(__name__)
 
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
@@ -68,6 +70,52 @@ def unmanaged_dirs(hierarchy: Hierarchy, parent: str, mountinfo: Path = Path("/p
             if mount not in ours:
                 found.append(mount / parent)
     return sorted(set(found))
+
+
+V1_NO_LIMIT = 1 << 62  # v1 says "no limit" with a page-rounded LONG_MAX
+
+
+def memory_headroom(hierarchy: Hierarchy) -> tuple[int, int] | None:
+    """(headroom, limit) bytes under the tightest memory limit on the way from the hierarchy's root to our parent,
+    or None when none sets one. A container's or a pod's limit is one of them when the server runs in it with its
+    own cgroup namespace (the mount's root is then its cgroup): the sandboxes' memory is charged to it, and its
+    OOM killer acts at that limit however much the host has free."""
+    tightest: tuple[int, int] | None = None
+    directory = hierarchy.parents["memory"]
+    chain = [directory, *directory.parents]
+    for d in chain:
+        if not (d / "cgroup.procs").exists():
+            if d != directory:
+                break  # above the mount's root (our own parent may not exist yet: its ancestors still count)
+            continue
+        if hierarchy.version is CgroupVersion.V2:
+            try:
+                raw = (d / "memory.max").read_text().strip()
+            except OSError:
+                continue  # the root cgroup has no limit file
+            if raw == "max":
+                continue
+            limit, used = int(raw), _read_int(d / "memory.current")
+        else:
+            limit = _read_int(d / "memory.limit_in_bytes", missing=V1_NO_LIMIT)
+            if limit >= V1_NO_LIMIT:
+                continue
+            used = _read_int(d / "memory.usage_in_bytes")
+        headroom = max(0, limit - used)
+        if tightest is None or headroom < tightest[0]:
+            tightest = (headroom, limit)
+    return tightest
+
+
+def available_memory(hierarchy: Hierarchy | None) -> tuple[int, int]:
+    """(available, total) bytes for sandboxes: the host's (MemAvailable, RAM), narrowed to the headroom and the
+    limit of ``memory_headroom`` when a limit above our parent is tighter."""
+    host = psutil.virtual_memory()
+    available, total = int(host.available), int(host.total)
+    limited = memory_headroom(hierarchy) if hierarchy is not None else None
+    if limited is None:
+        return available, total
+    return min(available, limited[0]), min(total, limited[1])
 
 
 def remove_empty_below(directory: Path) -> None:

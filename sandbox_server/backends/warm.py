@@ -62,7 +62,7 @@ from typing import Any
 
 from sandbox_server.backends import native
 from sandbox_server.backends import zygote as proto
-from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager
+from sandbox_server.backends.cgroups import Cgroup, CgroupLimits, CgroupManager, available_memory
 from sandbox_server.backends.jail import Jail, pipe_reader, pipe_writer
 from sandbox_server.backends.nsjail import (
     NICE_LEVEL,
@@ -271,7 +271,8 @@ class WarmPython:
         self.recycle_after = settings.warm_python_recycle_after
         self.mode = settings.warm_python_mode
         self.sizer = PoolSizer(settings.warm_python_pool, settings.warm_python_pool_max,
-                               settings.warm_python_pool_memory_fraction)
+                               settings.warm_python_pool_memory_fraction,
+                               available_bytes=lambda: available_memory(cgroups.hierarchy)[0])
         d = settings.defaults  # a pooled cgroup's limits until its request's own replace them (mostly the same)
         self._pool_limits = CgroupLimits(d.memory_bytes, d.max_pids + INIT_PIDS, settings.cpu_cores)
         self.root = settings.state_dir / "warm-root"

@@ -3,9 +3,11 @@
 Signals, read by a background sampler every ``interval_s`` (a request reads the last verdict: O(1)):
 
 - ``memory``: the kernel's estimate of available memory (MemAvailable, through psutil: free memory plus what it
-  can reclaim without swapping) against a floor, the larger of ``memory_floor_bytes`` and
-  ``memory_floor_fraction`` of the host's RAM. Below it, one more sandbox growing to its limit may wake the
-  host's OOM killer, which picks any process (the server's own included), not the sandbox's cgroup.
+  can reclaim without swapping), or the headroom under the tightest memory limit above the sandboxes' cgroups
+  when that is less (a container's or a pod's, whose OOM killer acts at its own limit), against a floor, the
+  larger of ``memory_floor_bytes`` and ``memory_floor_fraction`` of the host's RAM (or of that limit). Below it,
+  one more sandbox growing to its limit may wake the host's (or that cgroup's) OOM killer, which picks any
+  process (the server's own included), not the sandbox's cgroup.
 - ``tasks``: the kernel's task headroom, ``min(threads-max, pid_max)`` minus the tasks (threads) that exist now
   (``/proc/sys/kernel/*``, and the total of ``/proc/loadavg``), against ``task_headroom_floor``. Past the limit,
   clone() fails with EAGAIN: a sandbox cannot start its init, nor the server a thread.
@@ -35,6 +37,7 @@ from typing import Self
 
 import psutil
 
+from sandbox_server.backends.cgroups import CgroupsUnavailable, available_memory, detect
 from sandbox_server.errors import QuotaViolation
 from sandbox_server.settings import (
     DEFAULT_SHED_MEMORY_FLOOR_BYTES,
@@ -77,6 +80,16 @@ def read_memory() -> tuple[int, int]:
     """(available, total) bytes of the host."""
     memory = psutil.virtual_memory()
     return int(memory.available), int(memory.total)
+
+
+def sandbox_memory_reader(cgroup_parent: str) -> Callable[[], tuple[int, int]]:
+    """read_memory narrowed to the tightest memory limit above the sandboxes' cgroups (a container's or a pod's,
+    cgroups.memory_headroom); the host's alone when the host has no usable cgroup hierarchy."""
+    try:
+        hierarchy = detect(cgroup_parent)
+    except CgroupsUnavailable:
+        return read_memory
+    return lambda: available_memory(hierarchy)
 
 
 def read_tasks(proc: Path = PROC) -> tuple[int, int]:

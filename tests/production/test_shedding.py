@@ -4,7 +4,9 @@ files and its close still work, and once the hog has ended new work is accepted 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,6 +18,7 @@ import pytest
 from production_helpers import metric, scrape, server_with_policy
 
 from sandbox_client import ExecutionResult, Limits, ResourceExhaustedError, SandboxClient
+from sandbox_server.backends.cgroups import CgroupVersion, detect, remove_empty_below
 from sandbox_server.settings import GIB, MIB
 
 # The floor sits this far under what is available when the test starts; the hog takes far more than that, and
@@ -124,3 +127,42 @@ def test_a_memory_hog_sheds_new_work_until_it_ends(tmp_path: Path) -> None:
     assert len(stopped) == 1, [r.getMessage() for r in logs]
     assert vars(started[0])["available_bytes"] < floor
     assert vars(stopped[0])["refused"] >= 3
+
+
+@contextmanager
+def limited_parent(limit_bytes: int) -> Iterator[str]:
+    """A cgroup of the test's own with a memory limit (a container's or a pod's, say), to put the server's
+    cgroup parent under; removed afterwards in every hierarchy the server made it in."""
+    name = f"sandbox-test-limit-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    hierarchy = detect(name)
+    top = hierarchy.parents["memory"]
+    top.mkdir()
+    try:
+        limit_file = "memory.max" if hierarchy.version is CgroupVersion.V2 else "memory.limit_in_bytes"
+        (top / limit_file).write_text(str(limit_bytes))
+        yield name
+    finally:
+        for directory in {*hierarchy.dirs(), top}:
+            remove_empty_below(directory)
+            with contextlib.suppress(FileNotFoundError):
+                directory.rmdir()
+
+
+def test_a_memory_limit_above_the_sandboxes_sheds_as_the_host_would(tmp_path: Path) -> None:
+    """In a container or a pod, the sandboxes' memory is charged to its limit, whose OOM killer acts however much
+    the host has free: the floor is held against the headroom under that limit (the host has gigabytes here)."""
+    with limited_parent(1 * GIB) as parent, \
+            server_with_policy(tmp_path, "", backend="nsjail", cgroup_parent=f"{parent}/sandbox",
+                               shed_memory_floor_bytes=600 * MIB, shed_memory_floor_fraction=0.0) as srv, \
+            SandboxClient(srv.target, retry=None, timeout=60) as sbx:
+        assert psutil.virtual_memory().available > 4 * GIB
+        assert sbx.execute("print(1)").ok  # 1 GiB less the pool: above the floor
+        with ThreadPoolExecutor(1) as pool:
+            hog = pool.submit(sbx.execute, HOG.replace(str(HOG_BYTES), str(700 * MIB)),
+                              limits=Limits(memory_bytes=900 * MIB, wall_time_s=60))
+            refused = refusal(sbx, hog)
+            assert refused.details.reason == "HOST_PRESSURE"
+            assert "below the floor of 600 MiB" in refused.quota_violations[0].description
+            result = hog.result(timeout=60)
+        assert result.ok, result
+        accepted_again(sbx)
