@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pydantic
 import pytest
+from adapter_helpers import NARROWED, WIDER, WIDER_REFUSAL, network_probe, sandbox_network
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 
 import sandbox_client.adapters.langchain as langchain_module
-from sandbox_client import AsyncSandboxClient, Limits, SandboxClient, SessionNotFoundError
+from sandbox_client import AsyncSandboxClient, Limits, Network, SandboxClient, SessionNotFoundError
+from sandbox_client.adapters._specs import _kept_session_description
 from sandbox_client.adapters.langchain import (
     SESSION_TOOL_DESCRIPTION,
     ExecuteCodeInput,
@@ -17,7 +19,7 @@ from sandbox_client.adapters.langchain import (
     SandboxTool,
     SessionCodeInput,
 )
-from sandbox_client.adapters.tool import TOOL_DESCRIPTION, ToolDispatcher
+from sandbox_client.adapters.tool import LANGUAGES, TOOL_DESCRIPTION, ToolDispatcher, tool_description
 from sandbox_server.testing import RunningServer
 
 
@@ -189,3 +191,68 @@ async def test_the_session_tool_over_asyncio(adapter_server: RunningServer, adap
 def test_the_session_tool_needs_a_client() -> None:
     with pytest.raises(pydantic.ValidationError, match="needs client"):
         SandboxSessionTool()
+
+
+# -- the network the host gives the sandboxes ------------------------------------------------------------------------
+
+
+def test_the_tools_describe_their_network(adapter_client: SandboxClient) -> None:
+    tool = SandboxTool(client=adapter_client, network=NARROWED)
+    assert tool.network == NARROWED
+    assert tool.description == tool_description(network=NARROWED)
+    assert "api.example.test (port 443)" in tool.description
+    assert SandboxTool(client=adapter_client, network=NARROWED, description="Run code.").description == "Run code."
+    session_tool = SandboxSessionTool(client=adapter_client, network=Network.none())
+    assert session_tool.description == _kept_session_description(LANGUAGES, figures=False, network=Network.none())
+    assert "The sandbox has no network access, and installs only" in session_tool.description
+    # The model cannot choose it: neither tool takes it as an argument.
+    for each in (tool, session_tool):
+        schema = each.tool_call_schema.model_json_schema()  # type: ignore[union-attr]
+        assert "network" not in schema["properties"]
+    text = tool.invoke({"code": "print(1)", "network": {"mode": "allowlist"}})
+    assert text.startswith("Status: invalid arguments for execute_code (nothing ran)\n")
+    assert "- network: Extra inputs are not permitted" in text
+
+
+def test_invalid_network_settings_are_refused_at_construction(adapter_client: SandboxClient) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        SandboxTool(client=adapter_client, network="pypi.org")  # type: ignore[arg-type]
+    with pytest.raises(pydantic.ValidationError, match="a session's network is set when it is created"):
+        SandboxTool(client=adapter_client, session_id="ses_" + "a" * 32, network=Network.none())
+
+
+@pytest.mark.parametrize(("network", "seen"), [(None, "tenant"), (NARROWED, "narrowed"), (Network.none(), "none")],
+                         ids=["default", "narrowed", "none"])
+async def test_the_tools_network_is_every_executions(network_server: RunningServer, network_client: SandboxClient,
+                                                     upstream_port: int, network: Network | None,
+                                                     seen: str) -> None:
+    probe = {"code": network_probe(upstream_port), "language": "bash"}
+    assert sandbox_network(SandboxTool(client=network_client, network=network).invoke(probe)) == seen
+    async with AsyncSandboxClient(network_server.target, timeout=60) as client:
+        assert sandbox_network(await SandboxTool(async_client=client, network=network).ainvoke(probe)) == seen
+    refused = SandboxTool(client=network_client, network=WIDER).invoke(probe)
+    assert refused.startswith("Status: refused: the sandbox's policy does not allow this request (nothing ran)\n")
+    assert WIDER_REFUSAL in refused
+
+
+@pytest.mark.parametrize(("network", "seen"), [(None, "tenant"), (NARROWED, "narrowed"), (Network.none(), "none")],
+                         ids=["default", "narrowed", "none"])
+def test_the_session_tools_network_is_its_sessions(network_client: SandboxClient, upstream_port: int,
+                                                   network: Network | None, seen: str) -> None:
+    with SandboxSessionTool(client=network_client, network=network) as tool:
+        assert sandbox_network(tool.invoke({"code": network_probe(upstream_port), "language": "bash"})) == seen
+
+
+async def test_the_session_tools_network_over_asyncio(network_server: RunningServer, upstream_port: int) -> None:
+    async with AsyncSandboxClient(network_server.target, timeout=60) as client:
+        tool = SandboxSessionTool(async_client=client, network=NARROWED)
+        try:
+            text = await tool.ainvoke({"code": network_probe(upstream_port), "language": "bash"})
+            assert sandbox_network(text) == "narrowed"
+        finally:
+            await tool.aclose()
+        refused = SandboxSessionTool(async_client=client, network=WIDER)
+        text = await refused.ainvoke({"code": "echo hi", "language": "bash"})
+        assert text.startswith("Status: refused: the sandbox's policy does not allow this request (nothing ran)\n")
+        assert WIDER_REFUSAL in text
+        assert refused.session_id is None

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import mcp.types as mcp_types
 import pytest
+from adapter_helpers import NARROWED, WIDER_REFUSAL, network_probe, sandbox_network
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 import sandbox_client.adapters.mcp as mcp_module
-from sandbox_client import Limits, SandboxClient, SessionInfo
+from sandbox_client import EgressRule, Limits, Network, SandboxClient, SessionInfo
 from sandbox_client.adapters.mcp import DEFAULT_TARGET, ServerConfig, parse_config, session_tool_description
-from sandbox_client.adapters.tool import SESSION_LABEL, TOOL_DESCRIPTION, parameters_schema
+from sandbox_client.adapters.tool import SESSION_LABEL, TOOL_DESCRIPTION, parameters_schema, tool_description
 from sandbox_server.testing import RunningServer
 
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()"
@@ -345,6 +346,62 @@ def test_sigterm_closes_the_session(adapter_server: RunningServer, adapter_clien
     assert _live(adapter_client, label) == []
 
 
+# -- the network the host gives the sandboxes ------------------------------------------------------------------------
+
+NARROWED_OPTION = ["--network", "api.example.test:443"]  # NARROWED, as the command line says it
+
+
+@pytest.mark.parametrize("mode", [[], ["--no-session"]], ids=["session", "one-shot"])
+async def test_the_tools_and_instructions_say_what_the_network_allows(adapter_server: RunningServer,
+                                                                      tmp_path: Path, mode: list[str]) -> None:
+    async with mcp_session(adapter_server.target, tmp_path, *mode, *NARROWED_OPTION) as session:
+        listing = await session.list_tools()
+        initialized = session.initialize_result
+    execute = {tool.name: tool for tool in listing.tools}["execute_code"]
+    expected = session_tool_description(network=NARROWED) if not mode else tool_description(network=NARROWED)
+    assert execute.description == expected
+    assert "api.example.test (port 443)" in expected
+    assert execute.input_schema == parameters_schema()  # the model cannot choose the network
+    assert execute.annotations is not None
+    assert execute.annotations.open_world_hint  # it can reach hosts outside the sandbox
+    assert initialized is not None
+    assert initialized.instructions is not None
+    assert "whose network reaches only api.example.test (port 443)" in initialized.instructions
+    assert "without network access" not in initialized.instructions
+
+
+async def test_no_network_keeps_the_closed_world(adapter_server: RunningServer, tmp_path: Path) -> None:
+    async with mcp_session(adapter_server.target, tmp_path, "--network", "none") as session:
+        listing = await session.list_tools()
+    execute = {tool.name: tool for tool in listing.tools}["execute_code"]
+    assert execute.description == session_tool_description(network=Network.none())
+    assert "The sandbox has no network access, and installs only" in execute.description
+    assert execute.annotations is not None
+    assert execute.annotations.open_world_hint is False
+
+
+@pytest.mark.parametrize(("options", "seen"), [([], "tenant"), (NARROWED_OPTION, "narrowed"),
+                                               (["--network", "none"], "none")], ids=["default", "narrowed", "none"])
+@pytest.mark.parametrize("mode", [[], ["--no-session"]], ids=["session", "one-shot"])
+async def test_the_network_option_reaches_the_sandboxes(network_server: RunningServer, upstream_port: int,
+                                                         tmp_path: Path, mode: list[str], options: list[str],
+                                                         seen: str) -> None:
+    async with mcp_session(network_server.target, tmp_path, *mode, *options) as session:
+        result = await _call(session, "execute_code", {"code": network_probe(upstream_port), "language": "bash"})
+    assert not result.is_error, _text(result)
+    assert sandbox_network(_text(result)) == seen
+
+
+@pytest.mark.parametrize("mode", [[], ["--no-session"]], ids=["session", "one-shot"])
+async def test_a_network_outside_the_tenants_is_refused_naming_the_rule(network_server: RunningServer,
+                                                                        tmp_path: Path, mode: list[str]) -> None:
+    async with mcp_session(network_server.target, tmp_path, *mode, "--network", "pypi.org:443") as session:
+        result = await _call(session, "execute_code", {"code": "echo hi", "language": "bash"})
+    assert result.is_error
+    assert _text(result).startswith("Status: refused: the sandbox's policy does not allow this request (nothing ran)\n"
+                                    f"Reason: {WIDER_REFUSAL}\n")
+
+
 # -- configuration ---------------------------------------------------------------------------------------------------
 
 
@@ -354,6 +411,7 @@ def test_the_configuration_defaults() -> None:
     assert ServerConfig().credentials() is None
     assert ServerConfig().session
     assert ServerConfig().idle_timeout_s is None
+    assert ServerConfig().network is None
 
 
 def test_the_session_options() -> None:
@@ -380,9 +438,25 @@ def test_the_environment_configures_and_flags_win(tmp_path: Path) -> None:
     assert parse_config([], {"SANDBOX_TLS": "1"}).credentials() is not None
 
 
+def test_the_network_option() -> None:
+    assert parse_config(["--network", "none"], {}).network == Network.none()
+    assert parse_config(["--network", "NONE"], {}).network == Network.none()
+    assert parse_config([], {"SANDBOX_NETWORK": "pypi.org:443, files.pythonhosted.org:443"}).network == (
+        Network.allowlist(EgressRule("pypi.org", [443]), EgressRule("files.pythonhosted.org", [443])))
+    # A host named again adds ports; an IPv6 address goes in brackets; the flag wins over the environment.
+    assert parse_config(["--network", "*.example.com:80,*.example.com:443,[::1]:8080"],
+                        {"SANDBOX_NETWORK": "none"}).network == Network.allowlist(
+        EgressRule("*.example.com", [80, 443]), EgressRule("::1", [8080]))
+    assert parse_config([], {"SANDBOX_NETWORK": ""}).network is None
+
+
 @pytest.mark.parametrize(
     ("argv", "environ", "message"),
     [
+        (["--network", "pypi.org"], {}, "not none or host:port entries separated by commas: 'pypi.org'"),
+        (["--network", "pypi.org:443,"], {}, "not none or host:port entries"),
+        ([], {"SANDBOX_NETWORK": ":443"}, "not none or host:port entries"),
+        (["--network", "pypi.org:0"], {}, "a port is 1 to 65535"),
         (["--client-cert", "c.pem"], {}, "--client-cert and --client-key go together"),
         (["--wall-time-s", "0"], {}, "must be positive"),
         ([], {"SANDBOX_MEMORY_MB": "lots"}, "not a whole number"),

@@ -15,12 +15,15 @@ from typing import Any
 
 import grpc
 import pytest
+from adapter_helpers import NARROWED, WIDER, WIDER_REFUSAL, network_probe, sandbox_network
 
 from sandbox_client import (
     AsyncSandboxClient,
     DisplayData,
     ExecutionResult,
     Limits,
+    Network,
+    PermissionDeniedError,
     SandboxClient,
     SessionNotFoundError,
     Status,
@@ -534,6 +537,64 @@ async def test_the_async_dispatcher_round_trip(adapter_server: RunningServer, co
         # One left open is closed by leaving the block.
         left_open = (await dispatcher.dispatch_outcome("create_session", {})).session_id
         assert dispatcher.sessions == (left_open,)
+
+
+# -- the network of the sessions a dispatcher starts -----------------------------------------------------------------
+
+
+def test_create_session_says_what_the_network_allows() -> None:
+    assert session_tool_specs(network=None) == session_tool_specs()
+    (create, *others) = session_tool_specs(network=NARROWED)
+    assert ("The sandbox's network reaches only api.example.test (port 443), over HTTP and HTTPS through the proxy "
+            "set in its environment, and installs only what the operator provides.") in create.description
+    assert [spec.description for spec in others] == [spec.description for spec in session_tool_specs()[1:]]
+    (offline, *_) = session_tool_specs(network=Network.none())
+    assert "The sandbox has no network access, and installs only" in offline.description
+    assert all("network" not in spec.parameters["properties"] for spec in session_tool_specs(network=NARROWED))
+
+
+@pytest.mark.parametrize(("network", "seen"), [(None, "tenant"), (NARROWED, "narrowed"), (Network.none(), "none")],
+                         ids=["default", "narrowed", "none"])
+def test_the_sessions_a_dispatcher_starts_get_its_network(network_client: SandboxClient, upstream_port: int,
+                                                          network: Network | None, seen: str) -> None:
+    label = _label()
+    with ToolDispatcher(network_client, session_id=label, network=network) as dispatcher:
+        created = dispatcher.dispatch_outcome(CREATE_SESSION, {"languages": ["bash"]})
+        assert not created.is_error, created.text
+        ran = dispatcher.dispatch_outcome(RUN_IN_SESSION, {"session_id": created.session_id, "language": "bash",
+                                                           "code": network_probe(upstream_port)})
+        assert not ran.is_error, ran.text
+        assert sandbox_network(ran.text) == seen
+    assert list(network_client.list_sessions(labels={SESSION_LABEL: label})) == []
+
+
+def test_a_session_network_outside_the_tenants_is_refused_naming_the_rule(network_client: SandboxClient) -> None:
+    label = _label()
+    with ToolDispatcher(network_client, session_id=label, network=WIDER) as dispatcher:
+        created = dispatcher.dispatch_outcome(CREATE_SESSION, {})
+        assert created.is_error
+        assert isinstance(created.error, PermissionDeniedError)
+        assert created.text.splitlines()[:2] == [
+            "Status: refused: the sandbox's policy does not allow this session (nothing was started)",
+            f"Reason: {WIDER_REFUSAL}"]
+        assert dispatcher.sessions == ()
+    assert list(network_client.list_sessions(labels={SESSION_LABEL: label})) == []
+
+
+@pytest.mark.parametrize(("network", "seen"), [(None, "tenant"), (NARROWED, "narrowed")], ids=["default", "narrowed"])
+async def test_the_sessions_the_async_dispatcher_starts_get_its_network(
+        network_server: RunningServer, upstream_port: int, network: Network | None, seen: str) -> None:
+    async with AsyncSandboxClient(network_server.target, timeout=60) as client, \
+            AsyncToolDispatcher(client, network=network) as dispatcher:
+        created = await dispatcher.dispatch_outcome(CREATE_SESSION, {"languages": ["bash"]})
+        assert not created.is_error, created.text
+        ran = await dispatcher.dispatch_outcome(RUN_IN_SESSION, {
+            "session_id": created.session_id, "language": "bash", "code": network_probe(upstream_port)})
+        assert not ran.is_error, ran.text
+        assert sandbox_network(ran.text) == seen
+        refused = await AsyncToolDispatcher(client, network=WIDER).dispatch_outcome(CREATE_SESSION, {})
+        assert isinstance(refused.error, PermissionDeniedError)
+        assert WIDER_REFUSAL in refused.text
 
 
 # -- the texts, from results the server would give ---------------------------------------------------------------------

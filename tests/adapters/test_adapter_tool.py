@@ -11,14 +11,17 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
-from adapter_helpers import server_with_policy
+from adapter_helpers import NARROWED, WIDER, WIDER_REFUSAL, network_probe, sandbox_network, server_with_policy
 
 import sandbox_client.adapters.tool as tool_module
 from sandbox_client import (
     AsyncSandboxClient,
     AuthenticationError,
+    EgressRule,
     ErrorDetails,
+    ExecutionResult,
     Limits,
+    Network,
     PermissionDeniedError,
     QuotaViolation,
     ResourceExhaustedError,
@@ -37,13 +40,18 @@ from sandbox_client.adapters.tool import (
     ToolDispatcher,
     anthropic_tool,
     anthropic_tool_result,
+    anthropic_tools,
     format_error,
     openai_responses_tool,
     openai_responses_tool_output,
+    openai_responses_tools,
     openai_tool,
     openai_tool_message,
+    openai_tools,
     parameters_schema,
     parse_arguments,
+    tool_description,
+    tool_specs,
     truncate_middle,
 )
 from sandbox_server.testing import RunningServer
@@ -546,3 +554,112 @@ def test_truncate_middle() -> None:
     assert truncate_middle("", 1) == ""
     assert truncate_middle("0123456789", 4) == "01\n[... 6 more characters truncated ...]\n89"
     assert truncate_middle("0123456789", 5) == "012\n[... 5 more characters truncated ...]\n89"
+
+
+# -- the network the host gives the sandboxes ------------------------------------------------------------------------
+
+
+def test_the_description_says_what_the_network_allows() -> None:
+    assert tool_description(network=None) == TOOL_DESCRIPTION
+    assert openai_tool(network=None) == openai_tool()
+    offline = tool_description(network=Network.none())
+    assert "The sandbox has no network access, and nothing can be installed" in offline
+    assert tool_description(network=Network.allowlist()) == offline  # an allow-list without rules reaches nothing
+    two = Network.allowlist(EgressRule("api.example.com", [443]), ("*.example.org", [443, 80]))
+    allowed = tool_description(network=two)
+    assert ("The sandbox's network reaches only api.example.com (port 443) and *.example.org (ports 80 and 443), "
+            "over HTTP and HTTPS through the proxy set in its environment, and nothing can be installed") in allowed
+    assert "unless its operator" not in allowed
+    for shaped in (openai_tool(network=two)["function"], openai_responses_tool(network=two),
+                   anthropic_tool(network=two)):
+        assert shaped["description"] == allowed
+    assert anthropic_tool(description="Run code.", network=two)["description"] == "Run code."  # the host's own wins
+    for tools in (openai_tools(network=two), openai_responses_tools(network=two), anthropic_tools(network=two)):
+        text = json.dumps(tools)
+        assert text.count("api.example.com (port 443)") == 2  # execute_code and create_session
+        assert "unless its operator" not in text
+
+
+def test_a_dispatcher_offers_its_tools_described_for_its_network(adapter_client: SandboxClient) -> None:
+    default = ToolDispatcher(adapter_client)
+    assert default.network is None
+    assert default.tool_specs() == tool_specs()
+    assert default.openai_tools() == openai_tools()
+    assert default.openai_responses_tools() == openai_responses_tools()
+    assert default.anthropic_tools() == anthropic_tools()
+    dispatcher = ToolDispatcher(adapter_client, network=NARROWED, name="run", session_tools=False)
+    assert dispatcher.network == NARROWED
+    (spec,) = dispatcher.tool_specs()
+    assert (spec.name, spec.description) == ("run", tool_description(network=NARROWED))
+    assert "api.example.test (port 443)" in spec.description
+    # The model cannot choose the network: no tool takes it, and an argument naming it runs nothing.
+    for each in ToolDispatcher(adapter_client, network=NARROWED).tool_specs():
+        assert "network" not in each.parameters["properties"]
+    outcome = dispatcher.dispatch_outcome("run", {"code": "print(1)", "network": {"mode": "allowlist"}})
+    assert outcome.is_error
+    assert outcome.result is None
+    assert "unknown argument 'network'" in outcome.text
+
+
+def test_a_client_of_the_hosts_own_without_network_works_as_before(adapter_client: SandboxClient) -> None:
+    # An Executor written before network existed: the dispatcher passes it only when it has one.
+    def execute(code: str, *, language: str, stdin: str, limits: Limits | None, session_id: str,
+                timeout: float | None) -> ExecutionResult:
+        return adapter_client.execute(code, language=language, stdin=stdin, limits=limits, session_id=session_id,
+                                      timeout=timeout)
+
+    dispatcher = ToolDispatcher(SimpleNamespace(execute=execute))
+    assert "<stdout>\n42\n</stdout>" in dispatcher.dispatch("execute_code", {"code": "print(6*7)"})
+
+
+def test_invalid_network_settings_are_refused(adapter_client: SandboxClient) -> None:
+    with pytest.raises(TypeError, match="network must be a Network"):
+        ToolDispatcher(adapter_client, network={"mode": "none"})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="a session's network is set when it is created"):
+        ToolDispatcher(adapter_client, session_id="ses_" + "a" * 32, network=Network.none())
+    ToolDispatcher(adapter_client, session_id="ses_" + "a" * 32)  # without a network, as before
+
+
+@pytest.mark.parametrize(("network", "seen"), [(None, "tenant"), (NARROWED, "narrowed"), (Network.none(), "none")],
+                         ids=["default", "narrowed", "none"])
+def test_the_dispatchers_network_is_every_executions(network_server: RunningServer, network_client: SandboxClient,
+                                                     upstream_port: int, network: Network | None,
+                                                     seen: str) -> None:
+    dispatcher = ToolDispatcher(network_client, session_id="net-sync", network=network)
+    outcome = dispatcher.dispatch_outcome("execute_code", {"code": network_probe(upstream_port), "language": "bash"})
+    assert not outcome.is_error, outcome.text
+    assert sandbox_network(outcome.text) == seen
+    assert outcome.result is not None
+    assert network_server.app.stores is not None
+    record = network_server.app.stores.audit.get(outcome.result.execution_id)
+    assert record is not None
+    assert record.session_id == "net-sync"
+
+
+def test_a_network_outside_the_tenants_is_refused_naming_the_rule(network_client: SandboxClient,
+                                                                  upstream_port: int) -> None:
+    outcome = ToolDispatcher(network_client, network=WIDER).dispatch_outcome(
+        "execute_code", {"code": network_probe(upstream_port), "language": "bash"})
+    assert outcome.is_error
+    assert outcome.result is None
+    assert isinstance(outcome.error, PermissionDeniedError)
+    assert outcome.text.splitlines()[:2] == [
+        "Status: refused: the sandbox's policy does not allow this request (nothing ran)", f"Reason: {WIDER_REFUSAL}"]
+
+
+@pytest.mark.parametrize(("network", "seen"), [(None, "tenant"), (NARROWED, "narrowed"), (Network.none(), "none")],
+                         ids=["default", "narrowed", "none"])
+async def test_the_async_dispatchers_network_is_every_executions(network_server: RunningServer,
+                                                                 upstream_port: int, network: Network | None,
+                                                                 seen: str) -> None:
+    async with AsyncSandboxClient(network_server.target, timeout=60) as client:
+        dispatcher = AsyncToolDispatcher(client, network=network)
+        assert dispatcher.network == network
+        outcome = await dispatcher.dispatch_outcome(
+            "execute_code", {"code": network_probe(upstream_port), "language": "bash"})
+        assert not outcome.is_error, outcome.text
+        assert sandbox_network(outcome.text) == seen
+        refused = await AsyncToolDispatcher(client, network=WIDER).dispatch_outcome(
+            "execute_code", {"code": "echo hi", "language": "bash"})
+        assert isinstance(refused.error, PermissionDeniedError)
+        assert WIDER_REFUSAL in refused.text

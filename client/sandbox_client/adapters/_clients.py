@@ -5,9 +5,9 @@ written against (``_dispatch_core``)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypedDict, TypeVar
 
-from sandbox_client._models import ExecutionResult, FileInfo, Limits, SessionInfo
+from sandbox_client._models import ExecutionResult, FileInfo, Limits, Network, SessionInfo
 
 if TYPE_CHECKING:
     from sandbox_client._aio_session import AsyncSession
@@ -15,11 +15,12 @@ if TYPE_CHECKING:
 
 
 class Executor(Protocol):
-    """What ``ToolDispatcher`` needs of a client: ``SandboxClient.execute`` (the client itself fits)."""
+    """What ``ToolDispatcher`` needs of a client: ``SandboxClient.execute`` (the client itself fits). ``network`` is
+    passed only when the dispatcher has one."""
 
     def execute(
         self, code: str, *, language: str = ..., stdin: str | bytes = ..., limits: Limits | None = ...,
-        session_id: str = ..., timeout: float | None = ...,
+        network: Network | None = ..., session_id: str = ..., timeout: float | None = ...,
     ) -> ExecutionResult: ...
 
 
@@ -28,7 +29,8 @@ class AsyncExecutor(Protocol):
 
     async def execute(
         self, code: str, *, language: str = ..., stdin: str | bytes = ..., limits: Limits | None = ...,
-        session_id: str = ..., timeout: float | None = ...,  # noqa: ASYNC109 (the gRPC deadline)
+        network: Network | None = ..., session_id: str = ...,
+        timeout: float | None = ...,  # noqa: ASYNC109 (the gRPC deadline)
     ) -> ExecutionResult: ...
 
 
@@ -38,7 +40,8 @@ class SessionClient(Executor, Protocol):
 
     def session(
         self, language: str = ..., *, languages: Sequence[str] | None = ..., limits: Limits | None = ...,
-        idle_timeout_s: int | None = ..., labels: Mapping[str, str] | None = ..., timeout: float | None = ...,
+        network: Network | None = ..., idle_timeout_s: int | None = ..., labels: Mapping[str, str] | None = ...,
+        timeout: float | None = ...,
     ) -> Session: ...
 
     def attach_session(self, session_id: str, language: str = ..., *, timeout: float | None = ...) -> Session: ...
@@ -51,7 +54,8 @@ class AsyncSessionClient(AsyncExecutor, Protocol):
 
     def session(
         self, language: str = ..., *, languages: Sequence[str] | None = ..., limits: Limits | None = ...,
-        idle_timeout_s: int | None = ..., labels: Mapping[str, str] | None = ..., timeout: float | None = ...,
+        network: Network | None = ..., idle_timeout_s: int | None = ..., labels: Mapping[str, str] | None = ...,
+        timeout: float | None = ...,
     ) -> Awaitable[AsyncSession]: ...
 
     async def attach_session(
@@ -107,18 +111,30 @@ _S_co = TypeVar("_S_co", bound=_Session, covariant=True)
 
 class _Client(Protocol[_S_co]):
     """What the calls need of a client: ``AsyncSandboxClient`` fits. Its session methods are called only when the
-    dispatcher runs the session tools (the client has them)."""
+    dispatcher runs the session tools (the client has them); ``network`` is passed only when the dispatcher has
+    one (a client of the host's own that predates it works as before)."""
 
     async def execute(
         self, code: str, *, language: str, stdin: str, limits: Limits | None, session_id: str,
         timeout: float | None,  # noqa: ASYNC109 (the gRPC deadline)
+        network: Network | None = ...,
     ) -> ExecutionResult: ...
 
     def session(
         self, *, languages: Sequence[str] | None, limits: Limits | None, idle_timeout_s: int | None,
-        labels: Mapping[str, str] | None,
+        labels: Mapping[str, str] | None, network: Network | None = ...,
     ) -> Awaitable[_S_co]: ...
 
     async def attach_session(self, session_id: str) -> _S_co: ...
 
     async def close_session(self, session_id: str) -> SessionInfo: ...
+
+
+class _NetworkArgument(TypedDict, total=False):
+    network: Network
+
+
+def network_argument(network: Network | None) -> _NetworkArgument:
+    """``network=`` for a client's call, or nothing when there is none: a client of the host's own written before
+    the argument existed keeps working while no network is set."""
+    return {} if network is None else {"network": network}

@@ -17,6 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from typing import Final, Generic
 
+from sandbox_client._convert import _SESSION_ID_RE
 from sandbox_client._errors import (
     DeadlineExceededError,
     InvalidRequestError,
@@ -28,7 +29,7 @@ from sandbox_client._errors import (
     SessionNotFoundError,
     UnavailableError,
 )
-from sandbox_client._models import ExecutionResult, Limits, SessionInfo
+from sandbox_client._models import ExecutionResult, Limits, Network, SessionInfo
 from sandbox_client.adapters._arguments import (
     CloseSessionArguments,
     CreateSessionArguments,
@@ -40,7 +41,7 @@ from sandbox_client.adapters._arguments import (
     parse_arguments,
 )
 from sandbox_client.adapters._calls import _deadline, _session_call, _workspace_action
-from sandbox_client.adapters._clients import _S, _Client
+from sandbox_client.adapters._clients import _S, _Client, network_argument
 from sandbox_client.adapters._session_text import (
     _closed_text,
     _created_text,
@@ -94,6 +95,24 @@ class _Run:
     limits: Limits | None
     session_id: str
     timeout: float | None
+    network: Network | None = None
+
+
+def check_network(network: Network | None, session_id: str) -> None:
+    """Refuse a ``network`` setting the client would refuse at every call, at construction instead.
+
+    Raises:
+        TypeError: ``network`` is not a Network.
+        ValueError: ``session_id`` is a sandbox session's id, whose network is fixed when it is created.
+    """
+    if network is None:
+        return
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be a Network (Network.none(), Network.allowlist(...)) or None, not "
+                        f"{type(network).__name__}")
+    if _SESSION_ID_RE.fullmatch(session_id):
+        raise ValueError(f"network cannot be set with session_id {session_id!r}, a sandbox session's id: a "
+                         "session's network is set when it is created")
 
 
 class _Settings:
@@ -102,7 +121,7 @@ class _Settings:
     def __init__(
         self, *, name: str, session_id: str, limits: Limits | None, max_output_chars: int, sessions: bool = False,
         session_limits: Limits | None = None, session_labels: Mapping[str, str] | None = None,
-        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_sessions: int = DEFAULT_MAX_SESSIONS, network: Network | None = None,
     ) -> None:
         if isinstance(max_output_chars, bool) or not isinstance(max_output_chars, int) or max_output_chars < 1:
             raise ValueError(f"max_output_chars must be a positive int, got {max_output_chars!r}")
@@ -115,6 +134,7 @@ class _Settings:
                 raise TypeError(f"{what} must be a Limits, not {type(value).__name__}")
         if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
             raise ValueError(f"max_sessions must be a positive int, got {max_sessions!r}")
+        check_network(network, session_id)
         self.name = name
         self.session_id = session_id
         self.limits = limits
@@ -122,6 +142,8 @@ class _Settings:
         self.sessions = sessions
         self.session_limits = session_limits
         self.max_sessions = max_sessions
+        self.network = network
+        """The network of every execution and of the sessions ``create_session`` starts (None: the tenant's)."""
         self.labels = dict(session_labels or {})
         if session_id and len(session_id) <= _MAX_LABEL_VALUE and session_id.isprintable():
             self.labels.setdefault(SESSION_LABEL, session_id)
@@ -157,7 +179,8 @@ class _Settings:
         if args.timeout_s is not None:
             limits = replace(limits or Limits(), wall_time_s=args.timeout_s)
         return _Run(code=args.code, language=args.language, stdin=args.stdin, limits=limits,
-                    session_id=self.session_id, timeout=_deadline(limits.wall_time_s if limits is not None else None))
+                    session_id=self.session_id, timeout=_deadline(limits.wall_time_s if limits is not None else None),
+                    network=self.network)
 
 
 def _invalid(name: str, error: ToolArgumentError, nothing: str) -> ToolOutcome:
@@ -281,7 +304,8 @@ class _Core(Generic[_S]):
     async def _execute(self, run: _Run) -> ToolOutcome:
         try:
             result = await self._client.execute(run.code, language=run.language, stdin=run.stdin,
-                                                limits=run.limits, session_id=run.session_id, timeout=run.timeout)
+                                                limits=run.limits, session_id=run.session_id, timeout=run.timeout,
+                                                **network_argument(run.network))
         except SandboxError as error:
             if _for_the_host(error):
                 # The model is told too, but only the host can fix this one: make sure someone sees it.
@@ -308,7 +332,7 @@ class _Core(Generic[_S]):
             try:
                 session = await self._client.session(
                     languages=args.languages, limits=settings.session_limits, idle_timeout_s=args.idle_timeout_s,
-                    labels=settings.labels or None)
+                    labels=settings.labels or None, **network_argument(settings.network))
             except SandboxError as error:
                 return self._refused(error, CREATE_SESSION)
             self.sessions.add(session, owned=True)

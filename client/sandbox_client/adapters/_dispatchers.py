@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from sandbox_client._models import Limits
+from sandbox_client._models import Limits, Network
 from sandbox_client.adapters._clients import _S, AsyncExecutor, AsyncSessionClient, Executor
 from sandbox_client.adapters._dispatch_core import DEFAULT_MAX_SESSIONS, ToolOutcome, _Core, _Settings
 from sandbox_client.adapters._messages import (
@@ -19,7 +19,14 @@ from sandbox_client.adapters._messages import (
     _responses_answer,
     _responses_call,
 )
-from sandbox_client.adapters._specs import TOOL_NAME
+from sandbox_client.adapters._specs import (
+    TOOL_NAME,
+    ToolSpec,
+    _anthropic_shape,
+    _openai_responses_shape,
+    _openai_shape,
+    tool_specs,
+)
 from sandbox_client.adapters._sync_bridge import SyncClient, SyncSession, ThreadLock, run_sync
 from sandbox_client.adapters._text import DEFAULT_MAX_OUTPUT_CHARS
 
@@ -45,11 +52,12 @@ class _Dispatcher(Generic[_C, _S]):
         session_limits: Limits | None = None,
         session_labels: Mapping[str, str] | None = None,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        network: Network | None = None,
     ) -> None:
         sessions = session_tools and callable(getattr(client, "session", None))
         settings = _Settings(name=name, session_id=session_id, limits=limits, max_output_chars=max_output_chars,
                              sessions=sessions, session_limits=session_limits, session_labels=session_labels,
-                             max_sessions=max_sessions)
+                             max_sessions=max_sessions, network=network)
         self._core = self._make_core(client, settings)
 
     def _make_core(self, client: _C, settings: _Settings) -> _Core[_S]:
@@ -72,6 +80,10 @@ class _Dispatcher(Generic[_C, _S]):
         return self._core.settings.max_output_chars
 
     @property
+    def network(self) -> Network | None:
+        return self._core.settings.network
+
+    @property
     def session_tools(self) -> bool:
         """The dispatcher runs the session tools (asked for, and the client has sessions)."""
         return self._core.settings.sessions
@@ -80,6 +92,24 @@ class _Dispatcher(Generic[_C, _S]):
     def sessions(self) -> tuple[str, ...]:
         """The ids of the sessions the model can use that are not known to be closed."""
         return tuple(s.id for s in self._core.sessions.open_sessions())
+
+    def tool_specs(self) -> tuple[ToolSpec, ...]:
+        """The tools this dispatcher runs (its ``name``; the session tools when it runs them), described for its
+        ``network``: what to offer the model. ``openai_tools()`` and the others shape them for each API."""
+        settings = self._core.settings
+        return tool_specs(sessions=settings.sessions, name=settings.name, network=settings.network)
+
+    def openai_tools(self) -> list[dict[str, Any]]:
+        """``tool_specs()`` for OpenAI Chat Completions."""
+        return [_openai_shape(spec) for spec in self.tool_specs()]
+
+    def openai_responses_tools(self) -> list[dict[str, Any]]:
+        """``tool_specs()`` for the OpenAI Responses API."""
+        return [_openai_responses_shape(spec) for spec in self.tool_specs()]
+
+    def anthropic_tools(self) -> list[dict[str, Any]]:
+        """``tool_specs()`` for the Anthropic Messages API."""
+        return [_anthropic_shape(spec) for spec in self.tool_specs()]
 
 
 class ToolDispatcher(_Dispatcher[Executor, SyncSession]):
@@ -99,6 +129,11 @@ class ToolDispatcher(_Dispatcher[Executor, SyncSession]):
         session_limits: the limits of the sessions ``create_session`` starts (None: the tenant's defaults).
         session_labels: labels of your own for those sessions.
         max_sessions: sessions the model may hold open at once through this dispatcher.
+        network: the network of every execution and of the sessions ``create_session`` starts
+            (``Network.none()``, ``Network.allowlist(...)``: it narrows the tenant's, never widens it; a rule outside
+            the tenant's allow-list makes every call a refusal). None: the tenant's. It is the host's setting: no
+            tool argument lets the model choose or widen it. ``tool_specs()`` (and ``openai_tools()``, ...) describe
+            it to the model; the module's ``openai_tools(network=...)`` and the others do too.
 
     The model can use only the sessions this dispatcher started or adopted (``adopt_session``), and those that
     carry its ``session_id`` as their ``conversation`` label (started by another dispatcher of the same
@@ -106,7 +141,7 @@ class ToolDispatcher(_Dispatcher[Executor, SyncSession]):
     left open; others close at their idle timeout.
 
     Raises:
-        ValueError, TypeError: a setting is invalid.
+        ValueError, TypeError: a setting is invalid (``network`` with a sandbox session's id as ``session_id``).
     """
 
     def _make_core(self, client: Executor, settings: _Settings) -> _Core[SyncSession]:

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from sandbox_client._models import Network
+
 TOOL_NAME: Final = "execute_code"
 LANGUAGES: Final = ("python", "javascript", "bash")
 """The languages the tool offers a model, canonical names (the ``language`` enum)."""
@@ -37,14 +39,36 @@ def _language_names(languages: tuple[str, ...]) -> str:
     return ", ".join(f"{lang} ({_LANGUAGE_LABELS[lang]})" if lang in _LANGUAGE_LABELS else lang for lang in languages)
 
 
-def tool_description(languages: tuple[str, ...] = LANGUAGES) -> str:
-    """What a model is told about the tool: what the sandbox is, what persists (nothing), its limits."""
+def _network_words(network: Network | None) -> str:
+    """What the model is told of the sandbox's network, starting a sentence: with ``network`` (the host's setting)
+    what it is, else what holds whatever the tenant's policy says."""
+    if network is None:
+        return "The sandbox has no network access unless its operator allows specific hosts"
+    if not network.allow:  # Network.none(), or an allow-list that reaches nothing
+        return "The sandbox has no network access"
+    return (f"The sandbox's network reaches only {_allowed_hosts(network)}, over HTTP and HTTPS through the proxy set "
+            "in its environment")
+
+
+def _allowed_hosts(network: Network) -> str:
+    """An allow-list in words: ``api.example.com (port 443) and *.example.com (ports 80 and 443)``."""
+    return _and([f"{rule.host} (port{'s' if len(rule.ports) > 1 else ''} {_and([str(p) for p in rule.ports])})"
+                 for rule in network.allow])
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def tool_description(languages: tuple[str, ...] = LANGUAGES, *, network: Network | None = None) -> str:
+    """What a model is told about the tool: what the sandbox is, what persists (nothing), its network (what the
+    host's ``network`` allows, when it gives one), its limits."""
     return (
         "Run a program in an isolated sandbox and get back its exit status, stdout and stderr. Languages: "
         f"{_language_names(languages)}. "
         "Every call starts a fresh sandbox: nothing persists between calls (no variables, files or installed "
-        "packages), so send a complete, self-contained program each time. The sandbox has no network access unless "
-        "its operator allows specific hosts, and nothing can be installed beyond what the operator provides: use "
+        f"packages), so send a complete, self-contained program each time. {_network_words(network)}, and "
+        "nothing can be installed beyond what the operator provides: use "
         "the language's standard library. The program runs as an unprivileged user "
         "in a private, writable working directory (discarded after the call); write any files there. "
         "Limits apply to wall time (timeout_s, in seconds; the sandbox's default when omitted), CPU time, "
@@ -82,25 +106,36 @@ def parameters_schema(languages: tuple[str, ...] = LANGUAGES) -> dict[str, Any]:
     }
 
 
-def openai_tool(*, name: str = TOOL_NAME, description: str = TOOL_DESCRIPTION) -> dict[str, Any]:
-    """The tool for OpenAI Chat Completions (and compatible APIs): ``{"type": "function", "function": {...}}``."""
-    return _openai_shape(ToolSpec(name, description, parameters_schema()))
+def openai_tool(*, name: str = TOOL_NAME, description: str | None = None, network: Network | None = None,
+                ) -> dict[str, Any]:
+    """The tool for OpenAI Chat Completions (and compatible APIs): ``{"type": "function", "function": {...}}``.
+    ``description`` None: ``tool_description(network=network)`` (``network``: the dispatcher's)."""
+    return _openai_shape(_execute_spec(name, description, network))
 
 
-def openai_responses_tool(*, name: str = TOOL_NAME, description: str = TOOL_DESCRIPTION) -> dict[str, Any]:
-    """The tool for the OpenAI Responses API, which takes it flat: ``{"type": "function", "name", ...}``."""
-    return _openai_responses_shape(ToolSpec(name, description, parameters_schema()))
+def openai_responses_tool(*, name: str = TOOL_NAME, description: str | None = None,
+                          network: Network | None = None) -> dict[str, Any]:
+    """The tool for the OpenAI Responses API, which takes it flat: ``{"type": "function", "name", ...}``
+    (``description`` and ``network`` as in ``openai_tool``)."""
+    return _openai_responses_shape(_execute_spec(name, description, network))
 
 
-def anthropic_tool(*, name: str = TOOL_NAME, description: str = TOOL_DESCRIPTION) -> dict[str, Any]:
-    """The tool for the Anthropic Messages API: ``{"name", "description", "input_schema"}``."""
-    return _anthropic_shape(ToolSpec(name, description, parameters_schema()))
+def anthropic_tool(*, name: str = TOOL_NAME, description: str | None = None, network: Network | None = None,
+                   ) -> dict[str, Any]:
+    """The tool for the Anthropic Messages API: ``{"name", "description", "input_schema"}`` (``description`` and
+    ``network`` as in ``openai_tool``)."""
+    return _anthropic_shape(_execute_spec(name, description, network))
+
+
+def _execute_spec(name: str, description: str | None, network: Network | None) -> ToolSpec:
+    text = tool_description(network=network) if description is None else description
+    return ToolSpec(name, text, parameters_schema())
 
 
 # -- the session tools ---------------------------------------------------------------------------------------------
 
 
-def _session_descriptions(languages: tuple[str, ...]) -> dict[str, str]:
+def _session_descriptions(languages: tuple[str, ...], network: Network | None = None) -> dict[str, str]:
     return {
         CREATE_SESSION: (
             "Start a sandbox session (an isolated sandbox kept alive between calls) and get its session_id. Use a "
@@ -109,8 +144,8 @@ def _session_descriptions(languages: tuple[str, ...]) -> dict[str, str]:
             f"{TOOL_NAME} is simpler. Languages: {_language_names(languages)}. In a session, Python runs in a "
             "stateful kernel, like a Jupyter notebook: variables, imports and functions persist from one "
             f"{RUN_IN_SESSION} call to the next. Bash and JavaScript calls run as new processes in the same "
-            "working directory, so files persist for every language. The sandbox has no network access unless "
-            "its operator allows specific hosts, and installs only what the operator provides. A session "
+            f"working directory, so files persist for every language. {_network_words(network)}, and "
+            "installs only what the operator provides. A session "
             "closes by itself after idle_timeout_s seconds without a call "
             "(the sandbox's default when omitted) and everything in it is lost; call "
             f"{CLOSE_SESSION} when you are done with it."
@@ -145,10 +180,11 @@ def _session_descriptions(languages: tuple[str, ...]) -> dict[str, str]:
     }
 
 
-def _kept_session_description(languages: tuple[str, ...], *, figures: bool, more: str = "") -> str:
+def _kept_session_description(languages: tuple[str, ...], *, figures: bool, more: str = "",
+                              network: Network | None = None) -> str:
     """What a model is told about a tool that runs code in a session the host keeps for the conversation (the
     MCP server's ``execute_code``, the LangChain session tool): ``figures`` when images come back, ``more`` about
-    the other tools."""
+    the other tools, ``network`` the session's (the host's setting; None: the tenant's)."""
     images = ", and its figures as images" if figures else ""
     return (
         "Run code in this conversation's sandbox session and get back its status, the value of the last Python "
@@ -157,8 +193,8 @@ def _kept_session_description(languages: tuple[str, ...], *, figures: bool, more
         "Jupyter notebook: variables, imports and functions persist from one call to the next (even after an "
         "exception), so send only the new code each time, not what already ran. Bash and JavaScript run as new "
         "processes in the same working directory: files persist for every language, shell variables and the "
-        "current directory do not. The sandbox has no network access unless its operator allows specific "
-        "hosts, and installs only what the operator provides: prefer the standard library and the packages "
+        f"current directory do not. {_network_words(network)}, and "
+        "installs only what the operator provides: prefer the standard library and the packages "
         "already there. Limits apply to each call's wall time (timeout_s, in "
         "seconds; the sandbox's default when omitted), CPU time and output size: past one the code is "
         "interrupted, and Python's state survives unless the result says the kernel was restarted; memory is "
@@ -244,33 +280,40 @@ def _session_schemas(languages: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     }
 
 
-def session_tool_specs(languages: tuple[str, ...] = LANGUAGES) -> tuple[ToolSpec, ...]:
-    """The four session tools (``SESSION_TOOL_NAMES``), provider-neutral; new dicts on every call."""
-    descriptions = _session_descriptions(languages)
+def session_tool_specs(languages: tuple[str, ...] = LANGUAGES, *, network: Network | None = None,
+                       ) -> tuple[ToolSpec, ...]:
+    """The four session tools (``SESSION_TOOL_NAMES``), provider-neutral; new dicts on every call. ``network``: the
+    dispatcher's, so that ``create_session`` tells the model what its sessions can reach."""
+    descriptions = _session_descriptions(languages, network)
     schemas = _session_schemas(languages)
     return tuple(ToolSpec(name, descriptions[name], schemas[name]) for name in SESSION_TOOL_NAMES)
 
 
-def tool_specs(*, sessions: bool = True, name: str = TOOL_NAME, description: str = TOOL_DESCRIPTION,
-               ) -> tuple[ToolSpec, ...]:
-    """``execute_code`` (as ``name``, told ``description``) and, with ``sessions``, the four session tools."""
-    specs = (ToolSpec(name, description, parameters_schema()),)
-    return specs + session_tool_specs() if sessions else specs
+def tool_specs(*, sessions: bool = True, name: str = TOOL_NAME, description: str | None = None,
+               network: Network | None = None) -> tuple[ToolSpec, ...]:
+    """``execute_code`` (as ``name``, told ``description``; None: ``tool_description(network=network)``) and, with
+    ``sessions``, the four session tools. ``network``: the dispatcher's, for the descriptions (the model cannot
+    choose it: no tool takes it as an argument)."""
+    specs = (_execute_spec(name, description, network),)
+    return specs + session_tool_specs(network=network) if sessions else specs
 
 
-def openai_tools(*, sessions: bool = True) -> list[dict[str, Any]]:
-    """The tools for OpenAI Chat Completions: ``execute_code`` and (``sessions``) the session tools."""
-    return [_openai_shape(spec) for spec in tool_specs(sessions=sessions)]
+def openai_tools(*, sessions: bool = True, network: Network | None = None) -> list[dict[str, Any]]:
+    """The tools for OpenAI Chat Completions: ``execute_code`` and (``sessions``) the session tools, described
+    for the dispatcher's ``network``."""
+    return [_openai_shape(spec) for spec in tool_specs(sessions=sessions, network=network)]
 
 
-def openai_responses_tools(*, sessions: bool = True) -> list[dict[str, Any]]:
-    """The tools for the OpenAI Responses API: ``execute_code`` and (``sessions``) the session tools."""
-    return [_openai_responses_shape(spec) for spec in tool_specs(sessions=sessions)]
+def openai_responses_tools(*, sessions: bool = True, network: Network | None = None) -> list[dict[str, Any]]:
+    """The tools for the OpenAI Responses API: ``execute_code`` and (``sessions``) the session tools, described
+    for the dispatcher's ``network``."""
+    return [_openai_responses_shape(spec) for spec in tool_specs(sessions=sessions, network=network)]
 
 
-def anthropic_tools(*, sessions: bool = True) -> list[dict[str, Any]]:
-    """The tools for the Anthropic Messages API: ``execute_code`` and (``sessions``) the session tools."""
-    return [_anthropic_shape(spec) for spec in tool_specs(sessions=sessions)]
+def anthropic_tools(*, sessions: bool = True, network: Network | None = None) -> list[dict[str, Any]]:
+    """The tools for the Anthropic Messages API: ``execute_code`` and (``sessions``) the session tools, described
+    for the dispatcher's ``network``."""
+    return [_anthropic_shape(spec) for spec in tool_specs(sessions=sessions, network=network)]
 
 
 def _openai_shape(spec: ToolSpec) -> dict[str, Any]:

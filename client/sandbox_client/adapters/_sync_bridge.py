@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequenc
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
-from sandbox_client._models import ExecutionResult, FileInfo, Limits, SessionInfo
-from sandbox_client.adapters._clients import Executor, SessionClient
+from sandbox_client._models import ExecutionResult, FileInfo, Limits, Network, SessionInfo
+from sandbox_client.adapters._clients import Executor, SessionClient, network_argument
 
 if TYPE_CHECKING:
     from sandbox_client._session import Session, SessionFiles
@@ -43,16 +43,17 @@ class SyncClient:
     async def execute(
         self, code: str, *, language: str, stdin: str, limits: Limits | None, session_id: str,
         timeout: float | None,  # noqa: ASYNC109 (the gRPC deadline)
+        network: Network | None = None,
     ) -> ExecutionResult:
         return self._client.execute(code, language=language, stdin=stdin, limits=limits, session_id=session_id,
-                                    timeout=timeout)
+                                    timeout=timeout, **network_argument(network))
 
     async def session(
         self, *, languages: Sequence[str] | None, limits: Limits | None, idle_timeout_s: int | None,
-        labels: Mapping[str, str] | None,
+        labels: Mapping[str, str] | None, network: Network | None = None,
     ) -> SyncSession:
         return SyncSession(self._sessions.session(languages=languages, limits=limits, idle_timeout_s=idle_timeout_s,
-                                                  labels=labels))
+                                                  labels=labels, **network_argument(network)))
 
     async def attach_session(self, session_id: str) -> SyncSession:
         return SyncSession(self._sessions.attach_session(session_id))

@@ -47,10 +47,11 @@ from pydantic.v1 import ValidationError as ValidationErrorV1
 from sandbox_client._aio import AsyncSandboxClient
 from sandbox_client._aio_session import AsyncSession
 from sandbox_client._errors import SandboxError, SessionNotFoundError
-from sandbox_client._models import ExecutionResult, Limits
+from sandbox_client._models import ExecutionResult, Limits, Network
 from sandbox_client._session import Session
 from sandbox_client._sync import SandboxClient
 from sandbox_client.adapters._calls import _session_call
+from sandbox_client.adapters._dispatch_core import check_network
 from sandbox_client.adapters._session_text import _restarted_note
 from sandbox_client.adapters._specs import _kept_session_description
 from sandbox_client.adapters.tool import (
@@ -64,6 +65,7 @@ from sandbox_client.adapters.tool import (
     format_session_error,
     format_session_result,
     parameters_schema,
+    tool_description,
 )
 
 __all__ = [
@@ -118,7 +120,9 @@ class SandboxTool(BaseTool):
     """``execute_code``: runs a program in a fresh sandbox and answers with its status, exit code and output.
 
     Give it ``client`` (a ``SandboxClient``), ``async_client`` (an ``AsyncSandboxClient``) or both; they are used
-    as is and never closed here. ``session_id``, ``limits`` and ``max_output_chars`` are ``ToolDispatcher``'s.
+    as is and never closed here. ``session_id``, ``limits``, ``max_output_chars`` and ``network`` are
+    ``ToolDispatcher``'s: ``network`` (None: the tenant's) is every execution's, and the default description
+    says what it allows; the model cannot change it (it is not an argument of the tool).
 
     Raises (at construction):
         pydantic.ValidationError: no client, or an invalid setting.
@@ -137,12 +141,17 @@ class SandboxTool(BaseTool):
     session_id: str = ""
     limits: Limits | None = None
     max_output_chars: int = Field(default=DEFAULT_MAX_OUTPUT_CHARS, gt=0)
+    network: Network | None = None
+    """The network of every execution (narrowing the tenant's; None: the tenant's)."""
 
     @model_validator(mode="after")
     def _has_a_client(self) -> SandboxTool:
         if self.client is None and self.async_client is None:
             raise ValueError("SandboxTool needs client= (a SandboxClient), async_client= (an AsyncSandboxClient) "
                              "or both")
+        check_network(self.network, self.session_id)
+        if self.network is not None and "description" not in self.model_fields_set:
+            self.description = tool_description(network=self.network)  # what the model is told matches it
         return self
 
     def _run(
@@ -161,7 +170,7 @@ class SandboxTool(BaseTool):
         if self.client is None:
             raise RuntimeError("this SandboxTool has only an async_client: call ainvoke, or give it client=")
         dispatcher = ToolDispatcher(self.client, session_id=self.session_id, limits=self.limits,
-                                    max_output_chars=self.max_output_chars, name=self.name)
+                                    max_output_chars=self.max_output_chars, name=self.name, network=self.network)
         return dispatcher.dispatch(self.name, _arguments(code, language, stdin, timeout_s))
 
     async def _arun(
@@ -180,7 +189,8 @@ class SandboxTool(BaseTool):
         if self.async_client is None:
             return await asyncio.to_thread(self._run, code, language, stdin, timeout_s)
         dispatcher = AsyncToolDispatcher(self.async_client, session_id=self.session_id, limits=self.limits,
-                                         max_output_chars=self.max_output_chars, name=self.name)
+                                         max_output_chars=self.max_output_chars, name=self.name,
+                                         network=self.network)
         return await dispatcher.dispatch(self.name, _arguments(code, language, stdin, timeout_s))
 
 
@@ -221,8 +231,9 @@ class SandboxSessionTool(BaseTool):
     variables, imports and functions and the working directory's files persist from one call to the next; it
     answers with ``format_session_result``'s text (status, ``Out[n]``, the exception, stdout and stderr).
 
-    The session starts with the first call (``languages``, ``limits``, ``idle_timeout_s`` and ``labels`` are its
-    settings; None: the tenant's defaults) and ends with ``close()`` (``aclose()``, or leaving a ``with`` block).
+    The session starts with the first call (``languages``, ``limits``, ``idle_timeout_s``, ``labels`` and
+    ``network`` are its settings; None: the tenant's defaults; the default description says what ``network``
+    allows, and the model cannot change it) and ends with ``close()`` (``aclose()``, or leaving a ``with`` block).
     A session that closed on its own (idle too long) is replaced at the next call, whose text says the state is
     gone. Give it ``client``, ``async_client`` or both (used as is, never closed here); ``invoke`` needs
     ``client``, ``ainvoke`` uses ``async_client`` (else ``client`` in a worker thread). Calls through one tool run
@@ -248,6 +259,8 @@ class SandboxSessionTool(BaseTool):
     idle_timeout_s: int | None = Field(default=None, gt=0)
     labels: dict[str, str] | None = None
     max_output_chars: int = Field(default=DEFAULT_MAX_OUTPUT_CHARS, gt=0)
+    network: Network | None = None
+    """The session's network, set when it starts (narrowing the tenant's; None: the tenant's)."""
 
     _session: Session | None = PrivateAttr(default=None)
     _async_session: AsyncSession | None = PrivateAttr(default=None)
@@ -261,6 +274,8 @@ class SandboxSessionTool(BaseTool):
                              "AsyncSandboxClient) or both")
         if self.handle_validation_error is _unset_validation_error:
             self.handle_validation_error = functools.partial(validation_error_text, tool_name=self.name)
+        if self.network is not None and "description" not in self.model_fields_set:
+            self.description = _kept_session_description(LANGUAGES, figures=False, network=self.network)
         return self
 
     def __enter__(self) -> SandboxSessionTool:
@@ -327,7 +342,8 @@ class SandboxSessionTool(BaseTool):
                     self._session = client.attach_session(self._async_session.id)
                 else:
                     self._session = client.session(languages=self.languages, limits=self.limits,
-                                                   idle_timeout_s=self.idle_timeout_s, labels=self.labels)
+                                                   idle_timeout_s=self.idle_timeout_s, labels=self.labels,
+                                                   network=self.network)
             return self._session
 
         def run(session: Session) -> ExecutionResult:
@@ -371,7 +387,7 @@ class SandboxSessionTool(BaseTool):
                 else:
                     self._async_session = await client.session(
                         languages=self.languages, limits=self.limits, idle_timeout_s=self.idle_timeout_s,
-                        labels=self.labels)
+                        labels=self.labels, network=self.network)
             return self._async_session
 
         async def run(session: AsyncSession) -> ExecutionResult:

@@ -21,7 +21,8 @@ SANDBOX_API_KEY, ``--tls`` SANDBOX_TLS, ``--ca-cert`` SANDBOX_CA_CERT, ``--clien
 ``--client-key`` SANDBOX_CLIENT_KEY, ``--session-id`` SANDBOX_SESSION_ID, ``--wall-time-s`` SANDBOX_WALL_TIME_S,
 ``--cpu-time-s`` SANDBOX_CPU_TIME_S, ``--memory-mb`` SANDBOX_MEMORY_MB, ``--max-output-chars``
 SANDBOX_MAX_OUTPUT_CHARS, ``--no-session`` SANDBOX_NO_SESSION, ``--idle-timeout-s`` SANDBOX_IDLE_TIMEOUT_S,
-``--log-level`` SANDBOX_MCP_LOG_LEVEL. Logs go to stderr (stdout is the protocol).
+``--network`` SANDBOX_NETWORK (``none``, or ``host:port`` entries separated by commas: the sandboxes' network,
+narrowing the tenant's), ``--log-level`` SANDBOX_MCP_LOG_LEVEL. Logs go to stderr (stdout is the protocol).
 
 Exit codes: 0 when the client closes the connection; 2 for a usage error (a bad option, an unreadable file).
 Built on the low-level ``mcp.server.Server`` of the mcp 2.x SDK.
@@ -53,16 +54,16 @@ from sandbox_client._aio import AsyncSandboxClient
 from sandbox_client._aio_session import AsyncSession
 from sandbox_client._common import DEFAULT_TIMEOUT
 from sandbox_client._errors import SandboxError, SessionNotFoundError
-from sandbox_client._models import ExecutionResult, Limits, Runtime
+from sandbox_client._models import EgressRule, ExecutionResult, Limits, Network, Runtime
 from sandbox_client.adapters._calls import _session_call, _workspace_action
+from sandbox_client.adapters._dispatch_core import check_network
 from sandbox_client.adapters._session_text import _restarted_note
-from sandbox_client.adapters._specs import _kept_session_description
+from sandbox_client.adapters._specs import _allowed_hosts, _kept_session_description
 from sandbox_client.adapters.tool import (
     DEFAULT_MAX_OUTPUT_CHARS,
     LANGUAGES,
     SESSION_FILES,
     SESSION_LABEL,
-    TOOL_DESCRIPTION,
     TOOL_NAME,
     AsyncToolDispatcher,
     SessionFilesArguments,
@@ -75,6 +76,7 @@ from sandbox_client.adapters.tool import (
     parse_arguments,
     parse_tool_arguments,
     session_tool_specs,
+    tool_description,
 )
 
 __all__ = [
@@ -102,26 +104,36 @@ SESSION_CLIENT_LABEL: Final = ("client", "sandbox-mcp")
 _CLOSE_TIMEOUT_S: Final = 3.0
 """How long closing the session may take when the client goes (an MCP client kills a server 2 s after closing
 its stdin, and 2 s after its SIGTERM)."""
-_INSTRUCTIONS: Final = (
-    f"Use {TOOL_NAME} to run Python, JavaScript or bash code in a fresh, isolated sandbox without network "
-    f"access; {LIST_RUNTIMES} tells which interpreter versions it has."
-)
-_SESSION_INSTRUCTIONS: Final = (
-    f"Use {TOOL_NAME} to run Python, JavaScript or bash code in an isolated sandbox without network access, kept "
-    "for this conversation: Python runs in a stateful kernel, so variables, imports and functions persist from "
-    f"one call to the next, and files persist in the working directory. {SESSION_FILES} uploads, downloads, lists "
-    f"and deletes those files; {RESET_SESSION} starts afresh; {LIST_RUNTIMES} tells which interpreter versions the "
-    "sandbox has."
-)
+
+
+def _instructions(session: bool, network: Network | None) -> str:
+    """What the server tells the client about itself: its tools, and the sandbox's network (what ``network``
+    allows, when the host set one)."""
+    where = "without network access"
+    if network is not None and network.allow:
+        where = f"whose network reaches only {_allowed_hosts(network)}"
+    if not session:
+        return (f"Use {TOOL_NAME} to run Python, JavaScript or bash code in a fresh, isolated sandbox {where}; "
+                f"{LIST_RUNTIMES} tells which interpreter versions it has.")
+    return (
+        f"Use {TOOL_NAME} to run Python, JavaScript or bash code in an isolated sandbox {where}, kept "
+        "for this conversation: Python runs in a stateful kernel, so variables, imports and functions persist from "
+        f"one call to the next, and files persist in the working directory. {SESSION_FILES} uploads, downloads, "
+        f"lists and deletes those files; {RESET_SESSION} starts afresh; {LIST_RUNTIMES} tells which interpreter "
+        "versions the sandbox has."
+    )
+
+
 _NO_ARGUMENTS: Final[Mapping[str, Any]] = {"type": "object", "properties": {}, "additionalProperties": False}
 _T = TypeVar("_T")
 
 
-def session_tool_description(languages: tuple[str, ...] = LANGUAGES) -> str:
-    """What a model is told about ``execute_code`` when it runs in the connection's session."""
+def session_tool_description(languages: tuple[str, ...] = LANGUAGES, *, network: Network | None = None) -> str:
+    """What a model is told about ``execute_code`` when it runs in the connection's session (``network``: the
+    session's, as ``create_server`` was given it)."""
     return _kept_session_description(
         languages, figures=True,
-        more=f"{RESET_SESSION} starts afresh on purpose; {SESSION_FILES} moves files in and out.")
+        more=f"{RESET_SESSION} starts afresh on purpose; {SESSION_FILES} moves files in and out.", network=network)
 
 
 def _session_files_tool() -> mcp_types.Tool:
@@ -150,9 +162,10 @@ class _Conversation:
     own, closed when the connection ends (the server's lifespan)."""
 
     def __init__(self, client: AsyncSandboxClient, *, limits: Limits | None, labels: Mapping[str, str],
-                 idle_timeout_s: int | None, max_output_chars: int) -> None:
+                 idle_timeout_s: int | None, max_output_chars: int, network: Network | None = None) -> None:
         self._client = client
         self._limits = limits
+        self._network = network
         self._labels = dict(labels)
         self._idle_timeout_s = idle_timeout_s
         self.max_output_chars = max_output_chars
@@ -167,7 +180,7 @@ class _Conversation:
         async with self._lock:
             if self._session is None:
                 self._session = await self._client.session(limits=self._limits, idle_timeout_s=self._idle_timeout_s,
-                                                           labels=self._labels)
+                                                           labels=self._labels, network=self._network)
                 logger.info("started session %s", self._session.id)
             return self._session
 
@@ -232,6 +245,7 @@ def create_server(
     name: str = SERVER_NAME,
     session: bool = True,
     idle_timeout_s: int | None = None,
+    network: Network | None = None,
 ) -> Server[_Conversation]:
     """An MCP server whose tools run through ``client`` (used as is, not closed here).
 
@@ -242,11 +256,20 @@ def create_server(
     ``conversation=<session_id>``. Without, ``execute_code`` runs each call in a fresh sandbox, ``session_id``
     labelling every execution. ``session_id``, ``limits`` and ``max_output_chars`` are ``AsyncToolDispatcher``'s.
 
+    ``network`` is the sandboxes' network (``Network.none()``, ``Network.allowlist(...)``: narrowing the tenant's;
+    None: the tenant's): every one-shot execution's, or each session's from its start. The tools' descriptions
+    and the server's instructions say what it allows; no tool argument lets the model change it.
+
     Raises:
         ValueError, TypeError: a setting is invalid.
     """
+    # The dispatcher runs only the one-shot calls: in session mode session_id is a label, never sent with a
+    # network, so it is not checked against one.
     dispatcher = AsyncToolDispatcher(client, session_id=session_id, limits=limits,
-                                     max_output_chars=max_output_chars, session_tools=False)
+                                     max_output_chars=max_output_chars, session_tools=False,
+                                     network=None if session else network)
+    if session:
+        check_network(network, "")
     labels = dict([SESSION_CLIENT_LABEL])
     if session_id and len(session_id) <= 256 and session_id.isprintable():
         labels[SESSION_LABEL] = session_id
@@ -256,13 +279,14 @@ def create_server(
         mcp_types.Tool(
             name=TOOL_NAME,
             title="Execute code in a sandbox",
-            description=session_tool_description() if session else TOOL_DESCRIPTION,
+            description=(session_tool_description(network=network) if session
+                         else tool_description(network=network)),
             input_schema=parameters_schema(),
             # The sandbox has no network unless its operator lists hosts it may reach: by default a call
-            # changes nothing outside it.
+            # changes nothing outside it. With hosts allowed, a call can reach beyond it (an open world).
             annotations=mcp_types.ToolAnnotations(
                 title="Execute code in a sandbox", read_only_hint=False, destructive_hint=False,
-                idempotent_hint=False, open_world_hint=False),
+                idempotent_hint=False, open_world_hint=network is not None and bool(network.allow)),
         ),
     ]
     if session:
@@ -296,7 +320,7 @@ def create_server(
     @asynccontextmanager
     async def lifespan(_: Server[_Conversation]) -> AsyncIterator[_Conversation]:
         conversation = _Conversation(client, limits=session_limits, labels=labels, idle_timeout_s=idle_timeout_s,
-                                     max_output_chars=max_output_chars)
+                                     max_output_chars=max_output_chars, network=network)
         try:
             yield conversation
         finally:
@@ -330,7 +354,7 @@ def create_server(
         return _text_result(text, is_error=True)
 
     return Server(name, version=_version(), title="Code-execution sandbox",
-                  instructions=_SESSION_INSTRUCTIONS if session else _INSTRUCTIONS, lifespan=lifespan,
+                  instructions=_instructions(session, network), lifespan=lifespan,
                   on_list_tools=on_list_tools, on_call_tool=on_call_tool)
 
 
@@ -456,6 +480,8 @@ class ServerConfig:
     """Keep one sandbox session for the client (``--no-session``: a fresh sandbox every call)."""
     idle_timeout_s: int | None = None
     """The session's idle timeout, seconds; None: the tenant's default."""
+    network: Network | None = None
+    """The sandboxes' network (``create_server``'s); None: the tenant's."""
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         """TLS channel credentials, or None for a plaintext channel."""
@@ -488,6 +514,26 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
+
+
+def _network(text: str) -> Network:
+    """``none``, or ``host:port`` entries separated by commas (a host named again adds ports; an IPv6 address in
+    brackets: ``[::1]:8080``)."""
+    if text.strip().lower() == "none":
+        return Network.none()
+    ports: dict[str, list[int]] = {}
+    for entry in (part.strip() for part in text.split(",")):
+        host, _, port = entry.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not host or not port.isdigit():
+            raise argparse.ArgumentTypeError(f"not none or host:port entries separated by commas: {entry!r} in "
+                                             f"{text!r}")
+        ports.setdefault(host, []).append(int(port))
+    try:
+        return Network.allowlist(*(EgressRule(host, numbers) for host, numbers in ports.items()))
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -529,6 +575,10 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--idle-timeout-s", type=_positive_int, default=env("SANDBOX_IDLE_TIMEOUT_S"),
                         help="seconds without a call after which the session closes (the next call starts a new "
                         "one) [SANDBOX_IDLE_TIMEOUT_S; default: the tenant's]")
+    parser.add_argument("--network", type=_network, default=env("SANDBOX_NETWORK") or None,
+                        help="the sandboxes' network, narrowing the tenant's: 'none', or host:port entries "
+                        "separated by commas, e.g. 'pypi.org:443,files.pythonhosted.org:443'; the tools' "
+                        "descriptions name them [SANDBOX_NETWORK; default: the tenant's]")
     parser.add_argument("--log-level", default=env("SANDBOX_MCP_LOG_LEVEL", "WARNING").upper(),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging on stderr [SANDBOX_MCP_LOG_LEVEL; default WARNING]")
@@ -564,7 +614,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> ServerConfi
         target=args.target, api_key=args.api_key, tls=args.tls, ca_cert=read(args.ca_cert),
         client_cert=read(args.client_cert), client_key=read(args.client_key), session_id=args.session_id,
         limits=limits, max_output_chars=args.max_output_chars, log_level=args.log_level,
-        session=not args.no_session, idle_timeout_s=args.idle_timeout_s)
+        session=not args.no_session, idle_timeout_s=args.idle_timeout_s, network=args.network)
 
 
 async def serve_stdio(config: ServerConfig) -> None:
@@ -574,7 +624,7 @@ async def serve_stdio(config: ServerConfig) -> None:
                                   timeout=DEFAULT_TIMEOUT) as client:
         server = create_server(client, session_id=config.session_id, limits=config.limits,
                                max_output_chars=config.max_output_chars, session=config.session,
-                               idle_timeout_s=config.idle_timeout_s)
+                               idle_timeout_s=config.idle_timeout_s, network=config.network)
         async with stdio_server() as (read_stream, write_stream):
             terminated = anyio.Event()
             async with anyio.create_task_group() as tasks:

@@ -28,6 +28,10 @@ of files), ``run_in_session``, ``session_files`` and ``close_session``. The same
 A dispatcher uses only the sessions it created (or was given with ``adopt_session``, or that carry its
 ``session_id`` as their ``conversation`` label); ``image_outputs``, ``anthropic_image_blocks``,
 ``openai_image_parts`` and ``openai_responses_image_parts`` turn a result's figures into provider image content.
+
+The sandboxes' network is the host's setting, never the model's: ``ToolDispatcher(sbx, network=Network.allowlist(
+EgressRule("pypi.org", [443])))`` gives it to every execution and to the sessions the dispatcher starts, and
+``dispatcher.anthropic_tools()`` (``openai_tools()``, ...) describes the tools with the hosts it allows.
 """
 
 from __future__ import annotations
