@@ -192,7 +192,9 @@ class SessionManager:
         self._starting: dict[str, int] = {}
         self._by_key: dict[tuple[str, str], tuple[str, float]] = {}
         self._creating: dict[tuple[str, str], asyncio.Future[LiveSession]] = {}
-        self.pool = SessionPool(settings, backend)
+        pressure = admission.pressure
+        self.pool = SessionPool(settings, backend,
+                                pressed=lambda: pressure is not None and bool(pressure.violations()))
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()

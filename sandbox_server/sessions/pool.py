@@ -5,9 +5,9 @@ A pooled sandbox is a session sandbox like any other, started with the server's 
 kernel, and the fixed environment; it has never run anything of anyone's. CreateSession takes one when the
 request asks for exactly those limits and a kernel, and its variables are not read by an interpreter while it
 starts (those are applied to the kernel's ``os.environ`` when it is handed over). Anything else starts a
-sandbox of its own. The pool refills in the background after each take, keeps ``session_pool_size`` ready,
-and replaces a sandbox that has waited longer than POOL_MAX_AGE_S (its lifetime backstop counts from its own
-start). Its lifetime and CPU backstops (nsjail's time limit, RLIMIT_CPU) are generous: the session layer
+sandbox of its own. The pool refills in the background after each take (not while the host sheds new work),
+keeps ``session_pool_size`` ready, and replaces a sandbox that has waited longer than POOL_MAX_AGE_S (its
+lifetime backstop counts from its own start). Its lifetime and CPU backstops (nsjail's time limit, RLIMIT_CPU) are generous: the session layer
 enforces each session's own, which it measures from the handover.
 """
 
@@ -19,6 +19,7 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 
 from sandbox_server.backends.base import Backend
 from sandbox_server.execution.runtimes import BASE_ENV
@@ -41,9 +42,11 @@ STARTUP_ENV_NAMES = frozenset({"LANG", "LANGUAGE", "TZ", "OMP_NUM_THREADS", "OPE
 
 
 class SessionPool:
-    def __init__(self, settings: Settings, backend: Backend) -> None:
+    def __init__(self, settings: Settings, backend: Backend, pressed: Callable[[], bool] = lambda: False) -> None:
+        """``pressed()``: whether the host sheds new work now (execution/pressure.py); the pool then starts none."""
         self.size = settings.session_pool_size
         self.backend = backend
+        self._pressed = pressed
         self.limits = Limits(**settings.session_defaults.model_dump())
         self.cpu_cores = settings.cpu_cores
         self._ready: deque[tuple[SessionSandbox, float, str]] = deque()
@@ -100,6 +103,11 @@ class SessionPool:
             while self._ready and now - self._ready[0][1] > POOL_MAX_AGE_S:
                 self._discard(self._ready.popleft()[0])
             while len(self._ready) < self.size and not self._closing:
+                if self._pressed():
+                    # A kernel started now would take the memory or tasks the host is short of, for no request:
+                    # look again later (a take still wakes the pool at once).
+                    asyncio.get_running_loop().call_later(RETRY_S, self._wake.set)
+                    break
                 name = POOL_PREFIX + secrets.token_hex(8)
                 spec = SessionSpec(session_id=name, limits=self.limits, cpu_total_ms=POOL_CPU_BACKSTOP_MS,
                                    max_lifetime_s=POOL_LIFETIME_S, env=BASE_ENV, kernel=True,

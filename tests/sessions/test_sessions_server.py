@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 
 from sandbox_client import (
@@ -32,6 +33,7 @@ from sandbox_client._proto.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_client._proto.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from sandbox_client.admin import AdminClient
 from sandbox_server.backends.cgroups import detect
+from sandbox_server.execution.pressure import PressureConfig
 from sandbox_server.stores.embedded import open_stores
 from sandbox_server.testing import RunningServer, private_settings, server_in_thread
 
@@ -376,6 +378,25 @@ def test_a_killed_server_loses_its_sessions_cleanly(tmp_path: Path) -> None:
 def _busy(cgroup_dir: Path) -> bool:
     procs = cgroup_dir / "cgroup.procs"
     return procs.exists() and bool(procs.read_text().split())
+
+
+def test_no_kernel_is_started_ahead_while_the_host_sheds_new_work(tmp_path: Path) -> None:
+    """A pooled sandbox would take what the host is short of, for no request: the pool waits for the shedding to
+    end, then fills."""
+    floor = psutil.virtual_memory().total  # more than is ever available: shedding from the first reading
+    (tmp_path / "default.yaml").write_text("version: 1\ntenants:\n  default: {}\n")
+    with server_in_thread(session_pool_size=1, policies_dir=tmp_path, shed_memory_floor_bytes=floor,
+                          shed_sample_interval_s=0.1) as srv:
+        pool = srv.app.sessions.pool if srv.app.sessions is not None else None
+        assert pool is not None
+        assert srv.app.pressure.violations()
+        time.sleep(2.0)  # a pool that ignored the verdict starts its sandbox at once
+        assert (pool.ready, pool.names()) == (0, set())
+        srv.app.pressure.config = PressureConfig()  # the defaults never shed this machine: the shedding ends
+        deadline = time.monotonic() + 60
+        while pool.ready < 1:
+            assert time.monotonic() < deadline, "the pool did not fill once the shedding ended"
+            time.sleep(0.1)
 
 
 def test_kernels_started_ahead_are_used_and_replaced(tmp_path: Path) -> None:
