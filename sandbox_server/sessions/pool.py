@@ -7,8 +7,8 @@ request asks for exactly those limits and a kernel, and its variables are not re
 starts (those are applied to the kernel's ``os.environ`` when it is handed over). Anything else starts a
 sandbox of its own. The pool refills in the background after each take (not while the host sheds new work),
 keeps ``session_pool_size`` ready, and replaces a sandbox that has waited longer than POOL_MAX_AGE_S (its
-lifetime backstop counts from its own start). Its lifetime and CPU backstops (nsjail's time limit, RLIMIT_CPU) are generous: the session layer
-enforces each session's own, which it measures from the handover.
+lifetime backstop counts from its own start). Its lifetime and CPU backstops (nsjail's time limit, RLIMIT_CPU)
+are generous: the session layer enforces each session's own, which it measures from the handover.
 """
 
 from __future__ import annotations
