@@ -47,6 +47,7 @@ from sandbox_server.sessions.snapshots import SnapshotArchive
 from sandbox_server.settings import Settings
 from sandbox_server.shared import shared_redis
 from sandbox_server.stores.embedded import Stores, open_stores
+from sandbox_server.stores.outbox import OutboxAuditStore
 from sandbox_server.stores.sqlite import record_version
 from sandbox_server.telemetry import ExecutionMetrics, Telemetry, build_telemetry
 
@@ -155,6 +156,8 @@ class App:
         settings = self.settings
         metrics = telemetry.metrics
         metrics.watch_queue(lambda: self.admission.queued)
+        if isinstance(stores.audit, OutboxAuditStore):
+            metrics.watch_outbox(stores.audit.outbox.count)
         await self.pressure.start(metrics)  # judged from the first request on
         sinks = [*build_sinks(settings.incidents), IncidentMetrics(metrics)]
         incident_settings = settings.incidents

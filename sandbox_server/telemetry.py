@@ -72,6 +72,10 @@ class Metrics:
         # Read at each scrape: the autoscaler's signal (work waiting for a slot on this server).
         meter.create_observable_gauge("sandbox.queue.depth", callbacks=[self._observe_queue_depth],
                                       description="Requests waiting for an admission slot now")
+        self._outbox: Callable[[], int] = lambda: 0
+        # Read at each scrape: records that must not be lost with this server's disk (stores/outbox.py).
+        meter.create_observable_gauge("sandbox.audit.outbox_records", callbacks=[self._observe_outbox],
+                                      description="Audit records waiting in this server's outbox for the database")
         self.shedding = meter.create_gauge(
             "sandbox.shedding", description="1 while new work is refused for host pressure, by reason (memory, tasks)")
         self.budget_used = meter.create_gauge(
@@ -101,6 +105,13 @@ class Metrics:
 
     def _observe_queue_depth(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self._queue_depth())]
+
+    def watch_outbox(self, waiting: Callable[[], int]) -> None:
+        """Report ``waiting()`` as ``sandbox_audit_outbox_records`` from now on."""
+        self._outbox = waiting
+
+    def _observe_outbox(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self._outbox())]
 
 
 class ExecutionMetrics:

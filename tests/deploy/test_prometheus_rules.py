@@ -33,6 +33,7 @@ COUNTERS_AND_GAUGES = frozenset({
     "sandbox_sessions_active",
     "sandbox_sessions_closed_total",
     "sandbox_sessions_kernel_restarts_total",
+    "sandbox_audit_outbox_records",
 })
 HISTOGRAMS = frozenset({
     "sandbox_execution_duration_seconds",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from postgres_server import Postgres
-from production_helpers import server_with_policy
+from production_helpers import metric, scrape, server_with_policy
 
 from sandbox_client import Limits, ResourceExhaustedError, SandboxClient, UnavailableError
 from sandbox_server.stores.embedded import open_stores, redacted
@@ -128,7 +128,7 @@ def test_an_execution_outlasting_the_database_keeps_its_record_through_the_outbo
     reply does not wait for the database), and moves into the database, once, when it is back."""
     url = postgres.create_database()
     try:
-        with server_with_policy(tmp_path, "", database_url=url) as srv, \
+        with server_with_policy(tmp_path, "", database_url=url, metrics_port=0) as srv, \
                 SandboxClient(srv.target, retry=None, timeout=120) as sbx, ThreadPoolExecutor(1) as pool:
             assert srv.app.stores is not None
             audit = srv.app.stores.audit
@@ -143,6 +143,7 @@ def test_an_execution_outlasting_the_database_keeps_its_record_through_the_outbo
                 time.sleep(0.1)
             execution_id = audit.outbox.oldest()[0].execution_id
             assert audit.get(execution_id) is not None  # found while it waits
+            assert metric(scrape(srv), "sandbox_audit_outbox_records") == 1
             postgres.resume()
             result = running.result(timeout=60)  # its charge waited for the database; then the reply
             assert (result.status, result.stdout, result.execution_id) == ("OK", "done\n", execution_id)
@@ -150,6 +151,7 @@ def test_an_execution_outlasting_the_database_keeps_its_record_through_the_outbo
             while audit.outbox.count():
                 assert time.monotonic() < deadline, "the outbox never drained"
                 time.sleep(0.1)
+            assert metric(scrape(srv), "sandbox_audit_outbox_records") == 0
     finally:
         if not postgres.started:
             postgres.resume()
