@@ -109,9 +109,12 @@ its stdin, and 2 s after its SIGTERM)."""
 def _instructions(session: bool, network: Network | None) -> str:
     """What the server tells the client about itself: its tools, and the sandbox's network (what ``network``
     allows, when the host set one)."""
-    where = "without network access"
-    if network is not None and network.allow:
+    if network is None:  # the tenant's policy decides, as the tool's description says
+        where = "without network access unless its operator allows specific hosts"
+    elif network.allow:
         where = f"whose network reaches only {_allowed_hosts(network)}"
+    else:
+        where = "without network access"
     if not session:
         return (f"Use {TOOL_NAME} to run Python, JavaScript or bash code in a fresh, isolated sandbox {where}; "
                 f"{LIST_RUNTIMES} tells which interpreter versions it has.")
