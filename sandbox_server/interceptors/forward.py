@@ -135,17 +135,12 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
     @staticmethod
     async def _relay_error(holders: Holders, exc: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext,
                            owner: str, session_id: str) -> None:
-        details = dict(exc.trailing_metadata() or ())
-        call = call_record()
         if _no_answer(exc):
             log.warning("session %s: its server at %s does not answer: %s", session_id, owner, exc.details())
             _unmark_relayed()
             who = principal()
             raise await holders.lost(who.tenant if who is not None else "", session_id) from exc
-        if call is not None:  # the telemetry link sees only the abort: tell it what the holder said
-            call.error = _relayed_status(exc, details.get("grpc-status-details-bin"))
-        # grpc's abort takes a tuple, not the call's Metadata (given that, it failed every relayed error as INTERNAL)
-        await context.abort(exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ()))
+        await _pass_on(context, exc)
 
     def _fleet(self, handler: grpc.RpcMethodHandler, method: str, owners: Owners) -> grpc.RpcMethodHandler:
         """A call every server answers for its own part (FLEET_LISTINGS, FLEET_LOOKUPS): this server answers,
@@ -196,8 +191,7 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
                 if _no_answer(answer):
                     log.warning("%s: the server at %s does not answer: %s", method, address, answer.details())
                 elif not (skip_not_found and answer.code() is grpc.StatusCode.NOT_FOUND):
-                    await context.abort(answer.code(), answer.details() or "",
-                                        tuple(answer.trailing_metadata() or ()))
+                    await _pass_on(context, answer)
             elif isinstance(answer, BaseException):
                 raise answer
             else:
@@ -277,6 +271,15 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
             return wrapped
 
         return wrap_handler(handler, unary, stream)
+
+
+async def _pass_on(context: grpc.aio.ServicerContext, exc: grpc.aio.AioRpcError) -> None:
+    """Answer with another server's status, every detail included. Always raises (grpc's abort)."""
+    call = call_record()
+    if call is not None:  # the telemetry link sees only the abort: tell it what the other server said
+        call.error = _relayed_status(exc, dict(exc.trailing_metadata() or ()).get("grpc-status-details-bin"))
+    # grpc's abort takes a tuple, not the call's Metadata (given that, it failed every relayed error as INTERNAL)
+    await context.abort(exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ()))
 
 
 def _no_answer(exc: grpc.aio.AioRpcError) -> bool:
