@@ -2,9 +2,9 @@
 to the one that holds it (``interceptors/forward.py``).
 
 One key per session, its value the holder's address (``advertise_address``), set when the session is created and
-deleted when it closes; and one per live server (its address), for the calls every server answers for its own
+deleted when it closes; and a sorted set of the live servers, for the calls every server answers for its own
 part (listings of sessions and running executions, an execution's lookup and kill). A server renews its own
-entry and every session's it holds every LEASE_S / 3; those of a server that died expire after LEASE_S, and a
+place there and every session's key it holds every LEASE_S / 3; those of a server that died expire after LEASE_S, and a
 call for one of its sessions then gets the ordinary answer for a session this server does not hold (the
 record's close reason once the dead server's restart has closed it).
 """
@@ -21,7 +21,14 @@ from sandbox_server.errors import SharedStateUnavailable
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "sandbox:session-owner:"
-SERVER_PREFIX = "sandbox:server:"  # one entry per live server: the calls every server answers for its own part
+# The live servers, for the calls every server answers for its own part: one sorted set, each address scored with
+# the end of its lease in Redis's own clock (ms), so that listing them reads only them, not the whole keyspace.
+SERVERS_KEY = "sandbox:servers"
+_NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) "
+_ANNOUNCE = (_NOW_MS + "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) "
+             "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1]) return 1")
+_LIVE_SERVERS = (_NOW_MS + "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) "
+                 "return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')")
 LEASE_S = 30.0
 OP_TIMEOUT_S = 2.0
 RETRY_S = 1.0
@@ -40,6 +47,8 @@ class SessionRegistry:
         self._renewer: asyncio.Task[None] | None = None
         self._delete = redis.register_script(_DELETE_IF_OURS)
         self._renew = redis.register_script(_RENEW_IF_OURS)
+        self._announce_script = redis.register_script(_ANNOUNCE)
+        self._live_servers = redis.register_script(_LIVE_SERVERS)
 
     async def claim(self, session_id: str) -> None:
         """Record this server as the session's holder. Raises SharedStateUnavailable: a session other servers
@@ -76,12 +85,11 @@ class SessionRegistry:
         return value.decode() if isinstance(value, bytes) else str(value)
 
     async def others(self) -> set[str]:
-        """Every other live server: the addresses of the servers' entries (a SCAN, for the calls every server
-        answers for its own part). Raises SharedStateUnavailable."""
+        """Every other live server (its lease not ended), for the calls every server answers for its own part.
+        Raises SharedStateUnavailable."""
         try:
             async with asyncio.timeout(OP_TIMEOUT_S):
-                keys = [key async for key in self.redis.scan_iter(match=SERVER_PREFIX + "*", count=1000)]
-                values = await self.redis.mget(keys) if keys else []
+                values = await self._live_servers(keys=[SERVERS_KEY])
         except Exception as exc:
             log.error("sessions registry: listing the servers failed: %r", exc)
             raise SharedStateUnavailable("the sessions registry is unavailable; retry later",
@@ -100,7 +108,7 @@ class SessionRegistry:
                 await task
             try:  # the other servers stop asking this one at once, rather than once its lease ends
                 async with asyncio.timeout(OP_TIMEOUT_S):
-                    await self._delete(keys=[SERVER_PREFIX + self.address], args=[self.address])
+                    await self.redis.zrem(SERVERS_KEY, self.address)
             except Exception as exc:
                 log.warning("sessions registry: could not remove this server's entry (its lease ends it): %r", exc)
 
@@ -108,7 +116,7 @@ class SessionRegistry:
         """This server's own entry: live, at this address (renewed with the sessions' leases)."""
         try:
             async with asyncio.timeout(OP_TIMEOUT_S):
-                await self.redis.set(SERVER_PREFIX + self.address, self.address, px=int(LEASE_S * 1000))
+                await self._announce_script(keys=[SERVERS_KEY], args=[self.address, int(LEASE_S * 1000)])
         except Exception as exc:  # the next round tries again; the lease covers two missed rounds
             log.warning("sessions registry: could not renew this server's entry: %r", exc)
 
