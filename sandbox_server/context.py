@@ -72,6 +72,7 @@ class CallRecord:
     execution_id: str = ""
     exercise: bool = False  # the request is an exercise (set by the auth link, which checks who may say so)
     relayed: bool = False  # passed on to the session's holder (the forward link), which counts the call
+    fleet_part: bool = False  # this server's part of another server's fleet call, which that server counts
     error: Exception | None = None  # what the errors link mapped (a SandboxError, or an unexpected exception)
     attributes: dict[str, str | int | float | bool] = field(default_factory=dict)  # span attributes (+ logged)
     log_extra: dict[str, str] = field(default_factory=dict)  # logged only: code/output when the policy asks

@@ -151,6 +151,9 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 if _asked_by_a_server(context):
+                    call = call_record()
+                    if call is not None:
+                        call.fleet_part = True
                     return await behavior(request, context)
                 if method in FLEET_LOOKUPS:
                     try:

@@ -167,6 +167,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             attributes["sandbox.exercise"] = True
         if call.relayed:
             attributes["sandbox.relayed"] = True
+        if call.fleet_part:
+            attributes["sandbox.fleet_part"] = True
         attributes.update(call.attributes)
         reason = rejection_reason(error)
         if reason is not None:
@@ -176,7 +178,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         if code in SERVER_FAULTS:
             span.set_status(Status(StatusCode.ERROR, getattr(error, "message", type(error).__name__)))
         metrics = self.telemetry.metrics
-        if call.method.startswith(SANDBOX_PREFIX) and not call.relayed:  # a relayed call: its holder counts it
+        # A relayed call is counted by its holder; a part of a fleet call by the server that asked for it.
+        if call.method.startswith(SANDBOX_PREFIX) and not (call.relayed or call.fleet_part):
             metrics.rpcs.add(1, {"method": call.method.removeprefix(SANDBOX_PREFIX), "code": code.name})
             if reason is not None:
                 metrics.rejections.add(1, {"reason": reason})
@@ -188,6 +191,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             "language": call.language, **({"rejection": reason} if reason else {}),
             **({"exercise": True} if call.exercise else {}),
             **({"relayed": True} if call.relayed else {}),
+            **({"fleet_part": True} if call.fleet_part else {}),
             **{k.removeprefix("sandbox."): v for k, v in call.attributes.items()}, **call.log_extra,
         })
         if call.method in EXECUTE_METHODS and not call.relayed:  # the holder observes a relayed call

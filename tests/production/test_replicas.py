@@ -259,6 +259,13 @@ def test_session_listings_and_admin_session_calls_cover_every_replica(topology: 
         for sbx in clients:
             assert [s.id for s in sbx.list_sessions(labels)] == ids  # oldest first, from every server
             assert [s.id for s in sbx.list_sessions(labels, page_size=2)] == ids  # in pages of two
+
+        def listings_counted() -> float:
+            return sum(metric(_scrape(r), "sandbox_rpcs_total", method="ListSessions") for r in topology.replicas)
+
+        before = listings_counted()
+        assert len(list(clients[0].list_sessions(labels))) == 5
+        assert listings_counted() - before == 1  # once, by the server asked: not again by the others it asked
         for admin in admins:
             listed = [s.session.id for s in admin.list_sessions() if s.session.id in ids]
             assert listed == ids
