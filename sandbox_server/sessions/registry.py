@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from sandbox_server.errors import SharedStateUnavailable
@@ -53,13 +54,8 @@ class SessionRegistry:
     async def claim(self, session_id: str) -> None:
         """Record this server as the session's holder. Raises SharedStateUnavailable: a session other servers
         cannot find would be unreachable through a load balancer, so it is not handed out."""
-        try:
-            async with asyncio.timeout(OP_TIMEOUT_S):
-                await self.redis.set(KEY_PREFIX + session_id, self.address, px=int(LEASE_S * 1000))
-        except Exception as exc:
-            log.error("sessions registry: could not record session %s: %r", session_id, exc)
-            raise SharedStateUnavailable("the sessions registry is unavailable; retry later",
-                                         retry_after_s=RETRY_S) from exc
+        await _needed(f"could not record session {session_id}",
+                      self.redis.set(KEY_PREFIX + session_id, self.address, px=int(LEASE_S * 1000)))
         self._held.add(session_id)
 
     async def release(self, session_id: str) -> None:
@@ -73,29 +69,14 @@ class SessionRegistry:
 
     async def owner(self, session_id: str) -> str | None:
         """The address of the server holding the session, or None. Raises SharedStateUnavailable."""
-        try:
-            async with asyncio.timeout(OP_TIMEOUT_S):
-                value = await self.redis.get(KEY_PREFIX + session_id)
-        except Exception as exc:
-            log.error("sessions registry: lookup of session %s failed: %r", session_id, exc)
-            raise SharedStateUnavailable("the sessions registry is unavailable; retry later",
-                                         retry_after_s=RETRY_S) from exc
-        if value is None:
-            return None
-        return value.decode() if isinstance(value, bytes) else str(value)
+        value = await _needed(f"lookup of session {session_id} failed", self.redis.get(KEY_PREFIX + session_id))
+        return None if value is None else _text(value)
 
     async def others(self) -> set[str]:
         """Every other live server (its lease not ended), for the calls every server answers for its own part.
         Raises SharedStateUnavailable."""
-        try:
-            async with asyncio.timeout(OP_TIMEOUT_S):
-                values = await self._live_servers(keys=[SERVERS_KEY])
-        except Exception as exc:
-            log.error("sessions registry: listing the servers failed: %r", exc)
-            raise SharedStateUnavailable("the sessions registry is unavailable; retry later",
-                                         retry_after_s=RETRY_S) from exc
-        found = {v.decode() if isinstance(v, bytes) else str(v) for v in values if v is not None}
-        return found - {self.address}
+        values = await _needed("listing the servers failed", self._live_servers(keys=[SERVERS_KEY]))
+        return {_text(v) for v in values if v is not None} - {self.address}
 
     def start(self) -> None:
         self._renewer = asyncio.create_task(self._renew_forever(), name="sessions-registry-renewer")
@@ -131,3 +112,18 @@ class SessionRegistry:
                 except Exception as exc:  # the next round tries again; the lease covers two missed rounds
                     log.warning("sessions registry: could not renew session %s: %r", session_id, exc)
                     break
+
+
+async def _needed(failure: str, operation: Awaitable[Any]) -> Any:
+    """``operation``'s result; SharedStateUnavailable (and an error logged) when Redis does not answer in time."""
+    try:
+        async with asyncio.timeout(OP_TIMEOUT_S):
+            return await operation
+    except Exception as exc:
+        log.error("sessions registry: %s: %r", failure, exc)
+        raise SharedStateUnavailable("the sessions registry is unavailable; retry later",
+                                     retry_after_s=RETRY_S) from exc
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
