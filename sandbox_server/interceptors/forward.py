@@ -135,9 +135,7 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
     @staticmethod
     async def _relay_error(holders: Holders, exc: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext,
                            owner: str, session_id: str) -> None:
-        if _no_answer(exc):
-            log.warning("session %s: its server at %s does not answer: %s", session_id, owner, exc.details())
-            _unmark_relayed()
+        if _gone(exc, owner, session_id):
             who = principal()
             raise await holders.lost(who.tenant if who is not None else "", session_id) from exc
         await _pass_on(context, exc)
@@ -230,7 +228,7 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
                 if owner is None:
                     return await behavior(request, context)
                 channel = self._channel(owner)
-                _mark_relayed()
+                _set_relayed(True)
                 try:
                     if streamed:
                         return await channel.stream_unary(
@@ -240,11 +238,8 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
                         method, request_serializer=_serialize, response_deserializer=response_type.FromString,
                     )(request, **self._call_args(owners, context))
                 except grpc.aio.AioRpcError as exc:
-                    if admin and _no_answer(exc):
+                    if admin and _gone(exc, owner, session_id):
                         # An operator asks after it: what this server knows (the shared record) is the answer.
-                        _unmark_relayed()
-                        log.warning("session %s: its server at %s does not answer: %s", session_id, owner,
-                                    exc.details())
                         return await behavior(request, context)
                     await self._relay_error(holders, exc, context, owner, session_id)
                     raise  # _relay_error always raises
@@ -259,7 +254,7 @@ class ForwardInterceptor(grpc.aio.ServerInterceptor):
                     async for item in behavior(request, context):
                         yield item
                     return
-                _mark_relayed()
+                _set_relayed(True)
                 call = self._channel(owner).unary_stream(
                     method, request_serializer=_serialize, response_deserializer=response_type.FromString,
                 )(request, **self._call_args(owners, context))
@@ -280,7 +275,7 @@ async def _pass_on(context: grpc.aio.ServicerContext, exc: grpc.aio.AioRpcError)
     """Answer with another server's status, every detail included. Always raises (grpc's abort)."""
     call = call_record()
     if call is not None:  # the telemetry link sees only the abort: tell it what the other server said
-        call.error = _relayed_status(exc, dict(exc.trailing_metadata() or ()).get("grpc-status-details-bin"))
+        call.error = _relayed_status(exc)
     # grpc's abort takes a tuple, not the call's Metadata (given that, it failed every relayed error as INTERNAL)
     await context.abort(exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ()))
 
@@ -291,22 +286,26 @@ def _no_answer(exc: grpc.aio.AioRpcError) -> bool:
         exc.trailing_metadata() or ())
 
 
-def _unmark_relayed() -> None:
-    """Nothing answered the call there: it is this server's answer, counted here."""
+def _gone(exc: grpc.aio.AioRpcError, owner: str, session_id: str) -> bool:
+    """Whether the session's holder gave no answer at all; if so, the call is this server's to answer (and to
+    count), and that is logged."""
+    if not _no_answer(exc):
+        return False
+    log.warning("session %s: its server at %s does not answer: %s", session_id, owner, exc.details())
+    _set_relayed(False)
+    return True
+
+
+def _set_relayed(relayed: bool) -> None:
+    """Whether the holder runs and counts this call (sandbox_rpcs_total, rejections), so this server must not."""
     call = call_record()
     if call is not None:
-        call.relayed = False
+        call.relayed = relayed
 
 
-def _mark_relayed() -> None:
-    """The holder runs and counts this call (sandbox_rpcs_total, rejections): this server must not count it too."""
-    call = call_record()
-    if call is not None:
-        call.relayed = True
-
-
-def _relayed_status(exc: grpc.aio.AioRpcError, raw: object) -> RelayedStatus:
-    """The holder's code, message and ErrorInfo reason, as an error the telemetry link can name."""
+def _relayed_status(exc: grpc.aio.AioRpcError) -> RelayedStatus:
+    """The other server's code, message and ErrorInfo reason, as an error the telemetry link can name."""
+    raw = dict(exc.trailing_metadata() or ()).get("grpc-status-details-bin")
     reason = ""
     if isinstance(raw, bytes):
         with contextlib.suppress(DecodeError):
