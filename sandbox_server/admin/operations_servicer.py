@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 1000
-"""Ids (incidents, mitigations, executions) and filters (tenant, session) longer than this are refused."""
 MAX_NOTE_CHARS = 1000
 """A resolution note is kept in the incident's details; the store keeps detail values this long at most."""
 RUNNING = "RUNNING"
@@ -132,10 +131,7 @@ class OperationsServicer:
         group_by = _GROUP_BY.get(request.group_by)
         if group_by is None:
             problems.append(FieldViolation("group_by", f"unknown grouping {request.group_by}"))
-        since = _epoch("since", request.since, problems) if request.HasField("since") else None
-        until = _epoch("until", request.until, problems) if request.HasField("until") else None
-        if since is not None and until is not None and not since < until:
-            problems.append(FieldViolation("since", "must be before until"))
+        since, until = _time_range(request, problems)
         if problems or group_by is None:
             raise InvalidRequest(problems)
         rows = await asyncio.to_thread(ops.costs.report, group_by, request.tenant or None, since, until)
@@ -151,10 +147,7 @@ class OperationsServicer:
         _, ops = self._ops()
         problems = [*admin_name("tenant", request.tenant), *admin_name("session_id", request.session_id)]
         outcomes = _outcomes(request.outcomes, problems)
-        since = _epoch("since", request.since, problems) if request.HasField("since") else None
-        until = _epoch("until", request.until, problems) if request.HasField("until") else None
-        if since is not None and until is not None and not since < until:
-            problems.append(FieldViolation("since", "must be before until"))
+        since, until = _time_range(request, problems)
         limit = _limit(request.limit, problems)
         now = time.time()
         live = [
@@ -259,6 +252,17 @@ def _outcomes(requested: Sequence[str], problems: list[FieldViolation]) -> froze
                 f"{ANY_ERROR}:<grpc code> (e.g. {ANY_ERROR}:INTERNAL), or {ANY_ERROR} for any of those",
             ))
     return frozenset(requested)
+
+
+def _time_range(request: pb.CostReportRequest | pb.ListExecutionsRequest,
+                problems: list[FieldViolation]) -> tuple[float | None, float | None]:
+    """The request's ``since`` and ``until`` (epoch seconds, None when unset); a violation for each bad one, and
+    for ``since`` not before ``until``."""
+    since = _epoch("since", request.since, problems) if request.HasField("since") else None
+    until = _epoch("until", request.until, problems) if request.HasField("until") else None
+    if since is not None and until is not None and not since < until:
+        problems.append(FieldViolation("since", "must be before until"))
+    return since, until
 
 
 def _epoch(field: str, stamp: timestamp_pb2.Timestamp, problems: list[FieldViolation]) -> float | None:
