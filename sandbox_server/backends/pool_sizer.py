@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable
 
-import psutil
+from sandbox_server.backends.cgroups import available_memory
 
 # A pooled sandbox's private memory before any has been measured (two forked processes' touched pages, measured
 # at 2-4 MiB on Debian 12's python3.11; rounded up so the first estimate errs on the side of the host)
@@ -24,7 +24,7 @@ MEMORY_CHECK_INTERVAL_S = 1.0  # psutil reads /proc/meminfo: cheap, but not on e
 
 
 def host_available_bytes() -> int:
-    return int(psutil.virtual_memory().available)
+    return available_memory(None)[0]
 
 
 class PoolSizer:

@@ -708,6 +708,9 @@ class WarmJail(Jail):
 
     def _report_in(self) -> None:
         self._reported.set()
+        self._tell_report()
+
+    def _tell_report(self) -> None:
         on_report, self.on_report = self.on_report, None
         if on_report is not None:
             on_report()
@@ -768,9 +771,7 @@ class WarmJail(Jail):
         for transport in self._transports:
             transport.close()
         self._ready.close()
-        on_report, self.on_report = self.on_report, None
-        if on_report is not None:  # closed without a report (a set-up failure, a kill before it)
-            on_report()
+        self._tell_report()  # closed without a report (a set-up failure, a kill before it): told now
         on_close, self.on_close = self.on_close, None
         if on_close is not None:
             on_close()

@@ -35,8 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-import psutil
-
 from sandbox_server.backends.cgroups import CgroupsUnavailable, available_memory, detect
 from sandbox_server.errors import QuotaViolation
 from sandbox_server.settings import (
@@ -78,8 +76,7 @@ class Reading:
 
 def read_memory() -> tuple[int, int]:
     """(available, total) bytes of the host."""
-    memory = psutil.virtual_memory()
-    return int(memory.available), int(memory.total)
+    return available_memory(None)
 
 
 def sandbox_memory_reader(cgroup_parent: str) -> Callable[[], tuple[int, int]]:
